@@ -1,0 +1,1 @@
+"""Corpus readers, tokenizer training and the preprocessing pipeline (no torch import)."""
