@@ -422,6 +422,10 @@ def validate_config(cfg: Config, world_size: Optional[int] = None) -> None:
     _check(not (par.sequence_parallel and par.tp == 1), cfg,
            "parallel.sequence_parallel: needs parallel.tp > 1")
     _check(not (par.vpp > 1 and par.pp == 1), cfg, "parallel.vpp: needs parallel.pp > 1")
+    _check(par.dp is None or par.dp >= 1, cfg, f"parallel.dp: expected >= 1 (or unset), got {par.dp}")
+    _check(par.bucket_size_mb > 0, cfg, f"parallel.bucket_size_mb: expected > 0, got {par.bucket_size_mb}")
+    _check(not par.sequence_parallel or d.seq_length % par.tp == 0, cfg,
+           f"parallel.sequence_parallel: data.seq_length={d.seq_length} is not divisible by tp={par.tp}")
 
     _choice(cfg, "train.precision", t.precision, {"fp32", "bf16"})
     _choice(cfg, "train.device", t.device, {"auto", "cpu", "cuda"})

@@ -1,0 +1,162 @@
+"""Collectives over a `state.Group`, with the fallbacks gloo needs.
+
+A group of size 1 makes every call a no-op (no process group exists for it). Where a backend lacks
+a fused collective (older gloo has no reduce-scatter, nor all-gather into one tensor), the same
+result is produced from all_reduce / all_gather lists; `FORCE_FALLBACK` makes tests take that path.
+Async calls return an object with `.wait()`.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from ..log import say_once
+from .state import Group
+
+FORCE_FALLBACK = False
+_unsupported: set[tuple[str, str]] = set()     # (collective, backend) seen to raise "not supported"
+
+
+class _Done:
+    def wait(self):
+        return None
+
+
+class _Then:
+    """A work handle that runs `fn` after the wrapped work completes."""
+
+    def __init__(self, work, fn):
+        self.work, self.fn = work, fn
+
+    def wait(self):
+        if self.work is not None:
+            self.work.wait()
+        fn, self.fn = self.fn, None
+        if fn is not None:
+            fn()
+
+
+def _backend(group: Group) -> str:
+    try:
+        return str(dist.get_backend(group.pg))
+    except (RuntimeError, ValueError):
+        return "unknown"
+
+
+def _native(name: str, group: Group) -> bool:
+    return not FORCE_FALLBACK and (name, _backend(group)) not in _unsupported
+
+
+def _mark_unsupported(name: str, group: Group, err: Exception) -> None:
+    _unsupported.add((name, _backend(group)))
+    say_once(f"fallback-{name}-{_backend(group)}",
+             f"{name} unsupported on {_backend(group)} ({str(err).splitlines()[0][:80]}); using a fallback")
+
+
+def _is_unsupported(err: Exception) -> bool:
+    msg = str(err).lower()
+    return any(w in msg for w in ("not supported", "unsupported", "does not support", "not implemented"))
+
+
+def all_reduce(t: torch.Tensor, group: Group, op=dist.ReduceOp.SUM, async_op: bool = False):
+    if group.size == 1:
+        return _Done() if async_op else None
+    work = dist.all_reduce(t, op=op, group=group.pg, async_op=async_op)
+    return work if async_op else None
+
+
+def broadcast(t: torch.Tensor, src: int, group: Group) -> None:
+    """`src` is a global rank."""
+    if group.size > 1:
+        dist.broadcast(t, src=src, group=group.pg)
+
+
+def reduce_scatter_flat(out: torch.Tensor, inp: torch.Tensor, group: Group, async_op: bool = False):
+    """out = (sum over the group of inp)[rank*n:(rank+1)*n], n = out.numel(); inp 1-D, contiguous.
+    `out` may be that slice of `inp` itself (in place)."""
+    n = out.numel()
+    if group.size == 1:
+        if out.data_ptr() != inp.data_ptr():
+            out.copy_(inp[:n])
+        return _Done() if async_op else None
+    if _native("reduce_scatter", group):
+        fn = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+        try:
+            work = fn(out, inp, group=group.pg, async_op=async_op)
+            return work if async_op else None
+        except (RuntimeError, NotImplementedError) as e:
+            if not _is_unsupported(e):
+                raise
+            _mark_unsupported("reduce_scatter", group, e)
+    # fallback: all-reduce the whole input in place, keep our slice
+    lo = group.rank * n
+    work = dist.all_reduce(inp, group=group.pg, async_op=async_op)
+
+    def take():
+        if out.data_ptr() != inp[lo:lo + n].data_ptr():
+            out.copy_(inp[lo:lo + n])
+    if async_op:
+        return _Then(work, take)
+    take()
+    return None
+
+
+def all_gather_flat(out: torch.Tensor, inp: torch.Tensor, group: Group, async_op: bool = False):
+    """out = cat over the group of inp (1-D); `inp` may be this rank's slice of `out`."""
+    n = inp.numel()
+    if group.size == 1:
+        if out.data_ptr() != inp.data_ptr():
+            out.copy_(inp)
+        return _Done() if async_op else None
+    if _native("all_gather", group):
+        fn = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+        try:
+            work = fn(out, inp, group=group.pg, async_op=async_op)
+            return work if async_op else None
+        except (RuntimeError, NotImplementedError) as e:
+            if not _is_unsupported(e):
+                raise
+            _mark_unsupported("all_gather", group, e)
+    pieces = list(out.split(n))
+    src = inp.clone() if inp.data_ptr() == pieces[group.rank].data_ptr() else inp
+    work = dist.all_gather(pieces, src, group=group.pg, async_op=async_op)
+    return work if async_op else None
+
+
+def all_gather_dim(x: torch.Tensor, dim: int, group: Group) -> torch.Tensor:
+    """Concatenate every rank's `x` along `dim` (same shape on all ranks)."""
+    if group.size == 1:
+        return x
+    moved = x.movedim(dim, 0).contiguous()
+    out = torch.empty((group.size * moved.shape[0],) + tuple(moved.shape[1:]), dtype=x.dtype, device=x.device)
+    all_gather_flat(out.view(-1), moved.view(-1), group)
+    return out.movedim(0, dim).contiguous()
+
+
+def reduce_scatter_dim(x: torch.Tensor, dim: int, group: Group) -> torch.Tensor:
+    """Sum `x` over the group and keep this rank's 1/size slice along `dim`."""
+    if group.size == 1:
+        return x
+    if x.shape[dim] % group.size:
+        raise ValueError(f"reduce_scatter along dim {dim}: size {x.shape[dim]} is not divisible by {group.size}")
+    moved = x.movedim(dim, 0).contiguous()
+    if moved.data_ptr() == x.data_ptr():
+        moved = moved.clone()          # the fallback reduces in place: never touch the caller's tensor
+    out = torch.empty((moved.shape[0] // group.size,) + tuple(moved.shape[1:]), dtype=x.dtype, device=x.device)
+    reduce_scatter_flat(out.view(-1), moved.view(-1), group)
+    return out.movedim(0, dim).contiguous()
+
+
+def split_dim(x: torch.Tensor, dim: int, group: Group) -> torch.Tensor:
+    """This rank's slice of `x` along `dim` (no communication)."""
+    if group.size == 1:
+        return x
+    return x.chunk(group.size, dim)[group.rank].contiguous()
+
+
+def wait_all(works: list[Optional[object]]) -> None:
+    for w in works:
+        if w is not None:
+            w.wait()

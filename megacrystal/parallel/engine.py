@@ -1,0 +1,346 @@
+"""The training engine: one model, wrapped in whatever tp x pp x dp grid the config asks for.
+
+    engine = Engine(cfg, device)                      # after init_distributed (or a plain process)
+    out = engine.train_step(micro_batches, lr)        # {loss, grad_norm, tokens}
+    loss_sum, tokens = engine.eval_loss(micro_batches)
+    engine.state_dict() / load_state_dict(sd)         # this rank's model + optimizer shard
+    engine.full_model_state() / load_full_model_state(sd)   # serial-named, consolidated on rank 0
+
+`micro_batches` are this dp rank's micro-batches of one optimizer step (every tp/pp rank of the
+replica gets the same list): dicts of CPU tensors tokens, labels, loss_mask [b, s] and optionally
+position_ids, segment_ids. The loss is sum(loss * mask) / sum(mask) over the global batch, and its
+gradient is exactly that of the serial model on the whole batch: every micro-batch's loss is
+divided by the global token count before backward, and dp gradients are summed.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from ..config import Config, ConfigError, validate_config
+from ..model.layers import SerialLayers, pad_vocab
+from ..model.mup import init_parameters, param_groups
+from ..model.transformer import Transformer, count_parameters
+from ..train.optimizer import AdamW
+from . import collectives as C
+from . import schedules
+from .data import GradBuffers
+from .distributed_optimizer import DistributedOptimizer
+from .pipeline import P2P, build_chunks, tied_embedding_params
+from .state import Grid, build_grid
+from .tensor import RNGStreams, TensorParallelLayers
+
+FORMAT = "megacrystal-engine/1"
+_VOCAB_MATRICES = ("embed.weight", "head.weight")
+
+
+class Engine:
+    def __init__(self, cfg: Config, device: Optional[torch.device] = None, grid: Optional[Grid] = None):
+        if cfg.model.num_heads is None:
+            cfg.model = cfg.model.resolve()
+        self.cfg = cfg
+        self.device = torch.device(device if device is not None else "cpu")
+        self.grid = grid or build_grid(cfg)
+        validate_config(cfg, self.grid.world_size)
+        par, g = cfg.parallel, self.grid
+        self.dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
+        self.sp = bool(par.sequence_parallel) and g.tp_size > 1
+        self.layers = SerialLayers() if g.tp_size == 1 else TensorParallelLayers(g, self.sp)
+        self.chunks = build_chunks(cfg.model, self.layers, g)
+        for m in self.chunks:
+            init_parameters(m, cfg.model, cfg.train.seed)
+            m.to(device=self.device, dtype=self.dtype)
+        if self.sp:      # everything replicated over tp sees a slice of the sequence: partial grads
+            for m in self.chunks:
+                for p in m.parameters():
+                    if not hasattr(p, "_mc_shard"):
+                        p._mc_sequence_parallel = True
+        named = [(n, p) for m in self.chunks for n, p in m.named_parameters()]
+        self._names = {id(p): n for n, p in named}
+        self.buffers = GradBuffers(named, g, par.bucket_size_mb, distributed=par.distributed_optimizer,
+                                   overlap=par.overlap_grad_reduce, contiguous_params=par.distributed_optimizer,
+                                   tied=tied_embedding_params(self.chunks, cfg.model, g))
+        groups = self._param_groups()
+        o = cfg.optim
+        if par.distributed_optimizer:
+            self.optimizer = DistributedOptimizer(self.buffers, groups, o.beta1, o.beta2, o.eps)
+        else:
+            self.optimizer = AdamW(groups, o.beta1, o.beta2, o.eps, names=self._names)
+        self.rng = RNGStreams(cfg.train.seed, g.tp_rank, self.device)
+        self.trace: Optional[list] = None          # set to a list to record compute intervals
+        self._batches: list = []
+        self._loss_acc = None
+        self._scale = 1.0
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def models(self) -> list:
+        return self.chunks
+
+    def _param_groups(self) -> list[dict]:
+        merged: dict[str, dict] = {}
+        for m in self.chunks:
+            for grp in param_groups(m, self.cfg.model, self.cfg.optim.weight_decay):
+                tgt = merged.setdefault(grp["name"], dict(grp, params=[]))
+                tgt["params"].extend(grp["params"])
+        return list(merged.values())
+
+    def num_parameters(self) -> int:
+        return count_parameters(self.cfg.model)
+
+    def _check_batches(self, micro_batches) -> Optional[str]:
+        """The first problem with this rank's micro-batches, or None."""
+        if not isinstance(micro_batches, (list, tuple)) or not micro_batches:
+            return "micro_batches: expected a non-empty list of dicts"
+        m, g = self.cfg.model, self.grid
+        shape = None
+        for i, b in enumerate(micro_batches):
+            where = f"micro_batches[{i}]"
+            if not isinstance(b, dict):
+                return f"{where}: expected a dict, got {type(b).__name__}"
+            for k in ("tokens", "labels", "loss_mask"):
+                if k not in b:
+                    return f"{where}: missing {k!r} (needs tokens, labels, loss_mask)"
+            for k, v in b.items():
+                if k not in ("tokens", "labels", "loss_mask", "position_ids", "segment_ids"):
+                    continue
+                if v is None and k in ("position_ids", "segment_ids"):
+                    continue
+                if not isinstance(v, torch.Tensor) or v.ndim != 2:
+                    return f"{where}.{k}: expected a 2-D tensor [batch, seq]"
+                if shape is None:
+                    shape = tuple(v.shape)
+                if tuple(v.shape) != shape:
+                    return f"{where}.{k}: shape {tuple(v.shape)}, expected {shape} like the others"
+            if b["tokens"].dtype.is_floating_point or b["labels"].dtype.is_floating_point:
+                return f"{where}: tokens and labels must be integer tensors"
+            tmin, tmax = int(b["tokens"].min()), int(b["tokens"].max())
+            if tmin < 0 or tmax >= m.vocab_size:
+                return f"{where}.tokens: ids in [{tmin}, {tmax}], expected [0, {m.vocab_size})"
+            if int(b["labels"].max()) >= m.vocab_size:
+                return f"{where}.labels: id {int(b['labels'].max())} >= model.vocab_size={m.vocab_size}"
+        s = shape[1]
+        if s > m.max_seq_len:
+            return f"micro_batches: sequence length {s} exceeds model.max_seq_len={m.max_seq_len}"
+        if self.sp and s % g.tp_size:
+            return f"micro_batches: sequence length {s} is not divisible by tp={g.tp_size} (sequence parallel)"
+        if g.vpp_size > 1 and len(micro_batches) % g.pp_size:
+            return (f"micro_batches: interleaved 1F1B needs the number of micro-batches "
+                    f"({len(micro_batches)}) divisible by pp={g.pp_size}")
+        return None
+
+    def _prepare(self, micro_batches) -> float:
+        """Validate on every rank, agree on it (one all-reduce, so a bad batch on one rank fails
+        every rank instead of hanging them), move to the device; returns the global loss-token count."""
+        err = self._check_batches(micro_batches)
+        g = self.grid
+        count = 0.0
+        if err is None and g.tp_rank == 0 and g.pp_rank == 0:
+            count = float(sum(b["loss_mask"].double().sum() for b in micro_batches))
+        t = torch.tensor([1.0 if err else 0.0, count], dtype=torch.float64, device=self.device)
+        C.all_reduce(t, g.world)
+        if err is not None:
+            raise ValueError(f"Engine: {err}")
+        if t[0].item() > 0:
+            raise ValueError(f"Engine: {int(t[0].item())} rank(s) reported invalid micro-batches (see their error)")
+        self._batches = [{k: (v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+                          for k, v in b.items()} for b in micro_batches]
+        for b in self._batches:
+            b["loss_mask"] = b["loss_mask"].float()
+        return float(t[1].item())
+
+    def _forward(self, chunk: int, mb: int, x: Optional[torch.Tensor]):
+        m, b = self.chunks[chunk], self._batches[mb]
+        kw = dict(position_ids=b.get("position_ids"), segment_ids=b.get("segment_ids"), labels=b["labels"])
+        out = m(tokens=b["tokens"], **kw) if m.pre_process else m(hidden=x, **kw)
+        if not m.post_process:
+            return out
+        s = (out * b["loss_mask"]).sum()
+        self._loss_acc += s.detach().double()
+        return s * self._scale
+
+    def _p2p(self) -> P2P:
+        b, s = self._batches[0]["tokens"].shape
+        if self.sp:
+            s //= self.grid.tp_size
+        return P2P(self.grid, (b, s, self.cfg.model.hidden_size), self.dtype, self.device)
+
+    def _global_loss_sum(self) -> float:
+        g = self.grid
+        holds = any(m.post_process for m in self.chunks) and g.tp_rank == 0
+        t = self._loss_acc.clone() if holds else torch.zeros(1, dtype=torch.float64, device=self.device)
+        C.all_reduce(t, g.world)
+        return float(t.item())
+
+    def _steps(self) -> schedules.Steps:
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else None
+        return schedules.Steps(self._forward, self.trace, sync)
+
+    # ------------------------------------------------------------------ the API
+
+    def train_step(self, micro_batches: list[dict], lr: float) -> dict:
+        tokens = self._prepare(micro_batches)
+        self._scale = 1.0 / max(tokens, 1.0)
+        self._loss_acc = torch.zeros(1, dtype=torch.float64, device=self.device)
+        self.buffers.start_step(len(self._batches))
+        for m in self.chunks:
+            m.train()
+        schedules.run(self._steps(), self._p2p(), self.grid, len(self._batches))
+        self.buffers.finish()
+        if self.sp:
+            self.buffers.allreduce_sequence_parallel()
+        norm = self.buffers.grad_norm()
+        self.buffers.clip_(norm, self.cfg.optim.clip_grad)
+        self.optimizer.step(lr)
+        loss = self._global_loss_sum() / max(tokens, 1.0)
+        self._batches = []
+        return dict(loss=loss, grad_norm=norm, tokens=tokens)
+
+    @torch.no_grad()
+    def eval_loss(self, micro_batches: list[dict]) -> tuple[float, float]:
+        """(sum of masked per-token losses, sum of the mask), both over the global batch."""
+        tokens = self._prepare(micro_batches)
+        self._scale = 1.0
+        self._loss_acc = torch.zeros(1, dtype=torch.float64, device=self.device)
+        for m in self.chunks:
+            m.eval()
+        schedules.forward_only(self._steps(), self._p2p(), self.grid, len(self._batches))
+        self._batches = []
+        return self._global_loss_sum(), tokens
+
+    def state_dict(self) -> dict:
+        model = {n: p.detach().to("cpu", copy=True) for m in self.chunks for n, p in m.named_parameters()}
+        return dict(format=FORMAT, layout=self._layout(), model=model, optimizer=_to_cpu(self.optimizer.state_dict()))
+
+    @torch.no_grad()
+    def load_state_dict(self, sd: dict) -> None:
+        if not isinstance(sd, dict) or sd.get("format") != FORMAT:
+            raise ValueError(f"engine state: expected format {FORMAT!r}, got {sd.get('format') if isinstance(sd, dict) else sd!r}")
+        if sd["layout"] != self._layout():
+            raise ValueError(f"engine state: saved by rank layout {sd['layout']}, this rank is {self._layout()}")
+        params = {n: p for m in self.chunks for n, p in m.named_parameters()}
+        missing = sorted(set(params) - set(sd["model"]))
+        extra = sorted(set(sd["model"]) - set(params))
+        if missing or extra:
+            raise ValueError(f"engine state: model keys differ (missing {missing[:5]}, unexpected {extra[:5]})")
+        for n, p in params.items():
+            src = sd["model"][n]
+            if tuple(src.shape) != tuple(p.shape):
+                raise ValueError(f"engine state: model.{n} has shape {tuple(src.shape)}, expected {tuple(p.shape)}")
+            p.copy_(src.to(p.dtype))
+        self.optimizer.load_state_dict(_to_device(sd["optimizer"], self.device))
+
+    def _layout(self) -> dict:
+        g = self.grid
+        return dict(g.layout(), world=g.world_size, rank=g.rank, tp_rank=g.tp_rank, pp_rank=g.pp_rank,
+                    dp_rank=g.dp_rank, distributed_optimizer=bool(self.cfg.parallel.distributed_optimizer),
+                    precision=self.cfg.train.precision)
+
+    # ------------------------------------------------------------------ consolidated weights
+
+    def serial_shapes(self) -> dict[str, tuple]:
+        """Names and shapes of the serial model's parameters (the consolidated state dict)."""
+        with torch.device("meta"):
+            ref = Transformer(self.cfg.model)
+        return {n: tuple(p.shape) for n, p in ref.named_parameters()}
+
+    def _serial_rows(self, name: str, full: torch.Tensor, rows: int) -> torch.Tensor:
+        """Cut or zero-pad a vocabulary matrix to `rows` (only rows < vocab_size hold values)."""
+        if name not in _VOCAB_MATRICES or full.shape[0] == rows:
+            return full
+        out = full.new_zeros((rows,) + tuple(full.shape[1:]))
+        k = min(rows, full.shape[0], self.cfg.model.vocab_size)
+        out[:k] = full[:k]
+        return out
+
+    @torch.no_grad()
+    def full_model_state(self) -> Optional[dict]:
+        """The whole model under serial names (vocabulary padded as in the serial model), gathered
+        over tp and pp onto global rank 0 as CPU tensors; None on the other ranks."""
+        g = self.grid
+        serial_rows = pad_vocab(self.cfg.model.vocab_size, SerialLayers.vocab_multiple)
+        local: dict[str, torch.Tensor] = {}
+        if g.dp_rank == 0:
+            for m in self.chunks:
+                for n, p in m.named_parameters():
+                    if getattr(p, "_mc_tied_copy", False):
+                        continue
+                    full = p.detach()
+                    if hasattr(p, "_mc_shard") and g.tp_size > 1:
+                        full = C.all_gather_dim(full.contiguous(), p._mc_shard_dim, g.tp)
+                    if g.tp_rank == 0:
+                        local[n] = self._serial_rows(n, full, serial_rows)
+        leader = g.dp_rank == 0 and g.tp_rank == 0
+        if g.pp_size > 1 and leader:
+            if g.pp_rank == 0:
+                for src in g.pp.ranks[1:]:
+                    meta = [None]
+                    dist.recv_object_list(meta, src=src)
+                    for n, shape, dtype in meta[0]:
+                        t = torch.empty(shape, dtype=dtype, device=self.device)
+                        dist.recv(t, src=src)
+                        local[n] = t
+            else:
+                dist.send_object_list([[(n, tuple(t.shape), t.dtype) for n, t in local.items()]], dst=g.pp.ranks[0])
+                for t in local.values():
+                    dist.send(t.contiguous(), dst=g.pp.ranks[0])
+        if g.rank != 0:
+            return None
+        shapes = self.serial_shapes()
+        return {n: local[n].to("cpu", copy=True) for n in shapes}
+
+    @torch.no_grad()
+    def load_full_model_state(self, sd: Optional[dict]) -> None:
+        """Set the weights from a serial-named state dict (as `full_model_state` returns). Give it on
+        every rank, or on rank 0 only (then it is broadcast). The optimizer's fp32 masters follow;
+        its moments are left as they are."""
+        g = self.grid
+        if g.world_size > 1:
+            have = torch.tensor([1.0 if sd is not None else 0.0], device=self.device)
+            C.all_reduce(have, g.world)
+            if have.item() < g.world_size:
+                first = [sd if g.rank == 0 else None]
+                dist.broadcast_object_list(first, src=0)
+                sd = first[0]
+        if sd is None:
+            raise ValueError("load_full_model_state: no state dict on rank 0")
+        shapes = self.serial_shapes()
+        missing = sorted(set(shapes) - set(sd))
+        extra = sorted(set(sd) - set(shapes))
+        if missing or extra:
+            raise ValueError(f"load_full_model_state: keys differ from the model's (missing {missing[:5]}, "
+                             f"unexpected {extra[:5]})")
+        for m in self.chunks:
+            for n, p in m.named_parameters():
+                key = getattr(p, "_mc_name", n) if getattr(p, "_mc_tied_copy", False) else n
+                want = tuple(getattr(p, "_mc_full_shape", p.shape))
+                full = self._serial_rows(key, sd[key], want[0])
+                if tuple(full.shape) != want:
+                    raise ValueError(f"load_full_model_state: {key} has shape {tuple(sd[key].shape)}, "
+                                     f"expected {shapes[key]}")
+                shard = p._mc_shard(full) if hasattr(p, "_mc_shard") else full
+                p.copy_(shard.to(device=p.device, dtype=p.dtype))
+        self.optimizer.reload_masters()
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def _to_device(obj, device):
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(v, device) for v in obj)
+    return obj

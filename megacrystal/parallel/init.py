@@ -1,0 +1,80 @@
+"""Start torch.distributed from torchrun's environment, after checking the config against it.
+
+    grid, device = init_distributed(cfg)
+
+Reads WORLD_SIZE, RANK, LOCAL_RANK (and torchrun's MASTER_ADDR/MASTER_PORT); validates every
+config rule against WORLD_SIZE *before* `init_process_group`, so a bad launch fails at once with a
+one-line error instead of hanging in a collective; picks NCCL on CUDA and gloo on CPU
+(`parallel.backend` may force one); puts the process on cuda:LOCAL_RANK. Without WORLD_SIZE (a
+plain `python` run) it is a world of one and no process group is created.
+"""
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from ..config import Config, ConfigError, validate_config
+from ..log import get_logger
+from .state import Grid, build_grid
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"environment {name}={raw!r}: expected an integer (as torchrun sets it)") from None
+
+
+def pick_device(cfg: Config, local_rank: int) -> torch.device:
+    want = cfg.train.device
+    has_cuda = torch.cuda.is_available()
+    if want == "cuda" and not has_cuda:
+        raise ConfigError("train.device: cuda requested but torch sees no CUDA device")
+    if want == "cpu" or (want == "auto" and not has_cuda):
+        return torch.device("cpu")
+    n = torch.cuda.device_count()
+    if local_rank >= n:
+        raise ConfigError(f"environment LOCAL_RANK={local_rank}: only {n} CUDA device(s) on this node "
+                          f"(start at most {n} processes per node)")
+    return torch.device("cuda", local_rank)
+
+
+def pick_backend(cfg: Config, device: torch.device) -> str:
+    b = cfg.parallel.backend
+    if b == "auto":
+        return "nccl" if device.type == "cuda" else "gloo"
+    if b == "nccl" and device.type != "cuda":
+        raise ConfigError("parallel.backend: nccl needs CUDA devices (use gloo or auto on CPU)")
+    return b
+
+
+def init_distributed(cfg: Config, timeout_s: float = 1800.0) -> tuple[Grid, torch.device]:
+    world = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", 0)
+    if world < 1:
+        raise ConfigError(f"environment WORLD_SIZE={world}: expected >= 1")
+    if not 0 <= rank < world:
+        raise ConfigError(f"environment RANK={rank}: expected 0 <= RANK < WORLD_SIZE={world}")
+    if local_rank < 0:
+        raise ConfigError(f"environment LOCAL_RANK={local_rank}: expected >= 0")
+    validate_config(cfg, world)
+    device = pick_device(cfg, local_rank)
+    backend = pick_backend(cfg, device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        for k in ("MASTER_ADDR", "MASTER_PORT"):
+            if not os.environ.get(k):
+                raise ConfigError(f"environment {k}: not set (launch with torchrun, which sets it)")
+        kw = dict(device_id=device) if device.type == "cuda" else {}
+        dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s), **kw)
+    grid = build_grid(cfg)
+    get_logger("megacrystal.parallel").info(f"{grid.describe()} backend {grid.backend or 'none'} device {device}")
+    return grid, device

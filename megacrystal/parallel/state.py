@@ -1,0 +1,204 @@
+"""The TP x PP x DP grid: which global ranks form each process group, built once, up front.
+
+Ranks are laid out by reshaping `arange(world)`; `parallel.order` names the axes fastest-varying
+first. Megatron's default "tp-dp-pp" gives  rank = tp_rank + tp*(dp_rank + dp*pp_rank), so a
+tensor-parallel group is a run of adjacent ranks (one node's NVLink island) and pipeline stages
+are furthest apart. "tp-pp-dp" puts the pipeline inside the data-parallel replica instead.
+
+Groups (all created on every rank, in one fixed order, before anything else talks):
+    tp         same (dp, pp): shards of one layer
+    pp         same (tp, dp): the stages of one pipeline
+    dp         same (tp, pp): replicas that reduce gradients
+    mp         same dp: tp x pp, one whole model replica (grad-norm without the distributed optimizer)
+    embedding  first and last pp stage of each pipeline (tied input/output embedding grads)
+    world      everything
+A group of one rank gets no process group at all: collectives on it are no-ops.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from ..config import Config, ConfigError, validate_config
+
+# order -> axis names from slowest to fastest varying (the reshape shape of arange(world))
+ORDERS = {"tp-dp-pp": ("pp", "dp", "tp"), "tp-pp-dp": ("dp", "pp", "tp")}
+
+
+@dataclass
+class Group:
+    """One process group as seen from this rank: its members (global ranks) and our index in it."""
+    name: str
+    ranks: list[int]
+    rank: int                                  # index of this process in `ranks`
+    pg: Optional[object] = None                # torch ProcessGroup; None when size == 1
+
+    @property
+    def size(self) -> int:
+        return len(self.ranks)
+
+
+@dataclass
+class Grid:
+    world_size: int
+    rank: int
+    tp_size: int
+    pp_size: int
+    dp_size: int
+    vpp_size: int
+    order: str
+    tp: Group
+    pp: Group
+    dp: Group
+    mp: Group
+    embedding: Group
+    world: Group
+    backend: Optional[str] = None
+    all_groups: list = field(default_factory=list, repr=False)
+
+    # the names a trainer reads
+    @property
+    def tp_rank(self) -> int:
+        return self.tp.rank
+
+    @property
+    def pp_rank(self) -> int:
+        return self.pp.rank
+
+    @property
+    def dp_rank(self) -> int:
+        return self.dp.rank
+
+    @property
+    def tp_group(self):
+        return self.tp.pg
+
+    @property
+    def pp_group(self):
+        return self.pp.pg
+
+    @property
+    def dp_group(self):
+        return self.dp.pg
+
+    @property
+    def is_first_stage(self) -> bool:
+        return self.pp.rank == 0
+
+    @property
+    def is_last_stage(self) -> bool:
+        return self.pp.rank == self.pp_size - 1
+
+    @property
+    def next_rank(self) -> int:
+        """Global rank of the next pipeline stage (wraps around, for interleaving)."""
+        return self.pp.ranks[(self.pp.rank + 1) % self.pp_size]
+
+    @property
+    def prev_rank(self) -> int:
+        return self.pp.ranks[(self.pp.rank - 1) % self.pp_size]
+
+    def layout(self) -> dict:
+        return dict(tp=self.tp_size, pp=self.pp_size, dp=self.dp_size, vpp=self.vpp_size, order=self.order)
+
+    def describe(self) -> str:
+        return (f"rank {self.rank}/{self.world_size}: tp {self.tp_rank}/{self.tp_size} "
+                f"pp {self.pp_rank}/{self.pp_size} dp {self.dp_rank}/{self.dp_size} (order {self.order})")
+
+
+def rank_layout(world_size: int, tp: int, pp: int, order: str) -> dict[str, torch.Tensor]:
+    """The rank grid as a [pp, dp, tp]-indexed tensor of global ranks, whatever the order."""
+    if order not in ORDERS:
+        raise ConfigError(f"parallel.order: expected one of {sorted(ORDERS)}, got {order!r}")
+    dp = world_size // (tp * pp)
+    sizes = {"tp": tp, "pp": pp, "dp": dp}
+    axes = ORDERS[order]
+    grid = torch.arange(world_size).reshape([sizes[a] for a in axes])
+    return grid.permute([axes.index(a) for a in ("pp", "dp", "tp")])  # -> [pp, dp, tp]
+
+
+def group_ranks(world_size: int, tp: int, pp: int, order: str) -> dict[str, list[list[int]]]:
+    """Every group of every kind, as lists of global ranks, in the creation order."""
+    g = rank_layout(world_size, tp, pp, order)          # [pp, dp, tp]
+    P, D, T = g.shape
+    out = {
+        "tp": [g[p, d, :].tolist() for p in range(P) for d in range(D)],
+        "pp": [g[:, d, t].tolist() for d in range(D) for t in range(T)],
+        "dp": [g[p, :, t].tolist() for p in range(P) for t in range(T)],
+        "mp": [g[:, d, :].flatten().tolist() for d in range(D)],
+    }
+    out["embedding"] = [sorted({r[0], r[-1]}) for r in out["pp"]]
+    return out
+
+
+# Subgroups made here, destroyed by `destroy()` before the default group.
+_created: list = []
+_current: Optional[Grid] = None
+
+
+def _new_group(ranks: list[int]):
+    pg = dist.new_group(ranks)
+    _created.append(pg)
+    return pg
+
+
+def build_grid(cfg: Config, world_size: Optional[int] = None, rank: Optional[int] = None) -> Grid:
+    """Validate `cfg` against the world, then create every group. Without an initialised default
+    group the world must be 1 (a plain single-process run)."""
+    global _current
+    initialised = dist.is_available() and dist.is_initialized()
+    if world_size is None:
+        world_size = dist.get_world_size() if initialised else 1
+    if rank is None:
+        rank = dist.get_rank() if initialised else 0
+    validate_config(cfg, world_size)                  # every rule, before any collective
+    par = cfg.parallel
+    if world_size > 1 and not initialised:
+        raise ConfigError(f"parallel: world size {world_size} needs torch.distributed to be initialised "
+                          f"first (use megacrystal.parallel.init.init_distributed)")
+    if _current is not None and _current.world_size == world_size and _current.rank == rank and \
+            _current.layout() == dict(tp=par.tp, pp=par.pp, dp=world_size // (par.tp * par.pp),
+                                      vpp=par.vpp, order=par.order):
+        return _current
+    all_groups = group_ranks(world_size, par.tp, par.pp, par.order)
+    mine: dict[str, Group] = {}
+    for kind in ("tp", "pp", "dp", "mp", "embedding"):
+        for ranks in all_groups[kind]:
+            # every rank creates every group (torch requires it), in the same order
+            pg = _new_group(ranks) if len(ranks) > 1 else None
+            if rank in ranks:
+                mine[kind] = Group(kind, ranks, ranks.index(rank), pg)
+        if kind == "embedding" and "embedding" not in mine:
+            mine["embedding"] = Group("embedding", [rank], 0, None)   # a middle stage: not a member
+    world = Group("world", list(range(world_size)), rank, dist.group.WORLD if world_size > 1 else None)
+    grid = Grid(world_size=world_size, rank=rank, tp_size=par.tp, pp_size=par.pp,
+                dp_size=world_size // (par.tp * par.pp), vpp_size=par.vpp, order=par.order,
+                tp=mine["tp"], pp=mine["pp"], dp=mine["dp"], mp=mine["mp"], embedding=mine["embedding"],
+                world=world, backend=dist.get_backend() if initialised else None,
+                all_groups=[g for g in (mine["tp"], mine["pp"], mine["dp"], mine["mp"], mine["embedding"])])
+    _current = grid
+    return grid
+
+
+def current() -> Optional[Grid]:
+    """The grid built last in this process (None before `build_grid`)."""
+    return _current
+
+
+def destroy() -> None:
+    """Tear down the subgroups, then the default group (the order gloo needs to exit cleanly)."""
+    global _current
+    _current = None
+    if not (dist.is_available() and dist.is_initialized()):
+        _created.clear()
+        return
+    while _created:
+        pg = _created.pop()
+        try:
+            dist.destroy_process_group(pg)
+        except (RuntimeError, ValueError):
+            pass
+    dist.destroy_process_group()
