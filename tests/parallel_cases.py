@@ -1,0 +1,135 @@
+"""Shared pieces of the parallel tests: a tiny model, fixed data, a training run usable on one
+process or on N gloo ranks, and the comparison against the 1-rank run.
+
+Tolerance: losses and every final parameter tensor within 1e-5 relative (norm-wise) of the serial
+run. One exception, by mathematics rather than by choice: the key bias on head dims that RoPE does
+not rotate adds the same number to every score of a query row, and softmax ignores that, so its
+gradient is exactly zero and what the backward produces there is rounding noise; Adam (eps 1e-9)
+turns noise into steps of up to lr. Those coordinates are only checked to stay within steps * lr.
+"""
+from __future__ import annotations
+
+import torch
+
+from megacrystal.config import load_config
+from megacrystal.parallel.engine import Engine
+
+STEPS = 5
+LR = 1e-3
+RTOL = 1e-5
+BASE = ["model.num_layers=4", "model.hidden_size=32", "model.num_heads=4", "model.ffn_hidden_size=64",
+        "model.vocab_size=300", "model.max_seq_len=32", "model.mup_base_width=64", "data.seq_length=16",
+        "train.global_batch_size=8", "train.micro_batch_size=2", "parallel.bucket_size_mb=0.004"]
+
+
+def make_cfg(overrides: list[str]):
+    return load_config(None, BASE + list(overrides))
+
+
+def data(steps: int = STEPS, n: int = 8, s: int = 16, vocab: int = 300, seed: int = 0,
+         segments: bool = False) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(steps):
+        t = torch.randint(0, vocab, (n, s + 1), generator=g)
+        b = dict(tokens=t[:, :-1], labels=t[:, 1:], loss_mask=(torch.rand(n, s, generator=g) > 0.2).float())
+        if segments:     # two documents per row, cut at a random point: document-masked attention
+            cut = torch.randint(1, s, (n, 1), generator=g)
+            pos = torch.arange(s).expand(n, s)
+            b["segment_ids"] = (pos >= cut).long()
+            b["position_ids"] = torch.where(pos >= cut, pos - cut, pos)
+        out.append(b)
+    return out
+
+
+def split(batch: dict, dp_rank: int, dp: int, micro: int) -> list[dict]:
+    n = batch["tokens"].shape[0] // dp
+    mine = {k: v[dp_rank * n:(dp_rank + 1) * n] for k, v in batch.items()}
+    return [{k: v[i:i + micro] for k, v in mine.items()} for i in range(0, n, micro)]
+
+
+def train(overrides: list[str], batches: list[dict]) -> dict:
+    """Run the steps; returns losses/grad norms (every rank) and the consolidated state (rank 0)."""
+    cfg = make_cfg(overrides)
+    engine = Engine(cfg, torch.device("cpu"))
+    g = engine.grid
+    outs = [engine.train_step(split(b, g.dp_rank, g.dp_size, cfg.train.micro_batch_size), LR) for b in batches]
+    return dict(losses=[o["loss"] for o in outs], norms=[o["grad_norm"] for o in outs],
+                state=engine.full_model_state())
+
+
+def run_configs(rank: int, world: int, configs: list[list[str]], batches: list[dict]) -> list[dict]:
+    """Rank entry point: every config in turn on the same process group."""
+    return [train(c, batches) for c in configs]
+
+
+def serial_key(overrides: list[str]) -> tuple:
+    return tuple(o for o in overrides if not o.startswith("parallel."))
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / (b.double().norm() + 1e-30)).item()
+
+
+def compare(label: str, ref: dict, got: list[dict], cfg_overrides: list[str]) -> list[str]:
+    """Problems found (empty when the parallel run equals the serial one). `got`: every rank's result."""
+    bad = []
+    for r, res in enumerate(got):
+        if res["losses"] != got[0]["losses"] or res["norms"] != got[0]["norms"]:
+            bad.append(f"{label}: rank {r} reports {res['losses']} but rank 0 {got[0]['losses']}")
+    res = got[0]
+    for i, (a, b) in enumerate(zip(res["losses"], ref["losses"])):
+        if abs(a - b) > RTOL * abs(b):
+            bad.append(f"{label}: step {i} loss {a!r} vs serial {b!r}")
+    for i, (a, b) in enumerate(zip(res["norms"], ref["norms"])):
+        if abs(a - b) > RTOL * abs(b):
+            bad.append(f"{label}: step {i} grad norm {a!r} vs serial {b!r}")
+    return bad + state_problems(label, ref["state"], res["state"], make_cfg(cfg_overrides).model)
+
+
+def state_problems(label: str, want_state: dict, have_state: dict, cfg, rtol: float = RTOL) -> list[str]:
+    """Parameter tensors of `have_state` further than `rtol` (relative, norm-wise) from `want_state`."""
+    if set(have_state) != set(want_state):
+        return [f"{label}: state keys differ: {sorted(set(have_state) ^ set(want_state))[:5]}"]
+    bad = []
+    for k, want in want_state.items():
+        have = have_state[k]
+        if have.shape != want.shape:
+            bad.append(f"{label}: {k} shape {tuple(have.shape)} vs {tuple(want.shape)}")
+            continue
+        have, want = have.clone(), want.clone()
+        if k.endswith("attn.qkv.bias"):
+            zero_grad = _key_bias_passthrough(cfg, have)
+            drift = (have[zero_grad] - want[zero_grad]).abs().max().item() if zero_grad.any() else 0.0
+            if drift > STEPS * LR:
+                bad.append(f"{label}: {k} unrotated key bias drifted {drift} > steps*lr")
+            have[zero_grad] = 0
+            want[zero_grad] = 0
+        e = rel(have, want)
+        if e > rtol:
+            bad.append(f"{label}: {k} differs from serial by {e:.2e} (relative)")
+    return bad
+
+
+def _key_bias_passthrough(cfg, bias: torch.Tensor) -> torch.Tensor:
+    """Mask of QKV-bias entries that are key biases on dims RoPE leaves alone."""
+    d = cfg.head_dim
+    group = cfg.num_heads // cfg.num_kv_heads
+    mask = torch.zeros(cfg.num_kv_heads, group + 2, d, dtype=torch.bool)
+    mask[:, group, int(d * cfg.rotary_fraction):] = True
+    return mask.view(-1)
+
+
+def check_matrix(world: int, configs: list[list[str]], segments: bool = False) -> None:
+    """Run `configs` on `world` gloo ranks (one spawn) and compare each with its serial run."""
+    from tests.dist import run_ranks
+    batches = data(segments=segments)
+    results = run_ranks(run_configs, world, (configs, batches), timeout=900)
+    refs: dict[tuple, dict] = {}
+    problems = []
+    for i, c in enumerate(configs):
+        key = serial_key(c)
+        if key not in refs:
+            refs[key] = train(list(key), batches)
+        problems += compare(" ".join(c), refs[key], [r[i] for r in results], list(key))
+    assert not problems, "\n".join(problems)
