@@ -177,7 +177,7 @@ def test_torchrun_launch_trains_like_one_process(tmp_path):
 def test_torchrun_launch_with_a_bad_grid_fails_fast():
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "megacrystal.parallel.smoke", "model.preset=tiny", "parallel.pp=4"]
+           "-m", "megacrystal.parallel.smoke", "model.preset=tiny", "data.seq_length=16", "parallel.pp=4"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "world size 2 is not divisible by tp*pp=4" in proc.stderr
