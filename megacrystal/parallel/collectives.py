@@ -55,9 +55,12 @@ def _mark_unsupported(name: str, group: Group, err: Exception) -> None:
              f"{name} unsupported on {_backend(group)} ({str(err).splitlines()[0][:80]}); using a fallback")
 
 
-def _is_unsupported(err: Exception) -> bool:
+def _is_unsupported(err: Exception, group: Group) -> bool:
+    """Shapes are checked before the call, so on gloo any error at dispatch means a missing
+    collective (its messages vary by version and device); elsewhere only an explicit one counts."""
     msg = str(err).lower()
-    return any(w in msg for w in ("not supported", "unsupported", "does not support", "not implemented"))
+    return _backend(group) == "gloo" or any(
+        w in msg for w in ("not supported", "unsupported", "does not support", "not implemented"))
 
 
 def all_reduce(t: torch.Tensor, group: Group, op=dist.ReduceOp.SUM, async_op: bool = False):
@@ -77,6 +80,8 @@ def reduce_scatter_flat(out: torch.Tensor, inp: torch.Tensor, group: Group, asyn
     """out = (sum over the group of inp)[rank*n:(rank+1)*n], n = out.numel(); inp 1-D, contiguous.
     `out` may be that slice of `inp` itself (in place)."""
     n = out.numel()
+    if inp.numel() != n * group.size:
+        raise ValueError(f"reduce_scatter: input of {inp.numel()} elements for {group.size} outputs of {n}")
     if group.size == 1:
         if out.data_ptr() != inp.data_ptr():
             out.copy_(inp[:n])
@@ -87,7 +92,7 @@ def reduce_scatter_flat(out: torch.Tensor, inp: torch.Tensor, group: Group, asyn
             work = fn(out, inp, group=group.pg, async_op=async_op)
             return work if async_op else None
         except (RuntimeError, NotImplementedError) as e:
-            if not _is_unsupported(e):
+            if not _is_unsupported(e, group):
                 raise
             _mark_unsupported("reduce_scatter", group, e)
     # fallback: all-reduce the whole input in place, keep our slice
@@ -106,6 +111,8 @@ def reduce_scatter_flat(out: torch.Tensor, inp: torch.Tensor, group: Group, asyn
 def all_gather_flat(out: torch.Tensor, inp: torch.Tensor, group: Group, async_op: bool = False):
     """out = cat over the group of inp (1-D); `inp` may be this rank's slice of `out`."""
     n = inp.numel()
+    if out.numel() != n * group.size:
+        raise ValueError(f"all_gather: output of {out.numel()} elements for {group.size} inputs of {n}")
     if group.size == 1:
         if out.data_ptr() != inp.data_ptr():
             out.copy_(inp)
@@ -116,7 +123,7 @@ def all_gather_flat(out: torch.Tensor, inp: torch.Tensor, group: Group, async_op
             work = fn(out, inp, group=group.pg, async_op=async_op)
             return work if async_op else None
         except (RuntimeError, NotImplementedError) as e:
-            if not _is_unsupported(e):
+            if not _is_unsupported(e, group):
                 raise
             _mark_unsupported("all_gather", group, e)
     pieces = list(out.split(n))

@@ -166,7 +166,9 @@ class Engine:
         b, s = self._batches[0]["tokens"].shape
         if self.sp:
             s //= self.grid.tp_size
-        return P2P(self.grid, (b, s, self.cfg.model.hidden_size), self.dtype, self.device)
+        p2p = P2P(self.grid, (b, s, self.cfg.model.hidden_size), self.dtype, self.device)
+        p2p.trace = self.trace
+        return p2p
 
     def _global_loss_sum(self) -> float:
         g = self.grid

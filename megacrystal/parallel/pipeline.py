@@ -14,6 +14,7 @@ and previous (pp=2) pair their messages in the same order on every backend.
 """
 from __future__ import annotations
 
+import time
 from typing import Optional
 
 import torch
@@ -66,6 +67,7 @@ class P2P:
     def __init__(self, grid: Grid, shape: tuple, dtype: torch.dtype, device: torch.device):
         self.grid, self.shape, self.dtype, self.device = grid, tuple(shape), dtype, device
         self.bytes_sent = 0
+        self.trace: Optional[list] = None       # a list: record ("C", t0, t1) of each exchange
 
     def _buffer(self) -> torch.Tensor:
         return torch.empty(self.shape, dtype=self.dtype, device=self.device)
@@ -90,8 +92,11 @@ class P2P:
             from_next = self._buffer()
             ops.append(dist.P2POp(dist.irecv, from_next, g.next_rank, pg, GRAD_TAG))
         if ops:
+            t0 = time.perf_counter()
             for w in dist.batch_isend_irecv(ops):
                 w.wait()
+            if self.trace is not None:
+                self.trace.append(("C", -1, -1, t0, time.perf_counter()))
         if from_prev is not None:
             from_prev.requires_grad_()
         return from_prev, from_next

@@ -1,0 +1,64 @@
+"""What every parallel benchmark records next to its figures: machine, versions, date."""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict:
+    import torch
+    info = dict(host=platform.node(), cpu=platform.processor() or platform.machine(), cores=os.cpu_count(),
+                python=platform.python_version(), torch=torch.__version__,
+                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    try:
+        with open("/proc/meminfo") as f:
+            info["mem_gib"] = round(int(f.readline().split()[1]) / 2 ** 20, 1)
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def record(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(dict(machine=machine(), **payload), indent=1) + "\n")
+    return path
+
+
+def _child(fn, rank, world, args, tmp, q):
+    import torch
+    import torch.distributed as dist
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=world)
+    try:
+        q.put((rank, fn(rank, world, *args)))
+    finally:
+        from megacrystal.parallel import state
+        dist.barrier()
+        state.destroy()
+        os._exit(0)
+
+
+def spawn(fn, world: int, args: tuple = (), timeout: float = 1200) -> list:
+    """fn(rank, world, *args) on `world` gloo processes (fn at module level); returns their results."""
+    import multiprocessing as mp
+    import tempfile
+    ctx = mp.get_context("spawn")
+    with tempfile.TemporaryDirectory() as tmp:
+        q = ctx.Queue()
+        procs = [ctx.Process(target=_child, args=(fn, r, world, args, tmp, q)) for r in range(world)]
+        for p in procs:
+            p.start()
+        out = dict(q.get(timeout=timeout) for _ in range(world))
+        for p in procs:
+            p.join(60)
+    return [out[r] for r in range(world)]
