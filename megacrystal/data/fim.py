@@ -6,11 +6,11 @@ the epoch-expanded document index, so every epoch's copy of a document draws ane
 of one occurrence share the decision. A transformed piece:
   text = decode(piece without its trailing EOD); two uniform character positions lo <= hi
   (hashed with the piece offset as well) split it into prefix / middle / suffix, each re-encoded;
-  PSM: <fim_prefix> prefix <fim_suffix> suffix <fim_middle> middle
-  SPM (probability spm_rate): <fim_prefix> <fim_suffix> suffix <fim_middle> prefix middle
-  then cut to the piece's original length (the end of the layout is dropped) or padded with
-  <fim_pad> to it, and the EOD put back. So every piece keeps its length, the sample stays
-  seq_len + 1 tokens and document boundaries do not move; padding is masked out of the loss.
+  PSM: <fim_prefix> prefix <fim_suffix> suffix <fim_middle> middle [EOD]
+  SPM (probability spm_rate): <fim_prefix> <fim_suffix> suffix <fim_middle> prefix middle [EOD]
+The pieces are joined again in order and the sample is cut back to seq_len + 1 tokens (the few
+tokens the sentinels add fall off the end of the sample) or padded to it with <fim_pad>, which is
+masked out of the loss. Every FIM piece that is not cut by the end of the sample is complete.
 
 Decode and encode run in the tokenizer's native code on whole pieces (no Python per token).
 """
@@ -52,13 +52,12 @@ def file_key(source: str, file_index: int) -> int:
 @dataclass
 class FimPiece:
     """What happened to one piece (for inspection and tests)."""
-    start: int          # position of the piece in the sample
-    length: int
+    start: int          # position of the piece in the output sample
+    length: int         # its length there (after FIM, after the cut at the sample end)
     mode: str           # "psm" | "spm" | "none"
     lo: int = 0         # character cut points in the decoded text
     hi: int = 0
-    truncated: int = 0  # tokens of the layout dropped to keep the length
-    padded: int = 0     # <fim_pad> tokens added to keep the length
+    cut: int = 0        # tokens of the piece that fell off the end of the sample
 
 
 class FIM:
@@ -77,28 +76,43 @@ class FIM:
 
     def apply(self, tokens: np.ndarray, parts: Sequence, rate: float, spm_rate: float, phase: int,
               fkey: int) -> tuple[np.ndarray, list[FimPiece]]:
-        """FIM over the pieces of one sample (`parts`: SamplePart-like with document/position/offset/length)."""
-        out = tokens
-        report = []
+        """FIM over the pieces of one sample (`parts`: SamplePart-like with document/position/offset/length).
+
+        Returns the new sample (same length) and one FimPiece per piece still in it.
+        """
+        pieces, modes = [], []
         at = 0
+        changed = False
         for p in parts:
-            n = p.length
+            piece = tokens[at:at + p.length]
+            done = None
             if self.decide(phase, fkey, p.position, p.document, rate):
-                if out is tokens:
-                    out = tokens.copy()
-                piece = self._transform(tokens[at:at + n], phase, fkey, p, spm_rate, at)
-                if piece is not None:
-                    new, info = piece
-                    out[at:at + n] = new
-                    report.append(info)
-                else:
-                    report.append(FimPiece(at, n, "none"))
+                done = self._transform(piece, phase, fkey, p, spm_rate)
+            if done is None:
+                pieces.append(piece)
+                modes.append(("none", 0, 0))
             else:
-                report.append(FimPiece(at, n, "none"))
-            at += n
+                pieces.append(done[0])
+                modes.append(done[1:])
+                changed = True
+            at += p.length
+        if not changed:
+            return tokens, [FimPiece(s, n, "none") for s, n in _starts([len(x) for x in pieces])]
+        n = len(tokens)
+        out = np.concatenate(pieces)
+        report = []
+        for (start, length), (mode, lo, hi) in zip(_starts([len(x) for x in pieces]), modes):
+            if start >= n:
+                break
+            kept = min(length, n - start)
+            report.append(FimPiece(start, kept, mode, lo, hi, length - kept))
+        if len(out) >= n:
+            out = out[:n]
+        else:
+            out = np.concatenate([out, np.full(n - len(out), self.pad_id, dtype=out.dtype)])
         return out, report
 
-    def _transform(self, piece: np.ndarray, phase: int, fkey: int, p, spm_rate: float, at: int):
+    def _transform(self, piece: np.ndarray, phase: int, fkey: int, p, spm_rate: float):
         n = len(piece)
         body_len = n - 1 if n and int(piece[-1]) == self.eod else n
         if body_len < 1:
@@ -116,15 +130,17 @@ class FIM:
             layout = [self.prefix_id, self.suffix_id, *suf, self.middle_id, *pre, *mid]
         else:
             layout = [self.prefix_id, *pre, self.suffix_id, *suf, self.middle_id, *mid]
-        truncated = max(0, len(layout) - body_len)
-        padded = max(0, body_len - len(layout))
-        new = np.empty(n, dtype=piece.dtype)
-        new[:min(len(layout), body_len)] = layout[:body_len]
-        if padded:
-            new[len(layout):body_len] = self.pad_id
-        if body_len < n:
-            new[body_len:] = piece[body_len:]
-        return new, FimPiece(at, n, "spm" if spm else "psm", lo, hi, truncated, padded)
+        new = np.empty(len(layout) + n - body_len, dtype=piece.dtype)
+        new[:len(layout)] = layout
+        new[len(layout):] = piece[body_len:]
+        return new, "spm" if spm else "psm", lo, hi
+
+
+def _starts(lengths):
+    at = 0
+    for n in lengths:
+        yield at, n
+        at += n
 
 
 def unpermute(tok, layout: Sequence[int], mode: str) -> str:

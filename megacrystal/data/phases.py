@@ -154,8 +154,9 @@ class PhasedDataset:
         return tokens, parts, loc, report
 
     def __getitem__(self, g: int) -> dict:
-        tokens, parts, loc, _ = self.raw(int(g))
-        out = make_sample(tokens, [p.length for p in parts], eod=self.eod, pad=self.pad,
+        tokens, parts, loc, report = self.raw(int(g))
+        lengths = [p.length for p in (parts if report is None else report)]
+        out = make_sample(tokens, lengths, eod=self.eod, pad=self.pad,
                           eod_mask_loss=self.eod_mask_loss, reset_position_ids=self.reset_position_ids)
         out["source_id"] = np.int64(self.source_ids[loc.source])
         out["phase_id"] = np.int64(loc.phase)

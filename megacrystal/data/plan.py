@@ -197,6 +197,7 @@ def make_plan(cfg: Config) -> DataPlan:
                                 {s: w / total_w for s, w in ph.blend.items()}, ph.fim_rate, ph.fim_spm_rate, ph))
         start += n
 
+    _check_fim_tokenizer(cfg, phases, sources, where)
     for p in phases:
         for s, size in zip(p.sources, source_sizes(p.weights, p.num_samples, d.surplus)):
             sources[s].demand += size
@@ -216,3 +217,24 @@ def make_plan(cfg: Config) -> DataPlan:
                     f"raise data.max_epochs")
     return DataPlan(d.seq_length, t.global_batch_size, d.seed, sources, phases, d.valid_fraction, d.surplus,
                     d.max_epochs)
+
+
+def _check_fim_tokenizer(cfg: Config, phases: list[PhasePlan], sources: dict, where: str) -> None:
+    fim = [p for p in phases if p.fim_rate > 0 and any(sources[s].kind == "code" for s in p.sources)]
+    if not fim:
+        return
+    p = fim[0]
+    if not cfg.data.tokenizer_model:
+        raise ConfigError(f"{where}data.tokenizer_model: not set, but data.phases[{p.index}] ({p.name}) has "
+                          f"fim_rate {p.fim_rate} on a code source; FIM needs the tokenizer")
+    from ..tokenizer import load_tokenizer
+    from .fim import FIM_TOKENS
+    try:
+        tok = load_tokenizer(cfg.data.tokenizer_type, cfg.data.tokenizer_model)
+    except ValueError as e:
+        raise ConfigError(f"{where}data.tokenizer_model: {e}") from None
+    missing = [n for n in FIM_TOKENS if n not in tok.special]
+    if missing:
+        raise ConfigError(f"{where}data.tokenizer_model: {cfg.data.tokenizer_model} has no "
+                          f"{', '.join('<' + m + '>' for m in missing)} token, needed by data.phases[{p.index}] "
+                          f"({p.name}) fim_rate {p.fim_rate}")

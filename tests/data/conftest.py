@@ -21,7 +21,8 @@ def make_config(corpus, out_dir, phases=None, seq_length=64, mbs=2, gbs=8, **dat
     p = corpus["prefixes"]
     d = {"tokenizer_model": corpus["tokenizer"], "seq_length": seq_length, "cache_dir": f"{out_dir}/cache",
          "sources": {"prose": {"prefixes": [p["prose"]]},
-                     "code": {"prefixes": [p["code_a"], p["code_b"]], "kind": "code", "language": "python"}},
+                     "code": {"prefixes": [p["code_a"], p["code_b"]], "kind": "code", "language": "python"},
+                     "snippets": {"prefixes": [p["snippets"]], "kind": "code"}},
          "phases": phases or [{"name": "nl", "steps": 5, "blend": {"prose": 0.9, "code": 0.1}},
                               {"name": "code", "steps": 7, "blend": {"prose": 0.3, "code": 0.7}, "fim_rate": 0.9}]}
     d.update(data)

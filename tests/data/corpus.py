@@ -56,5 +56,7 @@ def build(root: str) -> dict:
     code, prose = code_texts(), prose_texts()
     tok_path = train_tokenizer(os.path.join(root, "tokenizer.json"), code[:30] + prose[:30])
     tok = load_tokenizer("HuggingFaceTokenizer", tok_path)
-    prefixes = write_corpus(root, {"prose": prose, "code_a": code[::2], "code_b": code[1::2]}, tok)
+    snippets = [t[i:i + 240] for t in code[:20] for i in range(0, len(t), 240)]
+    prefixes = write_corpus(root, {"prose": prose, "code_a": code[::2], "code_b": code[1::2],
+                                   "snippets": snippets}, tok)
     return {"tokenizer": tok_path, "prefixes": prefixes, "code": code, "prose": prose}
