@@ -60,3 +60,34 @@ def build(root: str) -> dict:
     prefixes = write_corpus(root, {"prose": prose, "code_a": code[::2], "code_b": code[1::2],
                                    "snippets": snippets}, tok)
     return {"tokenizer": tok_path, "prefixes": prefixes, "code": code, "prose": prose}
+
+
+DEMO_SOURCES = ["prose_pydoc", "prose_packages", "prose_sharedoc", "code_python", "code_c", "code_web"]
+
+
+def build_demo_layout(cwd: str, empty=("prose_sharedoc",)) -> None:
+    """What `megacrystal demo` leaves in its working directory, made from small real texts:
+    demo_data/tokenizer/tokenizer.model (SentencePiece BPE, byte fallback, FIM specials) and
+    demo_data/tokens/{name}_text_document for the six demo sources (`empty` ones with no documents)."""
+    import io
+
+    import sentencepiece as spm
+
+    from megacrystal.tokenizer import CRYSTAL_SPECIALS, load_tokenizer
+    code, prose = code_texts(80, 3000), prose_texts(79, 3000)
+    texts = {"prose_pydoc": prose[:40], "prose_packages": prose[40:], "prose_sharedoc": prose[:10],
+             "code_python": code[:40], "code_c": code[40:60], "code_web": code[60:]}
+    tok_dir = os.path.join(cwd, "demo_data", "tokenizer")
+    os.makedirs(tok_dir, exist_ok=True)
+    model = io.BytesIO()
+    lines = [line for t in code[:30] + prose[:30] for line in t.splitlines() if line.strip()]
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=model, vocab_size=800,
+                                   model_type="bpe", byte_fallback=True, normalization_rule_name="identity",
+                                   remove_extra_whitespaces=False,
+                                   user_defined_symbols=[f"<{s}>" for s in CRYSTAL_SPECIALS], minloglevel=2)
+    path = os.path.join(tok_dir, "tokenizer.model")
+    with open(path, "wb") as f:
+        f.write(model.getvalue())
+    tok = load_tokenizer("SentencePieceTokenizer", path)
+    tokens_dir = os.path.join(cwd, "demo_data", "tokens")
+    write_corpus(tokens_dir, {n: ([] if n in empty else texts[n]) for n in DEMO_SOURCES}, tok)
