@@ -23,6 +23,7 @@ import fcntl
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -139,13 +140,9 @@ def cached(kind: str, description: dict, build: Callable[[], tuple[dict, dict]],
     if cache_dir is None:
         return build()
     dist = None
-    if group is not False:
-        try:
-            import torch.distributed as dist_mod
-            if dist_mod.is_available() and dist_mod.is_initialized():
-                dist = dist_mod
-        except ImportError:
-            pass
+    dist_mod = sys.modules.get("torch.distributed")  # not imported: no process group can exist
+    if group is not False and dist_mod is not None and dist_mod.is_available() and dist_mod.is_initialized():
+        dist = dist_mod
     if dist is None:
         return _load_or_build(cache_dir, kind, description, build)
 

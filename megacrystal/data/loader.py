@@ -37,14 +37,22 @@ def collate(samples: list[dict]) -> dict:
     out = {k: torch.from_numpy(np.stack([s[k] for s in samples])) for k in SAMPLE_KEYS}
     for k in ("source_id", "phase_id", "sample_id"):
         out[k] = torch.tensor([int(s[k]) for s in samples], dtype=torch.int64)
-    s = samples[0]["tokens"].shape[0]
-    lengths = np.concatenate([np.bincount(x["segment_ids"]) for x in samples])
-    cu = np.zeros(len(lengths) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=cu[1:])
-    assert cu[-1] == s * len(samples)
-    out["cu_seqlens"] = torch.from_numpy(cu)
-    out["max_seqlen"] = int(lengths.max())
-    return out
+    return finish_batch(out)
+
+
+def finish_batch(mb: dict) -> dict:
+    """Add cu_seqlens (document boundaries over the flattened batch) and max_seqlen from segment_ids."""
+    import torch
+    seg = mb["segment_ids"]
+    b, s = seg.shape
+    # a document starts at position 0 of each sample and wherever the segment number changes
+    starts = torch.ones_like(seg, dtype=torch.bool)
+    starts[:, 1:] = seg[:, 1:] != seg[:, :-1]
+    pos = torch.nonzero(starts.reshape(-1)).reshape(-1).to(torch.int32)
+    cu = torch.cat([pos, torch.tensor([b * s], dtype=torch.int32, device=pos.device)])
+    mb["cu_seqlens"] = cu
+    mb["max_seqlen"] = int((cu[1:] - cu[:-1]).max())
+    return mb
 
 
 class _Samples:
