@@ -50,8 +50,7 @@ def dali_micro_batches(dataset, batches: list[list[int]], num_workers: int = 0,
     @pipeline_def(batch_size=size, num_threads=max(1, num_workers), device_id=device_id,
                   prefetch_queue_depth=prefetch, seed=0)
     def pipe():
-        outs = fn.external_source(source=source, num_outputs=len(OUTPUTS), batch=True, batch_info=True,
-                                  cycle="raise")
+        outs = fn.external_source(source=source, num_outputs=len(OUTPUTS), batch=True, batch_info=True)
         return tuple(o.gpu() for o in outs) if device_id is not None else tuple(outs)
 
     p = pipe()
