@@ -104,3 +104,16 @@ def test_validation_per_source(data):
     for x, y in zip(a, b):
         for p, q in zip(x, y):
             _same(p, q)
+
+
+@pytest.mark.gpu
+def test_pinned_batches_on_cuda(data):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device (pinned memory is used only with CUDA)")
+    cfg, (plan, loader, _) = data
+    ref = [_flat(s) for s in StepLoader(loader.dataset, 0, 1, 2, 8)]
+    got = list(StepLoader(loader.dataset, 0, 1, 2, 8, num_workers=2, pin_memory=True))
+    assert got[0][0]["tokens"].is_pinned()
+    for a, b in zip(got, ref):
+        for x, y in zip(a, b):
+            _same(x, y)
