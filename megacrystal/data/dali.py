@@ -26,9 +26,10 @@ def require_dali():
                           f"nvidia-dali-cuda130), which is not importable here ({e}); use data.backend: torch") from None
 
 
-def dali_micro_batches(dataset, batches: list[list[int]], num_workers: int = 0,
+def dali_micro_batches(dataset, batches, num_workers: int = 0,
                        device_id: Optional[int] = None, prefetch: int = 2) -> Iterator[dict]:
-    """Micro-batches (dicts of torch tensors, as `collate` makes them) for the given global-id lists."""
+    """Micro-batches (dicts of torch tensors, as `collate` makes them) for `batches`, a sequence of
+    global-id lists (indexed by DALI's iteration number)."""
     require_dali()
     import torch
     from nvidia.dali import fn, pipeline_def
@@ -36,7 +37,7 @@ def dali_micro_batches(dataset, batches: list[list[int]], num_workers: int = 0,
 
     if device_id is None and torch.cuda.is_available():
         device_id = torch.cuda.current_device()
-    if not batches:
+    if len(batches) == 0:
         return
     size = len(batches[0])
 

@@ -58,6 +58,7 @@ class FimPiece:
     lo: int = 0         # character cut points in the decoded text
     hi: int = 0
     cut: int = 0        # tokens of the piece that fell off the end of the sample
+    parts: tuple = ()   # (prefix, middle, suffix) token counts of the re-encoded parts
 
 
 class FIM:
@@ -101,11 +102,11 @@ class FIM:
         n = len(tokens)
         out = np.concatenate(pieces)
         report = []
-        for (start, length), (mode, lo, hi) in zip(_starts([len(x) for x in pieces]), modes):
+        for (start, length), (mode, lo, hi, *counts) in zip(_starts([len(x) for x in pieces]), modes):
             if start >= n:
                 break
             kept = min(length, n - start)
-            report.append(FimPiece(start, kept, mode, lo, hi, length - kept))
+            report.append(FimPiece(start, kept, mode, lo, hi, length - kept, tuple(counts)))
         if len(out) >= n:
             out = out[:n]
         else:
@@ -133,7 +134,7 @@ class FIM:
         new = np.empty(len(layout) + n - body_len, dtype=piece.dtype)
         new[:len(layout)] = layout
         new[len(layout):] = piece[body_len:]
-        return new, "spm" if spm else "psm", lo, hi
+        return new, "spm" if spm else "psm", lo, hi, len(pre), len(mid), len(suf)
 
 
 def _starts(lengths):
@@ -143,19 +144,20 @@ def _starts(lengths):
         at += n
 
 
-def unpermute(tok, layout: Sequence[int], mode: str) -> str:
-    """Text of a FIM piece put back in order (prefix + middle + suffix); for tests and inspection."""
+def unpermute(tok, layout: Sequence[int], piece: FimPiece) -> str:
+    """Text of a FIM piece put back in order (prefix + middle + suffix), each part decoded on its own
+    (for tests and inspection). `layout` starts with the piece's first token."""
     ids = [int(i) for i in layout]
-    P, M, S = (tok.special[n] for n in ("fim_prefix", "fim_middle", "fim_suffix"))
-    pad = tok.special["fim_pad"]
-    ids = [i for i in ids if i != pad]
-    if mode == "psm":
-        i_s, i_m = ids.index(S), ids.index(M)
-        pre, suf, mid = ids[1:i_s], ids[i_s + 1:i_m], ids[i_m + 1:]
-        return tok.decode(pre) + tok.decode(mid) + tok.decode(suf)
-    i_m = ids.index(M)
-    suf, rest = ids[2:i_m], ids[i_m + 1:]
-    return tok.decode(rest) + tok.decode(suf)
+    n_pre, n_mid, n_suf = piece.parts
+    if piece.mode == "psm":  # P pre S suf M mid
+        pre = ids[1:1 + n_pre]
+        suf = ids[2 + n_pre:2 + n_pre + n_suf]
+        mid = ids[3 + n_pre + n_suf:3 + n_pre + n_suf + n_mid]
+    else:                    # P S suf M pre mid
+        suf = ids[2:2 + n_suf]
+        pre = ids[3 + n_suf:3 + n_suf + n_pre]
+        mid = ids[3 + n_suf + n_pre:3 + n_suf + n_pre + n_mid]
+    return tok.decode(pre) + tok.decode(mid) + tok.decode(suf)
 
 
 def fim_token_ids(tokenizer) -> Optional[dict]:

@@ -97,8 +97,11 @@ def build_sample_index(sizes: np.ndarray, document_index: np.ndarray, seq_length
 
 
 def _sample_index_numpy(sizes, document_index, seq_length, epochs, tokens_per_epoch, drop_last_partial, extra, dtype):
-    """The walk, vectorised: sample r starts at flat token position r*S, in the document holding it."""
+    """The walk, vectorised: sample r starts at flat token position r*S, in the document holding it.
+    (The other options, never used here, take the plain walk.)"""
     n = samples_in(epochs, tokens_per_epoch, seq_length, extra, drop_last_partial)
+    if extra != 1 or not drop_last_partial:
+        return _sample_index_walk(sizes, document_index, seq_length, n, extra, dtype)
     lengths = sizes[document_index].astype(np.int64)
     starts = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=starts[1:])
@@ -112,6 +115,26 @@ def _sample_index_numpy(sizes, document_index, seq_length, epochs, tokens_per_ep
     out[:, 0] = d
     out[:, 1] = pos - starts[d]
     out[0] = 0
+    return out
+
+
+def _sample_index_walk(sizes, document_index, seq_length, n, extra, dtype):
+    out = np.zeros((n + 1, 2), dtype=dtype)
+    d, offset, last = 0, 0, len(document_index) - 1
+    for row in range(1, n + 1):
+        remaining = seq_length + extra
+        while remaining != 0:
+            length = int(sizes[document_index[d]]) - offset
+            remaining -= length
+            if remaining <= 0:
+                offset += remaining + length - extra
+                remaining = 0
+            elif d == last:
+                offset = int(sizes[document_index[d]]) - extra
+                break
+            else:
+                d, offset = d + 1, 0
+        out[row] = (d, offset)
     return out
 
 

@@ -68,6 +68,26 @@ class _Samples:
         return self.ds[g]
 
 
+class _MicroBatchIds:
+    """This rank's micro-batches from step `start` on, as lists of global sample ids, computed on demand."""
+
+    def __init__(self, loader: "StepLoader", start: int):
+        self.loader, self.start = loader, start
+        self.n = max(0, loader.total_steps - start) * loader.num_microbatches
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> list[int]:
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        step, m = divmod(i, self.loader.num_microbatches)
+        return self.loader.micro_batch_ids(self.start + step, m)
+
+    def __iter__(self):
+        return (self[i] for i in range(self.n))
+
+
 class StepLoader:
     """Iterates steps from `self.step`; each item: the list of this rank's micro-batches."""
 
@@ -117,7 +137,7 @@ class StepLoader:
 
     # --- iteration
     def _micro_batches(self, start: int) -> Iterator[dict]:
-        batches = [ids for s in range(start, self.total_steps) for ids in self.step_ids(s)]
+        batches = _MicroBatchIds(self, start)
         if self.backend == "dali":
             from .dali import dali_micro_batches
             yield from dali_micro_batches(self.dataset, batches, self.num_workers)
@@ -130,6 +150,8 @@ class StepLoader:
         pin = self.pin_memory and torch.cuda.is_available()
         if self.pin_memory and not pin:
             say_once("loader-no-pin", "data loader: no CUDA device, pinned memory off")
+        # forked workers and the HF tokenizer's thread pool (FIM) do not mix; FIM encodes 3 pieces at a time
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         dl = torch.utils.data.DataLoader(_Samples(self.dataset), batch_sampler=batches, num_workers=self.num_workers,
                                          collate_fn=collate, pin_memory=pin, prefetch_factor=self.prefetch_factor)
         yield from dl

@@ -45,7 +45,7 @@ def test_layout_and_unpermute(tokenizer, corpus, spm_rate):
         if long_info.cut == 0:
             body = long_out[:long_info.length - 1]
             assert long_out[long_info.length - 1] == tokenizer.eod
-            assert unpermute(tokenizer, body, long_info.mode) == text
+            assert unpermute(tokenizer, body, long_info) == text
             n_checked += 1
     assert n_checked >= 10
 
@@ -111,6 +111,28 @@ def test_fim_sample_unpermutes_to_the_plain_sample(corpus, tmp_path, tokenizer):
             body = len(piece) - (1 if piece[-1] == tokenizer.eod else 0)
             original = tokenizer.decode(piece[:body].tolist())
             if r.mode != "none" and r.cut == 0 and "\ufffd" not in original:
-                assert unpermute(tokenizer, tokens[r.start:r.start + body + (r.length - len(piece))], r.mode) == original
+                assert unpermute(tokenizer, tokens[r.start:r.start + r.length], r) == original
                 checked += 1
+    assert checked >= 10
+
+
+def test_sentencepiece_fim_round_trip(tmp_path):
+    """The demo's kind of tokenizer (SentencePiece BPE, byte fallback, identity normalisation)."""
+    from megacrystal.tokenizer import load_tokenizer
+
+    from .corpus import build_demo_layout, code_texts
+    build_demo_layout(str(tmp_path))
+    tok = load_tokenizer("SentencePieceTokenizer", str(tmp_path / "demo_data/tokenizer/tokenizer.model"))
+    fim = FIM(tok, seed=3)
+    pad = tok.special["fim_pad"]
+    checked = 0
+    for i, text in enumerate(code_texts(20, 600)):
+        ids = np.array(tok.encode(text) + [tok.eod] + [pad] * 40, dtype=np.int64)
+        parts = [SamplePart(3, 17 + i, 0, 0, len(ids) - 40), _pad_part(40)]
+        out, report = fim.apply(ids, parts, rate=1.0, spm_rate=0.5, phase=0, fkey=i)
+        r = report[0]
+        assert r.mode in ("psm", "spm")
+        if r.cut == 0:
+            assert unpermute(tok, out[:r.length], r) == text
+            checked += 1
     assert checked >= 10
