@@ -219,11 +219,16 @@ def build_validation(plan: DataPlan, cache_dir: Optional[str], group=None, eod: 
     return out
 
 
-def build_data(cfg, dp_rank: int = 0, dp_size: int = 1, group=None, with_validation: bool = True):
-    """(plan, train StepLoader, {source: ValidationSet}) for a validated config."""
+def build_data(cfg, dp_rank: int = 0, dp_size: int = 1, group=None, with_validation: bool = True,
+               plan: Optional[DataPlan] = None):
+    """(plan, train StepLoader, {source: ValidationSet}) for a validated config.
+
+    Call `make_plan(cfg)` before creating process groups and pass it as `plan`: every data problem
+    (missing file, empty source, too many epochs, FIM tokenizer) is raised there, on every rank alike.
+    """
     from ..tokenizer import load_tokenizer
     d = cfg.data
-    plan = make_plan(cfg)
+    plan = plan if plan is not None else make_plan(cfg)
     tok = load_tokenizer(d.tokenizer_type, d.tokenizer_model) if d.tokenizer_model else None
     cache_dir = d.cache_dir or os.path.join(cfg.train.out_dir, "index_cache")
     ds = PhasedDataset(plan, cache_dir, group, tok, eod_mask_loss=d.eod_mask_loss,

@@ -2,6 +2,8 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from megacrystal.data.loader import StepLoader, build_data
 
@@ -58,6 +60,27 @@ def test_resume_yields_the_same_following_batches(data, stop):
     for a, b in zip(rest, full[stop:]):
         for x, y in zip(a, b):
             _same(x, y)
+
+
+@settings(max_examples=25, deadline=None)
+@given(stop=st.integers(0, 12), layout=st.sampled_from([(1, 1), (1, 2), (2, 1), (2, 2), (4, 1), (1, 4)]),
+       rank_pick=st.integers(0, 3))
+def test_resume_property_any_step_any_layout(data, stop, layout, rank_pick):
+    cfg, (plan, loader, _) = data
+    dp, mbs = layout
+    rank = rank_pick % dp
+    full = list(StepLoader(loader.dataset, rank, dp, mbs, 8))
+    first = StepLoader(loader.dataset, rank, dp, mbs, 8)
+    for _, __ in zip(range(stop), first):
+        pass
+    resumed = StepLoader(loader.dataset, rank, dp, mbs, 8)
+    resumed.load_state_dict(first.state_dict())
+    rest = list(resumed)
+    assert len(rest) == len(full) - stop
+    for a, b in zip(rest, full[stop:]):
+        assert [m["sample_id"].tolist() for m in a] == [m["sample_id"].tolist() for m in b]
+        for x, y in zip(a, b):
+            assert torch.equal(x["tokens"], y["tokens"]) and torch.equal(x["loss_mask"], y["loss_mask"])
 
 
 def test_identical_batches_whatever_the_number_of_workers(data):
