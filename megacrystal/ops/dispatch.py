@@ -6,6 +6,7 @@ The norm may instead use apex's fused kernel (`model.use_apex_norm`) on CUDA whe
 The choice is logged once per (op, implementation, device)."""
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from typing import Callable
@@ -37,6 +38,7 @@ def _load(spec: str, quiet: bool = False) -> Callable | None:
     return _cache[spec]
 
 
+@functools.lru_cache(maxsize=None)
 def triton_available() -> bool:
     try:
         import triton  # noqa: F401
