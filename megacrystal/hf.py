@@ -19,8 +19,8 @@ from typing import Optional
 import torch
 
 from .model.hf_layouts import LAYOUTS, LayoutError, from_crystalcoder, from_llama
-from .model.serialization import (ModelFormatError, _atomic_write_bytes, copy_tokenizer, load_model, save_model,
-                                  save_state_dict, tokenizer_in)
+from .model.serialization import (ModelFormatError, _atomic_write_bytes, copy_tokenizer, find_model_dir, load_model,
+                                  save_model, save_state_dict, tokenizer_in)
 
 DTYPES = {"keep": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -165,7 +165,7 @@ def export_hf(checkpoint, fmt: str, output, dtype: Optional[torch.dtype] = None,
         raise HFError(f"--format: expected one of {sorted(LAYOUTS)}, got {fmt!r}")
     cfg, sd = load_model(checkpoint)
     make_config, convert, _ = LAYOUTS[fmt]
-    tok = tokenizer_in(Path(checkpoint)) or tokenizer_in(Path(checkpoint) / "model")
+    tok = tokenizer_in(find_model_dir(checkpoint))
     ids = tokenizer_ids(tok)
     sd = _cast(sd, dtype)
     try:

@@ -219,3 +219,16 @@ def test_tp_padded_vocab_rows_are_accepted(tmp_path):
     ids = torch.randint(0, cfg.vocab_size, (1, 9))
     with torch.no_grad():
         torch.testing.assert_close(m2(ids), model(ids), rtol=0, atol=0)
+
+
+def test_export_finds_the_model_in_a_training_run(tmp_path):
+    """`--checkpoint` may name the run directory: the `latest` marker leads to step_X/model/."""
+    cfg, model = tiny_model(0)
+    tok = make_tokenizer(tmp_path / "tok.json")
+    run = tmp_path / "run"
+    save_model(run / "checkpoints" / "step_00000007" / "model", cfg, model.state_dict(), tokenizer_path=tok)
+    (run / "checkpoints" / "latest").write_text("step_00000007\n")
+    out = export_hf(run, "crystalcoder", tmp_path / "hf")
+    assert (out / "tokenizer.json").is_file()
+    cfg2, sd2 = load_model(import_hf(out, tmp_path / "back"))
+    assert all(torch.equal(v, sd2[k]) for k, v in model.state_dict().items())

@@ -118,14 +118,20 @@ def load_model(directory) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
 
 
 def find_model_dir(path) -> Path:
-    """The model directory itself, or a checkpoint directory holding one as `model/`."""
+    """The model directory itself, a training checkpoint holding one as `model/`, or a run / checkpoints
+    directory whose `latest` marker names such a checkpoint."""
     p = Path(path)
     if not p.is_dir():
         raise ModelFormatError(f"{p}: not a directory")
-    for cand in (p, p / "model"):
+    cands = [p, p / "model"]
+    for marker in (p / "latest", p / "checkpoints" / "latest"):
+        if marker.is_file():
+            cands.append(marker.parent / marker.read_text().strip() / "model")
+    for cand in cands:
         if (cand / CONFIG_FILE).is_file() and (cand / MODEL_FILE).is_file():
             return cand
-    raise ModelFormatError(f"{p}: no {MODEL_FILE} + {CONFIG_FILE} here or in {p / 'model'}")
+    raise ModelFormatError(f"{p}: no {MODEL_FILE} + {CONFIG_FILE} here, in {p / 'model'}, "
+                           f"or in the checkpoint a 'latest' marker names")
 
 
 def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
