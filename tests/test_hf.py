@@ -232,3 +232,23 @@ def test_export_finds_the_model_in_a_training_run(tmp_path):
     assert (out / "tokenizer.json").is_file()
     cfg2, sd2 = load_model(import_hf(out, tmp_path / "back"))
     assert all(torch.equal(v, sd2[k]) for k, v in model.state_dict().items())
+
+
+def test_import_of_a_llama_written_by_transformers(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    conf = transformers.LlamaConfig(vocab_size=500, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                    rms_norm_eps=1e-5, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    hf_model = transformers.LlamaForCausalLM(conf).eval()
+    with torch.no_grad():
+        for name, p in hf_model.named_parameters():
+            if "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    hf_model.save_pretrained(str(tmp_path / "hf"))
+    cfg, sd = load_model(import_hf(tmp_path / "hf", tmp_path / "ours"))
+    assert (cfg.num_kv_heads, cfg.ffn_hidden_size, cfg.tie_embeddings, cfg.mup) == (2, 96, False, False)
+    ours = build_model(cfg, sd)
+    ids = torch.randint(0, 500, (2, 13), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids)[..., :500], hf_model(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
