@@ -90,3 +90,11 @@ def test_flash_matches_math_on_gpu(docs):
     torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2)
     for x, y in zip(ga, gb):
         torch.testing.assert_close(x.float(), y.float(), rtol=5e-2, atol=5e-2)
+
+
+def test_cu_seqlens_is_recomputed_when_the_ids_change():
+    seg = torch.tensor([[0, 0, 1, 1]])
+    assert cu_seqlens(seg)[0].tolist() == [0, 2, 4]
+    seg[0, 1] = 1           # in-place edit bumps the version
+    assert cu_seqlens(seg)[0].tolist() == [0, 1, 4]
+    assert cu_seqlens(torch.tensor([[3, 3, 3, 3]]))[0].tolist() == [0, 4]

@@ -12,6 +12,7 @@ Backends (`model.attention_backend`):
 from __future__ import annotations
 
 import functools
+import weakref
 from typing import Callable, Optional
 
 import torch
@@ -60,9 +61,24 @@ def attention_sdpa(q, k, v, scale: float, segment_ids: Optional[torch.Tensor] = 
 
 # ----------------------------------------------------------------------------- varlen / flash-attn
 
+_cu_cache: dict = {}
+
+
 def cu_seqlens(segment_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Document boundaries of a packed batch for varlen kernels: int32 offsets into the flattened
-    [b*s] tokens where a run of equal segment ids (or a row) starts, plus the total, and the longest run."""
+    [b*s] tokens where a run of equal segment ids (or a row) starts, plus the total, and the longest run.
+    Remembered for the last `segment_ids` tensor (every layer of a step asks for the same one, and the
+    longest run costs a device sync)."""
+    hit = _cu_cache.get("key")
+    if hit is not None and hit[0]() is segment_ids and hit[1] == segment_ids._version:
+        return _cu_cache["value"]
+    value = _cu_seqlens(segment_ids)
+    _cu_cache["key"] = (weakref.ref(segment_ids), segment_ids._version)
+    _cu_cache["value"] = value
+    return value
+
+
+def _cu_seqlens(segment_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
     b, s = segment_ids.shape
     starts = torch.ones(b, s, dtype=torch.bool, device=segment_ids.device)
     starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
