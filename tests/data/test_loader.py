@@ -38,6 +38,14 @@ def test_batch_contents(data):
     assert torch.equal(mb["tokens"][:, 1:], mb["labels"][:, :-1])
     assert mb["cu_seqlens"][-1] == 2 * 64 and mb["cu_seqlens"].dtype == torch.int32
     assert set(mb["source_id"].tolist()) <= {0, 1} and mb["phase_id"].tolist() == [0, 0]
+    for s in steps:
+        for m in s:  # cu_seqlens: document starts over the flattened batch, from segment_ids
+            seg = m["segment_ids"]
+            starts = [b * 64 + i for b in range(seg.shape[0]) for i in range(64) if i == 0 or seg[b, i] != seg[b, i - 1]]
+            assert m["cu_seqlens"].tolist() == starts + [seg.numel()]
+            assert m["max_seqlen"] == max(np.diff(starts + [seg.numel()]))
+            if cfg.model.document_mask:
+                assert (m["position_ids"][m["segment_ids"] != 0] < 64).all()
     ids = [int(i) for s in steps for m in s for i in m["sample_id"]]
     assert ids == list(range(plan.total_samples))  # dp=1: all samples, in order
     assert {int(m["phase_id"][0]) for m in steps[-1]} == {1}
@@ -140,3 +148,19 @@ def test_pinned_batches_on_cuda(data):
     for a, b in zip(got, ref):
         for x, y in zip(a, b):
             _same(x, y)
+
+
+def test_position_ids_restart_at_documents_with_document_mask(corpus, tmp_path):
+    cfg = make_config(corpus, tmp_path, phases=[{"name": "p", "steps": 3, "blend": {"snippets": 1}}])
+    cfg.model.document_mask = True
+    _, loader, _ = build_data(cfg, with_validation=False)
+    most = 0
+    for step in loader:
+        for m in step:
+            pos, seg = m["position_ids"], m["segment_ids"]
+            for b in range(pos.shape[0]):
+                for i in range(1, pos.shape[1]):
+                    expected = pos[b, i - 1] + 1 if seg[b, i] == seg[b, i - 1] else 0
+                    assert pos[b, i] == expected
+            most = max(most, int(seg.max()))
+    assert most > 0  # short documents: some samples hold several
