@@ -142,14 +142,15 @@ class StepLoader:
             from .dali import dali_micro_batches
             yield from dali_micro_batches(self.dataset, batches, self.num_workers)
             return
-        if self.num_workers == 0:
-            for ids in batches:
-                yield collate([self.dataset[g] for g in ids])
-            return
         import torch
         pin = self.pin_memory and torch.cuda.is_available()
         if self.pin_memory and not pin:
             say_once("loader-no-pin", "data loader: no CUDA device, pinned memory off")
+        if self.num_workers == 0:
+            for ids in batches:
+                mb = collate([self.dataset[g] for g in ids])
+                yield {k: (v.pin_memory() if pin and torch.is_tensor(v) else v) for k, v in mb.items()} if pin else mb
+            return
         # forked workers and the HF tokenizer's thread pool (FIM) do not mix; FIM encodes 3 pieces at a time
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         dl = torch.utils.data.DataLoader(_Samples(self.dataset), batch_sampler=batches, num_workers=self.num_workers,

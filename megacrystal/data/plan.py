@@ -198,6 +198,12 @@ def make_plan(cfg: Config) -> DataPlan:
         start += n
 
     _check_fim_tokenizer(cfg, phases, sources, where)
+    if d.backend == "dali":
+        from .dali import require_dali
+        try:
+            require_dali()
+        except ImportError as e:
+            raise ConfigError(f"{where}{e}") from None
     for p in phases:
         for s, size in zip(p.sources, source_sizes(p.weights, p.num_samples, d.surplus)):
             sources[s].demand += size

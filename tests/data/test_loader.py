@@ -143,11 +143,12 @@ def test_pinned_batches_on_cuda(data):
         pytest.skip("needs a CUDA device (pinned memory is used only with CUDA)")
     cfg, (plan, loader, _) = data
     ref = [_flat(s) for s in StepLoader(loader.dataset, 0, 1, 2, 8)]
-    got = list(StepLoader(loader.dataset, 0, 1, 2, 8, num_workers=2, pin_memory=True))
-    assert got[0][0]["tokens"].is_pinned()
-    for a, b in zip(got, ref):
-        for x, y in zip(a, b):
-            _same(x, y)
+    for workers in (0, 2):
+        got = list(StepLoader(loader.dataset, 0, 1, 2, 8, num_workers=workers, pin_memory=True))
+        assert got[0][0]["tokens"].is_pinned()
+        for a, b in zip(got, ref):
+            for x, y in zip(a, b):
+                _same(x, y)
 
 
 def test_position_ids_restart_at_documents_with_document_mask(corpus, tmp_path):
@@ -164,3 +165,15 @@ def test_position_ids_restart_at_documents_with_document_mask(corpus, tmp_path):
                     assert pos[b, i] == expected
             most = max(most, int(seg.max()))
     assert most > 0  # short documents: some samples hold several
+
+
+def test_eod_mask_loss(corpus, tmp_path, tokenizer):
+    cfg = make_config(corpus, tmp_path, eod_mask_loss=True, phases=[{"name": "p", "steps": 2, "blend": {"snippets": 1}}])
+    _, loader, _ = build_data(cfg, with_validation=False)
+    n_eod = 0
+    for step in loader:
+        for m in step:
+            eod = m["tokens"] == tokenizer.eod
+            n_eod += int(eod.sum())
+            assert (m["loss_mask"][eod] == 0).all() and (m["loss_mask"][~eod] == 1).all()
+    assert n_eod > 0
