@@ -40,3 +40,8 @@ def test_missing_dali_is_a_clear_error(monkeypatch, corpus, tmp_path):
     dali = StepLoader(loader.dataset, 0, 1, 2, 8, backend="dali")
     with pytest.raises(ImportError, match=r"data\.backend: dali needs NVIDIA DALI .*nvidia-dali-cuda130"):
         next(iter(dali))
+    from megacrystal.config import ConfigError
+    from megacrystal.data.plan import make_plan
+    cfg.data.backend = "dali"
+    with pytest.raises(ConfigError, match=r"data\.backend: dali needs NVIDIA DALI"):
+        make_plan(cfg)
