@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -159,6 +159,3 @@ def unpermute(tok, layout: Sequence[int], piece: FimPiece) -> str:
         mid = ids[3 + n_suf + n_pre:3 + n_suf + n_pre + n_mid]
     return tok.decode(pre) + tok.decode(mid) + tok.decode(suf)
 
-
-def fim_token_ids(tokenizer) -> Optional[dict]:
-    return {n: tokenizer.special[n] for n in FIM_TOKENS} if all(n in tokenizer.special for n in FIM_TOKENS) else None

@@ -2,8 +2,6 @@
 blending indices for the same inputs. Tests skip with a reason when it is not installed."""
 from __future__ import annotations
 
-import os
-import types
 
 import numpy as np
 import pytest
