@@ -32,7 +32,7 @@ class Norm(nn.Module):
         self.eps = cfg.norm_eps
         self.weight = mark(nn.Parameter(torch.ones(cfg.hidden_size)), "ones")
         self.bias = None if self.rms else mark(nn.Parameter(torch.zeros(cfg.hidden_size)), "zeros")
-        self._norm = op("norm", cfg.kernels)
+        self._norm = op("norm", cfg.kernels, apex=cfg.use_apex_norm)
 
     def forward(self, x):
         return self._norm(x, self.weight, self.bias, self.eps, self.rms)

@@ -18,3 +18,14 @@ def norm_reference(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
         return y.to(x.dtype)
     y = F.layer_norm(xf, (x.shape[-1],), weight.float(), None if bias is None else bias.float(), eps)
     return y.to(x.dtype)
+
+
+def norm_apex(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], eps: float,
+              rms: bool) -> torch.Tensor:
+    """apex's fused CUDA norm (used only with `model.use_apex_norm` and apex importable)."""
+    from apex.normalization.fused_layer_norm import fused_layer_norm_affine, fused_rms_norm_affine
+    shape = (x.shape[-1],)
+    if rms:
+        y = fused_rms_norm_affine(x, weight, shape, eps)
+        return y + bias if bias is not None else y
+    return fused_layer_norm_affine(x, weight, bias, shape, eps)
