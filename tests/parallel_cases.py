@@ -120,10 +120,10 @@ def _key_bias_passthrough(cfg, bias: torch.Tensor) -> torch.Tensor:
     return mask.view(-1)
 
 
-def check_matrix(world: int, configs: list[list[str]], segments: bool = False) -> None:
+def check_matrix(world: int, configs: list[list[str]], segments: bool = False, steps: int = STEPS) -> None:
     """Run `configs` on `world` gloo ranks (one spawn) and compare each with its serial run."""
     from tests.dist import run_ranks
-    batches = data(segments=segments)
+    batches = data(steps=steps, segments=segments)
     results = run_ranks(run_configs, world, (configs, batches), timeout=900)
     refs: dict[tuple, dict] = {}
     problems = []

@@ -63,3 +63,11 @@ def test_eight_ranks_rest_of_matrix():
         LLAMA + ["parallel.tp=2", "parallel.pp=2"],
         ["parallel.tp=4", "parallel.distributed_optimizer=true", "parallel.sequence_parallel=true"],
     ])
+
+
+@pytest.mark.slow
+def test_two_ranks_with_the_triton_kernels():
+    """Every fused op through Triton (interpreted on CPU: slow, so one config and 2 steps), inside
+    the tensor-parallel model with sequence parallelism."""
+    pytest.importorskip("triton")
+    check_matrix(2, [["model.kernels=triton", "parallel.tp=2", "parallel.sequence_parallel=true"]], steps=2)

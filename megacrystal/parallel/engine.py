@@ -120,8 +120,10 @@ class Engine:
             tmin, tmax = int(b["tokens"].min()), int(b["tokens"].max())
             if tmin < 0 or tmax >= m.vocab_size:
                 return f"{where}.tokens: ids in [{tmin}, {tmax}], expected [0, {m.vocab_size})"
-            if int(b["labels"].max()) >= m.vocab_size:
-                return f"{where}.labels: id {int(b['labels'].max())} >= model.vocab_size={m.vocab_size}"
+            lab = b["labels"]
+            if int(lab.max()) >= m.vocab_size or bool(((lab < 0) & (lab != -100)).any()):
+                bad = int(lab[(lab >= m.vocab_size) | ((lab < 0) & (lab != -100))][0])
+                return f"{where}.labels: id {bad}, expected [0, {m.vocab_size}) or -100 (ignored)"
         s = shape[1]
         if s > m.max_seq_len:
             return f"micro_batches: sequence length {s} exceeds model.max_seq_len={m.max_seq_len}"
@@ -221,8 +223,12 @@ class Engine:
     def load_state_dict(self, sd: dict) -> None:
         if not isinstance(sd, dict) or sd.get("format") != FORMAT:
             raise ValueError(f"engine state: expected format {FORMAT!r}, got {sd.get('format') if isinstance(sd, dict) else sd!r}")
-        if sd["layout"] != self._layout():
-            raise ValueError(f"engine state: saved by rank layout {sd['layout']}, this rank is {self._layout()}")
+        mine, saved = self._layout(), dict(sd.get("layout") or {})
+        if not self.cfg.parallel.distributed_optimizer:     # replicas are identical: any dp rank's state will do
+            mine.pop("dp_rank")
+            saved.pop("dp_rank", None)
+        if saved != mine:
+            raise ValueError(f"engine state: saved by rank layout {sd.get('layout')}, this rank is {self._layout()}")
         params = {n: p for m in self.chunks for n, p in m.named_parameters()}
         missing = sorted(set(params) - set(sd["model"]))
         extra = sorted(set(sd["model"]) - set(params))
@@ -237,7 +243,7 @@ class Engine:
 
     def _layout(self) -> dict:
         g = self.grid
-        return dict(g.layout(), world=g.world_size, rank=g.rank, tp_rank=g.tp_rank, pp_rank=g.pp_rank,
+        return dict(g.layout(), world=g.world_size, tp_rank=g.tp_rank, pp_rank=g.pp_rank,
                     dp_rank=g.dp_rank, distributed_optimizer=bool(self.cfg.parallel.distributed_optimizer),
                     precision=self.cfg.train.precision)
 

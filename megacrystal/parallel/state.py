@@ -183,6 +183,12 @@ def build_grid(cfg: Config, world_size: Optional[int] = None, rank: Optional[int
     return grid
 
 
+def init_distributed(cfg: Config, timeout_s: float = 1800.0):
+    """`parallel.init.init_distributed` (here too, for callers that only import the state module)."""
+    from .init import init_distributed as init
+    return init(cfg, timeout_s)
+
+
 def current() -> Optional[Grid]:
     """The grid built last in this process (None before `build_grid`)."""
     return _current

@@ -242,7 +242,7 @@ class TensorParallelLayers:
         return h
 
     def cross_entropy(self, logits: torch.Tensor, labels: torch.Tensor, impl: str = "auto") -> torch.Tensor:
-        return vocab_parallel_cross_entropy(logits, labels, self.group, self.ce_chunk_elements)
+        return vocab_parallel_cross_entropy(logits, labels, self.group, self.ce_chunk_elements, impl)
 
 
 # --------------------------------------------------------------------------- RNG streams
