@@ -12,7 +12,10 @@ bf16 parameters and fp32 gradients, and take 2 training steps. Recorded per rank
   peak_bytes_per_param   cpu: growth of the process's peak RSS (VmHWM) from just before building
                          the engine to after the steps; cuda: torch.cuda.max_memory_allocated over
                          the same window. Includes activations and temporaries (small here:
-                         micro-batch 1 x 64 tokens) and, on CPU, allocator slack.
+                         micro-batch 1 x 64 tokens) and, on CPU, allocator slack and gloo's
+                         staging copies: its reduce-scatter and all-gather copy whole buckets, so
+                         the CPU run is repeated with the in-place all-reduce fallbacks
+                         (`collectives.FORCE_FALLBACK`), which stage nothing for the reduction.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ from benchmarks.parallel_bench_util import record, spawn  # noqa: E402
 
 MODEL = ["model.num_layers=4", "model.hidden_size=256", "model.num_heads=4", "model.ffn_hidden_size=1024",
          "model.vocab_size=4096", "model.max_seq_len=64", "model.mup_base_width=64", "data.seq_length=64",
-         "train.micro_batch_size=1", "train.precision=bf16"]
+         "train.micro_batch_size=1", "train.precision=bf16", "parallel.bucket_size_mb=1"]
 
 
 def _rss(field: str) -> int:
@@ -63,9 +66,11 @@ def engine_state_tensors(e) -> list:
     return out
 
 
-def _rank(rank, world, distributed: bool, device: str):
+def _rank(rank, world, distributed: bool, device: str, fallback: bool):
     from megacrystal.config import load_config
+    from megacrystal.parallel import collectives
     from megacrystal.parallel.engine import Engine
+    collectives.FORCE_FALLBACK = fallback
     dev = torch.device("cuda", 0) if device == "cuda" else torch.device("cpu")
     cfg = load_config(None, MODEL + [f"train.global_batch_size={2 * world}",
                                      f"parallel.distributed_optimizer={str(distributed).lower()}"])
@@ -92,13 +97,14 @@ def _rank(rank, world, distributed: bool, device: str):
                 peak_bytes=peak, loss=out["loss"], buffer_elements=e.buffers.numel)
 
 
-def measure(dp: int, device: str) -> list[dict]:
+def measure(dp: int, device: str, fallback: bool = False) -> list[dict]:
     rows = []
     for distributed in (False, True):
-        res = spawn(_rank, dp, (distributed, device))
+        res = spawn(_rank, dp, (distributed, device, fallback))
         n = res[0]["params"]
         theory = 2 + 4 + (12 / dp if distributed else 12)
         rows.append(dict(optimizer="distributed (ZeRO-1)" if distributed else "replicated", dp=dp, device=device,
+                         collectives="in-place all-reduce fallbacks" if fallback else "native",
                          params=n, theory_bytes_per_param=theory,
                          state_bytes_per_param=[r["state_bytes"] / n for r in res],
                          peak_bytes_per_param=[r["peak_bytes"] / n for r in res],
@@ -114,10 +120,13 @@ def main(argv=None) -> int:
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args(argv)
     rows = measure(args.dp, args.device)
+    if args.device == "cpu":      # gloo's reduce-scatter/all-gather stage full-size copies on the CPU
+        rows += measure(args.dp, args.device, fallback=True)
     for r in rows:
         st = " ".join(f"{x:.2f}" for x in r["state_bytes_per_param"])
         pk = " ".join(f"{x:.2f}" for x in r["peak_bytes_per_param"])
-        print(f"{r['optimizer']:22s} dp={r['dp']} {r['params'] / 1e6:.2f} M params: theory {r['theory_bytes_per_param']:.2f} "
+        print(f"{r['optimizer']:22s} [{r['collectives']}] dp={r['dp']} {r['params'] / 1e6:.2f} M params: "
+              f"theory {r['theory_bytes_per_param']:.2f} "
               f"B/param; engine state per rank {st}; peak per rank {pk}", flush=True)
     if not args.no_record:
         name = "optimizer_memory" if args.device == "cpu" else "optimizer_memory_cuda"

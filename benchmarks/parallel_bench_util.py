@@ -41,9 +41,12 @@ def _child(fn, rank, world, args, tmp, q):
     dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=world)
     try:
         q.put((rank, fn(rank, world, *args)))
+    except BaseException as e:
+        q.put((rank, RuntimeError(f"rank {rank}: {type(e).__name__}: {e}")))
     finally:
+        q.close()
+        q.join_thread()             # the result is in the pipe before this process ends
         from megacrystal.parallel import state
-        dist.barrier()
         state.destroy()
         os._exit(0)
 
@@ -61,4 +64,7 @@ def spawn(fn, world: int, args: tuple = (), timeout: float = 1200) -> list:
         out = dict(q.get(timeout=timeout) for _ in range(world))
         for p in procs:
             p.join(60)
+    errors = [v for v in out.values() if isinstance(v, BaseException)]
+    if errors:
+        raise errors[0]
     return [out[r] for r in range(world)]

@@ -14,6 +14,7 @@ divided by the global token count before backward, and dp gradients are summed.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
@@ -48,10 +49,12 @@ class Engine:
         self.dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
         self.sp = bool(par.sequence_parallel) and g.tp_size > 1
         self.layers = SerialLayers() if g.tp_size == 1 else TensorParallelLayers(g, self.sp)
-        self.chunks = build_chunks(cfg.model, self.layers, g)
+        # parameters are allocated in their final dtype on the device (no fp32 or host copy of the
+        # model on the way); their values are drawn on the CPU in fp32, per name, then copied in
+        with torch.device(self.device), _default_dtype(self.dtype):
+            self.chunks = build_chunks(cfg.model, self.layers, g)
         for m in self.chunks:
             init_parameters(m, cfg.model, cfg.train.seed)
-            m.to(device=self.device, dtype=self.dtype)
         if self.sp:      # everything replicated over tp sees a slice of the sequence: partial grads
             for m in self.chunks:
                 for p in m.parameters():
@@ -332,6 +335,16 @@ class Engine:
                 shard = p._mc_shard(full) if hasattr(p, "_mc_shard") else full
                 p.copy_(shard.to(device=p.device, dtype=p.dtype))
         self.optimizer.reload_masters()
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
 
 
 def _to_cpu(obj):
