@@ -16,6 +16,7 @@ A group of one rank gets no process group at all: collectives on it are no-ops.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -137,6 +138,7 @@ def group_ranks(world_size: int, tp: int, pp: int, order: str) -> dict[str, list
 # Subgroups made here, destroyed by `destroy()` before the default group.
 _created: list = []
 _current: Optional[Grid] = None
+_meetings = 0
 
 
 def _new_group(ranks: list[int]):
@@ -194,13 +196,37 @@ def current() -> Optional[Grid]:
     return _current
 
 
-def destroy() -> None:
-    """Tear down the subgroups, then the default group (the order gloo needs to exit cleanly)."""
+def _meet(timeout_s: float) -> None:
+    """Wait until every rank has arrived here (through the rendezvous store, at most `timeout_s`).
+    A rank that closes its connections while a peer still finishes its last collective makes that
+    peer's gloo thread abort the process; once all ranks are here, none has traffic in flight."""
+    global _meetings
+    try:
+        store = dist.distributed_c10d._get_default_store()
+    except Exception:
+        return
+    _meetings += 1
+    key = f"megacrystal/destroy/{_meetings}"
+    world = dist.get_world_size()
+    deadline = time.monotonic() + timeout_s
+    try:
+        store.add(key, 1)
+        while store.add(key, 0) < world and time.monotonic() < deadline:
+            time.sleep(0.005)
+    except Exception:            # a store that went away: tear down anyway, never hang
+        pass
+
+
+def destroy(timeout_s: float = 5.0) -> None:
+    """Meet the other ranks (at most `timeout_s`), then tear down the subgroups, then the default
+    group (the order gloo needs to exit cleanly)."""
     global _current
     _current = None
     if not (dist.is_available() and dist.is_initialized()):
         _created.clear()
         return
+    if dist.get_world_size() > 1:
+        _meet(timeout_s)
     while _created:
         pg = _created.pop()
         try:
