@@ -51,6 +51,7 @@ def test_four_ranks_rest_of_matrix():
         ["parallel.tp=2", "parallel.pp=2", "parallel.order=tp-pp-dp"],
         ["parallel.pp=2", "parallel.distributed_optimizer=true"],   # tied copy + ZeRO shards
         LLAMA + ["parallel.pp=4"],
+        ["model.recompute=true", "parallel.tp=2", "parallel.pp=2", "parallel.sequence_parallel=true"],
     ])
 
 

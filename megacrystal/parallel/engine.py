@@ -72,6 +72,7 @@ class Engine:
         else:
             self.optimizer = AdamW(groups, o.beta1, o.beta2, o.eps, names=self._names)
         self.rng = RNGStreams(cfg.train.seed, g.tp_rank, self.device)
+        P2P.connect(g, self.device)
         self.trace: Optional[list] = None          # set to a list to record compute intervals
         self._batches: list = []
         self._loss_acc = None

@@ -101,6 +101,15 @@ class P2P:
             from_prev.requires_grad_()
         return from_prev, from_next
 
+    @staticmethod
+    def connect(grid: Grid, device: torch.device) -> None:
+        """One ring exchange in which every rank of the pp group takes part: NCCL requires the
+        first batched p2p call of a group to involve all its ranks (the schedules' first calls don't)."""
+        if grid.pp_size == 1:
+            return
+        ring = P2P(grid, (1,), torch.float32, device)
+        ring.communicate(send_next=torch.zeros(1, device=device), recv_prev=True)
+
     def _check(self, t: torch.Tensor) -> torch.Tensor:
         if tuple(t.shape) != self.shape or t.dtype != self.dtype:
             raise RuntimeError(f"pipeline p2p: tensor {tuple(t.shape)} {t.dtype}, expected {self.shape} {self.dtype}")
