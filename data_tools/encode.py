@@ -78,7 +78,12 @@ class Encoder:
 
     # --- one task
     def __call__(self, task: Task) -> EncodedTask:
-        texts, skipped = load_task(task, self.keys, max_file_bytes=self.max_file_bytes)
+        try:
+            texts, skipped = load_task(task, self.keys, max_file_bytes=self.max_file_bytes)
+        except Exception as e:
+            where = f" row group {task.row_group}" if task.kind == "parquet" else ""
+            msg = " ".join(str(e).split())
+            raise ValueError(msg if msg.startswith(task.path) else f"{task.path}{where}: {msg}") from None
         ids = {}
         bad: set = set()
         for k in self.keys:
