@@ -29,13 +29,14 @@ class EncodedTask:
 
 
 class Encoder:
-    def __init__(self, kind: str, model: str, keys: Sequence[str], append_eod: bool, dtype,
+    def __init__(self, kind: Optional[str], model: str, keys: Sequence[str], append_eod: bool,
                  max_file_bytes: int):
+        from megacrystal.data.indexed import token_dtype
         from megacrystal.tokenizer import load_tokenizer
         self.tok = load_tokenizer(kind, model)
         self.keys = tuple(keys)
         self.eod = self.tok.eod if append_eod else -1
-        self.dtype = np.dtype(dtype)
+        self.dtype = np.dtype(token_dtype(self.tok.vocab_size))
         self.max_file_bytes = max_file_bytes
         self._hf = getattr(self.tok, "backend", None)
         self._fast = getattr(self._hf, "encode_batch_fast", None)
@@ -111,12 +112,19 @@ class Encoder:
 _worker: Optional[Encoder] = None
 
 
+def set_parent_encoder(encoder: Optional[Encoder]) -> None:
+    """Forked workers inherit this encoder (no per-worker tokenizer load); spawned ones build their own."""
+    global _worker
+    _worker = encoder
+
+
 def init_worker(*args) -> None:
     """Pool initializer: one tokenizer thread per worker process (the pool supplies the parallelism)."""
     global _worker
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     os.environ["RAYON_NUM_THREADS"] = "1"
-    _worker = Encoder(*args)
+    if _worker is None:
+        _worker = Encoder(*args)
 
 
 def run_task(task: Task) -> EncodedTask:

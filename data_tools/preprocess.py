@@ -26,10 +26,10 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Optional, Sequence
 
-from megacrystal.data.indexed import IndexedDatasetWriter, merge, token_dtype
+from megacrystal.data.indexed import IndexedDatasetWriter, merge
 
 from .code_tree import MAX_FILE_BYTES
-from .encode import Encoder, init_worker, run_task
+from .encode import Encoder, init_worker, run_task, set_parent_encoder
 from .inputs import expand_inputs
 from .readers import CHUNK_BYTES, iter_tasks
 
@@ -105,7 +105,6 @@ def preprocess(inputs, output_prefix: str, tokenizer_type: Optional[str], tokeni
                max_file_bytes: int = MAX_FILE_BYTES) -> dict:
     """Tokenize `inputs` into `{output_prefix}_{key}_document.bin/.idx`; returns the summary dict."""
     t0 = time.time()
-    from megacrystal.tokenizer import load_tokenizer
     workers = int(workers or os.cpu_count() or 1)
     if workers < 1:
         raise ValueError(f"--workers: expected >= 1, got {workers}")
@@ -115,13 +114,12 @@ def preprocess(inputs, output_prefix: str, tokenizer_type: Optional[str], tokeni
     if not keys or len(set(keys)) != len(keys):
         raise ValueError(f"--json-keys: expected distinct keys, got {keys}")
     files = expand_inputs(inputs, input_format)
-    tok = load_tokenizer(tokenizer_type, tokenizer_model)
-    dtype = token_dtype(tok.vocab_size)
+    enc_args = (tokenizer_type, tokenizer_model, keys, append_eod, max_file_bytes)
+    encoder = Encoder(*enc_args)   # loads the tokenizer once; forked workers inherit it
+    dtype = encoder.dtype
     total_bytes = sum(os.path.getsize(p) for p, _ in files) or 1
     parent = os.path.dirname(os.path.abspath(output_prefix))
     os.makedirs(parent, exist_ok=True)
-    enc_args = (tok.kind, tokenizer_model, keys, append_eod, dtype, max_file_bytes)
-    del tok
 
     writers = _Writers(output_prefix, keys, dtype, partitions)
     stats = Counter()
@@ -153,14 +151,14 @@ def preprocess(inputs, output_prefix: str, tokenizer_type: Optional[str], tokeni
     saved_env = {k: os.environ.get(k) for k in ("TOKENIZERS_PARALLELISM", "RAYON_NUM_THREADS")}
     try:
         tasks = iter_tasks(files, chunk_bytes=chunk_bytes)
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"   # one tokenizer thread per process
         if workers == 1:
-            # in-process, one tokenizer thread: the same code path as a worker
-            os.environ["TOKENIZERS_PARALLELISM"] = "false"
-            encoder = Encoder(*enc_args)
-            for task in tasks:
+            for task in tasks:    # in-process: the same code path as a worker
                 consume(encoder(task))
         else:
-            ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+            fork = sys.platform.startswith("linux")
+            set_parent_encoder(encoder if fork else None)
+            ctx = mp.get_context("fork" if fork else "spawn")
             pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker, initargs=enc_args)
             window: deque = deque()
             for task in tasks:
@@ -182,6 +180,7 @@ def preprocess(inputs, output_prefix: str, tokenizer_type: Optional[str], tokeni
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+            set_parent_encoder(None)
         for k, v in saved_env.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -197,8 +196,8 @@ def preprocess(inputs, output_prefix: str, tokenizer_type: Optional[str], tokeni
         if partitions > 1 else [],
         "inputs": [p for p, _ in files], "input_bytes": in_bytes, "documents": docs, "tokens": tokens,
         "skipped": dict(sorted(stats.items())), "skipped_total": sum(stats.values()),
-        "tokenizer": {"type": enc_args[0], "model": os.path.abspath(tokenizer_model)},
-        "dtype": str(dtype.__name__ if hasattr(dtype, "__name__") else dtype), "append_eod": append_eod,
+        "tokenizer": {"type": encoder.tok.kind, "model": os.path.abspath(tokenizer_model)},
+        "dtype": dtype.name, "append_eod": append_eod,
         "workers": workers, "seconds": round(seconds, 3), "startup_seconds": round(startup, 3),
         "docs_per_s": round(docs / seconds, 1), "mb_per_s": round(in_bytes / seconds / 1e6, 3),
         "tokens_per_s": round(tokens / seconds, 1),
