@@ -24,9 +24,9 @@ class ConfigError(ValueError):
 # Family defaults: each trait is its own field, a family only fills the ones left unset.
 FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "crystal": dict(norm="layernorm", norm_eps=1e-5, rotary_fraction=0.25, rotary_interleaved=True,
-                    rotary_base=10000.0, bias=True, tie_embeddings=True, mup=True),
+                    rotary_base=10000.0, bias=True, tie_embeddings=True, mup=True, init_std=0.073),
     "llama": dict(norm="rmsnorm", norm_eps=1e-5, rotary_fraction=1.0, rotary_interleaved=False,
-                  rotary_base=10000.0, bias=False, tie_embeddings=False, mup=False),
+                  rotary_base=10000.0, bias=False, tie_embeddings=False, mup=False, init_std=0.02),
 }
 
 # Size presets (traits come from the family).
@@ -36,7 +36,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "crystal-1b": dict(num_layers=24, hidden_size=2048, num_heads=16, ffn_hidden_size=5461,
                        vocab_size=32032, max_seq_len=2048),
     "tiny": dict(num_layers=4, hidden_size=64, num_heads=4, ffn_hidden_size=172,
-                 vocab_size=2048, max_seq_len=128),
+                 vocab_size=2048, max_seq_len=128, mup_base_width=64),
 }
 
 
@@ -59,11 +59,12 @@ class ModelConfig:
     bias: Optional[bool] = None                 # QKV, attention out and all FFN matrices
     tie_embeddings: Optional[bool] = None
     mup: Optional[bool] = None
-    mup_base_width: int = 256
+    mup_base_width: Optional[int] = None        # None: 256 (Crystal); presets may set it
     mup_embeddings_scale: float = 14.6
     mup_output_alpha: float = 2.22
     mup_scale_qk_dot_by_d: bool = True
-    init_std: float = 0.073                     # embeddings; hidden = init_std*sqrt(m) under muP
+    init_std: Optional[float] = None            # embeddings; hidden = init_std*sqrt(m) under muP
+    recompute: bool = False                     # activation checkpointing of each block
     kernels: str = "auto"                       # auto | triton | torch
     attention_backend: str = "auto"             # auto | flash | sdpa | math
     use_apex_norm: bool = False
@@ -84,6 +85,8 @@ class ModelConfig:
                 setattr(out, k, v)
         if out.num_kv_heads is None:
             out.num_kv_heads = out.num_heads
+        if out.mup_base_width is None:
+            out.mup_base_width = 256
         if out.ffn_hidden_size is None and out.hidden_size is not None:
             out.ffn_hidden_size = int(8 * out.hidden_size / 3)
         for k in ("num_layers", "hidden_size", "num_heads", "vocab_size", "max_seq_len"):

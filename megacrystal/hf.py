@@ -1,0 +1,227 @@
+"""Hugging Face interop: `megacrystal export-hf` and `megacrystal import-hf`.
+
+    megacrystal export-hf --checkpoint DIR --format {crystalcoder,llama} --output DIR [--dtype D]
+    megacrystal import-hf --hf DIR --output DIR [--dtype D]
+
+A checkpoint here is the consolidated model directory of `model/serialization.py` (or a directory holding
+one as `model/`). The HF side is config.json + safetensors (one file, or shards + index above
+--max-shard-size) + the tokenizer file and a tokenizer_config.json. Import also reads PyTorch
+`pytorch_model*.bin` files (weights only). Layouts: `model/hf_layouts.py`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .model.hf_layouts import LAYOUTS, LayoutError, from_crystalcoder, from_llama
+from .model.serialization import (ModelFormatError, _atomic_write_bytes, copy_tokenizer, find_model_dir, load_model,
+                                  save_model, save_state_dict, tokenizer_in)
+
+DTYPES = {"keep": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+class HFError(ValueError):
+    """A bad HF directory or request; the message names the file."""
+
+
+# ----------------------------------------------------------------------------- tokenizer facts
+
+def tokenizer_ids(path: Optional[str]) -> dict:
+    """bos/eos ids and strings of a tokenizer file (HF json or SentencePiece), for config.json."""
+    if path is None:
+        return {"bos": 1, "eos": 2, "bos_token": None, "eos_token": None}
+    from .tokenizer import load_tokenizer
+    tok = load_tokenizer(None, path)
+    if path.endswith(".json"):
+        bos = tok.backend.token_to_id("<s>")
+        to_str = tok.backend.id_to_token
+    else:
+        import sentencepiece as spm
+        sp = spm.SentencePieceProcessor(model_file=path)
+        bos = sp.bos_id() if sp.bos_id() >= 0 else None
+        to_str = sp.id_to_piece
+    return {"bos": bos, "eos": tok.eod, "bos_token": None if bos is None else to_str(bos), "eos_token": to_str(tok.eod)}
+
+
+def _tokenizer_config(path: Path, ids: dict, max_len: int) -> dict:
+    cls = "PreTrainedTokenizerFast" if path.name == "tokenizer.json" else "LlamaTokenizer"
+    out = {"tokenizer_class": cls, "model_max_length": max_len, "clean_up_tokenization_spaces": False,
+           "add_bos_token": False, "add_eos_token": False}
+    for k in ("bos_token", "eos_token"):
+        if ids[k] is not None:
+            out[k] = ids[k]
+    return out
+
+
+# ----------------------------------------------------------------------------- HF files
+
+def write_hf(out_dir, conf: dict, tensors: dict, tokenizer_path: Optional[str], max_shard_bytes: int) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    shards: list[dict] = [{}]
+    size = 0
+    for k, t in tensors.items():
+        n = t.numel() * t.element_size()
+        if shards[-1] and size + n > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][k] = t
+        size += n
+    tok = copy_tokenizer(tokenizer_path, out)
+    if tok is not None:
+        ids = tokenizer_ids(str(tok))
+        tc = _tokenizer_config(tok, ids, conf.get("n_positions") or conf.get("max_position_embeddings"))
+        _atomic_write_bytes(out / "tokenizer_config.json", (json.dumps(tc, indent=2) + "\n").encode())
+    if len(shards) == 1:
+        save_state_dict(out / "model.safetensors", shards[0])
+    else:
+        names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+        weight_map = {}
+        for name, shard in zip(names, shards):
+            save_state_dict(out / name, shard)
+            weight_map.update({k: name for k in shard})
+        total = sum(t.numel() * t.element_size() for t in tensors.values())
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        _atomic_write_bytes(out / "model.safetensors.index.json", (json.dumps(index, indent=2) + "\n").encode())
+    _atomic_write_bytes(out / "config.json", (json.dumps(conf, indent=2) + "\n").encode())
+    return out
+
+
+def _load_weights_file(path: Path) -> dict:
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            return load_file(str(path))
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise HFError(f"{path}: cannot read weights ({e})") from None
+
+
+def read_hf(hf_dir) -> tuple[dict, dict, Optional[str]]:
+    """-> (config.json as a dict, every tensor by name, the tokenizer file or None)."""
+    d = Path(hf_dir)
+    cfg_path = d / "config.json"
+    if not cfg_path.is_file():
+        raise HFError(f"{cfg_path}: not found (expected a Hugging Face model directory)")
+    try:
+        conf = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise HFError(f"{cfg_path}: not valid JSON ({e})") from None
+    if not isinstance(conf, dict):
+        raise HFError(f"{cfg_path}: expected a JSON object")
+    tensors: dict = {}
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = d / index_name
+        if index.is_file():
+            try:
+                files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+                raise HFError(f"{index}: expected {{\"weight_map\": {{name: file}}}} ({e})") from None
+            for f in files:
+                if not (d / f).is_file():
+                    raise HFError(f"{index}: names {f}, which is not in {d}")
+                tensors.update(_load_weights_file(d / f))
+            break
+    else:
+        for single in ("model.safetensors", "pytorch_model.bin"):
+            if (d / single).is_file():
+                tensors = _load_weights_file(d / single)
+                break
+        else:
+            raise HFError(f"{d}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+    return conf, tensors, tokenizer_in(d)
+
+
+def hf_to_model(hf_dir) -> tuple:
+    """Read an HF directory into (ModelConfig, our state dict, tokenizer file or None)."""
+    conf, tensors, tok = read_hf(hf_dir)
+    where = str(Path(hf_dir) / "config.json")
+    kind = conf.get("model_type")
+    readers = {"crystalcoder": from_crystalcoder, "llama": from_llama}
+    if kind not in readers:
+        raise HFError(f"{where}: model_type {kind!r}; supported: {sorted(readers)}")
+    try:
+        cfg, sd = readers[kind](conf, tensors, where)
+    except LayoutError as e:
+        raise HFError(str(e)) from None
+    return cfg, sd, tok
+
+
+# ----------------------------------------------------------------------------- export / import
+
+def _cast(sd: dict, dtype: Optional[torch.dtype]) -> dict:
+    return sd if dtype is None else {k: v.to(dtype) for k, v in sd.items()}
+
+
+def export_hf(checkpoint, fmt: str, output, dtype: Optional[torch.dtype] = None,
+              max_shard_bytes: int = 5 * 2 ** 30) -> Path:
+    if fmt not in LAYOUTS:
+        raise HFError(f"--format: expected one of {sorted(LAYOUTS)}, got {fmt!r}")
+    cfg, sd = load_model(checkpoint)
+    make_config, convert, _ = LAYOUTS[fmt]
+    tok = tokenizer_in(find_model_dir(checkpoint))
+    ids = tokenizer_ids(tok)
+    sd = _cast(sd, dtype)
+    try:
+        if fmt == "llama":
+            name = _DTYPE_NAMES.get(next(iter(sd.values())).dtype, "float32")
+            conf = make_config(cfg, ids["bos"], ids["eos"], name)
+        else:
+            conf = make_config(cfg, ids["bos"], ids["eos"])
+        tensors = convert(cfg, sd)
+    except LayoutError as e:
+        raise HFError(str(e)) from None
+    return write_hf(output, conf, tensors, tok, max_shard_bytes)
+
+
+def import_hf(hf_dir, output, dtype: Optional[torch.dtype] = None) -> Path:
+    cfg, sd, tok = hf_to_model(hf_dir)
+    return save_model(output, cfg, _cast(sd, dtype), tokenizer_path=tok)
+
+
+def _size(text: str) -> int:
+    units = {"KB": 2 ** 10, "MB": 2 ** 20, "GB": 2 ** 30, "B": 1}
+    t = text.strip().upper()
+    for u, mult in units.items():
+        if t.endswith(u):
+            try:
+                return int(float(t[: -len(u)]) * mult)
+            except ValueError:
+                break
+    raise argparse.ArgumentTypeError(f"expected a size like 5GB or 500MB, got {text!r}")
+
+
+def _run(fn, prog: str) -> int:
+    try:
+        out = fn()
+    except (HFError, ModelFormatError, LayoutError) as e:
+        print(f"megacrystal {prog}: {e}", file=sys.stderr)
+        return 1
+    print(f"megacrystal {prog}: wrote {out}")
+    return 0
+
+
+def export_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="megacrystal export-hf", description="model directory -> HF directory")
+    ap.add_argument("--checkpoint", required=True, help="model directory (model.safetensors + model_config.json)")
+    ap.add_argument("--format", required=True, choices=sorted(LAYOUTS))
+    ap.add_argument("--output", required=True)
+    ap.add_argument("--dtype", default="keep", choices=sorted(DTYPES))
+    ap.add_argument("--max-shard-size", type=_size, default=5 * 2 ** 30, help="e.g. 5GB (default)")
+    a = ap.parse_args(argv)
+    return _run(lambda: export_hf(a.checkpoint, a.format, a.output, DTYPES[a.dtype], a.max_shard_size), "export-hf")
+
+
+def import_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="megacrystal import-hf", description="HF directory -> model directory")
+    ap.add_argument("--hf", required=True, help="HF model directory (crystalcoder or llama)")
+    ap.add_argument("--output", required=True)
+    ap.add_argument("--dtype", default="keep", choices=sorted(DTYPES))
+    a = ap.parse_args(argv)
+    return _run(lambda: import_hf(a.hf, a.output, DTYPES[a.dtype]), "import-hf")

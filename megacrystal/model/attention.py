@@ -1,0 +1,165 @@
+"""Causal self-attention with a configurable score scale (1/d under muP, else 1/sqrt(d)),
+optional per-document masking (`segment_ids` [b, s]: attention stays within runs of equal ids), fp32 softmax.
+
+Backends (`model.attention_backend`):
+  flash  flash-attn 3 (`flash_attn_interface`) or 2 (`flash_attn`), CUDA, bf16/fp16; document masking
+         through the varlen kernel with cu_seqlens built from `segment_ids`; GQA native.
+  sdpa   torch scaled_dot_product_attention (torch picks flash / cuDNN / memory-efficient / math);
+         document masking as a boolean mask.
+  math   the reference: explicit fp32 scores and softmax.
+  auto   flash when it imports and the tensors are bf16/fp16 on CUDA, else sdpa. Logged once.
+"""
+from __future__ import annotations
+
+import functools
+import weakref
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..log import say_once
+
+
+def _expand_kv(k: torch.Tensor, v: torch.Tensor, hq: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = hq // k.shape[2]
+    if g > 1:
+        k = k.repeat_interleave(g, dim=2)
+        v = v.repeat_interleave(g, dim=2)
+    return k, v
+
+
+def _mask(s: int, segment_ids: Optional[torch.Tensor], device) -> torch.Tensor:
+    """Boolean [b or 1, 1, s, s]: True where attention is allowed."""
+    causal = torch.ones(s, s, dtype=torch.bool, device=device).tril()
+    if segment_ids is None:
+        return causal[None, None]
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    return (causal[None] & same)[:, None]
+
+
+def attention_math(q, k, v, scale: float, segment_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """q [b, s, hq, d], k/v [b, s, hk, d] -> [b, s, hq, d]; fp32 scores and softmax."""
+    k, v = _expand_kv(k, v, q.shape[2])
+    qf, kf, vf = (t.transpose(1, 2).float() for t in (q, k, v))
+    scores = torch.matmul(qf, kf.transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~_mask(q.shape[1], segment_ids, q.device), float("-inf"))
+    p = torch.softmax(scores, dim=-1)
+    return torch.matmul(p, vf).transpose(1, 2).to(q.dtype)
+
+
+def attention_sdpa(q, k, v, scale: float, segment_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+    gqa = k.shape[2] != q.shape[2]
+    qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+    if segment_ids is None:
+        o = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, scale=scale, enable_gqa=gqa)
+    else:
+        o = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=_mask(q.shape[1], segment_ids, q.device),
+                                           scale=scale, enable_gqa=gqa)
+    return o.transpose(1, 2)
+
+
+# ----------------------------------------------------------------------------- varlen / flash-attn
+
+_cu_cache: dict = {}
+
+
+def cu_seqlens(segment_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Document boundaries of a packed batch for varlen kernels: int32 offsets into the flattened
+    [b*s] tokens where a run of equal segment ids (or a row) starts, plus the total, and the longest run.
+    Remembered for the last `segment_ids` tensor (every layer of a step asks for the same one, and the
+    longest run costs a device sync)."""
+    hit = _cu_cache.get("key")
+    if hit is not None and hit[0]() is segment_ids and hit[1] == segment_ids._version:
+        return _cu_cache["value"]
+    value = _cu_seqlens(segment_ids)
+    _cu_cache["key"] = (weakref.ref(segment_ids), segment_ids._version)
+    _cu_cache["value"] = value
+    return value
+
+
+def _cu_seqlens(segment_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    b, s = segment_ids.shape
+    starts = torch.ones(b, s, dtype=torch.bool, device=segment_ids.device)
+    starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+    idx = starts.reshape(-1).nonzero().squeeze(1)
+    cu = torch.cat([idx, idx.new_tensor([b * s])]).to(torch.int32)
+    return cu, int((cu[1:] - cu[:-1]).max().item())
+
+
+def varlen_math(q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale=None, causal=True):
+    """The varlen contract of flash-attn in plain torch (q [total, hq, d], k/v [total, hk, d]); the
+    reference the cu_seqlens plumbing is tested against on CPU."""
+    out = torch.empty_like(q)
+    for a, e in zip(cu_q[:-1].tolist(), cu_q[1:].tolist()):
+        out[a:e] = attention_math(q[None, a:e], k[None, a:e], v[None, a:e], softmax_scale)[0]
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def flash_module():
+    """(name, module) of flash-attn 3 or 2 when importable, else None."""
+    for name in ("flash_attn_interface", "flash_attn"):
+        try:
+            return name, __import__(name)
+        except ImportError:
+            continue
+        except Exception as e:  # a broken build (ABI mismatch) must not take the model down
+            say_once(f"flash-broken-{name}", f"{name} failed to import ({e}); not using it")
+    return None
+
+
+def _first(out):
+    return out[0] if isinstance(out, tuple) else out      # some flash-attn 3 versions return (out, lse)
+
+
+def attention_varlen(q, k, v, scale: float, segment_ids: Optional[torch.Tensor], dense: Callable,
+                     varlen: Callable) -> torch.Tensor:
+    """Causal attention through flash-attn style kernels: `dense(q, k, v, softmax_scale=, causal=)` on
+    [b, s, h, d], or with document masking `varlen(q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale=,
+    causal=)` on the flattened tokens."""
+    if segment_ids is None:
+        return _first(dense(q, k, v, softmax_scale=scale, causal=True))
+    b, s, hq, d = q.shape
+    cu, longest = cu_seqlens(segment_ids)
+    flat = [t.reshape(b * s, t.shape[2], d) for t in (q, k, v)]
+    o = _first(varlen(*flat, cu, cu, longest, longest, softmax_scale=scale, causal=True))
+    return o.reshape(b, s, hq, d)
+
+
+def attention_flash(q, k, v, scale: float, segment_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+    found = flash_module()
+    if found is None:
+        raise RuntimeError("model.attention_backend=flash: neither flash_attn_interface (FA3) nor flash_attn (FA2) "
+                           "imports; install flash-attn or use sdpa")
+    _, fa = found
+    return attention_varlen(q, k, v, scale, segment_ids, fa.flash_attn_func, fa.flash_attn_varlen_func)
+
+
+BACKENDS: dict[str, Callable] = {"math": attention_math, "sdpa": attention_sdpa, "flash": attention_flash}
+
+
+def select_backend(requested: str, device: torch.device, dtype: Optional[torch.dtype] = None) -> str:
+    half = dtype in (torch.bfloat16, torch.float16)
+    if requested == "auto":
+        return "flash" if (device.type == "cuda" and half and flash_module() is not None) else "sdpa"
+    if requested not in BACKENDS:
+        raise ValueError(f"model.attention_backend: {requested!r} is not a backend (expected auto or one of "
+                         f"{sorted(BACKENDS)})")
+    if requested == "flash":
+        if flash_module() is None:
+            raise RuntimeError("model.attention_backend=flash: flash-attn is not importable here")
+        if device.type != "cuda" or (dtype is not None and not half):
+            raise RuntimeError(f"model.attention_backend=flash: needs bf16/fp16 tensors on CUDA, got "
+                               f"{dtype} on {device.type}")
+    return requested
+
+
+def attention(q, k, v, scale: float, segment_ids=None, backend: str = "auto") -> torch.Tensor:
+    name = select_backend(backend, q.device, q.dtype)
+    if name == "flash":
+        name_full = f"flash ({flash_module()[0]})"
+    else:
+        name_full = name
+    say_once(f"attention-{name}-{q.device.type}", f"attention backend: {name_full} on {q.device.type}")
+    return BACKENDS[name](q, k, v, scale, segment_ids)

@@ -1,0 +1,93 @@
+"""muP as Crystal uses it: truncated-normal init (±2σ) and optimizer parameter groups.
+
+    σ_embedding = init_std (0.073)      σ_hidden = init_std·sqrt(m)      σ_output = σ_hidden / sqrt(2·layers)
+    groups: embeddings LR×1 wd on; norms and biases LR×1 wd 0; other matrices LR×m wd on
+with m = base_width / width (1 without muP). Init is seeded per parameter *name*, so any pipeline
+or tensor-parallel split of the model draws exactly the values of the serial model.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+
+import torch
+import torch.nn as nn
+
+from ..config import ModelConfig
+
+
+def init_std(cfg: ModelConfig, kind: str) -> float:
+    m = cfg.width_mult
+    if kind == "embedding":
+        return cfg.init_std
+    hidden = cfg.init_std * math.sqrt(m)
+    if kind == "hidden":
+        return hidden
+    if kind == "output":
+        return hidden / math.sqrt(2 * cfg.num_layers)
+    raise ValueError(f"no std for init kind {kind!r}")
+
+
+def _seed(seed: int, name: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "little") & ((1 << 63) - 1)
+
+
+def full_init(cfg: ModelConfig, name: str, kind: str, shape: tuple, seed: int) -> torch.Tensor:
+    """The unsharded initial value of parameter `name` (fp32, CPU)."""
+    if kind == "ones":
+        return torch.ones(shape)
+    if kind == "zeros":
+        return torch.zeros(shape)
+    std = init_std(cfg, kind)
+    g = torch.Generator().manual_seed(_seed(seed, name))
+    t = torch.empty(shape)
+    nn.init.trunc_normal_(t, 0.0, std, -2 * std, 2 * std, generator=g)
+    return t
+
+
+def _is_vocab_matrix(name: str) -> bool:
+    return name.startswith("embed.") or name.startswith("head.")
+
+
+@torch.no_grad()
+def init_parameters(model: nn.Module, cfg: ModelConfig, seed: int) -> None:
+    """Initialise every parameter from its metadata (see layers.py); shards take their slice."""
+    for name, p in model.named_parameters():
+        kind = getattr(p, "_mc_init", None)
+        if kind is None:
+            raise ValueError(f"parameter {name} has no init metadata (_mc_init)")
+        key = getattr(p, "_mc_name", name)
+        shape = tuple(getattr(p, "_mc_full_shape", p.shape))
+        if _is_vocab_matrix(key) and kind in ("embedding", "hidden"):
+            full = _vocab_init(cfg, key, kind, shape, seed)
+        else:
+            full = full_init(cfg, key, kind, shape, seed)
+        shard = getattr(p, "_mc_shard", None)
+        value = shard(full) if shard is not None else full
+        p.copy_(value.to(p.dtype))
+
+
+def _vocab_init(cfg, name, kind, shape, seed) -> torch.Tensor:
+    """Embedding/head rows beyond the true vocabulary (padding) are zero; real rows never depend on padding."""
+    real = min(shape[0], cfg.vocab_size)
+    out = torch.zeros(shape)
+    out[:real] = full_init(cfg, name, kind, (real,) + tuple(shape[1:]), seed)
+    return out
+
+
+def param_groups(model: nn.Module, cfg: ModelConfig, weight_decay: float) -> list[dict]:
+    """Optimizer groups with `lr_mult` (× the scheduled base LR) and weight decay."""
+    m = cfg.width_mult
+    groups = {"embedding": ([], 1.0, weight_decay), "no_decay": ([], 1.0, 0.0), "matrix": ([], m, weight_decay)}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        kind = getattr(p, "_mc_init", "")
+        if kind == "embedding":
+            groups["embedding"][0].append(p)
+        elif p.ndim < 2 or kind in ("ones", "zeros"):
+            groups["no_decay"][0].append(p)
+        else:
+            groups["matrix"][0].append(p)
+    return [dict(params=ps, lr_mult=lr_mult, weight_decay=wd, name=n)
+            for n, (ps, lr_mult, wd) in groups.items() if ps]

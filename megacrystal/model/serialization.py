@@ -1,0 +1,181 @@
+"""The consolidated model directory: one full (unsharded) model that tools read and write.
+
+    DIR/model.safetensors     every parameter of the serial model, names as `Transformer.state_dict()`
+    DIR/model_config.json     {"format": "megacrystal-model", "version": 1, "model": <ModelConfig fields>}
+    DIR/tokenizer.json | DIR/tokenizer.model   (optional) the tokenizer the model was trained with
+
+`export-hf`, `import-hf` and `generate` use it; the trainer's checkpoints hold one (see `find_model_dir`).
+The embedding/head rows may be padded to any multiple (tensor parallelism pads more); `fit_vocab_rows`
+adapts them to the serial model, padding rows being zero.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..config import Config, ConfigError, DataConfig, ModelConfig, _coerce, validate_config
+
+FORMAT = "megacrystal-model"
+VERSION = 1
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "model_config.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+VOCAB_MATRICES = ("embed.weight", "head.weight")
+
+
+class ModelFormatError(ValueError):
+    """A model directory or file that is not what it should be; the message names the file."""
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def save_state_dict(path: Path, state_dict: dict[str, torch.Tensor], metadata: Optional[dict] = None) -> None:
+    """safetensors file written atomically (tensors copied to CPU, contiguous, unshared)."""
+    from safetensors.torch import save
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
+    _atomic_write_bytes(Path(path), save(tensors, metadata=metadata or {"format": "pt"}))
+
+
+def copy_tokenizer(src: Optional[str], out_dir: Path) -> Optional[Path]:
+    """Copy a tokenizer file into `out_dir` as tokenizer.json (HF) or tokenizer.model (SentencePiece)."""
+    if src is None:
+        return None
+    p = Path(src)
+    if not p.is_file():
+        raise ModelFormatError(f"{src}: tokenizer file not found")
+    name = "tokenizer.json" if p.suffix == ".json" else "tokenizer.model"
+    dst = Path(out_dir) / name
+    if p.resolve() != dst.resolve():
+        tmp = dst.with_name(dst.name + ".tmp")
+        shutil.copyfile(p, tmp)
+        os.replace(tmp, dst)
+    return dst
+
+
+def tokenizer_in(directory) -> Optional[str]:
+    for name in TOKENIZER_FILES:
+        p = Path(directory) / name
+        if p.is_file():
+            return str(p)
+    return None
+
+
+def save_model(directory, cfg: ModelConfig, state_dict: dict[str, torch.Tensor],
+               tokenizer_path: Optional[str] = None) -> Path:
+    cfg = cfg if cfg.num_heads is not None else cfg.resolve()
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    check_state_dict(cfg, state_dict, str(out / MODEL_FILE))
+    copy_tokenizer(tokenizer_path, out)
+    save_state_dict(out / MODEL_FILE, state_dict)
+    meta = {"format": FORMAT, "version": VERSION, "model": dataclasses.asdict(cfg)}
+    _atomic_write_bytes(out / CONFIG_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+    return out
+
+
+def read_model_config(directory) -> ModelConfig:
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise ModelFormatError(f"{path}: not found (expected a model directory with {MODEL_FILE} + {CONFIG_FILE})")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelFormatError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("model"), dict):
+        raise ModelFormatError(f"{path}: expected {{\"format\": \"{FORMAT}\", \"model\": {{...}}}}")
+    if meta.get("version") != VERSION:
+        raise ModelFormatError(f"{path}: format version {meta.get('version')!r}, this build reads {VERSION}")
+    try:
+        cfg = _coerce(meta["model"], ModelConfig, "model", str(path)).resolve()
+        validate_config(Config(model=cfg, data=DataConfig(seq_length=cfg.max_seq_len), source_file=str(path)))
+    except ConfigError as e:
+        raise ModelFormatError(str(e)) from None
+    return cfg
+
+
+def load_model(directory) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """-> (resolved ModelConfig, state dict on CPU). Checks names and shapes against the config."""
+    from safetensors.torch import load_file
+    directory = find_model_dir(directory)
+    cfg = read_model_config(directory)
+    path = directory / MODEL_FILE
+    try:
+        sd = load_file(str(path))
+    except Exception as e:
+        raise ModelFormatError(f"{path}: cannot read safetensors ({e})") from None
+    check_state_dict(cfg, sd, str(path))
+    return cfg, sd
+
+
+def find_model_dir(path) -> Path:
+    """The model directory itself, a training checkpoint holding one as `model/`, or a run / checkpoints
+    directory whose `latest` marker names such a checkpoint."""
+    p = Path(path)
+    if not p.is_dir():
+        raise ModelFormatError(f"{p}: not a directory")
+    cands = [p, p / "model"]
+    for marker in (p / "latest", p / "checkpoints" / "latest"):
+        if marker.is_file():
+            cands.append(marker.parent / marker.read_text().strip() / "model")
+    for cand in cands:
+        if (cand / CONFIG_FILE).is_file() and (cand / MODEL_FILE).is_file():
+            return cand
+    raise ModelFormatError(f"{p}: no {MODEL_FILE} + {CONFIG_FILE} here, in {p / 'model'}, "
+                           f"or in the checkpoint a 'latest' marker names")
+
+
+def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the serial model's parameters (built on the meta device: no memory)."""
+    from .transformer import Transformer
+    with torch.device("meta"):
+        m = Transformer(cfg)
+    return {k: tuple(v.shape) for k, v in m.state_dict().items()}
+
+
+def check_state_dict(cfg: ModelConfig, sd: dict[str, torch.Tensor], where: str) -> None:
+    want = expected_shapes(cfg)
+    missing = sorted(set(want) - set(sd))
+    extra = sorted(set(sd) - set(want))
+    if missing:
+        raise ModelFormatError(f"{where}: missing tensor {missing[0]!r}" + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""))
+    if extra:
+        raise ModelFormatError(f"{where}: unexpected tensor {extra[0]!r} for this model config"
+                               + (f" (+{len(extra) - 1} more)" if len(extra) > 1 else ""))
+    for k, shape in want.items():
+        got = tuple(sd[k].shape)
+        ok = got == shape or (k in VOCAB_MATRICES and got[1:] == shape[1:] and got[0] >= cfg.vocab_size)
+        if not ok:
+            raise ModelFormatError(f"{where}: tensor {k!r} has shape {got}, expected {shape}")
+
+
+def fit_vocab_rows(sd: dict[str, torch.Tensor], rows: int) -> dict[str, torch.Tensor]:
+    """Pad (with zeros) or trim the vocabulary matrices to `rows` rows."""
+    out = dict(sd)
+    for k in VOCAB_MATRICES:
+        if k in out and out[k].shape[0] != rows:
+            w = out[k]
+            if w.shape[0] > rows:
+                out[k] = w[:rows].clone()
+            else:
+                out[k] = torch.cat([w, w.new_zeros((rows - w.shape[0],) + tuple(w.shape[1:]))])
+    return out
+
+
+def build_model(cfg: ModelConfig, sd: dict[str, torch.Tensor], device="cpu", dtype: Optional[torch.dtype] = None):
+    """A serial `Transformer` holding these weights (eval mode)."""
+    from .transformer import Transformer
+    model = Transformer(cfg)
+    rows = model.embed.weight.shape[0]
+    model.load_state_dict(fit_vocab_rows(sd, rows))
+    model.to(device=device, dtype=dtype)
+    return model.eval()

@@ -1,0 +1,168 @@
+"""One transformer for Crystal and LLaMA: every difference is a `ModelConfig` field.
+
+Pre-norm blocks: h = x + Attn(Norm(x)); out = h + MLP(Norm(h)). Fused QKV weight laid out by
+KV-head group ([q heads of group j | k_j | v_j] for each j), so tensor parallelism shards it by
+contiguous rows. SwiGLU MLP: down(up(x) * silu(gate(x))). muP: embedding output x mup_embeddings_scale,
+scores / d, logits x mup_output_alpha * m.
+
+Linears, embedding, head and loss come from a `Layers` factory (serial or tensor-parallel), and a
+model may hold only a range of layers (`pre_process` = has the embedding, `post_process` = has the
+final norm + head) so the pipeline can build one stage from the same code.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.utils.checkpoint
+
+from ..config import ModelConfig
+from ..ops.dispatch import op
+from ..ops.rotary import rope_angles
+from .attention import attention
+from .layers import SerialLayers, mark
+
+
+class Norm(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.rms = cfg.norm == "rmsnorm"
+        self.eps = cfg.norm_eps
+        self.weight = mark(nn.Parameter(torch.ones(cfg.hidden_size)), "ones")
+        self.bias = None if self.rms else mark(nn.Parameter(torch.zeros(cfg.hidden_size)), "zeros")
+        self._norm = op("norm", cfg.kernels, apex=cfg.use_apex_norm)
+
+    def forward(self, x):
+        return self._norm(x, self.weight, self.bias, self.eps, self.rms)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layers):
+        super().__init__()
+        tp = layers.tp_size
+        self.head_dim = d = cfg.head_dim
+        self.hq, self.hk = cfg.num_heads // tp, cfg.num_kv_heads // tp
+        self.group = cfg.num_heads // cfg.num_kv_heads
+        self.qkv = layers.column(cfg.hidden_size, (cfg.num_heads + 2 * cfg.num_kv_heads) * d, cfg.bias, "hidden")
+        self.proj = layers.row(cfg.num_heads * d, cfg.hidden_size, cfg.bias, "output")
+        self.scale = 1.0 / d if (cfg.mup and cfg.mup_scale_qk_dot_by_d) else 1.0 / math.sqrt(d)
+        self.interleaved = cfg.rotary_interleaved
+        self.backend = cfg.attention_backend
+        self._rotary = op("rotary", cfg.kernels)
+
+    def forward(self, x, cos, sin, segment_ids=None):
+        qkv = self.qkv(x)
+        b, s = qkv.shape[0], qkv.shape[1]
+        qkv = qkv.view(b, s, self.hk, self.group + 2, self.head_dim)
+        q = qkv[:, :, :, :self.group].reshape(b, s, self.hq, self.head_dim)
+        k, v = qkv[:, :, :, self.group], qkv[:, :, :, self.group + 1]
+        q, k = self._rotary(q, k, cos, sin, self.interleaved)
+        o = attention(q, k, v.contiguous(), self.scale, segment_ids, self.backend)
+        return self.proj(o.reshape(b, s, self.hq * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig, layers):
+        super().__init__()
+        self.up = layers.column(cfg.hidden_size, cfg.ffn_hidden_size, cfg.bias, "hidden")
+        self.gate = layers.column(cfg.hidden_size, cfg.ffn_hidden_size, cfg.bias, "hidden")
+        self.down = layers.row(cfg.ffn_hidden_size, cfg.hidden_size, cfg.bias, "output")
+        self._swiglu = op("swiglu", cfg.kernels)
+
+    def forward(self, x):
+        return self.down(self._swiglu(self.up(x), self.gate(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layers):
+        super().__init__()
+        self.norm1 = Norm(cfg)
+        self.attn = Attention(cfg, layers)
+        self.norm2 = Norm(cfg)
+        self.mlp = MLP(cfg, layers)
+
+    def forward(self, x, cos, sin, segment_ids=None):
+        h = x + self.attn(self.norm1(x), cos, sin, segment_ids)
+        return h + self.mlp(self.norm2(h))
+
+
+class Transformer(nn.Module):
+    """The whole model, or one pipeline stage of it (`layer_ids`, `pre_process`, `post_process`)."""
+
+    def __init__(self, cfg: ModelConfig, layers=None, layer_ids: Optional[Sequence[int]] = None,
+                 pre_process: bool = True, post_process: bool = True):
+        super().__init__()
+        cfg = cfg if cfg.num_heads is not None else cfg.resolve()
+        self.cfg = cfg
+        self.layers_factory = layers = layers or SerialLayers()
+        self.pre_process, self.post_process = pre_process, post_process
+        self.layer_ids = list(range(cfg.num_layers) if layer_ids is None else layer_ids)
+        self.rot_dim = int(cfg.head_dim * cfg.rotary_fraction)
+        self.embed = layers.embedding(cfg.vocab_size, cfg.hidden_size) if pre_process else None
+        self.layers = nn.ModuleDict({str(i): Block(cfg, layers) for i in self.layer_ids})
+        if post_process:
+            self.final_norm = Norm(cfg)
+            if not cfg.tie_embeddings:
+                self.head = layers.head(cfg.vocab_size, cfg.hidden_size, None)
+            elif pre_process:
+                self.head = layers.head(cfg.vocab_size, cfg.hidden_size, self.embed)
+            else:
+                self.head = layers.detached_tied_head(cfg.vocab_size, cfg.hidden_size)
+        self.embed_scale = cfg.mup_embeddings_scale if cfg.mup else 1.0
+        self.output_scale = cfg.mup_output_alpha * cfg.width_mult if cfg.mup else 1.0
+
+    def rope(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return rope_angles(position_ids, self.rot_dim, self.cfg.rotary_base)
+
+    def forward(self, tokens: Optional[torch.Tensor] = None, hidden: Optional[torch.Tensor] = None,
+                position_ids: Optional[torch.Tensor] = None, segment_ids: Optional[torch.Tensor] = None,
+                labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """First stage takes `tokens` [b, s]; later stages `hidden`. The last stage returns logits, or
+        per-token fp32 losses [b, s] when `labels` is given; other stages return hidden states."""
+        if self.pre_process:
+            h = self.embed(tokens)
+            if self.embed_scale != 1.0:
+                h = h * self.embed_scale
+            seq = tokens.shape[1]
+            device = tokens.device
+        else:
+            h = hidden
+            seq = labels.shape[1] if labels is not None else (
+                position_ids.shape[-1] if position_ids is not None else None)
+            device = h.device
+        if position_ids is None:
+            if seq is None:
+                raise ValueError("Transformer stage without the embedding needs position_ids or labels for the length")
+            position_ids = torch.arange(seq, device=device)
+        cos, sin = self.rope(position_ids)
+        for block in self.layers.values():
+            if self.cfg.recompute and self.training:
+                h = torch.utils.checkpoint.checkpoint(block, h, cos, sin, segment_ids, use_reentrant=False)
+            else:
+                h = block(h, cos, sin, segment_ids)
+        if not self.post_process:
+            return h
+        h = self.final_norm(h)
+        if self.output_scale != 1.0:
+            h = h * self.output_scale
+        logits = self.head(h)
+        if labels is None:
+            return logits
+        return self.layers_factory.cross_entropy(logits, labels, impl=self.cfg.kernels)
+
+
+def count_parameters(cfg: ModelConfig) -> int:
+    """Parameters of the full model (unpadded vocabulary), computed from the config."""
+    cfg = cfg if cfg.num_heads is not None else cfg.resolve()
+    h, f, v, d = cfg.hidden_size, cfg.ffn_hidden_size, cfg.vocab_size, cfg.head_dim
+    qkv = h * (cfg.num_heads + 2 * cfg.num_kv_heads) * d
+    attn = qkv + cfg.num_heads * d * h
+    mlp = 3 * h * f
+    biases = ((cfg.num_heads + 2 * cfg.num_kv_heads) * d + h + 2 * f + h) if cfg.bias else 0
+    norms = 2 * h * (1 if cfg.norm == "rmsnorm" else 2)
+    per_layer = attn + mlp + biases + norms
+    final = h * (1 if cfg.norm == "rmsnorm" else 2)
+    emb = v * h * (1 if cfg.tie_embeddings else 2)
+    return cfg.num_layers * per_layer + final + emb

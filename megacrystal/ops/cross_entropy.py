@@ -1,0 +1,46 @@
+"""Per-token cross-entropy in fp32 over the vocabulary; `ignore_index` gives 0 loss.
+
+Besides the whole op, the two pieces a vocab-parallel loss is built from (see triton_cross_entropy.py
+for the recipe), in plain torch with the same signatures as the Triton ones.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def cross_entropy_reference(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """logits [..., V] (any float dtype), labels [...] -> per-token loss [...] in fp32."""
+    flat = logits.reshape(-1, logits.shape[-1]).float()
+    loss = F.cross_entropy(flat, labels.reshape(-1), reduction="none", ignore_index=ignore_index)
+    return loss.view(labels.shape)
+
+
+def ce_stats_reference(logits: torch.Tensor, labels: torch.Tensor, vocab_start: int = 0,
+                       ignore_index: int = -100):
+    """logits [rows, V_local] holding global ids [vocab_start, vocab_start+V_local) -> fp32 (row max,
+    Σ exp(x − max), target logit where the label falls in this block else 0)."""
+    x = logits.float()
+    mx = x.max(-1).values
+    shift = torch.where(torch.isneginf(mx), torch.zeros_like(mx), mx)
+    se = torch.exp(x - shift[:, None]).sum(-1)
+    local = labels - vocab_start
+    here = (labels != ignore_index) & (local >= 0) & (local < x.shape[-1])
+    tgt = x.gather(-1, torch.where(here, local, 0)[:, None]).squeeze(-1)
+    return mx, se, torch.where(here, tgt, torch.zeros_like(tgt))
+
+
+def ce_grad_reference(logits: torch.Tensor, labels: torch.Tensor, lse: torch.Tensor, dloss: torch.Tensor,
+                      vocab_start: int = 0, ignore_index: int = -100) -> torch.Tensor:
+    """(softmax − onehot(label)) · dloss over this block, in the logits' dtype; 0 rows at ignore_index."""
+    p = torch.exp(logits.float() - lse[:, None])
+    local = labels - vocab_start
+    here = (labels != ignore_index) & (local >= 0) & (local < logits.shape[-1])
+    p[here, local[here]] -= 1.0
+    g = torch.where(labels == ignore_index, torch.zeros_like(dloss, dtype=torch.float32), dloss.float())
+    return (p * g[:, None]).to(logits.dtype)
+
+
+def rescale_sumexp(m: torch.Tensor, s: torch.Tensor, global_max: torch.Tensor) -> torch.Tensor:
+    """s·exp(m − M), with shards that hold only -inf logits contributing 0."""
+    return torch.where(torch.isneginf(m), torch.zeros_like(s), s * torch.exp(m - global_max))

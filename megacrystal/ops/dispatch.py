@@ -1,0 +1,82 @@
+"""Pick the implementation of a fused op: Triton on CUDA tensors when Triton imports, else the
+plain-torch reference. `impl` is the config's `model.kernels`: auto | triton | torch.
+`model.kernels=triton` on CPU runs the kernels under Triton's interpreter (TRITON_INTERPRET=1 must be set
+before triton is imported) -- that is how the tests check them without a GPU.
+The norm may instead use apex's fused kernel (`model.use_apex_norm`) on CUDA when apex imports.
+The choice is logged once per (op, implementation, device)."""
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from typing import Callable
+
+from ..log import say_once
+
+# op name -> (reference "module:function", triton "module:function")
+OPS: dict[str, tuple[str, str]] = {
+    "norm": ("megacrystal.ops.norm:norm_reference", "megacrystal.ops.triton_norm:norm_triton"),
+    "rotary": ("megacrystal.ops.rotary:rotary_reference", "megacrystal.ops.triton_rotary:rotary_triton"),
+    "swiglu": ("megacrystal.ops.swiglu:swiglu_reference", "megacrystal.ops.triton_swiglu:swiglu_triton"),
+    "cross_entropy": ("megacrystal.ops.cross_entropy:cross_entropy_reference",
+                      "megacrystal.ops.triton_cross_entropy:cross_entropy_triton"),
+}
+APEX_NORM = "megacrystal.ops.norm:norm_apex"
+
+_cache: dict[str, Callable | None] = {}
+
+
+def _load(spec: str, quiet: bool = False) -> Callable | None:
+    if spec not in _cache:
+        mod, fn = spec.split(":")
+        try:
+            _cache[spec] = getattr(importlib.import_module(mod), fn)
+        except (ImportError, AttributeError) as e:
+            _cache[spec] = None
+            if not quiet:
+                say_once(f"noimpl-{spec}", f"{spec} unavailable ({e}); using the torch reference")
+    return _cache[spec]
+
+
+@functools.lru_cache(maxsize=None)
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def resolve(name: str, impl: str, device_type: str, apex: bool = False) -> tuple[str, Callable]:
+    ref_spec, tri_spec = OPS[name]
+    if apex and name == "norm" and device_type == "cuda":
+        fn = _load(APEX_NORM, quiet=True)
+        if fn is not None:
+            return "apex", fn
+        say_once("apex-norm-missing", "model.use_apex_norm: apex is not importable; using the other norm kernels")
+    if impl == "torch":
+        return "torch", _load(ref_spec)
+    want_triton = impl == "triton" or (impl == "auto" and device_type == "cuda")
+    if want_triton:
+        if impl == "triton" and device_type != "cuda" and not _interpreting():
+            raise RuntimeError(f"model.kernels=triton on {device_type}: compiled Triton needs CUDA; on CPU set "
+                               f"TRITON_INTERPRET=1 (before triton is imported) or use model.kernels=torch/auto")
+        fn = _load(tri_spec) if triton_available() else None
+        if fn is not None:
+            return "triton", fn
+        if impl == "triton":
+            raise RuntimeError(f"model.kernels=triton but the Triton {name} kernel is unavailable "
+                               f"(is the `triton` package installed?)")
+    return "torch", _load(ref_spec)
+
+
+def op(name: str, impl: str = "auto", apex: bool = False) -> Callable:
+    def call(x, *args, **kwargs):
+        which, fn = resolve(name, impl, x.device.type, apex)
+        say_once(f"op-{name}-{which}-{x.device.type}", f"{name}: {which} kernel on {x.device.type}")
+        return fn(x, *args, **kwargs)
+    return call

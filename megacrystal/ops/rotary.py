@@ -1,0 +1,39 @@
+"""Rotary position embedding on a fraction of each head's dims, GPT-J interleaved or rotate-half.
+
+`cos`/`sin` have shape [seq, rot/2] (one angle per rotated pair); dims past `rot` pass through.
+Interleaved (Crystal, GPT-J): pairs are (0,1), (2,3), ...; rotate-half (LLaMA): pairs (i, i+rot/2).
+"""
+from __future__ import annotations
+
+import torch
+
+
+def rope_angles(positions: torch.Tensor, rot_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin in fp32 for integer `positions` (any shape) -> shape positions.shape + [rot_dim/2]."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, rot_dim, 2, dtype=torch.float64, device=positions.device) / rot_dim))
+    ang = positions.to(torch.float64)[..., None] * inv_freq
+    return ang.cos().float(), ang.sin().float()
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool) -> torch.Tensor:
+    rot = 2 * cos.shape[-1]
+    xr, xp = x[..., :rot].float(), x[..., rot:]
+    # cos/sin: [b, s, rot/2] or [s, rot/2] -> broadcast over heads: x is [b, s, h, d]
+    c = cos.unsqueeze(-2)
+    s = sin.unsqueeze(-2)
+    if interleaved:
+        x1, x2 = xr[..., 0::2], xr[..., 1::2]
+        out = torch.stack((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1).flatten(-2)
+    else:
+        half = rot // 2
+        x1, x2 = xr[..., :half], xr[..., half:]
+        out = torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1)
+    return torch.cat((out.to(x.dtype), xp), dim=-1)
+
+
+def rotary_reference(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                     interleaved: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """q: [b, s, hq, d], k: [b, s, hk, d]; cos/sin [s, rot/2] or [b, s, rot/2]."""
+    if cos.shape[-1] == 0:
+        return q, k
+    return _rotate(q, cos, sin, interleaved), _rotate(k, cos, sin, interleaved)

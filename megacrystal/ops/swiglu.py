@@ -1,0 +1,9 @@
+"""SwiGLU gate: `up * silu(gate)` (Crystal: out = W_down(W_up(x) * silu(W_gate(x))))."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def swiglu_reference(up: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    return (up.float() * F.silu(gate.float())).to(up.dtype)

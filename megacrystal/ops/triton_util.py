@@ -1,0 +1,49 @@
+"""Small helpers shared by the Triton kernels: launch sizes and the CPU/interpreter check."""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def check_device(*tensors: torch.Tensor) -> None:
+    """Compiled Triton runs on CUDA tensors only; CPU tensors need the interpreter (TRITON_INTERPRET=1
+    set before triton is imported)."""
+    for t in tensors:
+        if t.device.type != "cuda" and not interpreting():
+            raise RuntimeError(f"Triton kernel called on a {t.device.type} tensor; compiled Triton needs CUDA "
+                               f"(on CPU set TRITON_INTERPRET=1 before importing triton, or use model.kernels=torch)")
+
+
+def block(n: int, cap: int = 1 << 16) -> int:
+    b = triton.next_power_of_2(max(int(n), 1))
+    if b > cap:
+        raise ValueError(f"dimension {n} is larger than this kernel supports ({cap})")
+    return b
+
+
+def warps(block_elems: int) -> int:
+    return min(max(block_elems // 256, 1), 16)
+
+
+def rows_per_program(rows: int, per_sm: int = 4) -> int:
+    """Rows each program of a row-blocked kernel handles: enough programs for a few per SM on a GPU
+    (a handful on the interpreter). A power of two, so that this compile-time constant takes only a few
+    values. Loop bounds are compile-time constants in our kernels: the interpreter of triton 3.6 cannot
+    loop to a runtime bound under numpy >= 2.4 (triton-lang/triton#9171)."""
+    if interpreting() or not torch.cuda.is_available():
+        target = 4
+    else:
+        target = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count * per_sm
+    return triton.next_power_of_2(max(1, triton.cdiv(max(rows, 1), target)))
+
+
+def rows2d(x: torch.Tensor) -> torch.Tensor:
+    """View x as [rows, last] with a unit stride on the last dim (copies only if it must)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    return x2 if x2.stride(-1) == 1 else x2.contiguous()

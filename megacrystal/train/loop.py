@@ -1,0 +1,152 @@
+"""The training loop: phases walked as one run over the 3D-parallel engine.
+
+Each step: the loader gives this DP rank's micro-batches, the schedule the phase's base LR, the
+engine runs forward/backward over the pipeline schedule, reduces gradients and steps the optimizer.
+Rank 0 writes metrics.jsonl + TensorBoard; checkpoints hold every rank's shard, the loader state
+(so a resume gets exactly the next samples, also mid-phase) and a consolidated model.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from ..config import Config, ConfigError
+from ..log import get_logger
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .metrics import MetricsWriter, flops_per_token, peak_flops
+from .schedule import Schedule
+
+log = get_logger("megacrystal.train")
+
+
+def _dp_sum(values: torch.Tensor, grid) -> torch.Tensor:
+    if dist.is_initialized() and grid.dp_size > 1:
+        dist.all_reduce(values, group=grid.dp_group)
+    return values
+
+
+def _check_tokenizer(cfg: Config):
+    from ..tokenizer import load_tokenizer
+    d = cfg.data
+    if not d.tokenizer_model:
+        return None
+    try:
+        tok = load_tokenizer(d.tokenizer_type, d.tokenizer_model)
+    except ValueError as e:
+        raise ConfigError(f"data.tokenizer_model: {e}") from None
+    if tok.vocab_size > cfg.model.vocab_size:
+        raise ConfigError(f"model.vocab_size: {cfg.model.vocab_size} is smaller than the tokenizer's "
+                          f"{tok.vocab_size} ({d.tokenizer_model})")
+    return tok
+
+
+def evaluate(engine, valid: dict, cfg: Config, grid) -> dict:
+    """Per-source validation loss (token mean over `train.eval_iters` global batches of each source)."""
+    out = {}
+    t = cfg.train
+    for name, vset in valid.items():
+        loader = vset.batches(t.eval_iters, grid.dp_rank, grid.dp_size, t.micro_batch_size, t.global_batch_size)
+        total, count = 0.0, 0.0
+        for mbs in loader:
+            s, c = engine.eval_loss(mbs)
+            total, count = total + s, count + c
+        out[name] = total / max(count, 1.0)
+    return out
+
+
+def train(cfg: Config) -> dict:
+    """Run (or resume) the configured training; returns the last step's metrics."""
+    from ..data.loader import build_data
+    from ..parallel.engine import Engine
+    from ..parallel.state import init_distributed
+
+    tok = _check_tokenizer(cfg)  # before any process group: a bad tokenizer never hangs ranks
+    grid, device = init_distributed(cfg)
+    t = cfg.train
+    out_dir = Path(t.out_dir)
+    rank0 = grid.rank == 0
+    if rank0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        import yaml
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+    world = dist.group.WORLD if dist.is_initialized() else None
+    plan, loader, valid = build_data(cfg, grid.dp_rank, grid.dp_size, group=world,
+                                     with_validation=t.eval_interval > 0)
+    schedule = Schedule([p.config for p in plan.phases], [p.steps for p in plan.phases])
+    total_steps = min(schedule.total_steps, t.max_steps) if t.max_steps else schedule.total_steps
+    engine = Engine(cfg, device)
+
+    source_names = plan.source_names
+    counts = torch.zeros(len(source_names), dtype=torch.float64)
+    step, tokens_seen = 0, 0
+    ckpt = latest_checkpoint(str(out_dir))
+    if ckpt is not None:
+        meta = load_checkpoint(ckpt, engine, cfg.parallel.distributed_optimizer)
+        loader.load_state_dict(meta["loader"])
+        step, tokens_seen = meta["step"], meta["tokens"]
+        counts = torch.tensor([meta["samples_per_source"].get(n, 0) for n in source_names], dtype=torch.float64)
+        log.info(f"resumed from {ckpt} at step {step} (phase {schedule.span(step).name})")
+    loader.total_steps = total_steps
+
+    metrics = MetricsWriter(str(out_dir), enabled=rank0, tensorboard=cfg.log.tensorboard)
+    metrics.truncate_after(step)
+    seq = cfg.data.seq_length
+    step_tokens = t.global_batch_size * seq
+    fpt = flops_per_token(cfg.model, seq)
+    peak, peak_src = peak_flops(device, t.precision)
+    world_size = dist.get_world_size() if dist.is_initialized() else 1
+    if rank0:
+        log.info(f"training {engine.num_parameters() / 1e6:.2f} M parameters, steps {step}..{total_steps}, "
+                 f"phases {[(p.name, p.steps) for p in plan.phases]}, grid tp={grid.tp_size} pp={grid.pp_size} "
+                 f"dp={grid.dp_size}, device {device}, MFU peak: {peak_src}")
+
+    def save(at_step):
+        state = dict(loader=loader.state_dict(), tokens=tokens_seen, phase=schedule.span(max(at_step - 1, 0)).name,
+                     samples_per_source={n: int(c) for n, c in zip(source_names, counts.tolist())})
+        save_checkpoint(str(out_dir), at_step, engine, state, cfg.to_dict(),
+                        cfg.data.tokenizer_model, cfg.parallel.distributed_optimizer)
+
+    record: dict = {}
+    it = iter(loader)
+    while step < total_steps:
+        span = schedule.span(step)
+        lr = schedule.lr(step)
+        t0 = time.perf_counter()
+        mbs = next(it)
+        local = torch.zeros(len(source_names), dtype=torch.float64)
+        for mb in mbs:
+            local += torch.bincount(mb["source_id"], minlength=len(source_names)).double()
+        out = engine.train_step(mbs, lr)
+        counts += _dp_sum(local, grid)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        dt = time.perf_counter() - t0
+        step += 1
+        tokens_seen += step_tokens
+        tps = step_tokens / dt
+        record = dict(step=step, phase=span.name, loss=out["loss"], lr=lr, grad_norm=out["grad_norm"],
+                      tokens=tokens_seen, samples_per_source={n: int(c) for n, c in zip(source_names, counts.tolist())},
+                      tokens_per_s=tps, mfu=(fpt * tps / (peak * world_size)) if peak else 0.0, step_time_s=dt)
+        if not math.isfinite(out["loss"]):
+            raise FloatingPointError(f"step {step}: loss is {out['loss']} (phase {span.name}, lr {lr:.3g})")
+        if t.eval_interval and valid and (step % t.eval_interval == 0 or step == total_steps):
+            record["valid_loss"] = evaluate(engine, valid, cfg, grid)
+        if step % t.log_interval == 0 or step == total_steps:
+            metrics.write(record)
+            if rank0:
+                extra = "".join(f" valid[{k}] {v:.3f}" for k, v in record.get("valid_loss", {}).items())
+                log.info(f"step {step}/{total_steps} [{span.name}] loss {out['loss']:.4f} lr {lr:.3e} "
+                         f"grad_norm {out['grad_norm']:.3f} {tps:,.0f} tok/s mfu {record['mfu']:.3f}{extra}")
+        if t.save_interval and step % t.save_interval == 0 and step < total_steps:
+            save(step)
+    if step > 0 and (ckpt is None or step > meta["step"]):
+        save(step)
+    metrics.close()
+    return record
