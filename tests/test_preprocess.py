@@ -157,3 +157,12 @@ def test_preprocess_does_not_import_torch():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stderr
+
+
+def test_empty_input_gives_empty_readable_outputs(tmp_path):
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    s = preprocess(str(tmp_path / "empty.jsonl"), str(tmp_path / "e"), None, small_sp_model(), append_eod=True,
+                   workers=2, progress=False)
+    assert s["documents"] == 0
+    ds = IndexedDataset(tmp_path / "e_text_document")
+    assert len(ds) == 0 and ds.num_tokens == 0
