@@ -243,7 +243,8 @@ def main(argv=None) -> int:
     result["summary"] = summary
     result["machine"]["load_average_end"] = os.getloadavg()
     os.makedirs(a.out, exist_ok=True)
-    path = os.path.join(a.out, f"preprocess_{datetime.date.today().isoformat()}.json")
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H%M")
+    path = os.path.join(a.out, f"preprocess_{stamp}.json")
     with open(path, "w") as f:
         json.dump(result, f, indent=1)
     print(json.dumps(summary, indent=1))
