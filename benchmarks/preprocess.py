@@ -7,7 +7,7 @@ Every figure is wall time of a fresh process (start-up, reading, writing include
 in the same run as the ceiling: HF `encode_batch` on the same texts, in memory, with the same
 number of threads (RAYON_NUM_THREADS). Peak RSS is the largest sum over the process tree (psutil,
 sampled every 50 ms). A generated input of >= --big-gb GB shows that peak memory stays flat.
-Writes benchmarks/results/preprocess_<date>.json (machine, versions, every figure).
+Writes benchmarks/results/preprocess_<date>T<time>.json (machine, versions, every figure).
 """
 from __future__ import annotations
 
