@@ -50,7 +50,7 @@ def _progress(total_bytes: int, enabled: bool):
     except ImportError:
         return None
     tqdm.monitor_interval = 0   # no monitor thread: worker processes are forked later
-    return tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1 << 20, desc="preprocess",
+    return tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1000, desc="preprocess",
                 file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
 
 
