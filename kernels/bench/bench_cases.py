@@ -124,6 +124,13 @@ def rotary_cases(gpu: bool, dev: str, compile_: bool) -> list[Case]:
         tri = c.providers.get("megacrystal-triton")
         if tri is not None:
             c.providers["megacrystal-triton"] = lambda q, k, cos, sin, tri=tri, inter=inter: tri(q, k, cos, sin, inter)
+        if gpu and not inter:
+            # Liger's rope: rotate-half only, [b, h, s, d] views, cos/sin over the whole rotated width; in place
+            lig = _try_import("liger_kernel.ops.rope", "LigerRopeFunction")
+            _add(c.providers, "liger (in place)", lig and (
+                lambda q, k, cos, sin, lig=lig, rot=rot: lig.apply(
+                    q.transpose(1, 2), k.transpose(1, 2), torch.cat((cos, cos), -1)[None],
+                    torch.cat((sin, sin), -1)[None], None, 1, rot)))
         out.append(c)
     return out
 
