@@ -48,7 +48,7 @@ def _time(fn) -> float:
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     """||a - b|| / ||b|| in fp64 (NaN anywhere -> inf)."""
-    a, b = a.double(), b.double()
+    a, b = a.detach().double(), b.detach().double()
     if not torch.isfinite(a).all():
         return float("inf")
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
@@ -192,7 +192,7 @@ def graph_rows(copy: float, log) -> list[dict]:
     """fwd+bwd through autograd replayed from a CUDA graph: the GPU time alone (no host launch overhead)."""
     import bench_cases
     import triton.testing
-    out = []
+    out, broken = [], False
     for make in (bench_cases.norm_cases, bench_cases.rotary_cases, bench_cases.cross_entropy_cases):
         for case in make(True, "cuda", False):
             if "16384x4096" not in case.name and case.op not in ("rotary", "cross_entropy"):
@@ -202,11 +202,17 @@ def graph_rows(copy: float, log) -> list[dict]:
                         or (prov == "megacrystal-reference" and case.op != "layernorm" and case.op != "rmsnorm")):
                     continue
                 row = dict(op=case.op, case=case.name, mode="fwd+bwd graph", provider=prov)
+                if broken:
+                    row["skipped"] = "an earlier capture failed"
+                    out.append(row)
+                    continue
                 try:
                     args = case.make(True)
-                    outs = fn(*args)
+                    with torch.no_grad():       # no autograd graph may outlive this call: its AccumulateGrad
+                        outs = fn(*args)        # nodes would sit on this stream, not the capture stream
                     outs = outs if isinstance(outs, tuple) else (outs,)
                     grads = [torch.rand_like(o) if o.dtype == torch.float32 else torch.randn_like(o) for o in outs]
+                    del outs
                     leaves = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
 
                     def step(fn=fn, args=args, grads=grads):
@@ -218,6 +224,7 @@ def graph_rows(copy: float, log) -> list[dict]:
                     row["pct_copy"] = 100 * row["GBps"] / copy
                 except Exception as e:  # a baseline that cannot be captured must not end the run
                     row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:120]
+                    broken = "capture" in str(e).lower()   # a failed capture can poison the CUDA state
                 log(f"  graph {case.op} {case.name} {prov}: {row.get('ms', row.get('error'))}")
                 out.append(row)
                 torch.cuda.empty_cache()

@@ -1,7 +1,13 @@
-"""Launch shapes of the Triton norm kernels, by hidden size and element size.
+"""Launch shapes of the Triton norm kernels, by hidden size.
 
-The defaults were picked from the sweep in `kernels/bench/tune_kernels.py` on an H200 (see
-`docs/kernels-tuning.md`); each kernel also accepts an explicit config, which is how the sweep calls it.
+Measured on an H200 (kernels/bench/tune_kernels.py, 2026-11-26; benchmarks/results/tune-NVIDIA_H200-*.json),
+bf16, 16384 rows, hidden 2048 and 4096 -- see kernels/bench/NOTES.md. What mattered:
+- forward: ~32 elements per thread (two 4096-rows per program with 8 warps; two 2048-rows with 4 warps):
+  93% of copy bandwidth at 4096, 85% at 2048 (16 warps on one row: 75%).
+- backward: the depth of the software pipeline of the row loop (cp.async prefetch of the next rows' x and dy):
+  1 -> 54%, 2 -> 61%, 3 -> 76%, 4 -> 80% at 4096 (8 warps); 2 rows per step did not help; one partial
+  dw/db row per program with 1-2 programs per SM.
+Other hidden sizes use the same rules, not measured. Each kernel also accepts an explicit config (the sweep).
 """
 from __future__ import annotations
 
@@ -19,9 +25,9 @@ class FwdConfig:
 @dataclass(frozen=True)
 class BwdConfig:
     tile: int = 1          # rows per loop step ([tile, next_pow2(N)] loaded at once)
-    stages: int = 2        # software-pipelining depth of the row loop (1 = none)
+    stages: int = 4        # software-pipelining depth of the row loop (1 = none)
     warps: int = 8
-    per_sm: int = 2        # target programs per SM (each writes one fp32 partial row of dw/db)
+    per_sm: int = 1        # target programs per SM (each writes one fp32 partial row of dw/db)
 
     def plan(self, rows: int, sms: int) -> tuple[int, int]:
         """-> (tile, iters): rows per program = tile * iters, a power of two, chosen so that there are
@@ -44,9 +50,8 @@ def fwd_config(n: int, elem_bytes: int) -> FwdConfig:
     blk = triton.next_power_of_2(max(n, 1))
     if ("fwd", blk, elem_bytes) in TUNED:
         return TUNED["fwd", blk, elem_bytes]
-    if blk <= 1024:
-        return FwdConfig(rows=max(1, 2048 // blk), warps=4)
-    return FwdConfig(rows=1, warps=min(16, max(4, blk // 512)))
+    warps = 4 if blk <= 2048 else 8 if blk <= 4096 else 16
+    return FwdConfig(rows=max(1, min(32, 32 * 32 * warps // blk)), warps=warps)
 
 
 def bwd_config(n: int, elem_bytes: int) -> BwdConfig:
@@ -54,5 +59,7 @@ def bwd_config(n: int, elem_bytes: int) -> BwdConfig:
     if ("bwd", blk, elem_bytes) in TUNED:
         return TUNED["bwd", blk, elem_bytes]
     if blk <= 1024:
-        return BwdConfig(tile=max(1, 1024 // blk), stages=2, warps=4, per_sm=4)
-    return BwdConfig(tile=1, stages=2, warps=min(16, max(4, blk // 512)), per_sm=2)
+        return BwdConfig(tile=max(1, 1024 // blk), stages=3, warps=4, per_sm=2)
+    if blk <= 2048:
+        return BwdConfig(tile=1, stages=3, warps=8, per_sm=2)
+    return BwdConfig(tile=1, stages=4, warps=8 if blk <= 4096 else 16, per_sm=1)
