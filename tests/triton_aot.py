@@ -28,12 +28,17 @@ def variants(dt):
         dict(TILE=2, ITERS=4, STAGES=1, RMS=True, HAS_BIAS=False, BLOCK=1024)]
     yield "norm_sum", tn._sum_partials, dict(PW="*fp32", PB="*fp32", OW=p, OB=p, P="i32", N="i32"), [
         dict(HAS_BIAS=True, CHUNKS=9, BLOCK_P=32, BLOCK_N=64)]
-    strides = {n: "i64" for n in ("sq_b", "sq_s", "sq_h", "sk_b", "sk_s", "sk_h", "soq_b", "soq_s", "soq_h",
-                                  "sok_b", "sok_s", "sok_h", "sc_b", "sc_s")}
-    yield "rotary", tr._rotary, dict(Q=p, K=p, OQ=p, OK=p, COS="*fp32", SIN="*fp32", **strides, S="i32", HQ="i32",
-                                     HK="i32", D="i32", ROT="i32", ROT_HALF="i32", sign="fp32"), [
-        dict(INTERLEAVED=True, COPY_REST=True, BLOCK_HQ=32, BLOCK_HK=32, BLOCK_R=16, BLOCK_P=128),
-        dict(INTERLEAVED=False, COPY_REST=False, BLOCK_HQ=32, BLOCK_HK=8, BLOCK_R=64, BLOCK_P=1)]
+    strides = {n: "i64" for n in ("sq_b", "sq_s", "sq_g", "sq_h", "sk_b", "sk_s", "sk_h", "sv_b", "sv_s", "sv_h",
+                                  "soq_b", "soq_s", "soq_g", "soq_h", "sok_b", "sok_s", "sok_h", "sov_b", "sov_s",
+                                  "sov_h", "sc_b", "sc_s")}
+    yield "rotary", tr._rotary, dict(Q=p, K=p, V=p, OQ=p, OK=p, OV=p, COS="*fp32", SIN="*fp32", **strides, S="i32",
+                                     HQ="i32", HK="i32", G="i32", D="i32", ROT="i32", ROT_HALF="i32", sign="fp32"), [
+        dict(INTERLEAVED=True, COPY_REST=True, COPY_V=False, BLOCK_HQ=32, BLOCK_HK=32, BLOCK_R=16, BLOCK_P=128,
+             BLOCK_D=1),
+        dict(INTERLEAVED=False, COPY_REST=False, COPY_V=False, BLOCK_HQ=32, BLOCK_HK=8, BLOCK_R=64, BLOCK_P=1,
+             BLOCK_D=1),
+        dict(INTERLEAVED=True, COPY_REST=True, COPY_V=True, BLOCK_HQ=32, BLOCK_HK=8, BLOCK_R=16, BLOCK_P=128,
+             BLOCK_D=128)]
     yield "swiglu_fwd", ts._swiglu_fwd, dict(UP=p, GATE=p, Y=p, n="i64"), [dict(BLOCK=1024)]
     yield "swiglu_bwd", ts._swiglu_bwd, dict(UP=p, GATE=p, DY=p, DUP=p, DGATE=p, n="i64"), [dict(BLOCK=1024)]
     yield "ce_stats", tce._ce_stats, dict(L=p, LABELS="*i64", MAX="*fp32", SUMEXP="*fp32", TGT="*fp32",
