@@ -129,6 +129,7 @@ class SourceConfig:
     weights: Optional[list[float]] = None
     kind: str = "nl"                 # nl | code  (FIM applies to code sources only)
     language: Optional[str] = None
+    optional: bool = False           # no tokens: dropped from the phases' blends instead of an error
 
 
 @dataclass
@@ -157,6 +158,7 @@ class DataConfig:
     seed: int = 1234
     valid_fraction: float = 0.0      # document-level held-out share per source
     max_epochs: int = 1000           # a source needing more epochs than this is an error
+    surplus: float = 0.005           # extra samples built per source (megatron-core's margin)
     cache_dir: Optional[str] = None  # None: {train.out_dir}/index_cache
     num_workers: int = 0
     pin_memory: bool = True
@@ -438,6 +440,10 @@ def validate_config(cfg: Config, world_size: Optional[int] = None) -> None:
     _choice(cfg, "data.tokenizer_type", d.tokenizer_type, {"HuggingFaceTokenizer", "SentencePieceTokenizer"})
     _choice(cfg, "data.backend", d.backend, {"torch", "dali"})
     _check(0.0 <= d.valid_fraction < 1.0, cfg, f"data.valid_fraction: expected 0..1, got {d.valid_fraction}")
+    _check(d.max_epochs >= 1, cfg, f"data.max_epochs: expected >= 1, got {d.max_epochs}")
+    _check(0.0 <= d.surplus < 1.0, cfg, f"data.surplus: expected 0..1, got {d.surplus}")
+    _check(d.num_workers >= 0, cfg, f"data.num_workers: expected >= 0, got {d.num_workers}")
+    _check(d.seq_length >= 2, cfg, f"data.seq_length: expected >= 2, got {d.seq_length}")
     for name, src in d.sources.items():
         _choice(cfg, f"data.sources.{name}.kind", src.kind, {"nl", "code"})
         _check(len(src.prefixes) > 0, cfg, f"data.sources.{name}.prefixes: expected at least one indexed-file prefix")

@@ -63,10 +63,14 @@ def evaluate(engine, valid: dict, cfg: Config, grid) -> dict:
 def train(cfg: Config) -> dict:
     """Run (or resume) the configured training; returns the last step's metrics."""
     from ..data.loader import build_data
+    from ..data.plan import make_plan
     from ..parallel.engine import Engine
     from ..parallel.state import init_distributed
 
-    tok = _check_tokenizer(cfg)  # before any process group: a bad tokenizer never hangs ranks
+    # Everything that can be wrong with the data is found before any process group exists,
+    # on every rank alike, so a bad file never leaves ranks waiting on each other.
+    _check_tokenizer(cfg)
+    data_plan = make_plan(cfg)
     grid, device = init_distributed(cfg)
     t = cfg.train
     out_dir = Path(t.out_dir)
@@ -78,7 +82,7 @@ def train(cfg: Config) -> dict:
 
     world = dist.group.WORLD if dist.is_initialized() else None
     plan, loader, valid = build_data(cfg, grid.dp_rank, grid.dp_size, group=world,
-                                     with_validation=t.eval_interval > 0)
+                                     with_validation=t.eval_interval > 0, plan=data_plan)
     schedule = Schedule([p.config for p in plan.phases], [p.steps for p in plan.phases])
     total_steps = min(schedule.total_steps, t.max_steps) if t.max_steps else schedule.total_steps
     engine = Engine(cfg, device)
