@@ -110,16 +110,45 @@ class SentencePieceTokenizer(Tokenizer):
             i = self._sp.piece_to_id(s)
             return None if i == unk and s != self._sp.id_to_piece(unk) else i
         self.special = self._find_specials(lookup)
+        self._space_bytes = self._literal_space_bytes()
+
+    def _literal_space_bytes(self) -> Optional[list[int]]:
+        """SentencePiece writes spaces as U+2581 and decodes every U+2581 back to a space, so a literal
+        U+2581 in the text would not round-trip. For models without a dummy prefix that have byte
+        pieces (ours), encode it as its three UTF-8 byte pieces instead, which decode to U+2581."""
+        ids = [self._sp.piece_to_id(f"<0x{b:02X}>") for b in _SP_SPACE.encode()]
+        if not all(self._sp.is_byte(i) for i in ids):
+            return None
+        probe = self._sp.encode("a")
+        if not probe or self._sp.id_to_piece(probe[0]).startswith(_SP_SPACE):
+            return None  # dummy-prefix model: segments cannot be encoded separately
+        return ids
 
     def encode(self, text: str) -> list[int]:
-        return self._sp.encode(text)
+        if self._space_bytes is None or _SP_SPACE not in text:
+            return self._sp.encode(text)
+        out: list[int] = []
+        for i, part in enumerate(text.split(_SP_SPACE)):
+            if i:
+                out += self._space_bytes
+            if part:
+                out += self._sp.encode(part)
+        return out
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return self._sp.encode(list(texts))
+    def encode_batch(self, texts: Sequence[str], num_threads: int = -1) -> list[list[int]]:
+        texts = list(texts)
+        out = self._sp.encode(texts, num_threads=num_threads)
+        if self._space_bytes is not None:
+            for i, t in enumerate(texts):
+                if _SP_SPACE in t:
+                    out[i] = self.encode(t)
+        return out
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._sp.decode(list(ids))
 
+
+_SP_SPACE = "\u2581"
 
 TOKENIZER_TYPES = {"HuggingFaceTokenizer": HFTokenizer, "SentencePieceTokenizer": SentencePieceTokenizer}
 

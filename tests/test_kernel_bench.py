@@ -28,3 +28,17 @@ def test_run_all_writes_json_and_table(tmp_path):
     assert all(r["GBps"] > 0 for r in rows if r["op"] != "attention")
     assert all(r["TFLOPs"] > 0 for r in rows if r["op"] == "attention")
     assert "provider" in p.stdout and "copy bandwidth" in p.stdout
+
+
+def test_tuner_smoke_checks_every_variant(tmp_path):
+    """The launch-config sweep runs each kernel variant (under the interpreter on CPU, tiny shapes), checks it
+    against the reference and writes its JSON; a variant computing a wrong result would be listed as FAILED."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TRITON_INTERPRET="1")
+    p = subprocess.run([sys.executable, str(ROOT / "kernels/bench/tune_kernels.py"), "--out", str(tmp_path), "--smoke",
+                        "--no-e2e"], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "0 failed the check against the reference" in p.stdout, p.stdout[-2000:]
+    data = json.loads(next(tmp_path.glob("tune-*.json")).read_text())
+    assert {r["op"] for r in data["sweep"]} == {"layernorm", "rmsnorm", "rotary", "cross_entropy"}
+    assert all(r["ok"] and r["ms"] > 0 for r in data["sweep"])
+    assert data["winners"]

@@ -50,3 +50,48 @@ def test_rotary_crystal_7b_head():
     cos, sin = rope_angles(torch.arange(3, device=DEVICE) + 1000, 32, 10000.0)
     for got, want in zip(rotary_triton(q, k, cos, sin, True), rotary_reference(q, k, cos, sin, True)):
         close(got, want, torch.float32)
+
+
+@pytest.mark.parametrize("interleaved", [True, False])
+def test_rotary_in_place_on_fused_qkv_views(interleaved):
+    """In place: only the rotated dims of q and k change, inside the fused QKV buffer; v and the rest stay."""
+    need_triton()
+    from megacrystal.ops.triton_rotary import rotary_apply
+    gen = torch.Generator().manual_seed(3)
+    b, s, h, d, rot = 2, 5, 3, 32, 8
+    qkv = torch.randn(b, s, h, 3, d, generator=gen).to(DEVICE)
+    before = qkv.clone()
+    cos, sin = rope_angles(torch.arange(s, device=DEVICE) + 7, rot, 10000.0)
+    want_q, want_k = rotary_reference(qkv[:, :, :, 0], qkv[:, :, :, 1], cos, sin, interleaved)
+    rotary_apply(qkv[:, :, :, 0], qkv[:, :, :, 1], cos, sin, interleaved, inplace=True)
+    close(qkv[:, :, :, 0], want_q, torch.float32)
+    close(qkv[:, :, :, 1], want_k, torch.float32)
+    assert torch.equal(qkv[..., rot:], before[..., rot:])          # pass-through dims untouched
+    assert torch.equal(qkv[:, :, :, 2], before[:, :, :, 2])        # v untouched
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("interleaved,fraction", [(True, 0.25), (False, 1.0), (True, 0.0), (False, 0.5)])
+@pytest.mark.parametrize("heads", [(4, 4), (6, 2)])
+def test_qkv_rotary_matches_reference(heads, interleaved, fraction, dtype):
+    """Fused split + rotary of the QKV projection's output, and its backward that packs d(qkv)."""
+    need_triton()
+    from megacrystal.ops.rotary import qkv_rotary_reference
+    from megacrystal.ops.triton_rotary import qkv_rotary_triton
+    hq, hk = heads
+    gen = torch.Generator().manual_seed(hq + int(4 * fraction))
+    b, s, d = 2, 5, 24
+    rot = int(d * fraction)
+    qkv = torch.randn(b, s, hk, hq // hk + 2, d, generator=gen).to(DEVICE, dtype).requires_grad_()
+    cos, sin = rope_angles(torch.randint(0, 500, (b, s), generator=gen).to(DEVICE), rot, 10000.0)
+    outs = qkv_rotary_triton(qkv, cos, sin, interleaved)
+    refs = qkv_rotary_reference(qkv, cos, sin, interleaved)
+    grads_out = [torch.randn(o.shape, generator=gen).to(DEVICE, dtype) for o in refs]
+    for got, want in zip(outs, refs):
+        assert got.dtype == dtype and got.shape == want.shape and got.is_contiguous()
+        close(got, want, dtype)
+    close(torch.autograd.grad(outs, qkv, grads_out)[0], torch.autograd.grad(refs, qkv, grads_out)[0], dtype)
+    # only q and k used (v's gradient absent): the packed gradient has zeros in v's slot
+    g = torch.autograd.grad(qkv_rotary_triton(qkv, cos, sin, interleaved)[:2], qkv, grads_out[:2])[0]
+    assert torch.all(g[:, :, :, -1] == 0)
+    close(g, torch.autograd.grad(qkv_rotary_reference(qkv, cos, sin, interleaved)[:2], qkv, grads_out[:2])[0], dtype)

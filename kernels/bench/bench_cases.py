@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from megacrystal.model.attention import attention_math, attention_sdpa, flash_module
 from megacrystal.ops.cross_entropy import cross_entropy_reference
 from megacrystal.ops.norm import norm_reference
-from megacrystal.ops.rotary import rope_angles, rotary_reference
+from megacrystal.ops.rotary import qkv_rotary_reference, rope_angles, rotary_reference
 from megacrystal.ops.swiglu import swiglu_reference
 
 
@@ -124,8 +124,48 @@ def rotary_cases(gpu: bool, dev: str, compile_: bool) -> list[Case]:
         tri = c.providers.get("megacrystal-triton")
         if tri is not None:
             c.providers["megacrystal-triton"] = lambda q, k, cos, sin, tri=tri, inter=inter: tri(q, k, cos, sin, inter)
+        if gpu and not inter:
+            # Liger's rope: rotate-half only, [b, h, s, d] views, cos/sin over the whole rotated width; in place
+            lig = _try_import("liger_kernel.ops.rope", "LigerRopeFunction")
+            _add(c.providers, "liger (in place)", lig and (
+                lambda q, k, cos, sin, lig=lig, rot=rot: lig.apply(
+                    q.transpose(1, 2), k.transpose(1, 2), torch.cat((cos, cos), -1)[None],
+                    torch.cat((sin, sin), -1)[None], None, 1, rot)))
         out.append(c)
+    out.append(_qkv_rotary_case(gpu, dev, compile_))
     return out
+
+
+def _qkv_rotary_case(gpu: bool, dev: str, compile_: bool) -> Case:
+    """The model's use: split the fused QKV output [b,s,hk,g+2,d] into contiguous q, k, v with q, k rotated
+    (Crystal: rot = d/4 interleaved). Ideal bytes: read qkv once, write q, k, v (fwd); the same again for the
+    packed d(qkv) (bwd)."""
+    b, s, hk, g, d = (4, 2048, 32, 1, 128) if gpu else (1, 64, 4, 1, 64)
+    dtype = torch.bfloat16 if gpu else torch.float32
+    rot = d // 4
+
+    def make(rg):
+        qkv = torch.randn(b, s, hk, g + 2, d, device=dev, dtype=dtype, requires_grad=rg)
+        cos, sin = rope_angles(torch.arange(s, device=dev), rot, 10000.0)
+        return [qkv, cos, sin]
+    e = torch.tensor([], dtype=dtype).element_size()
+    n = b * s * hk * (g + 2) * d
+    c = Case("qkv_rotary", f"b{b} s{s} hk{hk} g{g} d{d} crystal rot=d/4", dtype, make,
+             bytes={"fwd": 2 * n * e, "fwd+bwd": 4 * n * e})
+
+    def ref(qkv, cos, sin):
+        return qkv_rotary_reference(qkv, cos, sin, True)
+    _common(c.providers, "megacrystal.ops.triton_rotary:qkv_rotary_triton", ref, compile_)
+    tri = c.providers.get("megacrystal-triton")
+    if tri is not None:
+        c.providers["megacrystal-triton"] = lambda qkv, cos, sin, tri=tri: tri(qkv, cos, sin, True)
+        rot_tri = _triton("megacrystal.ops.triton_rotary:rotary_triton")
+
+        def unfused(qkv, cos, sin):     # what the model did before: views, rotary of q and k, v.contiguous()
+            q, k = rot_tri(qkv[:, :, :, :g].reshape(b, s, hk * g, d), qkv[:, :, :, g], cos, sin, True)
+            return q, k, qkv[:, :, :, g + 1].contiguous()
+        c.providers["triton rotary + views (unfused)"] = unfused
+    return c
 
 
 def swiglu_cases(gpu: bool, dev: str, compile_: bool) -> list[Case]:

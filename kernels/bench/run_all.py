@@ -43,41 +43,31 @@ def measure(case, provider: str, fn, mode: str, quick: bool) -> dict:
     return {"ms": ms}
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True, help="directory for the JSON results")
-    ap.add_argument("--only", default="", help=f"comma list of {sorted(bench_cases.ALL)}")
-    ap.add_argument("--quick", action="store_true", help="fewer repetitions")
-    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile baselines")
-    ap.add_argument("--budget-s", type=float, default=220.0, help="skip what starts after this many seconds")
-    a = ap.parse_args(argv)
+def run(only: list[str], quick: bool = False, no_compile: bool = False, budget_s: float = 220.0,
+        log=print) -> tuple[dict, float, list[dict]]:
+    """Measure every case of the ops in `only` (all when empty) -> (machine, copy GB/s, result rows)."""
     start = time.monotonic()
     gpu = on_gpu()
     dev = "cuda" if gpu else "cpu"
-    only = [s for s in a.only.split(",") if s]
-    unknown = [s for s in only if s not in bench_cases.ALL]
-    if unknown:
-        print(f"run_all: --only: unknown op(s) {unknown}; expected {sorted(bench_cases.ALL)}", file=sys.stderr)
-        return 2
     info = machine()
-    copy = copy_bandwidth_gbps(a.quick)
-    print(f"device: {info['device']}  copy bandwidth: {copy:.0f} GB/s  torch {info['torch']}  triton {info['triton']}")
+    copy = copy_bandwidth_gbps(quick)
+    log(f"device: {info['device']}  copy bandwidth: {copy:.0f} GB/s  torch {info['torch']}  triton {info['triton']}")
     rows = []
     for op, make_cases in bench_cases.ALL.items():
         if only and op not in only:
             continue
-        for case in make_cases(gpu, dev, gpu and not a.no_compile):
+        for case in make_cases(gpu, dev, gpu and not no_compile):
             for mode in ("fwd", "fwd+bwd"):
                 for provider, fn in case.providers.items():
                     row = {"op": case.op, "case": case.name, "dtype": str(case.dtype).replace("torch.", ""),
                            "mode": mode, "provider": provider}
                     elapsed = time.monotonic() - start
-                    if elapsed > a.budget_s or ("compile" in provider and elapsed > 0.7 * a.budget_s):
+                    if elapsed > budget_s or ("compile" in provider and elapsed > 0.7 * budget_s):
                         row["skipped"] = f"time budget ({elapsed:.0f}s)"
                         rows.append(row)
                         continue
                     try:
-                        row.update(measure(case, provider, fn, mode, a.quick))
+                        row.update(measure(case, provider, fn, mode, quick))
                     except Exception as e:      # one failing baseline must not end the run
                         row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                     if row.get("ms") and case.bytes.get(mode):
@@ -88,6 +78,24 @@ def main(argv=None) -> int:
                     rows.append(row)
                     if gpu:
                         torch.cuda.empty_cache()
+    return info, copy, rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True, help="directory for the JSON results")
+    ap.add_argument("--only", default="", help=f"comma list of {sorted(bench_cases.ALL)}")
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile baselines")
+    ap.add_argument("--budget-s", type=float, default=220.0, help="skip what starts after this many seconds")
+    a = ap.parse_args(argv)
+    start = time.monotonic()
+    only = [s for s in a.only.split(",") if s]
+    unknown = [s for s in only if s not in bench_cases.ALL]
+    if unknown:
+        print(f"run_all: --only: unknown op(s) {unknown}; expected {sorted(bench_cases.ALL)}", file=sys.stderr)
+        return 2
+    info, copy, rows = run(only, a.quick, a.no_compile, a.budget_s)
     print(table(rows))
     payload = {"machine": info, "copy_bandwidth_GBps": copy, "wall_s": round(time.monotonic() - start, 1),
                "note": "GB/s counts the bytes an ideal kernel moves; %copy is against the copy measured in this run",

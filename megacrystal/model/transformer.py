@@ -50,16 +50,16 @@ class Attention(nn.Module):
         self.scale = 1.0 / d if (cfg.mup and cfg.mup_scale_qk_dot_by_d) else 1.0 / math.sqrt(d)
         self.interleaved = cfg.rotary_interleaved
         self.backend = cfg.attention_backend
-        self._rotary = op("rotary", cfg.kernels)
+        # split of the fused QKV output + rotary of q and k in one op (one pass forward, and a backward that
+        # writes the packed d(qkv) directly instead of autograd's per-slice zero-filled buffers)
+        self._qkv_rotary = op("qkv_rotary", cfg.kernels)
 
     def forward(self, x, cos, sin, segment_ids=None):
         qkv = self.qkv(x)
         b, s = qkv.shape[0], qkv.shape[1]
         qkv = qkv.view(b, s, self.hk, self.group + 2, self.head_dim)
-        q = qkv[:, :, :, :self.group].reshape(b, s, self.hq, self.head_dim)
-        k, v = qkv[:, :, :, self.group], qkv[:, :, :, self.group + 1]
-        q, k = self._rotary(q, k, cos, sin, self.interleaved)
-        o = attention(q, k, v.contiguous(), self.scale, segment_ids, self.backend)
+        q, k, v = self._qkv_rotary(qkv, cos, sin, self.interleaved)
+        o = attention(q, k, v, self.scale, segment_ids, self.backend)
         return self.proj(o.reshape(b, s, self.hq * self.head_dim))
 
 

@@ -17,6 +17,7 @@ from ..log import say_once
 OPS: dict[str, tuple[str, str]] = {
     "norm": ("megacrystal.ops.norm:norm_reference", "megacrystal.ops.triton_norm:norm_triton"),
     "rotary": ("megacrystal.ops.rotary:rotary_reference", "megacrystal.ops.triton_rotary:rotary_triton"),
+    "qkv_rotary": ("megacrystal.ops.rotary:qkv_rotary_reference", "megacrystal.ops.triton_rotary:qkv_rotary_triton"),
     "swiglu": ("megacrystal.ops.swiglu:swiglu_reference", "megacrystal.ops.triton_swiglu:swiglu_triton"),
     "cross_entropy": ("megacrystal.ops.cross_entropy:cross_entropy_reference",
                       "megacrystal.ops.triton_cross_entropy:cross_entropy_triton"),

@@ -37,3 +37,13 @@ def rotary_reference(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: t
     if cos.shape[-1] == 0:
         return q, k
     return _rotate(q, cos, sin, interleaved), _rotate(k, cos, sin, interleaved)
+
+
+def qkv_rotary_reference(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                         interleaved: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fused QKV projection's output [b, s, hk, g+2, d] (per KV head: g query heads, k, v) -> q [b, s, hk*g, d],
+    k and v [b, s, hk, d], q and k rotated; v contiguous (what the attention kernels take)."""
+    b, s, hk, g2, d = qkv.shape
+    g = g2 - 2
+    q, k = rotary_reference(qkv[:, :, :, :g].reshape(b, s, hk * g, d), qkv[:, :, :, g], cos, sin, interleaved)
+    return q, k, qkv[:, :, :, g + 1].contiguous()

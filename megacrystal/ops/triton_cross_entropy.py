@@ -23,6 +23,9 @@ with the same signatures (for CPU runs without the interpreter).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
@@ -30,23 +33,22 @@ import triton.language as tl
 from .cross_entropy import rescale_sumexp  # noqa: F401  (re-exported for the vocab-parallel recipe)
 from .triton_util import check_device, rows2d
 
-_BLOCK_V = 4096
-
 
 @triton.jit
 def _ce_stats(L, LABELS, MAX, SUMEXP, TGT, stride_l, V, vocab_start, ignore_index,
-              N_CHUNKS: tl.constexpr, BLOCK_V: tl.constexpr):
+              N_CHUNKS: tl.constexpr, BLOCK_V: tl.constexpr, STAGES: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     base = L + row * stride_l
     cols = tl.arange(0, BLOCK_V)
     m = tl.full([BLOCK_V], float("-inf"), tl.float32)   # per-lane running max and sum (one reduce at the end)
     s = tl.zeros([BLOCK_V], dtype=tl.float32)
-    for c in range(0, N_CHUNKS):
+    for c in tl.range(0, N_CHUNKS, num_stages=STAGES):
         idx = c * BLOCK_V + cols
         x = tl.load(base + idx, mask=idx < V, other=float("-inf")).to(tl.float32)
+        # one exp per element: exp(min - max) rescales s when x is the new max, else is x's own term
         m_new = tl.maximum(m, x)
-        shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-        s = s * tl.exp(m - shift) + tl.exp(x - shift)
+        e = tl.exp(tl.minimum(m, x) - tl.where(m_new == float("-inf"), 0.0, m_new))
+        s = tl.where(x > m, s * e + 1.0, s + e)
         m = m_new
     mx = tl.max(m, axis=0)
     shift = tl.where(mx == float("-inf"), 0.0, mx)
@@ -62,7 +64,7 @@ def _ce_stats(L, LABELS, MAX, SUMEXP, TGT, stride_l, V, vocab_start, ignore_inde
 
 @triton.jit
 def _ce_grad(L, LABELS, LSE, DLOSS, DL, stride_l, stride_dl, V, vocab_start, ignore_index,
-             N_CHUNKS: tl.constexpr, BLOCK_V: tl.constexpr):
+             N_CHUNKS: tl.constexpr, BLOCK_V: tl.constexpr, STAGES: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     label = tl.load(LABELS + row)
     lse = tl.load(LSE + row)
@@ -70,7 +72,7 @@ def _ce_grad(L, LABELS, LSE, DLOSS, DL, stride_l, stride_dl, V, vocab_start, ign
     g = tl.where(label == ignore_index, 0.0, g)
     local = label - vocab_start
     cols = tl.arange(0, BLOCK_V)
-    for c in range(0, N_CHUNKS):
+    for c in tl.range(0, N_CHUNKS, num_stages=STAGES):
         idx = c * BLOCK_V + cols
         mask = idx < V
         x = tl.load(L + row * stride_l + idx, mask=mask, other=float("-inf")).to(tl.float32)
@@ -79,12 +81,26 @@ def _ce_grad(L, LABELS, LSE, DLOSS, DL, stride_l, stride_dl, V, vocab_start, ign
         tl.store(DL + row * stride_dl + idx, (p * g).to(DL.dtype.element_ty), mask=mask)
 
 
-def _chunks(v: int) -> tuple[int, int]:
-    bv = min(_BLOCK_V, triton.next_power_of_2(max(v, 1)))
-    return bv, triton.cdiv(v, bv)
+@dataclass(frozen=True)
+class CEConfig:
+    block_v: int = 4096     # vocabulary columns per step
+    warps: int = 8
+    stages: int = 1         # software-pipelining depth of the chunk loop (1 = none)
 
 
-def ce_stats(logits: torch.Tensor, labels: torch.Tensor, vocab_start: int = 0, ignore_index: int = -100):
+# measured on an H200 (8192 x 32032 bf16, kernels/bench/NOTES.md): stats 62% of copy bandwidth with 8 warps
+# (16: 56%); grad 94% with 16 warps (8: 92%); pipelining the chunk loop did not help either
+STATS_CONFIG = CEConfig(4096, 8, 1)
+GRAD_CONFIG = CEConfig(4096, 16, 1)
+
+
+def _chunks(v: int, cfg: CEConfig) -> tuple[int, int, int]:
+    bv = min(cfg.block_v, triton.next_power_of_2(max(v, 1)))
+    return bv, triton.cdiv(v, bv), max(1, min(cfg.warps, bv // 256))
+
+
+def ce_stats(logits: torch.Tensor, labels: torch.Tensor, vocab_start: int = 0, ignore_index: int = -100,
+             cfg: Optional[CEConfig] = None):
     """logits [rows, V_local] (unit last stride), labels [rows] global ids -> fp32 (max, sumexp, target)."""
     check_device(logits)
     rows, v = logits.shape
@@ -93,23 +109,26 @@ def ce_stats(logits: torch.Tensor, labels: torch.Tensor, vocab_start: int = 0, i
     se = torch.empty(rows, dtype=torch.float32, device=dev)
     tg = torch.empty(rows, dtype=torch.float32, device=dev)
     if rows:
-        bv, nc = _chunks(v)
+        cfg = cfg or STATS_CONFIG
+        bv, nc, w = _chunks(v, cfg)
         _ce_stats[(rows,)](logits, labels.contiguous(), mx, se, tg, logits.stride(0), v, vocab_start, ignore_index,
-                           N_CHUNKS=nc, BLOCK_V=bv, num_warps=8 if bv >= 2048 else 4)
+                           N_CHUNKS=nc, BLOCK_V=bv, STAGES=cfg.stages, num_warps=w)
     return mx, se, tg
 
 
 def ce_grad(logits: torch.Tensor, labels: torch.Tensor, lse: torch.Tensor, dloss: torch.Tensor,
-            vocab_start: int = 0, ignore_index: int = -100, out: torch.Tensor | None = None) -> torch.Tensor:
+            vocab_start: int = 0, ignore_index: int = -100, out: torch.Tensor | None = None,
+            cfg: Optional[CEConfig] = None) -> torch.Tensor:
     """d loss / d logits for a [rows, V_local] block, in the logits' dtype (`out` may be `logits` itself)."""
     check_device(logits)
     rows, v = logits.shape
     out = torch.empty_like(logits) if out is None else out
     if rows:
-        bv, nc = _chunks(v)
+        cfg = cfg or GRAD_CONFIG
+        bv, nc, w = _chunks(v, cfg)
         _ce_grad[(rows,)](logits, labels.contiguous(), lse.contiguous(), dloss.float().contiguous(), out,
                           logits.stride(0), out.stride(0), v, vocab_start, ignore_index,
-                          N_CHUNKS=nc, BLOCK_V=bv, num_warps=8 if bv >= 2048 else 4)
+                          N_CHUNKS=nc, BLOCK_V=bv, STAGES=cfg.stages, num_warps=w)
     return out
 
 

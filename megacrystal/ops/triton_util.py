@@ -31,16 +31,18 @@ def warps(block_elems: int) -> int:
     return min(max(block_elems // 256, 1), 16)
 
 
-def rows_per_program(rows: int, per_sm: int = 4) -> int:
-    """Rows each program of a row-blocked kernel handles: enough programs for a few per SM on a GPU
-    (a handful on the interpreter). A power of two, so that this compile-time constant takes only a few
-    values. Loop bounds are compile-time constants in our kernels: the interpreter of triton 3.6 cannot
-    loop to a runtime bound under numpy >= 2.4 (triton-lang/triton#9171)."""
+_SMS: dict = {}
+
+
+def sm_count() -> int:
+    """Multiprocessors of the current CUDA device (cached); 1 under the interpreter / without CUDA, so that
+    grids sized as "a few programs per SM" stay small there."""
     if interpreting() or not torch.cuda.is_available():
-        target = 4
-    else:
-        target = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count * per_sm
-    return triton.next_power_of_2(max(1, triton.cdiv(max(rows, 1), target)))
+        return 1
+    dev = torch.cuda.current_device()
+    if dev not in _SMS:
+        _SMS[dev] = torch.cuda.get_device_properties(dev).multi_processor_count
+    return _SMS[dev]
 
 
 def rows2d(x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,260 @@
+"""Corpus -> Megatron `{prefix}_{key}_document.bin/.idx`, with Megatron's flags (and no torch).
+
+    megacrystal preprocess --input X.jsonl --output-prefix P --tokenizer-type HuggingFaceTokenizer \
+        --tokenizer-model tokenizer.json --append-eod --workers 2
+    preprocess(inputs, output_prefix, tokenizer_type, tokenizer_model, ...) -> summary dict
+
+The main process cuts the input into ordered tasks (readers.iter_tasks) and keeps a bounded window
+of them in flight on `--workers` processes (encode.py); results are written in task order, so the
+output is byte-identical for any worker count and memory stays flat in the input size. Outputs are
+written as *.tmp and renamed when complete: a failure (bad input, a worker error or crash) leaves
+earlier outputs untouched and never hangs. Bad lines are skipped and counted by reason in the
+summary `{prefix}_summary.json` (docs, tokens, skipped, seconds, throughput).
+`--partitions N` also keeps N contiguous shards `{prefix}_{i}_{key}_document` (as Megatron does)
+and merges them into the same final files.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+from collections import Counter, deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Optional, Sequence
+
+from megacrystal.data.indexed import IndexedDatasetWriter, merge
+
+from .code_tree import MAX_FILE_BYTES
+from .encode import Encoder, init_worker, run_task, set_parent_encoder
+from .inputs import expand_inputs
+from .readers import CHUNK_BYTES, iter_tasks
+
+
+class PreprocessError(RuntimeError):
+    """Preprocessing failed; the message says where. Nothing already written was replaced."""
+
+
+def output_prefix_for(prefix: str, key: str) -> str:
+    return f"{prefix}_{key}_document"
+
+
+def _progress(total_bytes: int, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    tqdm.monitor_interval = 0   # no monitor thread: worker processes are forked later
+    return tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1000, desc="preprocess",
+                file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+
+
+class _Writers:
+    """One IndexedDatasetWriter per (partition, key); partitions are contiguous and finalized in order."""
+
+    def __init__(self, prefix: str, keys: Sequence[str], dtype, partitions: int):
+        self.prefix, self.keys, self.dtype, self.partitions = prefix, list(keys), dtype, partitions
+        self.current = -1
+        self.open: dict = {}
+        self.done: list[int] = []
+
+    def _name(self, part: int, key: str) -> str:
+        if self.partitions == 1:
+            return output_prefix_for(self.prefix, key)
+        return output_prefix_for(f"{self.prefix}_{part}", key)
+
+    def to_partition(self, part: int) -> None:
+        while self.current < part:
+            self._finalize_current()
+            self.current += 1
+            self.open = {k: IndexedDatasetWriter(self._name(self.current, k), dtype=self.dtype) for k in self.keys}
+
+    def _finalize_current(self) -> None:
+        for w in self.open.values():
+            w.finalize()
+        if self.open:
+            self.done.append(self.current)
+        self.open = {}
+
+    def write(self, arrays: dict) -> None:
+        for k, (flat, lengths) in arrays.items():
+            self.open[k].add_documents(flat, lengths)
+
+    def finish(self) -> None:
+        self.to_partition(self.partitions - 1)
+        self._finalize_current()
+        if self.partitions > 1:
+            for k in self.keys:
+                merge([self._name(p, k) for p in range(self.partitions)], output_prefix_for(self.prefix, k))
+
+    def abort(self) -> None:
+        for w in self.open.values():
+            w.abort()
+        self.open = {}
+
+
+def preprocess(inputs, output_prefix: str, tokenizer_type: Optional[str], tokenizer_model: str,
+               json_keys: Sequence[str] = ("text",), append_eod: bool = False, workers: Optional[int] = None,
+               partitions: int = 1, log_interval: int = 10000, input_format: str = "auto",
+               progress: Optional[bool] = None, chunk_bytes: int = CHUNK_BYTES,
+               max_file_bytes: int = MAX_FILE_BYTES) -> dict:
+    """Tokenize `inputs` into `{output_prefix}_{key}_document.bin/.idx`; returns the summary dict."""
+    t0 = time.time()
+    workers = int(workers or os.cpu_count() or 1)
+    if workers < 1:
+        raise ValueError(f"--workers: expected >= 1, got {workers}")
+    if partitions < 1:
+        raise ValueError(f"--partitions: expected >= 1, got {partitions}")
+    keys = list(json_keys)
+    if not keys or len(set(keys)) != len(keys):
+        raise ValueError(f"--json-keys: expected distinct keys, got {keys}")
+    files = expand_inputs(inputs, input_format)
+    enc_args = (tokenizer_type, tokenizer_model, keys, append_eod, max_file_bytes)
+    encoder = Encoder(*enc_args)   # loads the tokenizer once; forked workers inherit it
+    dtype = encoder.dtype
+    total_bytes = sum(os.path.getsize(p) for p, _ in files) or 1
+    parent = os.path.dirname(os.path.abspath(output_prefix))
+    os.makedirs(parent, exist_ok=True)
+
+    writers = _Writers(output_prefix, keys, dtype, partitions)
+    stats = Counter()
+    docs = tokens = in_bytes = 0
+    bar = _progress(total_bytes, sys.stderr.isatty() if progress is None else progress)
+    next_log = log_interval
+    startup = time.time() - t0
+
+    def consume(r) -> None:
+        nonlocal docs, tokens, in_bytes, next_log
+        writers.to_partition(min(partitions - 1, max(0, (r.pos - 1)) * partitions // total_bytes))
+        writers.write(r.arrays)
+        stats.update(r.skipped)
+        docs += r.docs
+        tokens += r.tokens
+        in_bytes += r.in_bytes
+        dt = max(time.time() - t0, 1e-9)
+        if bar is not None:
+            bar.n = min(r.pos, total_bytes)
+            bar.set_postfix_str(f"{docs / dt:,.0f} docs/s {in_bytes / dt / 1e6:.2f} MB/s "
+                                f"{tokens / dt:,.0f} tok/s", refresh=False)
+            bar.refresh()
+        elif log_interval and docs >= next_log:
+            print(f"processed {docs} documents ({docs / dt:,.0f} docs/s, {in_bytes / dt / 1e6:.2f} MB/s, "
+                  f"{tokens / dt:,.0f} tokens/s)", file=sys.stderr)
+            next_log = (docs // log_interval + 1) * log_interval
+
+    pool = None
+    saved_env = {k: os.environ.get(k) for k in ("TOKENIZERS_PARALLELISM", "RAYON_NUM_THREADS")}
+    try:
+        tasks = iter_tasks(files, chunk_bytes=chunk_bytes)
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"   # one tokenizer thread per process
+        if workers == 1:
+            for task in tasks:    # in-process: the same code path as a worker
+                consume(encoder(task))
+        else:
+            fork = sys.platform.startswith("linux")
+            set_parent_encoder(encoder if fork else None)
+            ctx = mp.get_context("fork" if fork else "spawn")
+            pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker, initargs=enc_args)
+            window: deque = deque()
+            for task in tasks:
+                window.append(pool.submit(run_task, task))
+                if len(window) >= 2 * workers + 1:
+                    consume(window.popleft().result())
+            while window:
+                consume(window.popleft().result())
+        writers.finish()
+    except BrokenProcessPool as e:
+        writers.abort()
+        raise PreprocessError(f"preprocess: a worker process died ({e}); nothing was written to "
+                              f"{output_prefix}_*") from None
+    except BaseException as e:
+        writers.abort()
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise PreprocessError(f"preprocess: {e}; nothing was written to {output_prefix}_*") from e
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+            set_parent_encoder(None)
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if bar is not None:
+            bar.close()
+
+    seconds = time.time() - t0
+    summary = {
+        "outputs": {k: output_prefix_for(output_prefix, k) for k in keys},
+        "partitions": [output_prefix_for(f"{output_prefix}_{p}", k) for p in range(partitions) for k in keys]
+        if partitions > 1 else [],
+        "inputs": [p for p, _ in files], "input_bytes": in_bytes, "documents": docs, "tokens": tokens,
+        "skipped": dict(sorted(stats.items())), "skipped_total": sum(stats.values()),
+        "tokenizer": {"type": encoder.tok.kind, "model": os.path.abspath(tokenizer_model)},
+        "dtype": dtype.name, "append_eod": append_eod,
+        "workers": workers, "seconds": round(seconds, 3), "startup_seconds": round(startup, 3),
+        "docs_per_s": round(docs / seconds, 1), "mb_per_s": round(in_bytes / seconds / 1e6, 3),
+        "tokens_per_s": round(tokens / seconds, 1),
+    }
+    tmp = f"{output_prefix}_summary.json.tmp"
+    with open(tmp, "w") as f:
+        json.dump(summary, f, indent=1)
+    os.replace(tmp, f"{output_prefix}_summary.json")
+    return summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="preprocess_data.py",
+                                 description="Tokenize a corpus into Megatron .bin/.idx files (Megatron's flags).")
+    g = ap.add_argument_group("input data")
+    g.add_argument("--input", nargs="+", required=True, help="file(s), glob(s) or directory of shards")
+    g.add_argument("--json-keys", nargs="+", default=["text"], help="keys to extract from the json (default: text)")
+    g.add_argument("--input-format", default="auto",
+                   help="auto (by extension), jsonl, jsonl.gz, jsonl.zst, parquet, text or code")
+    g = ap.add_argument_group("tokenizer")
+    g.add_argument("--tokenizer-type", required=True, choices=["SentencePieceTokenizer", "HuggingFaceTokenizer"])
+    g.add_argument("--tokenizer-model", required=True, help="tokenizer.model (SentencePiece) or tokenizer.json (HF)")
+    g.add_argument("--append-eod", action="store_true", help="append the end-of-document token to each document")
+    g = ap.add_argument_group("output data")
+    g.add_argument("--output-prefix", required=True, help="writes {prefix}_{key}_document.bin/.idx")
+    g = ap.add_argument_group("runtime")
+    g.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    g.add_argument("--partitions", type=int, default=1, help="also keep N contiguous output shards, merged at the end")
+    g.add_argument("--log-interval", type=int, default=10000, help="documents between progress lines (no TTY)")
+    g.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    # Megatron flags with no effect on GPT-style document preprocessing, accepted for compatibility
+    g.add_argument("--split-sentences", action="store_true", help=argparse.SUPPRESS)
+    g.add_argument("--keep-newlines", action="store_true", help=argparse.SUPPRESS)
+    g.add_argument("--vocab-size", type=int, default=None, help=argparse.SUPPRESS)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    if a.split_sentences:
+        print("preprocess: --split-sentences is not supported (GPT-style pretraining uses whole documents)",
+              file=sys.stderr)
+        return 2
+    try:
+        s = preprocess(a.input, a.output_prefix, a.tokenizer_type, a.tokenizer_model, json_keys=a.json_keys,
+                       append_eod=a.append_eod, workers=a.workers, partitions=a.partitions,
+                       log_interval=a.log_interval, input_format=a.input_format,
+                       progress=False if a.no_progress else None)
+    except (ValueError, OSError, PreprocessError) as e:
+        print(f"preprocess: {e}" if not str(e).startswith("preprocess:") else str(e), file=sys.stderr)
+        return 1
+    skipped = ", ".join(f"{k} {v}" for k, v in s["skipped"].items()) or "none"
+    print(f"wrote {', '.join(p + '.bin/.idx' for p in s['outputs'].values())}: {s['documents']} documents, "
+          f"{s['tokens']} tokens in {s['seconds']:.2f} s ({s['docs_per_s']:,.0f} docs/s, {s['mb_per_s']:.2f} MB/s); "
+          f"skipped: {skipped}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
