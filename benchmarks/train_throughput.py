@@ -48,9 +48,24 @@ def machine() -> dict:
     return info
 
 
+def matmul_tflops(device, n: int = 8192, reps: int = 10) -> float:
+    """The anchor: a bf16 n^3 matmul rate measured in the same run (TARGETS.md: ~790 TF/s on H100/H200)."""
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e12
+
+
 def run_case(name: str, steps: int, warmup: int) -> dict:
     from megacrystal.parallel.engine import Engine
-    from megacrystal.parallel.state import init_distributed, destroy
+    from megacrystal.parallel.init import init_distributed
+    from megacrystal.parallel.state import destroy
     cuda = torch.cuda.is_available()
     overrides = CASES[name] + [f"train.precision={'bf16' if cuda else 'fp32'}"]
     cfg = load_config(None, overrides)
@@ -118,6 +133,13 @@ def main(argv=None) -> int:
             print(f"{c:22s} {r['params'] / 1e9:6.2f} B params  step {r['step_s_median'] * 1e3:8.1f} ms  "
                   f"{r['tokens_per_s']:12,.0f} tok/s  MFU {r['mfu']:.3f}  mem {r.get('max_memory_gib', 0):.1f} GiB")
     info = machine()
+    if torch.cuda.is_available():
+        info["matmul_bf16_tflops"] = matmul_tflops(torch.device("cuda"))
+        for r in results:
+            if "tokens_per_s" in r:
+                r["model_tflops"] = r["mfu"] * r["peak_flops"] / 1e12
+                r["share_of_matmul"] = r["model_tflops"] / info["matmul_bf16_tflops"]
+        print(f"bf16 matmul anchor {info['matmul_bf16_tflops']:.0f} TFLOP/s")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     dev = info["device"].split(" (")[0].replace(" ", "_")

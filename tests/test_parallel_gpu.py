@@ -1,5 +1,5 @@
 """The engine on a CUDA device (skipped without one): same losses as on the CPU, and bf16 training
-with fp32 masters. Run by benchmarks/gpu_check_parallel.sh on a GPU machine."""
+with fp32 masters. Run by benchmarks/gpu_check.sh on a GPU machine."""
 import pytest
 import torch
 
