@@ -263,6 +263,11 @@ def _coerce(value: Any, tp: Any, path: str, origin: Optional[str]) -> Any:
             raise ConfigError(_where(origin, f"{path}: expected an integer, got {value!r}"))
         return int(value)
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads `1e-6` (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(_where(origin, f"{path}: expected a number, got {value!r}")) from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(_where(origin, f"{path}: expected a number, got {value!r}"))
         if not math.isfinite(float(value)):
