@@ -68,7 +68,7 @@ def main(argv=None) -> int:
                     f"data.tokenizer_model={tok_model}", *a.overrides])
     get_logger().info(f"demo: finished; metrics in {a.out_dir}/metrics.jsonl, plot with "
                       f"`megacrystal plot --run {a.out_dir}`, export with `megacrystal export-hf --checkpoint "
-                      f"{a.out_dir}/checkpoints/<step>/model --format crystalcoder --output hf_demo`")
+                      f"{a.out_dir} --format crystalcoder --output hf_demo`")
     return 0
 
 
