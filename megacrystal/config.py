@@ -263,6 +263,11 @@ def _coerce(value: Any, tp: Any, path: str, origin: Optional[str]) -> Any:
             raise ConfigError(_where(origin, f"{path}: expected an integer, got {value!r}"))
         return int(value)
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads `1e-6` (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(_where(origin, f"{path}: expected a number, got {value!r}")) from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(_where(origin, f"{path}: expected a number, got {value!r}"))
         if not math.isfinite(float(value)):
@@ -434,6 +439,7 @@ def validate_config(cfg: Config, world_size: Optional[int] = None) -> None:
     _check(t.log_interval >= 1, cfg, f"train.log_interval: expected >= 1, got {t.log_interval}")
     _check(t.save_interval >= 0, cfg, f"train.save_interval: expected >= 0, got {t.save_interval}")
     _choice(cfg, "optim.name", o.name, {"adamw"})
+    _choice(cfg, "log.level", cfg.log.level, {"DEBUG", "INFO", "WARNING", "ERROR"})
     _check(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, cfg, "optim.beta1/beta2: expected values in [0, 1)")
 
     _check(d.seq_length >= 1, cfg, f"data.seq_length: expected >= 1, got {d.seq_length}")

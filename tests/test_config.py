@@ -73,3 +73,11 @@ def test_world_rules():
     with pytest.raises(ConfigError, match="global_batch_size: 6 is not divisible by micro_batch_size\\*dp = 1\\*4"):
         validate_world(cfg, 16)
     assert validate_world(cfg, 8) == 2
+
+
+def test_exponent_without_a_dot_is_a_number(tmp_path):
+    cfg = load_config(write(tmp_path, "model: {preset: tiny}\ndata: {seq_length: 64}\noptim: {eps: 1e-9}\n"),
+                      ["optim.weight_decay=1e-2"])
+    assert cfg.optim.eps == 1e-9 and cfg.optim.weight_decay == 0.01
+    with pytest.raises(ConfigError, match="optim.eps: expected a number, got 'tiny'"):
+        load_config(None, ["optim.eps=tiny"])

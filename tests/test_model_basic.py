@@ -56,3 +56,17 @@ def test_mup_groups_scale_hidden_matrices():
     assert groups["matrix"]["lr_mult"] == pytest.approx(0.25)
     assert groups["embedding"]["lr_mult"] == 1.0 and groups["no_decay"]["weight_decay"] == 0.0
     assert all(p.ndim == 1 for p in groups["no_decay"]["params"])
+
+
+def test_segment_ids_mask_attention_only_with_document_mask():
+    x = torch.randint(0, 2048, (2, 12))
+    seg = (torch.arange(12) >= 5).long().expand(2, 12)
+    outs = {}
+    for mask in (False, True):
+        cfg = ModelConfig(preset="tiny", document_mask=mask).resolve()
+        m = Transformer(cfg)
+        init_parameters(m, cfg, seed=1)
+        outs[mask] = (m(x, segment_ids=seg), m(x))
+    torch.testing.assert_close(outs[False][0], outs[False][1], rtol=0, atol=0)   # ignored
+    assert not torch.allclose(outs[True][0][:, 5:], outs[True][1][:, 5:])         # masked
+    torch.testing.assert_close(outs[True][0][:, :5], outs[True][1][:, :5])        # first document unchanged

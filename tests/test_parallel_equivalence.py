@@ -38,7 +38,7 @@ def test_eight_ranks_tp2_pp2_dp2():
 
 def test_document_masking_under_sequence_parallel_and_pipeline():
     check_matrix(4, [
-        ["parallel.tp=2", "parallel.pp=2", "parallel.sequence_parallel=true"],
+        ["parallel.tp=2", "parallel.pp=2", "parallel.sequence_parallel=true", "model.document_mask=true"],
     ], segments=True)
 
 

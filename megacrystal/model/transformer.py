@@ -149,6 +149,8 @@ class Transformer(nn.Module):
                 raise ValueError("Transformer stage without the embedding needs position_ids or labels for the length")
             position_ids = torch.arange(seq, device=device)
         cos, sin = self.rope(position_ids)
+        if not self.cfg.document_mask:  # packed documents attend across EOD, as in Crystal/Megatron
+            segment_ids = None
         for block in self.layers.values():
             if self.cfg.recompute and self.training:
                 h = torch.utils.checkpoint.checkpoint(block, h, cos, sin, segment_ids, use_reentrant=False)

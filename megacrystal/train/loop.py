@@ -69,6 +69,7 @@ def train(cfg: Config) -> dict:
 
     # Everything that can be wrong with the data is found before any process group exists,
     # on every rank alike, so a bad file never leaves ranks waiting on each other.
+    get_logger().setLevel(cfg.log.level)
     _check_tokenizer(cfg)
     data_plan = make_plan(cfg)
     grid, device = init_distributed(cfg)
