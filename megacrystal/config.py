@@ -422,8 +422,6 @@ def validate_config(cfg: Config, world_size: Optional[int] = None) -> None:
            f"parallel.tp: model.num_heads={m.num_heads} is not divisible by tp={par.tp}")
     _check(m.num_kv_heads % par.tp == 0, cfg,
            f"parallel.tp: model.num_kv_heads={m.num_kv_heads} is not divisible by tp={par.tp}")
-    _check(m.ffn_hidden_size % par.tp == 0, cfg,
-           f"parallel.tp: model.ffn_hidden_size={m.ffn_hidden_size} is not divisible by tp={par.tp}")
     _check(m.num_layers % (par.pp * par.vpp) == 0, cfg,
            f"parallel.pp: model.num_layers={m.num_layers} is not divisible by pp*vpp={par.pp * par.vpp}")
     _check(not (par.sequence_parallel and par.tp == 1), cfg,

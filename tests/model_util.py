@@ -7,6 +7,7 @@ import torch
 
 from megacrystal.config import ModelConfig
 from megacrystal.model.mup import init_parameters
+from megacrystal.model.padding import true_part, true_shape
 from megacrystal.model.transformer import Transformer
 from megacrystal.tokenizer import CRYSTAL_SPECIALS
 
@@ -39,9 +40,9 @@ def tiny_model(seed: int = 0, **overrides) -> tuple[ModelConfig, Transformer]:
     cfg = ModelConfig(**args).resolve()
     model = Transformer(cfg)
     init_parameters(model, cfg, seed=seed)
-    with torch.no_grad():   # make norms/biases non-trivial so a layout mix-up cannot hide
+    with torch.no_grad():   # make norms/biases non-trivial so a layout mix-up cannot hide; padding stays 0
         g = torch.Generator().manual_seed(seed + 1)
         for name, p in model.named_parameters():
             if getattr(p, "_mc_init", "") in ("ones", "zeros"):
-                p.add_(0.1 * torch.randn(p.shape, generator=g))
+                true_part(p, true_shape(p)).add_(0.1 * torch.randn(true_shape(p), generator=g))
     return cfg, model.eval()

@@ -24,6 +24,7 @@ def test_four_ranks_interleaved_tp4_dp4_zero():
         ["parallel.distributed_optimizer=true"],                    # dp4 + distributed optimizer
         ["model.family=llama", "parallel.tp=4"],
         ["parallel.tp=2", "parallel.sequence_parallel=true", "parallel.distributed_optimizer=true"],
+        ["parallel.tp=4", "model.ffn_hidden_size=66"],             # FFN padded: 128 serial, 256 at tp4
     ])
 
 

@@ -52,7 +52,6 @@ def test_single_process_grid_needs_no_process_group():
     (["parallel.tp=2"], 3, "world size 3 is not divisible by tp\\*pp=2"),
     (["parallel.tp=8"], 8, "num_heads=4 is not divisible by tp=8"),
     (["parallel.tp=2", "model.num_kv_heads=1"], 2, "num_kv_heads=1 is not divisible by tp=2"),
-    (["parallel.tp=4", "model.ffn_hidden_size=66"], 4, "ffn_hidden_size=66 is not divisible by tp=4"),
     (["parallel.pp=3"], 3, "num_layers=4 is not divisible by pp\\*vpp=3"),
     (["parallel.pp=2", "parallel.vpp=4"], 2, "num_layers=4 is not divisible by pp\\*vpp=8"),
     (["train.global_batch_size=6"], 4, "global_batch_size: 6 is not divisible by micro_batch_size\\*dp = 2\\*4"),

@@ -14,7 +14,8 @@ LLaMA (`transformers.LlamaForCausalLM`): model.embed_tokens, model.layers.N.{inp
 Our fused QKV rows are grouped by KV head ([q of group j | k_j | v_j] for each j); both HF layouts
 keep q, k, v apart. HF LLaMA rotates the full head with rotate-half; a model with interleaved pairs is
 exported with each q/k head's rows permuted (evens then odds), which makes the two identical.
-Vocabulary padding rows are dropped on export and restored (zeros) on import.
+Both layouts hold true shapes: padding (vocabulary rows, FFN inner size; see padding.py) is cut on
+export and restored, as zeros, on import.
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from typing import Optional
 import torch
 
 from ..config import ModelConfig
-from .layers import SerialLayers, pad_vocab
+from .padding import refit_state
+from .transformer import serial_layout
 
 CRYSTALCODER_AUTO_MAP = {
     "AutoConfig": "configuration_crystalcoder.CrystalCoderConfig",
@@ -63,13 +65,17 @@ def interleaved_to_half(t: torch.Tensor, heads: int, d: int) -> torch.Tensor:
     return t.reshape((heads, d) + rest)[:, perm].reshape(t.shape)
 
 
-def _unpad(w: torch.Tensor, vocab: int) -> torch.Tensor:
-    return w[:vocab]
+def _true_shapes(cfg: ModelConfig, sd: dict) -> dict:
+    """Our serial state dict with every padded tensor cut to its true shape."""
+    try:
+        return refit_state(sd, serial_layout(cfg), to_true=True)
+    except ValueError as e:
+        raise LayoutError(f"model state: {e}") from None
 
 
-def _pad(w: torch.Tensor, vocab: int) -> torch.Tensor:
-    rows = pad_vocab(vocab, SerialLayers.vocab_multiple)
-    return torch.cat([w, w.new_zeros((rows - w.shape[0],) + tuple(w.shape[1:]))]) if rows > w.shape[0] else w
+def _serial_shapes(cfg: ModelConfig, sd: dict) -> dict:
+    """A state dict of true shapes padded (zeros) to the serial model's shapes."""
+    return {k: x.contiguous() for k, x in refit_state(sd, serial_layout(cfg)).items()}
 
 
 def _get(tensors: dict, key: str, shape: tuple, where: str) -> torch.Tensor:
@@ -137,7 +143,8 @@ def crystalcoder_config(cfg: ModelConfig, bos: Optional[int] = 1, eos: Optional[
 
 def to_crystalcoder(cfg: ModelConfig, sd: dict) -> dict[str, torch.Tensor]:
     hq, hk, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    out = {"transformer.wte.weight": _unpad(sd["embed.weight"], cfg.vocab_size)}
+    sd = _true_shapes(cfg, sd)
+    out = {"transformer.wte.weight": sd["embed.weight"]}
     for i in range(cfg.num_layers):
         p, h = f"layers.{i}.", f"transformer.h.{i}."
         for ours, theirs in (("norm1", "ln_1"), ("norm2", "ln_2")):
@@ -152,7 +159,7 @@ def to_crystalcoder(cfg: ModelConfig, sd: dict) -> dict[str, torch.Tensor]:
     out["transformer.ln_f.weight"] = sd["final_norm.weight"]
     out["transformer.ln_f.bias"] = sd["final_norm.bias"]
     if not cfg.tie_embeddings:
-        out["lm_head.weight"] = _unpad(sd["head.weight"], cfg.vocab_size)
+        out["lm_head.weight"] = sd["head.weight"]
     return {k: v.contiguous() for k, v in out.items()}
 
 
@@ -209,7 +216,7 @@ def from_crystalcoder(conf: dict, tensors: dict, where: str) -> tuple[ModelConfi
     def get(key, shape):
         used.add(key)
         return _get(tensors, key, shape, where)
-    sd = {"embed.weight": _pad(get("transformer.wte.weight", (v, h)), v)}
+    sd = {"embed.weight": get("transformer.wte.weight", (v, h))}
     for i in range(cfg.num_layers):
         p, t = f"layers.{i}.", f"transformer.h.{i}."
         for ours, theirs in (("norm1", "ln_1"), ("norm2", "ln_2")):
@@ -226,11 +233,11 @@ def from_crystalcoder(conf: dict, tensors: dict, where: str) -> tuple[ModelConfi
     sd["final_norm.weight"] = get("transformer.ln_f.weight", (h,))
     sd["final_norm.bias"] = get("transformer.ln_f.bias", (h,))
     if not cfg.tie_embeddings:
-        sd["head.weight"] = _pad(get("lm_head.weight", (v, h)), v)
+        sd["head.weight"] = get("lm_head.weight", (v, h))
     else:
         used.add("lm_head.weight")          # a tied copy some checkpoints carry
     _check_used(tensors, used, where)
-    return cfg, {k: x.contiguous() for k, x in sd.items()}
+    return cfg, _serial_shapes(cfg, sd)
 
 
 # ----------------------------------------------------------------------------- LLaMA
@@ -268,7 +275,8 @@ def llama_config(cfg: ModelConfig, bos: Optional[int] = 1, eos: Optional[int] = 
 
 def to_llama(cfg: ModelConfig, sd: dict) -> dict[str, torch.Tensor]:
     hq, hk, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    out = {"model.embed_tokens.weight": _unpad(sd["embed.weight"], cfg.vocab_size)}
+    sd = _true_shapes(cfg, sd)
+    out = {"model.embed_tokens.weight": sd["embed.weight"]}
     names = ["weight"] + (["bias"] if cfg.bias else [])
     for i in range(cfg.num_layers):
         p, t = f"layers.{i}.", f"model.layers.{i}."
@@ -284,7 +292,7 @@ def to_llama(cfg: ModelConfig, sd: dict) -> dict[str, torch.Tensor]:
                 out[f"{t}mlp.{theirs}.{n}"] = sd[f"{p}mlp.{ours}.{n}"]
     out["model.norm.weight"] = sd["final_norm.weight"]
     if not cfg.tie_embeddings:
-        out["lm_head.weight"] = _unpad(sd["head.weight"], cfg.vocab_size)
+        out["lm_head.weight"] = sd["head.weight"]
     return {k: x.contiguous() for k, x in out.items()}
 
 
@@ -322,7 +330,7 @@ def from_llama(conf: dict, tensors: dict, where: str) -> tuple[ModelConfig, dict
     def get(key, shape):
         used.add(key)
         return _get(tensors, key, shape, where)
-    sd = {"embed.weight": _pad(get("model.embed_tokens.weight", (v, h)), v)}
+    sd = {"embed.weight": get("model.embed_tokens.weight", (v, h))}
     names = ["weight"] + (["bias"] if cfg.bias else [])
     for i in range(cfg.num_layers):
         p, t = f"layers.{i}.", f"model.layers.{i}."
@@ -341,11 +349,11 @@ def from_llama(conf: dict, tensors: dict, where: str) -> tuple[ModelConfig, dict
             sd[f"{p}mlp.down.{n}"] = get(f"{t}mlp.down_proj.{n}", shape(h, f))
     sd["final_norm.weight"] = get("model.norm.weight", (h,))
     if not cfg.tie_embeddings:
-        sd["head.weight"] = _pad(get("lm_head.weight", (v, h)), v)
+        sd["head.weight"] = get("lm_head.weight", (v, h))
     else:
         used.add("lm_head.weight")
     _check_used(tensors, used, where)
-    return cfg, {k: x.contiguous() for k, x in sd.items()}
+    return cfg, _serial_shapes(cfg, sd)
 
 
 LAYOUTS = {

@@ -6,10 +6,13 @@ tensor-parallel ones with the same interface. Parameters carry init metadata rea
     p._mc_name   (optional) the name whose seed to use, e.g. a tied head copy uses "embed.weight"
     p._mc_shard  (optional) callable: full tensor -> this rank's shard (tensor parallelism)
     p._mc_full_shape (optional) the unsharded shape
+    p._mc_true_shape (optional) the meaningful shape; entries beyond it are zero padding (see padding.py)
+
+Padded sizes are decided by the factory (`padded_vocab`, `padded_ffn`): the vocabulary and the FFN inner
+size are padded to a multiple of 64·tp, so each tensor-parallel shard is a multiple of 64.
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -17,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops.dispatch import op
+from .padding import pad_to, set_true_shape
 
 
 def mark(p: nn.Parameter, init: str, name: Optional[str] = None) -> nn.Parameter:
@@ -24,10 +28,6 @@ def mark(p: nn.Parameter, init: str, name: Optional[str] = None) -> nn.Parameter
     if name is not None:
         p._mc_name = name
     return p
-
-
-def pad_vocab(vocab_size: int, multiple: int) -> int:
-    return int(math.ceil(vocab_size / multiple) * multiple)
 
 
 class Linear(nn.Module):
@@ -46,7 +46,8 @@ class Embedding(nn.Module):
     def __init__(self, vocab: int, padded_vocab: int, hidden: int):
         super().__init__()
         self.vocab_size, self.padded_vocab = vocab, padded_vocab
-        self.weight = mark(nn.Parameter(torch.empty(padded_vocab, hidden)), "embedding")
+        self.weight = set_true_shape(mark(nn.Parameter(torch.empty(padded_vocab, hidden)), "embedding"),
+                                     (vocab, hidden))
 
     def forward(self, tokens):
         return F.embedding(tokens, self.weight)
@@ -60,7 +61,8 @@ class Head(nn.Module):
         self.vocab_size, self.padded_vocab = vocab, padded_vocab
         self._tied = (tied,) if tied is not None else ()  # not a submodule: no duplicate state-dict key
         if tied is None:
-            self.weight = mark(nn.Parameter(torch.empty(padded_vocab, hidden)), "hidden")
+            self.weight = set_true_shape(mark(nn.Parameter(torch.empty(padded_vocab, hidden)), "hidden"),
+                                         (vocab, hidden))
 
     def head_weight(self):
         return self._tied[0].weight if self._tied else self.weight
@@ -72,10 +74,21 @@ class Head(nn.Module):
         return logits
 
 
-class SerialLayers:
-    """The 1-rank factory. `tp_size` tells the model how many heads/features each rank holds."""
+class PaddedSizes:
+    """The one place padded sizes are decided: multiples of 64 per tensor-parallel shard."""
     tp_size = 1
     vocab_multiple = 64
+    ffn_multiple = 64
+
+    def padded_vocab(self, vocab: int) -> int:
+        return pad_to(vocab, self.vocab_multiple * self.tp_size)
+
+    def padded_ffn(self, ffn: int) -> int:
+        return pad_to(ffn, self.ffn_multiple * self.tp_size)
+
+
+class SerialLayers(PaddedSizes):
+    """The 1-rank factory. `tp_size` tells the model how many heads/features each rank holds."""
 
     def column(self, in_features: int, out_features: int, bias: bool, init: str = "hidden") -> nn.Module:
         return Linear(in_features, out_features, bias, init)
@@ -84,14 +97,14 @@ class SerialLayers:
         return Linear(in_features, out_features, bias, init)
 
     def embedding(self, vocab: int, hidden: int) -> nn.Module:
-        return Embedding(vocab, pad_vocab(vocab, self.vocab_multiple * self.tp_size), hidden)
+        return Embedding(vocab, self.padded_vocab(vocab), hidden)
 
     def head(self, vocab: int, hidden: int, tied: Optional[nn.Module]) -> nn.Module:
-        return Head(vocab, pad_vocab(vocab, self.vocab_multiple * self.tp_size), hidden, tied)
+        return Head(vocab, self.padded_vocab(vocab), hidden, tied)
 
     def detached_tied_head(self, vocab: int, hidden: int) -> nn.Module:
         """A tied head on a stage without the embedding (pipeline): its own copy, seeded like the embedding."""
-        h = Head(vocab, pad_vocab(vocab, self.vocab_multiple * self.tp_size), hidden, None)
+        h = Head(vocab, self.padded_vocab(vocab), hidden, None)
         mark(h.weight, "embedding", name="embed.weight")
         h.weight._mc_tied_copy = True
         return h

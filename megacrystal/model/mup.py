@@ -2,8 +2,9 @@
 
     σ_embedding = init_std (0.073)      σ_hidden = init_std·sqrt(m)      σ_output = σ_hidden / sqrt(2·layers)
     groups: embeddings LR×1 wd on; norms and biases LR×1 wd 0; other matrices LR×m wd on
-with m = base_width / width (1 without muP). Init is seeded per parameter *name*, so any pipeline
-or tensor-parallel split of the model draws exactly the values of the serial model.
+with m = base_width / width (1 without muP). Init is seeded per parameter *name* and drawn at the
+parameter's true shape (padding, see padding.py, is zero), so any pipeline or tensor-parallel split of
+the model, and any amount of padding, draws exactly the values of the serial model.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from ..config import ModelConfig
+from .padding import full_shape, refit, true_shape
 
 
 def init_std(cfg: ModelConfig, kind: str) -> float:
@@ -45,10 +47,6 @@ def full_init(cfg: ModelConfig, name: str, kind: str, shape: tuple, seed: int) -
     return t
 
 
-def _is_vocab_matrix(name: str) -> bool:
-    return name.startswith("embed.") or name.startswith("head.")
-
-
 @torch.no_grad()
 def init_parameters(model: nn.Module, cfg: ModelConfig, seed: int) -> None:
     """Initialise every parameter from its metadata (see layers.py); shards take their slice."""
@@ -57,22 +55,11 @@ def init_parameters(model: nn.Module, cfg: ModelConfig, seed: int) -> None:
         if kind is None:
             raise ValueError(f"parameter {name} has no init metadata (_mc_init)")
         key = getattr(p, "_mc_name", name)
-        shape = tuple(getattr(p, "_mc_full_shape", p.shape))
-        if _is_vocab_matrix(key) and kind in ("embedding", "hidden"):
-            full = _vocab_init(cfg, key, kind, shape, seed)
-        else:
-            full = full_init(cfg, key, kind, shape, seed)
+        true = true_shape(p)
+        full = refit(full_init(cfg, key, kind, true, seed), true, full_shape(p))
         shard = getattr(p, "_mc_shard", None)
         value = shard(full) if shard is not None else full
         p.copy_(value.to(p.dtype))
-
-
-def _vocab_init(cfg, name, kind, shape, seed) -> torch.Tensor:
-    """Embedding/head rows beyond the true vocabulary (padding) are zero; real rows never depend on padding."""
-    real = min(shape[0], cfg.vocab_size)
-    out = torch.zeros(shape)
-    out[:real] = full_init(cfg, name, kind, (real,) + tuple(shape[1:]), seed)
-    return out
 
 
 def param_groups(model: nn.Module, cfg: ModelConfig, weight_decay: float) -> list[dict]:

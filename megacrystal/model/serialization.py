@@ -5,8 +5,8 @@
     DIR/tokenizer.json | DIR/tokenizer.model   (optional) the tokenizer the model was trained with
 
 `export-hf`, `import-hf` and `generate` use it; the trainer's checkpoints hold one (see `find_model_dir`).
-The embedding/head rows may be padded to any multiple (tensor parallelism pads more); `fit_vocab_rows`
-adapts them to the serial model, padding rows being zero.
+Padded tensors (vocabulary rows, FFN inner size; see padding.py) may carry any amount of zero padding
+beyond their true shape (a tensor-parallel run pads more); loading refits them to the serial model.
 """
 from __future__ import annotations
 
@@ -20,13 +20,13 @@ from typing import Optional
 import torch
 
 from ..config import Config, ConfigError, DataConfig, ModelConfig, _coerce, validate_config
+from .padding import fit_problem, refit_state
 
 FORMAT = "megacrystal-model"
 VERSION = 1
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "model_config.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
-VOCAB_MATRICES = ("embed.weight", "head.weight")
 
 
 class ModelFormatError(ValueError):
@@ -134,16 +134,10 @@ def find_model_dir(path) -> Path:
                            f"or in the checkpoint a 'latest' marker names")
 
 
-def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Names and shapes of the serial model's parameters (built on the meta device: no memory)."""
-    from .transformer import Transformer
-    with torch.device("meta"):
-        m = Transformer(cfg)
-    return {k: tuple(v.shape) for k, v in m.state_dict().items()}
-
-
 def check_state_dict(cfg: ModelConfig, sd: dict[str, torch.Tensor], where: str) -> None:
-    want = expected_shapes(cfg)
+    """Names as the serial model's; each tensor covers its true shape, with only zeros beyond it."""
+    from .transformer import serial_layout
+    want = serial_layout(cfg)
     missing = sorted(set(want) - set(sd))
     extra = sorted(set(sd) - set(want))
     if missing:
@@ -151,31 +145,16 @@ def check_state_dict(cfg: ModelConfig, sd: dict[str, torch.Tensor], where: str) 
     if extra:
         raise ModelFormatError(f"{where}: unexpected tensor {extra[0]!r} for this model config"
                                + (f" (+{len(extra) - 1} more)" if len(extra) > 1 else ""))
-    for k, shape in want.items():
-        got = tuple(sd[k].shape)
-        ok = got == shape or (k in VOCAB_MATRICES and got[1:] == shape[1:] and got[0] >= cfg.vocab_size)
-        if not ok:
-            raise ModelFormatError(f"{where}: tensor {k!r} has shape {got}, expected {shape}")
-
-
-def fit_vocab_rows(sd: dict[str, torch.Tensor], rows: int) -> dict[str, torch.Tensor]:
-    """Pad (with zeros) or trim the vocabulary matrices to `rows` rows."""
-    out = dict(sd)
-    for k in VOCAB_MATRICES:
-        if k in out and out[k].shape[0] != rows:
-            w = out[k]
-            if w.shape[0] > rows:
-                out[k] = w[:rows].clone()
-            else:
-                out[k] = torch.cat([w, w.new_zeros((rows - w.shape[0],) + tuple(w.shape[1:]))])
-    return out
+    for k, (shape, true) in want.items():
+        problem = fit_problem(sd[k], true, shape)
+        if problem:
+            raise ModelFormatError(f"{where}: tensor {k!r} {problem}")
 
 
 def build_model(cfg: ModelConfig, sd: dict[str, torch.Tensor], device="cpu", dtype: Optional[torch.dtype] = None):
     """A serial `Transformer` holding these weights (eval mode)."""
-    from .transformer import Transformer
+    from .transformer import Transformer, serial_layout
     model = Transformer(cfg)
-    rows = model.embed.weight.shape[0]
-    model.load_state_dict(fit_vocab_rows(sd, rows))
+    model.load_state_dict(refit_state(sd, serial_layout(cfg)))
     model.to(device=device, dtype=dtype)
     return model.eval()

@@ -3,7 +3,8 @@
 Pre-norm blocks: h = x + Attn(Norm(x)); out = h + MLP(Norm(h)). Fused QKV weight laid out by
 KV-head group ([q heads of group j | k_j | v_j] for each j), so tensor parallelism shards it by
 contiguous rows. SwiGLU MLP: down(up(x) * silu(gate(x))). muP: embedding output x mup_embeddings_scale,
-scores / d, logits x mup_output_alpha * m.
+scores / d, logits x mup_output_alpha * m. The FFN inner size is zero-padded to the factory's
+`padded_ffn` (a multiple of 64·tp) for fast matmul shapes; the output is exactly that of the true size.
 
 Linears, embedding, head and loss come from a `Layers` factory (serial or tensor-parallel), and a
 model may hold only a range of layers (`pre_process` = has the embedding, `post_process` = has the
@@ -23,6 +24,7 @@ from ..ops.dispatch import op
 from ..ops.rotary import rope_angles
 from .attention import attention
 from .layers import SerialLayers, mark
+from .padding import set_true_shape, true_shape
 
 
 class Norm(nn.Module):
@@ -64,11 +66,21 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
+    """down(up(x) * silu(gate(x))) with the inner size padded by zeros: padded up/gate rows give 0,
+    silu(0)·0 = 0, and the padded down columns are 0, so neither the output nor any true gradient changes."""
+
     def __init__(self, cfg: ModelConfig, layers):
         super().__init__()
-        self.up = layers.column(cfg.hidden_size, cfg.ffn_hidden_size, cfg.bias, "hidden")
-        self.gate = layers.column(cfg.hidden_size, cfg.ffn_hidden_size, cfg.bias, "hidden")
-        self.down = layers.row(cfg.ffn_hidden_size, cfg.hidden_size, cfg.bias, "output")
+        h, f = cfg.hidden_size, cfg.ffn_hidden_size
+        padded = layers.padded_ffn(f)
+        self.up = layers.column(h, padded, cfg.bias, "hidden")
+        self.gate = layers.column(h, padded, cfg.bias, "hidden")
+        self.down = layers.row(padded, h, cfg.bias, "output")
+        for lin in (self.up, self.gate):
+            set_true_shape(lin.weight, (f, h))
+            if lin.bias is not None:
+                set_true_shape(lin.bias, (f,))
+        set_true_shape(self.down.weight, (h, f))
         self._swiglu = op("swiglu", cfg.kernels)
 
     def forward(self, x):
@@ -155,8 +167,17 @@ class Transformer(nn.Module):
         return self.layers_factory.cross_entropy(logits, labels, impl=self.cfg.kernels)
 
 
+def serial_layout(cfg: ModelConfig) -> dict[str, tuple[tuple, tuple]]:
+    """{name: (shape, true shape)} of the serial model's parameters (= its state dict), padding included
+    in `shape`; built on the meta device, so it costs no memory."""
+    cfg = cfg if cfg.num_heads is not None else cfg.resolve()
+    with torch.device("meta"):
+        m = Transformer(cfg)
+    return {n: (tuple(p.shape), true_shape(p)) for n, p in m.named_parameters()}
+
+
 def count_parameters(cfg: ModelConfig) -> int:
-    """Parameters of the full model (unpadded vocabulary), computed from the config."""
+    """Parameters of the full model at their true sizes (no vocabulary or FFN padding), from the config."""
     cfg = cfg if cfg.num_heads is not None else cfg.resolve()
     h, f, v, d = cfg.hidden_size, cfg.ffn_hidden_size, cfg.vocab_size, cfg.head_dim
     qkv = h * (cfg.num_heads + 2 * cfg.num_kv_heads) * d

@@ -21,9 +21,10 @@ import torch
 import torch.distributed as dist
 
 from ..config import Config, ConfigError, validate_config
-from ..model.layers import SerialLayers, pad_vocab
+from ..model.layers import SerialLayers
 from ..model.mup import init_parameters, param_groups
-from ..model.transformer import Transformer, count_parameters
+from ..model.padding import fit_problem, full_shape, refit, true_part, true_shape
+from ..model.transformer import count_parameters, serial_layout
 from ..train.optimizer import AdamW
 from . import collectives as C
 from . import schedules
@@ -34,7 +35,6 @@ from .state import Grid, build_grid
 from .tensor import RNGStreams, TensorParallelLayers
 
 FORMAT = "megacrystal-engine/1"
-_VOCAB_MATRICES = ("embed.weight", "head.weight")
 
 
 class Engine:
@@ -93,6 +93,7 @@ class Engine:
         return list(merged.values())
 
     def num_parameters(self) -> int:
+        """The model's parameters at their true sizes (padding not counted)."""
         return count_parameters(self.cfg.model)
 
     def _check_batches(self, micro_batches) -> Optional[str]:
@@ -255,25 +256,14 @@ class Engine:
 
     def serial_shapes(self) -> dict[str, tuple]:
         """Names and shapes of the serial model's parameters (the consolidated state dict)."""
-        with torch.device("meta"):
-            ref = Transformer(self.cfg.model)
-        return {n: tuple(p.shape) for n, p in ref.named_parameters()}
-
-    def _serial_rows(self, name: str, full: torch.Tensor, rows: int) -> torch.Tensor:
-        """Cut or zero-pad a vocabulary matrix to `rows` (only rows < vocab_size hold values)."""
-        if name not in _VOCAB_MATRICES or full.shape[0] == rows:
-            return full
-        out = full.new_zeros((rows,) + tuple(full.shape[1:]))
-        k = min(rows, full.shape[0], self.cfg.model.vocab_size)
-        out[:k] = full[:k]
-        return out
+        return {n: shape for n, (shape, _) in serial_layout(self.cfg.model).items()}
 
     @torch.no_grad()
     def full_model_state(self) -> Optional[dict]:
-        """The whole model under serial names (vocabulary padded as in the serial model), gathered
-        over tp and pp onto global rank 0 as CPU tensors; None on the other ranks."""
+        """The whole model under serial names and shapes (vocabulary and FFN padded as in the serial
+        model), gathered over tp and pp onto global rank 0 as CPU tensors; None on the other ranks."""
         g = self.grid
-        serial_rows = pad_vocab(self.cfg.model.vocab_size, SerialLayers.vocab_multiple)
+        serial = self.serial_shapes()
         local: dict[str, torch.Tensor] = {}
         if g.dp_rank == 0:
             for m in self.chunks:
@@ -284,7 +274,8 @@ class Engine:
                     if hasattr(p, "_mc_shard") and g.tp_size > 1:
                         full = C.all_gather_dim(full.contiguous(), p._mc_shard_dim, g.tp)
                     if g.tp_rank == 0:
-                        local[n] = self._serial_rows(n, full, serial_rows)
+                        true = true_shape(p)
+                        local[n] = refit(true_part(full, true), true, serial[n])
         leader = g.dp_rank == 0 and g.tp_rank == 0
         if g.pp_size > 1 and leader:
             if g.pp_rank == 0:
@@ -301,8 +292,7 @@ class Engine:
                     dist.send(t.contiguous(), dst=g.pp.ranks[0])
         if g.rank != 0:
             return None
-        shapes = self.serial_shapes()
-        return {n: local[n].to("cpu", copy=True) for n in shapes}
+        return {n: local[n].to("cpu", copy=True) for n in serial}
 
     @torch.no_grad()
     def load_full_model_state(self, sd: Optional[dict]) -> None:
@@ -319,20 +309,20 @@ class Engine:
                 sd = first[0]
         if sd is None:
             raise ValueError("load_full_model_state: no state dict on rank 0")
-        shapes = self.serial_shapes()
-        missing = sorted(set(shapes) - set(sd))
-        extra = sorted(set(sd) - set(shapes))
+        layout = serial_layout(self.cfg.model)
+        missing = sorted(set(layout) - set(sd))
+        extra = sorted(set(sd) - set(layout))
         if missing or extra:
             raise ValueError(f"load_full_model_state: keys differ from the model's (missing {missing[:5]}, "
                              f"unexpected {extra[:5]})")
+        for n, (shape, true) in layout.items():         # every rank checks every tensor: none is left waiting
+            problem = fit_problem(sd[n], true, shape)
+            if problem:
+                raise ValueError(f"load_full_model_state: {n} {problem}")
         for m in self.chunks:
             for n, p in m.named_parameters():
                 key = getattr(p, "_mc_name", n) if getattr(p, "_mc_tied_copy", False) else n
-                want = tuple(getattr(p, "_mc_full_shape", p.shape))
-                full = self._serial_rows(key, sd[key], want[0])
-                if tuple(full.shape) != want:
-                    raise ValueError(f"load_full_model_state: {key} has shape {tuple(sd[key].shape)}, "
-                                     f"expected {shapes[key]}")
+                full = refit(sd[key], true_shape(p), full_shape(p))
                 shard = p._mc_shard(full) if hasattr(p, "_mc_shard") else full
                 p.copy_(shard.to(device=p.device, dtype=p.dtype))
         self.optimizer.reload_masters()

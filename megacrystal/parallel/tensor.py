@@ -13,7 +13,10 @@ tp then see only a slice of the tokens, so their gradients are partial: they are
 `_mc_sequence_parallel` and the engine all-reduces them over tp.
 
 Every sharded parameter carries `_mc_shard` (full -> this rank's piece), `_mc_shard_dim` and
-`_mc_full_shape`, so `mup.init_parameters` draws the serial values and checkpoints can gather.
+`_mc_full_shape`, so `mup.init_parameters` draws the serial values and checkpoints can gather. The
+vocabulary and the FFN inner size are zero-padded to a multiple of 64·tp (`PaddedSizes`); padded
+parameters also carry `_mc_true_shape` (model/padding.py), which consolidation refits to the serial
+padding.
 """
 from __future__ import annotations
 
@@ -24,7 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..model.layers import mark, pad_vocab
+from ..model.layers import PaddedSizes, mark
+from ..model.padding import set_true_shape
 from . import collectives as C
 from .cross_entropy import vocab_parallel_cross_entropy
 from .state import Grid, Group
@@ -169,6 +173,7 @@ class VocabParallelEmbedding(nn.Module):
         self.start = group.rank * local
         self.weight = _shard(mark(nn.Parameter(torch.empty(local, hidden)), "embedding"),
                              (padded_vocab, hidden), 0, group)
+        set_true_shape(self.weight, (vocab, hidden))
 
     def forward(self, tokens):
         local = self.weight.shape[0]
@@ -195,6 +200,7 @@ class VocabParallelHead(nn.Module):
         if tied is None:
             self.weight = _shard(mark(nn.Parameter(torch.empty(local, hidden)), "hidden"),
                                  (padded_vocab, hidden), 0, group)
+            set_true_shape(self.weight, (vocab, hidden))
 
     def head_weight(self):
         return self._tied[0].weight if self._tied else self.weight
@@ -208,9 +214,9 @@ class VocabParallelHead(nn.Module):
         return logits
 
 
-class TensorParallelLayers:
-    """Same interface as `model.layers.SerialLayers`, sharded over `grid.tp`."""
-    vocab_multiple = 64
+class TensorParallelLayers(PaddedSizes):
+    """Same interface as `model.layers.SerialLayers`, sharded over `grid.tp`; padded sizes (vocabulary,
+    FFN) are multiples of 64·tp, so every shard is a multiple of 64."""
 
     def __init__(self, grid: Grid, sequence_parallel: bool = False, ce_chunk_elements: int = 1 << 24):
         self.grid = grid
@@ -218,9 +224,6 @@ class TensorParallelLayers:
         self.tp_size = grid.tp_size
         self.sp = bool(sequence_parallel) and grid.tp_size > 1
         self.ce_chunk_elements = ce_chunk_elements
-
-    def padded_vocab(self, vocab: int) -> int:
-        return pad_vocab(vocab, self.vocab_multiple * self.tp_size)
 
     def column(self, in_features: int, out_features: int, bias: bool, init: str = "hidden") -> nn.Module:
         return ColumnParallelLinear(in_features, out_features, bias, init, self.group, self.sp)
