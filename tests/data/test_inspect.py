@@ -43,7 +43,11 @@ def test_cli_table_and_decode(demo_cwd):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "phase language:" in r.stdout and "phase code:" in r.stdout
-    assert "--- sample 960 (" in r.stdout
+    # --decode shows the first sample of each phase; phase 2 starts after phase 1's steps x global batch
+    import yaml
+    demo = yaml.safe_load((ROOT / "examples/demo.yaml").read_text())
+    first_of_phase2 = demo["data"]["phases"][0]["steps"] * demo["train"]["global_batch_size"]
+    assert "--- sample 0 (" in r.stdout and f"--- sample {first_of_phase2} (" in r.stdout
 
 
 def test_missing_data_is_one_clear_line(tmp_path):
