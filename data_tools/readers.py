@@ -172,14 +172,19 @@ def _json_lines(task: Task, keys: Sequence[str], out: dict, stats: Counter, meta
             values = [v]
         else:
             values = [obj.get(k) for k in keys]
-        reason = _bad_values(values)
-        if reason:
-            stats[reason] += 1
-            continue
-        for k, v in zip(keys, values):
-            out[k].append(v)
-        if meta is not None:
-            meta.append(obj)
+        _take(keys, values, out, stats, meta, obj)
+
+
+def _take(keys, values, out: dict, stats: Counter, meta: list | None, meta_obj) -> None:
+    """Append one record's values (and its metadata), or count why it is skipped."""
+    reason = _bad_values(values)
+    if reason:
+        stats[reason] += 1
+        return
+    for k, v in zip(keys, values):
+        out[k].append(v)
+    if meta is not None:
+        meta.append(meta_obj)
 
 
 def _bad_values(values) -> str:
@@ -209,15 +214,9 @@ def _parquet(task: Task, keys: Sequence[str], out: dict, stats: Counter, meta: l
             stats["not_string"] += table.num_rows
             return
         cols.append(col.to_pylist())
+    where = {"path": task.path, "row_group": task.row_group}
     for values in zip(*cols):
-        reason = _bad_values(values)
-        if reason:
-            stats[reason] += 1
-            continue
-        for k, v in zip(keys, values):
-            out[k].append(v)
-        if meta is not None:
-            meta.append({"path": task.path, "row_group": task.row_group})
+        _take(keys, values, out, stats, meta, where)
 
 
 def _files(task: Task, keys: Sequence[str], out: dict, stats: Counter, meta: list | None,

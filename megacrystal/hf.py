@@ -20,7 +20,7 @@ import torch
 
 from .model.hf_layouts import LAYOUTS, LayoutError, from_crystalcoder, from_llama
 from .model.serialization import (ModelFormatError, _atomic_write_bytes, copy_tokenizer, find_model_dir, load_model,
-                                  save_model, save_state_dict, tokenizer_in)
+                                  read_json_object, save_model, save_state_dict, tokenizer_in)
 
 DTYPES = {"keep": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -106,15 +106,7 @@ def _load_weights_file(path: Path) -> dict:
 def read_hf(hf_dir) -> tuple[dict, dict, Optional[str]]:
     """-> (config.json as a dict, every tensor by name, the tokenizer file or None)."""
     d = Path(hf_dir)
-    cfg_path = d / "config.json"
-    if not cfg_path.is_file():
-        raise HFError(f"{cfg_path}: not found (expected a Hugging Face model directory)")
-    try:
-        conf = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise HFError(f"{cfg_path}: not valid JSON ({e})") from None
-    if not isinstance(conf, dict):
-        raise HFError(f"{cfg_path}: expected a JSON object")
+    conf = read_json_object(d / "config.json", HFError, "expected a Hugging Face model directory")
     tensors: dict = {}
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index = d / index_name

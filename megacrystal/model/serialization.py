@@ -83,15 +83,23 @@ def save_model(directory, cfg: ModelConfig, state_dict: dict[str, torch.Tensor],
     return out
 
 
+def read_json_object(path: Path, error, missing: str) -> dict:
+    """A JSON object from `path`, or `error` naming the file (`missing` says what was expected)."""
+    if not path.is_file():
+        raise error(f"{path}: not found ({missing})")
+    try:
+        obj = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise error(f"{path}: expected a JSON object")
+    return obj
+
+
 def read_model_config(directory) -> ModelConfig:
     path = Path(directory) / CONFIG_FILE
-    if not path.is_file():
-        raise ModelFormatError(f"{path}: not found (expected a model directory with {MODEL_FILE} + {CONFIG_FILE})")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ModelFormatError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("model"), dict):
+    meta = read_json_object(path, ModelFormatError, f"expected a model directory with {MODEL_FILE} + {CONFIG_FILE}")
+    if meta.get("format") != FORMAT or not isinstance(meta.get("model"), dict):
         raise ModelFormatError(f"{path}: expected {{\"format\": \"{FORMAT}\", \"model\": {{...}}}}")
     if meta.get("version") != VERSION:
         raise ModelFormatError(f"{path}: format version {meta.get('version')!r}, this build reads {VERSION}")
