@@ -139,3 +139,10 @@ def test_bad_data_fails_fast_with_the_field(data_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "data.sources.code.prefixes[0]" in err and "/nonexistent/x" in err
     assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
+def test_a_tokenizer_larger_than_the_vocabulary_fails_fast(data_dir, tmp_path, capsys):
+    cfg = run_config(data_dir, tmp_path / "small_vocab")
+    assert train_cli(["--config", str(cfg), "model.vocab_size=100"]) == 2
+    assert "model.vocab_size: 100 is smaller than the tokenizer's" in capsys.readouterr().err
+    assert not (tmp_path / "small_vocab" / "checkpoints").exists()

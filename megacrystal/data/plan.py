@@ -197,7 +197,7 @@ def make_plan(cfg: Config) -> DataPlan:
                                 {s: w / total_w for s, w in ph.blend.items()}, ph.fim_rate, ph.fim_spm_rate, ph))
         start += n
 
-    _check_fim_tokenizer(cfg, phases, sources, where)
+    _check_tokenizer(cfg, phases, sources, where)
     if d.backend == "dali":
         from .dali import require_dali
         try:
@@ -225,20 +225,27 @@ def make_plan(cfg: Config) -> DataPlan:
                     d.max_epochs)
 
 
-def _check_fim_tokenizer(cfg: Config, phases: list[PhasePlan], sources: dict, where: str) -> None:
+def _check_tokenizer(cfg: Config, phases: list[PhasePlan], sources: dict, where: str) -> None:
+    """The tokenizer loads, fits the model's vocabulary, and has the FIM tokens when a phase needs them."""
     fim = [p for p in phases if p.fim_rate > 0 and any(sources[s].kind == "code" for s in p.sources)]
-    if not fim:
-        return
-    p = fim[0]
     if not cfg.data.tokenizer_model:
-        raise ConfigError(f"{where}data.tokenizer_model: not set, but data.phases[{p.index}] ({p.name}) has "
-                          f"fim_rate {p.fim_rate} on a code source; FIM needs the tokenizer")
+        if fim:
+            p = fim[0]
+            raise ConfigError(f"{where}data.tokenizer_model: not set, but data.phases[{p.index}] ({p.name}) has "
+                              f"fim_rate {p.fim_rate} on a code source; FIM needs the tokenizer")
+        return
     from ..tokenizer import load_tokenizer
     from .fim import FIM_TOKENS
     try:
         tok = load_tokenizer(cfg.data.tokenizer_type, cfg.data.tokenizer_model)
     except ValueError as e:
         raise ConfigError(f"{where}data.tokenizer_model: {e}") from None
+    if cfg.model.vocab_size is not None and tok.vocab_size > cfg.model.vocab_size:
+        raise ConfigError(f"{where}model.vocab_size: {cfg.model.vocab_size} is smaller than the tokenizer's "
+                          f"{tok.vocab_size} ({cfg.data.tokenizer_model})")
+    if not fim:
+        return
+    p = fim[0]
     missing = [n for n in FIM_TOKENS if n not in tok.special]
     if missing:
         raise ConfigError(f"{where}data.tokenizer_model: {cfg.data.tokenizer_model} has no "

@@ -7,16 +7,14 @@ Rank 0 writes metrics.jsonl + TensorBoard; checkpoints hold every rank's shard, 
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
-from typing import Optional
 
 import torch
 import torch.distributed as dist
 
-from ..config import Config, ConfigError
+from ..config import Config
 from ..log import get_logger
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .metrics import MetricsWriter, flops_per_token, peak_flops
@@ -29,21 +27,6 @@ def _dp_sum(values: torch.Tensor, grid) -> torch.Tensor:
     if dist.is_initialized() and grid.dp_size > 1:
         dist.all_reduce(values, group=grid.dp_group)
     return values
-
-
-def _check_tokenizer(cfg: Config):
-    from ..tokenizer import load_tokenizer
-    d = cfg.data
-    if not d.tokenizer_model:
-        return None
-    try:
-        tok = load_tokenizer(d.tokenizer_type, d.tokenizer_model)
-    except ValueError as e:
-        raise ConfigError(f"data.tokenizer_model: {e}") from None
-    if tok.vocab_size > cfg.model.vocab_size:
-        raise ConfigError(f"model.vocab_size: {cfg.model.vocab_size} is smaller than the tokenizer's "
-                          f"{tok.vocab_size} ({d.tokenizer_model})")
-    return tok
 
 
 def evaluate(engine, valid: dict, cfg: Config, grid) -> dict:
@@ -67,10 +50,9 @@ def train(cfg: Config) -> dict:
     from ..parallel.engine import Engine
     from ..parallel.state import init_distributed
 
-    # Everything that can be wrong with the data is found before any process group exists,
-    # on every rank alike, so a bad file never leaves ranks waiting on each other.
     get_logger().setLevel(cfg.log.level)
-    _check_tokenizer(cfg)
+    # Everything that can be wrong with the data (files, tokenizer, vocabulary, FIM tokens) is found
+    # before any process group exists, on every rank alike, so a bad file never leaves ranks waiting.
     data_plan = make_plan(cfg)
     grid, device = init_distributed(cfg)
     t = cfg.train

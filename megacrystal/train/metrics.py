@@ -10,7 +10,6 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Optional
 
 import torch
 
