@@ -44,48 +44,47 @@ def timed(fn, *a, **k):
     return out, time.perf_counter() - t
 
 
-def megatron_core(sizes, seq, samples, seed, blend_size):
+def megatron_builders() -> dict:
+    """megatron-core's four builders, in the call shapes `build_all` uses."""
     from megatron.core.datasets import helpers
     from megatron.core.datasets.gpt_dataset import _build_document_index, _build_shuffle_index
     from megatron.core.datasets.utils import normalize
 
-    from megacrystal.data import gpt_dataset as G
-    docs = np.arange(len(sizes), dtype=np.int32)
-    tokens = int(sizes.sum(dtype=np.int64))
-    epochs = G.num_epochs(tokens, samples, seq)
-    separate = G.separate_final_epoch(tokens, samples, seq)
-    rs = np.random.RandomState(seed)
-    t = {}
-    doc_idx, t["document_shuffle"] = timed(_build_document_index, docs, epochs, rs, separate)
-    sample_idx, t["sample_index"] = timed(helpers.build_sample_idx, sizes, doc_idx, seq, epochs, tokens, True, True)
-    rows = sample_idx.shape[0] - 1
-    first = G.samples_in(epochs - 1, tokens, seq) if separate else rows
-    shuffle_idx, t["sample_shuffle"] = timed(_build_shuffle_index, first, rows, rs)
-    w = np.array(normalize(BLEND7))
-    src = np.zeros(blend_size, dtype=np.int16)
-    idx = np.zeros(blend_size, dtype=np.int64)
-    _, t["blend"] = timed(helpers.build_blending_indices, src, idx, w, len(w), blend_size, False)
-    t["total"] = sum(t.values())
-    return (doc_idx, sample_idx, shuffle_idx, src, idx), t, {"epochs": epochs, "separate_final_epoch": separate}
+    def blend(weights, size):
+        w = np.array(normalize(weights))
+        src, idx = np.zeros(size, dtype=np.int16), np.zeros(size, dtype=np.int64)
+        helpers.build_blending_indices(src, idx, w, len(w), size, False)
+        return src, idx
+    return dict(document=_build_document_index,
+                sample=lambda sizes, doc, seq, epochs, tokens: helpers.build_sample_idx(sizes, doc, seq, epochs,
+                                                                                         tokens, True, True),
+                shuffle=_build_shuffle_index, blend=blend)
 
 
-def ours(sizes, seq, samples, seed, blend_size):
+def our_builders() -> dict:
     from megacrystal.data import blended as B
     from megacrystal.data import gpt_dataset as G
+    return dict(document=G.build_document_index, sample=G.build_sample_index, shuffle=G.build_shuffle_index,
+                blend=B.build_blend)
+
+
+def build_all(builders: dict, sizes, seq, samples, seed, blend_size):
+    """The same steps in the same RandomState order for either implementation, each step timed."""
+    from megacrystal.data import gpt_dataset as G
     docs = np.arange(len(sizes), dtype=np.int32)
     tokens = int(sizes.sum(dtype=np.int64))
     epochs = G.num_epochs(tokens, samples, seq)
     separate = G.separate_final_epoch(tokens, samples, seq)
     rs = np.random.RandomState(seed)
     t = {}
-    doc_idx, t["document_shuffle"] = timed(G.build_document_index, docs, epochs, rs, separate)
-    sample_idx, t["sample_index"] = timed(G.build_sample_index, sizes, doc_idx, seq, epochs, tokens)
+    doc_idx, t["document_shuffle"] = timed(builders["document"], docs, epochs, rs, separate)
+    sample_idx, t["sample_index"] = timed(builders["sample"], sizes, doc_idx, seq, epochs, tokens)
     rows = sample_idx.shape[0] - 1
     first = G.samples_in(epochs - 1, tokens, seq) if separate else rows
-    shuffle_idx, t["sample_shuffle"] = timed(G.build_shuffle_index, first, rows, rs)
-    (src, idx), t["blend"] = timed(B.build_blend, BLEND7, blend_size)
+    shuffle_idx, t["sample_shuffle"] = timed(builders["shuffle"], first, rows, rs)
+    (src, idx), t["blend"] = timed(builders["blend"], BLEND7, blend_size)
     t["total"] = sum(t.values())
-    return (doc_idx, sample_idx, shuffle_idx, src, idx), t
+    return (doc_idx, sample_idx, shuffle_idx, src, idx), t, {"epochs": epochs, "separate_final_epoch": separate}
 
 
 def _best(runs: list[dict]) -> dict:
@@ -192,10 +191,10 @@ def main(argv=None) -> int:
     runs_ref, runs_ours = [], []
     equal = True
     for rep in range(a.repeat):  # alternate, keep each step's fastest run: the machine is shared
-        ref, t, info = megatron_core(sizes, a.seq, a.samples, a.seed, a.samples)
+        ref, t, info = build_all(megatron_builders(), sizes, a.seq, a.samples, a.seed, a.samples)
         runs_ref.append(t)
         print(f"megatron-core run {rep}:", {k: round(v, 2) for k, v in t.items()}, info, flush=True)
-        got, t = ours(sizes, a.seq, a.samples, a.seed, a.samples)
+        got, t, _ = build_all(our_builders(), sizes, a.seq, a.samples, a.seed, a.samples)
         runs_ours.append(t)
         print(f"megacrystal   run {rep}:", {k: round(v, 2) for k, v in t.items()}, flush=True)
         equal = equal and all(x.dtype == y.dtype and np.array_equal(x, y) for x, y in zip(ref, got))
