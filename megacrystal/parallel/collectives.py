@@ -63,6 +63,23 @@ def _is_unsupported(err: Exception, group: Group) -> bool:
         w in msg for w in ("not supported", "unsupported", "does not support", "not implemented"))
 
 
+_MISSING = object()
+
+
+def _try_native(name: str, fn, out: torch.Tensor, inp: torch.Tensor, group: Group, async_op: bool):
+    """Run the backend's own collective; `_MISSING` when the backend lacks it (the caller falls back)."""
+    if not _native(name, group):
+        return _MISSING
+    try:
+        work = fn(out, inp, group=group.pg, async_op=async_op)
+        return work if async_op else None
+    except (RuntimeError, NotImplementedError) as e:
+        if not _is_unsupported(e, group):
+            raise
+        _mark_unsupported(name, group, e)
+        return _MISSING
+
+
 def all_reduce(t: torch.Tensor, group: Group, op=dist.ReduceOp.SUM, async_op: bool = False):
     if group.size == 1:
         return _Done() if async_op else None
@@ -86,15 +103,10 @@ def reduce_scatter_flat(out: torch.Tensor, inp: torch.Tensor, group: Group, asyn
         if out.data_ptr() != inp.data_ptr():
             out.copy_(inp[:n])
         return _Done() if async_op else None
-    if _native("reduce_scatter", group):
-        fn = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
-        try:
-            work = fn(out, inp, group=group.pg, async_op=async_op)
-            return work if async_op else None
-        except (RuntimeError, NotImplementedError) as e:
-            if not _is_unsupported(e, group):
-                raise
-            _mark_unsupported("reduce_scatter", group, e)
+    work = _try_native("reduce_scatter", getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor,
+                       out, inp, group, async_op)
+    if work is not _MISSING:
+        return work
     # fallback: all-reduce the whole input in place, keep our slice
     lo = group.rank * n
     work = dist.all_reduce(inp, group=group.pg, async_op=async_op)
@@ -117,15 +129,10 @@ def all_gather_flat(out: torch.Tensor, inp: torch.Tensor, group: Group, async_op
         if out.data_ptr() != inp.data_ptr():
             out.copy_(inp)
         return _Done() if async_op else None
-    if _native("all_gather", group):
-        fn = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-        try:
-            work = fn(out, inp, group=group.pg, async_op=async_op)
-            return work if async_op else None
-        except (RuntimeError, NotImplementedError) as e:
-            if not _is_unsupported(e, group):
-                raise
-            _mark_unsupported("all_gather", group, e)
+    work = _try_native("all_gather", getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor,
+                       out, inp, group, async_op)
+    if work is not _MISSING:
+        return work
     pieces = list(out.split(n))
     src = inp.clone() if inp.data_ptr() == pieces[group.rank].data_ptr() else inp
     work = dist.all_gather(pieces, src, group=group.pg, async_op=async_op)
