@@ -4,6 +4,7 @@ The native build is optional at install time: with no compiler or CMake the pack
 installs and the data layer uses its numpy fallback (it says so once in the log).
 CUDA kernels are built by the same CMake project when `nvcc` is found (MEGACRYSTAL_CUDA=0 disables).
 """
+
 import os
 import subprocess
 import sys
@@ -27,14 +28,17 @@ class CMakeBuild(build_ext):
         build_dir.mkdir(parents=True, exist_ok=True)
         try:
             import pybind11
+
             cmake = os.environ.get("CMAKE", "cmake")
             try:
                 import cmake as cmake_pkg  # the pip wheel, when the build env has it
+
                 cmake = str(Path(cmake_pkg.CMAKE_BIN_DIR) / "cmake")
             except ImportError:
                 pass
             args = [
-                cmake, str(ROOT),
+                cmake,
+                str(ROOT),
                 f"-DPython_EXECUTABLE={sys.executable}",
                 f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
                 f"-DMEGACRYSTAL_NATIVE_OUTPUT_DIR={out.parent}",
@@ -59,7 +63,7 @@ setup(
     ext_modules=[CMakeExtension("megacrystal._native")],
     cmdclass={"build_ext": CMakeBuild},
     install_requires=[
-        "torch>=2.4",          # the README pins torch==2.13.0 (CPU wheel); GPU machines bring their own
+        "torch>=2.4",  # the README pins torch==2.13.0 (CPU wheel); GPU machines bring their own
         "numpy>=1.24",
         "pyyaml>=6",
         "tqdm>=4.60",
@@ -77,8 +81,15 @@ setup(
         "apex": ["apex"],
         "dali": ["nvidia-dali-cuda130"],
         "gpu": ["triton>=3.2", "flash-attn>=2.6"],
-        "dev": ["pytest>=7", "pytest-timeout", "hypothesis>=6", "triton==3.6.0",
-                "megatron-core==0.16.1", "transformers>=4.45"],
+        "dev": [
+            "pytest>=7",
+            "pytest-timeout",
+            "hypothesis>=6",
+            "triton==3.6.0",
+            "megatron-core==0.16.1",
+            "transformers>=4.45",
+            "ruff==0.17.6",
+        ],
     },
     entry_points={"console_scripts": ["megacrystal=megacrystal.cli:main"]},
 )

@@ -1,4 +1,5 @@
 """What every parallel benchmark records next to its figures: machine, versions, date."""
+
 from __future__ import annotations
 
 import datetime
@@ -12,12 +13,18 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def machine() -> dict:
     import torch
-    info = dict(host=platform.node(), cpu=platform.processor() or platform.machine(), cores=os.cpu_count(),
-                python=platform.python_version(), torch=torch.__version__,
-                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+
+    info = dict(
+        host=platform.node(),
+        cpu=platform.processor() or platform.machine(),
+        cores=os.cpu_count(),
+        python=platform.python_version(),
+        torch=torch.__version__,
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    )
     try:
         with open("/proc/meminfo") as f:
-            info["mem_gib"] = round(int(f.readline().split()[1]) / 2 ** 20, 1)
+            info["mem_gib"] = round(int(f.readline().split()[1]) / 2**20, 1)
     except OSError:
         pass
     if torch.cuda.is_available():
@@ -36,6 +43,7 @@ def record(name: str, payload: dict) -> Path:
 def _child(fn, rank, world, args, tmp, q):
     import torch
     import torch.distributed as dist
+
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=world)
@@ -45,8 +53,9 @@ def _child(fn, rank, world, args, tmp, q):
         q.put((rank, RuntimeError(f"rank {rank}: {type(e).__name__}: {e}")))
     finally:
         q.close()
-        q.join_thread()             # the result is in the pipe before this process ends
+        q.join_thread()  # the result is in the pipe before this process ends
         from megacrystal.parallel import state
+
         state.destroy()
         os._exit(0)
 
@@ -55,6 +64,7 @@ def spawn(fn, world: int, args: tuple = (), timeout: float = 1200) -> list:
     """fn(rank, world, *args) on `world` gloo processes (fn at module level); returns their results."""
     import multiprocessing as mp
     import tempfile
+
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
         q = ctx.Queue()

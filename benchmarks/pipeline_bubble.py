@@ -13,6 +13,7 @@ step. Theory (equal stages, free transfers): (p-1)/(m+p-1) for 1F1B, (p-1)/(vpp*
 --work model: the real tiny model only; on 2 cores the 4 ranks share the CPU, so compute
   intervals stretch when neighbours are busy (reported, not comparable to the theory).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
+import torch
+import torch.distributed as dist
 
-from benchmarks.parallel_bench_util import record, spawn  # noqa: E402
+from benchmarks.parallel_bench_util import record, spawn
 
 PP, M, LAYERS = 4, 8, 8
 T_FWD, T_BWD = 0.010, 0.020
@@ -47,11 +48,25 @@ def _rank(rank, world, vpp, work, steps):
     from megacrystal.config import load_config
     from megacrystal.parallel.engine import Engine
     from megacrystal.parallel.pipeline import P2P
-    h, s = (64, 64) if work == "sleep" else (256, 128)      # sleep: the sleeps dominate; model: the arithmetic
-    cfg = load_config(None, [f"model.num_layers={LAYERS}", f"model.hidden_size={h}", "model.num_heads=4",
-                             f"model.ffn_hidden_size={4 * h}", "model.vocab_size=512", f"model.max_seq_len={s}",
-                             "model.mup_base_width=64", f"data.seq_length={s}", "train.micro_batch_size=1",
-                             f"train.global_batch_size={M}", f"parallel.pp={PP}", f"parallel.vpp={vpp}"])
+
+    h, s = (64, 64) if work == "sleep" else (256, 128)  # sleep: the sleeps dominate; model: the arithmetic
+    cfg = load_config(
+        None,
+        [
+            f"model.num_layers={LAYERS}",
+            f"model.hidden_size={h}",
+            "model.num_heads=4",
+            f"model.ffn_hidden_size={4 * h}",
+            "model.vocab_size=512",
+            f"model.max_seq_len={s}",
+            "model.mup_base_width=64",
+            f"data.seq_length={s}",
+            "train.micro_batch_size=1",
+            f"train.global_batch_size={M}",
+            f"parallel.pp={PP}",
+            f"parallel.vpp={vpp}",
+        ],
+    )
     e = Engine(cfg, torch.device("cpu"))
     if work == "sleep":
         for chunk in e.chunks:
@@ -59,7 +74,7 @@ def _rank(rank, world, vpp, work, steps):
                 block.register_forward_hook(lambda mod, inp, out: _Cost.apply(out))
     g = torch.Generator().manual_seed(0)
     t = torch.randint(0, 512, (M, s + 1), generator=g)
-    mbs = [dict(tokens=t[i:i + 1, :-1], labels=t[i:i + 1, 1:], loss_mask=torch.ones(1, s)) for i in range(M)]
+    mbs = [dict(tokens=t[i : i + 1, :-1], labels=t[i : i + 1, 1:], loss_mask=torch.ones(1, s)) for i in range(M)]
     # the cost of one exchange with no compute around it: every rank sends to next, receives from prev
     ring = P2P(e.grid, (1, s, h), torch.float32, torch.device("cpu"))
     x = torch.randn(1, s, h)
@@ -69,7 +84,7 @@ def _rank(rank, world, vpp, work, steps):
         ring.communicate(send_next=x, recv_prev=True)
     exchange_s = (time.perf_counter() - t0) / 50
     out = []
-    for step in range(steps + 1):                       # step 0 warms up
+    for step in range(steps + 1):  # step 0 warms up
         e.trace = []
         dist.barrier()
         e.train_step(mbs, 1e-3)
@@ -81,9 +96,18 @@ def _rank(rank, world, vpp, work, steps):
         start, end = span[0].item(), -span[1].item()
         busy = sum(i[4] - i[3] for i in comp)
         if step:
-            out.append(dict(span_s=end - start, busy_s=busy, comm_s=comm, idle=1 - busy / (end - start),
-                            comm_frac=comm / (end - start), n_compute=len(comp), n_exchanges=n_ex,
-                            exchange_s=exchange_s))
+            out.append(
+                dict(
+                    span_s=end - start,
+                    busy_s=busy,
+                    comm_s=comm,
+                    idle=1 - busy / (end - start),
+                    comm_frac=comm / (end - start),
+                    n_compute=len(comp),
+                    n_exchanges=n_ex,
+                    exchange_s=exchange_s,
+                )
+            )
     e.trace = None
     return out
 
@@ -94,11 +118,21 @@ def measure(work: str, vpp: int, steps: int) -> dict:
     per_stage = [sum(s["idle"] for s in r) / len(r) for r in res]
     comm = [sum(s["comm_frac"] for s in r) / len(r) for r in res]
     span = sum(s["span_s"] for s in res[0]) / len(res[0])
-    return dict(schedule="1F1B" if vpp == 1 else f"interleaved 1F1B (vpp={vpp})", pp=PP, vpp=vpp,
-                microbatches=M, work=work, theory_idle=theory, idle_per_stage=per_stage,
-                idle_mean=sum(per_stage) / PP, blocked_in_p2p_per_stage=comm, span_s=span, steps=steps,
-                exchanges_per_stage=[r[0]["n_exchanges"] for r in res],
-                bare_exchange_ms=1e3 * sum(r[0]["exchange_s"] for r in res) / PP)
+    return dict(
+        schedule="1F1B" if vpp == 1 else f"interleaved 1F1B (vpp={vpp})",
+        pp=PP,
+        vpp=vpp,
+        microbatches=M,
+        work=work,
+        theory_idle=theory,
+        idle_per_stage=per_stage,
+        idle_mean=sum(per_stage) / PP,
+        blocked_in_p2p_per_stage=comm,
+        span_s=span,
+        steps=steps,
+        exchanges_per_stage=[r[0]["n_exchanges"] for r in res],
+        bare_exchange_ms=1e3 * sum(r[0]["exchange_s"] for r in res) / PP,
+    )
 
 
 def main(argv=None) -> int:
@@ -108,21 +142,28 @@ def main(argv=None) -> int:
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args(argv)
     rows = []
-    for work in (["sleep", "model"] if args.work == "both" else [args.work]):
+    for work in ["sleep", "model"] if args.work == "both" else [args.work]:
         for vpp in (1, 2):
             r = measure(work, vpp, args.steps)
             rows.append(r)
             stages = " ".join(f"{x:.3f}" for x in r["idle_per_stage"])
             waits = " ".join(f"{x:.3f}" for x in r["blocked_in_p2p_per_stage"])
-            print(f"{work:5s} {r['schedule']:26s} theory {r['theory_idle']:.3f}  measured per stage {stages}"
-                  f"  (mean {r['idle_mean']:.3f}; blocked in p2p: {waits}; span {r['span_s'] * 1e3:.0f} ms; "
-                  f"{r['exchanges_per_stage'][0]} exchanges on stage 0, a bare exchange {r['bare_exchange_ms']:.1f} ms)",
-                  flush=True)
+            print(
+                f"{work:5s} {r['schedule']:26s} theory {r['theory_idle']:.3f}  measured per stage {stages}"
+                f"  (mean {r['idle_mean']:.3f}; blocked in p2p: {waits}; span {r['span_s'] * 1e3:.0f} ms; "
+                f"{r['exchanges_per_stage'][0]} exchanges on stage 0, a bare exchange {r['bare_exchange_ms']:.1f} ms)",
+                flush=True,
+            )
     if not args.no_record:
-        path = record("pipeline_bubble", dict(
-            description="idle fraction per pipeline stage = 1 - compute time / span from first to last "
-                        "compute of the step; sleep work: 10 ms fwd / 20 ms bwd per layer, 8 layers",
-            layer_cost_s=dict(forward=T_FWD, backward=T_BWD), results=rows))
+        path = record(
+            "pipeline_bubble",
+            dict(
+                description="idle fraction per pipeline stage = 1 - compute time / span from first to last "
+                "compute of the step; sleep work: 10 ms fwd / 20 ms bwd per layer, 8 layers",
+                layer_cost_s=dict(forward=T_FWD, backward=T_BWD),
+                results=rows,
+            ),
+        )
         print(f"recorded {path}")
     return 0
 

@@ -9,6 +9,7 @@ number of threads (RAYON_NUM_THREADS). Peak RSS is the largest sum over the proc
 sampled every 50 ms). A generated input of >= --big-gb GB shows that peak memory stays flat.
 Writes benchmarks/results/preprocess_<date>T<time>.json (machine, versions, every figure).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,13 +61,14 @@ print(json.dumps({"seconds": dt, "cpu_s": cpu, "tokens": sum(len(e.ids) for e in
 def run_measured(cmd: list[str], env: dict | None = None) -> dict:
     """Wall time and peak RSS (sum over the process tree) of one command."""
     import psutil
+
     t0 = time.time()
     with tempfile.TemporaryFile() as fo, tempfile.TemporaryFile() as fe:
         p = subprocess.Popen(cmd, stdout=fo, stderr=fe, env={**os.environ, **(env or {})})
         proc = psutil.Process(p.pid)
         peak = peak_one = 0
         while True:
-            pid, status, ru = os.wait4(p.pid, os.WNOHANG)   # rusage: the child + its waited-for workers
+            pid, status, ru = os.wait4(p.pid, os.WNOHANG)  # rusage: the child + its waited-for workers
             if pid:
                 break
             try:
@@ -82,9 +84,14 @@ def run_measured(cmd: list[str], env: dict | None = None) -> dict:
         out, err = fo.read(), fe.read()
     if p.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{err.decode()[-2000:]}")
-    return {"wall_s": round(wall, 3), "cpu_s": round(ru.ru_utime + ru.ru_stime, 3),
-            "peak_rss_mb": round(peak / 2**20, 1), "peak_rss_one_process_mb": round(peak_one / 2**20, 1),
-            "load_average": [round(x, 2) for x in os.getloadavg()], "stdout": out.decode().strip()}
+    return {
+        "wall_s": round(wall, 3),
+        "cpu_s": round(ru.ru_utime + ru.ru_stime, 3),
+        "peak_rss_mb": round(peak / 2**20, 1),
+        "peak_rss_one_process_mb": round(peak_one / 2**20, 1),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "stdout": out.decode().strip(),
+    }
 
 
 def make_input(src_dir: str, path: str, target_bytes: int) -> dict:
@@ -107,26 +114,47 @@ def make_input(src_dir: str, path: str, target_bytes: int) -> dict:
                     break
                 f.write(line)
                 docs, size = docs + 1, size + len(line)
-    return {"path": path, "bytes": size, "documents": docs, "unique_documents": len(lines),
-            "unique_bytes": len(block)}
+    return {"path": path, "bytes": size, "documents": docs, "unique_documents": len(lines), "unique_bytes": len(block)}
 
 
 def figures(r: dict, in_bytes: int, docs: int, tokens: int) -> dict:
     s = r["wall_s"]
-    return {**{k: v for k, v in r.items() if k != "stdout"}, "docs_per_s": round(docs / s, 1),
-            "mb_per_s": round(in_bytes / s / 1e6, 3), "tokens_per_s": round(tokens / s, 1),
-            "mb_per_cpu_s": round(in_bytes / r["cpu_s"] / 1e6, 3)}
+    return {
+        **{k: v for k, v in r.items() if k != "stdout"},
+        "docs_per_s": round(docs / s, 1),
+        "mb_per_s": round(in_bytes / s / 1e6, 3),
+        "tokens_per_s": round(tokens / s, 1),
+        "mb_per_cpu_s": round(in_bytes / r["cpu_s"] / 1e6, 3),
+    }
 
 
 def ours(inp: str, out_prefix: str, kind: str, model: str, workers: int) -> dict:
-    r = run_measured([sys.executable, os.path.join(ROOT, "tools", "preprocess_data.py"), "--input", inp,
-                      "--output-prefix", out_prefix, "--tokenizer-type", kind, "--tokenizer-model", model,
-                      "--append-eod", "--workers", str(workers), "--no-progress"],
-                     env={"PYTHONPATH": ROOT})
+    r = run_measured(
+        [
+            sys.executable,
+            os.path.join(ROOT, "tools", "preprocess_data.py"),
+            "--input",
+            inp,
+            "--output-prefix",
+            out_prefix,
+            "--tokenizer-type",
+            kind,
+            "--tokenizer-model",
+            model,
+            "--append-eod",
+            "--workers",
+            str(workers),
+            "--no-progress",
+        ],
+        env={"PYTHONPATH": ROOT},
+    )
     with open(out_prefix + "_summary.json") as f:
         s = json.load(f)
     return figures(r, s["input_bytes"], s["documents"], s["tokens"]) | {
-        "documents": s["documents"], "tokens": s["tokens"], "internal_startup_s": s["startup_seconds"]}
+        "documents": s["documents"],
+        "tokens": s["tokens"],
+        "internal_startup_s": s["startup_seconds"],
+    }
 
 
 def main(argv=None) -> int:
@@ -141,31 +169,48 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     work = a.workdir or tempfile.mkdtemp(prefix="mc-bench-pre-")
     os.makedirs(work, exist_ok=True)
+    import numpy
+    import psutil
+    import tokenizers
+
     from data_tools.local_corpus import build_local_corpus
-    import numpy, tokenizers, psutil  # noqa: F401  (versions below)
+
     corpus = build_local_corpus(os.path.join(work, "corpus"), max_mb_per_source=a.corpus_mb_per_source)
     model = a.tokenizer_model
-    if model is None:   # no Crystal tokenizer here: train one (SentencePiece) from the corpus
+    if model is None:  # no Crystal tokenizer here: train one (SentencePiece) from the corpus
         from data_tools.train_tokenizer import train_tokenizer
+
         model = train_tokenizer(os.path.join(work, "corpus"), 32000, os.path.join(work, "tok"))
     kind = "HuggingFaceTokenizer" if model.endswith(".json") else "SentencePieceTokenizer"
     inp = make_input(os.path.join(work, "corpus"), os.path.join(work, "input.jsonl"), int(a.mb * 1e6))
     print(f"input: {inp['bytes'] / 1e6:.1f} MB, {inp['documents']} documents; tokenizer {model}", flush=True)
 
     result = {
-        "benchmark": "preprocess", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-                    "load_average_start": os.getloadavg()},
-        "versions": {"python": platform.python_version(), "tokenizers": tokenizers.__version__,
-                     "numpy": numpy.__version__},
+        "benchmark": "preprocess",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "load_average_start": os.getloadavg(),
+        },
+        "versions": {
+            "python": platform.python_version(),
+            "tokenizers": tokenizers.__version__,
+            "numpy": numpy.__version__,
+        },
         "tokenizer": {"type": kind, "model": model},
-        "corpus": {"local_corpus_documents": corpus["documents"], "local_corpus_bytes": corpus["text_bytes"],
-                   **{k: v for k, v in inp.items() if k != "path"}},
+        "corpus": {
+            "local_corpus_documents": corpus["documents"],
+            "local_corpus_bytes": corpus["text_bytes"],
+            **{k: v for k, v in inp.items() if k != "path"},
+        },
         "runs": [],
     }
     try:
         import sentencepiece
+
         result["versions"]["sentencepiece"] = sentencepiece.__version__
     except ImportError:
         pass
@@ -174,14 +219,24 @@ def main(argv=None) -> int:
         for threads in (1, 2):
             if kind == "HuggingFaceTokenizer":
                 for fn in ("encode_batch", "encode_batch_fast"):
-                    r = run_measured([sys.executable, "-c", CEILING, inp["path"], model, fn],
-                                     env={"RAYON_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "true"})
+                    r = run_measured(
+                        [sys.executable, "-c", CEILING, inp["path"], model, fn],
+                        env={"RAYON_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "true"},
+                    )
                     c = json.loads(r["stdout"])
-                    rec = {"what": f"ceiling_{fn}", "threads": threads, "repeat": rep, "seconds": round(c["seconds"], 3),
-                           "cpu_s": round(c["cpu_s"], 3), "mb_per_s": round(inp["bytes"] / c["seconds"] / 1e6, 3),
-                           "mb_per_cpu_s": round(inp["bytes"] / c["cpu_s"] / 1e6, 3), "load_average": r["load_average"],
-                           "docs_per_s": round(c["documents"] / c["seconds"], 1),
-                           "tokens_per_s": round(c["tokens"] / c["seconds"], 1), "peak_rss_mb": r["peak_rss_mb"]}
+                    rec = {
+                        "what": f"ceiling_{fn}",
+                        "threads": threads,
+                        "repeat": rep,
+                        "seconds": round(c["seconds"], 3),
+                        "cpu_s": round(c["cpu_s"], 3),
+                        "mb_per_s": round(inp["bytes"] / c["seconds"] / 1e6, 3),
+                        "mb_per_cpu_s": round(inp["bytes"] / c["cpu_s"] / 1e6, 3),
+                        "load_average": r["load_average"],
+                        "docs_per_s": round(c["documents"] / c["seconds"], 1),
+                        "tokens_per_s": round(c["tokens"] / c["seconds"], 1),
+                        "peak_rss_mb": r["peak_rss_mb"],
+                    }
                     result["runs"].append(rec)
                     print(rec, flush=True)
             r = ours(inp["path"], os.path.join(work, f"ours_w{threads}"), kind, model, threads)
@@ -190,15 +245,24 @@ def main(argv=None) -> int:
             print(rec, flush=True)
             ref_tokens = ref_tokens or r["tokens"]
         if rep == 0:
-            r = run_measured([sys.executable, "-c", BASELINE, inp["path"], model, kind, ROOT,
-                              os.path.join(work, "baseline")])
+            r = run_measured(
+                [sys.executable, "-c", BASELINE, inp["path"], model, kind, ROOT, os.path.join(work, "baseline")]
+            )
             b = json.loads(r["stdout"])
-            rec = {"what": "baseline_per_document", "workers": 1, "repeat": rep,
-                   **figures(r, inp["bytes"], b["documents"], b["tokens"])}
+            rec = {
+                "what": "baseline_per_document",
+                "workers": 1,
+                "repeat": rep,
+                **figures(r, inp["bytes"], b["documents"], b["tokens"]),
+            }
             result["runs"].append(rec)
             print(rec, flush=True)
-            same = all(open(os.path.join(work, f"ours_w{w}_text_document{e}"), "rb").read() ==
-                       open(os.path.join(work, "baseline" + e), "rb").read() for w in (1, 2) for e in (".bin", ".idx"))
+            same = all(
+                open(os.path.join(work, f"ours_w{w}_text_document{e}"), "rb").read()
+                == open(os.path.join(work, "baseline" + e), "rb").read()
+                for w in (1, 2)
+                for e in (".bin", ".idx")
+            )
             result["outputs_identical_w1_w2_baseline"] = same
             print("outputs identical (workers 1, 2, baseline):", same, flush=True)
 
@@ -216,27 +280,36 @@ def main(argv=None) -> int:
         r = ours(big["path"], os.path.join(work, "big"), kind, model, 2)
         result["big_input"] = {"bytes": big["bytes"], "documents": big["documents"], "workers": 2, **r}
         small = [x for x in result["runs"] if x["what"] == "ours" and x["workers"] == 2]
-        result["big_input"]["peak_rss_delta_vs_small_mb"] = round(r["peak_rss_mb"] - max(x["peak_rss_mb"] for x in small), 1)
+        result["big_input"]["peak_rss_delta_vs_small_mb"] = round(
+            r["peak_rss_mb"] - max(x["peak_rss_mb"] for x in small), 1
+        )
         print(result["big_input"], flush=True)
 
     # summary ratios on the best of the repeats
     def best(what, key, val):
         xs = [x for x in result["runs"] if x["what"] == what and x.get(key) == val]
         return max(xs, key=lambda x: x["mb_per_s"]) if xs else None
+
     summary = {}
     for w in (1, 2):
         o = best("ours", "workers", w)
         c = best("ceiling_encode_batch", "threads", w)
         cf = best("ceiling_encode_batch_fast", "threads", w)
-        summary[f"workers_{w}"] = {"ours_mb_per_s": o["mb_per_s"], "ours_mb_per_cpu_s": o["mb_per_cpu_s"],
-                                   "peak_rss_mb": o["peak_rss_mb"]}
+        summary[f"workers_{w}"] = {
+            "ours_mb_per_s": o["mb_per_s"],
+            "ours_mb_per_cpu_s": o["mb_per_cpu_s"],
+            "peak_rss_mb": o["peak_rss_mb"],
+        }
         if c:
             cpu = max(x["mb_per_cpu_s"] for x in result["runs"] if x["what"] == "ceiling_encode_batch")
             summary[f"workers_{w}"].update(
-                ceiling_encode_batch_mb_per_s=c["mb_per_s"], ratio_to_ceiling=round(o["mb_per_s"] / c["mb_per_s"], 3),
+                ceiling_encode_batch_mb_per_s=c["mb_per_s"],
+                ratio_to_ceiling=round(o["mb_per_s"] / c["mb_per_s"], 3),
                 ceiling_encode_batch_fast_mb_per_s=cf["mb_per_s"],
                 ratio_to_fast_ceiling=round(o["mb_per_s"] / cf["mb_per_s"], 3),
-                ceiling_encode_batch_mb_per_cpu_s=cpu, cpu_efficiency_vs_ceiling=round(o["mb_per_cpu_s"] / cpu, 3))
+                ceiling_encode_batch_mb_per_cpu_s=cpu,
+                cpu_efficiency_vs_ceiling=round(o["mb_per_cpu_s"] / cpu, 3),
+            )
     base = best("baseline_per_document", "workers", 1)
     summary["baseline_per_document_mb_per_s"] = base["mb_per_s"]
     summary["speedup_workers_2_vs_baseline"] = round(summary["workers_2"]["ours_mb_per_s"] / base["mb_per_s"], 2)

@@ -6,6 +6,7 @@ on synthetic token batches, reported as tokens/s and MFU (model FLOPs / peak den
 Cases: crystal-1b (the whole 1.3 B model) and crystal-7b-4l (4 layers of the 7B shape: the per-layer
 rate of the 7B model on one GPU). On CPU it runs the tiny preset (a smoke test).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,12 +24,26 @@ from megacrystal.config import load_config  # noqa: E402
 from megacrystal.train.metrics import flops_per_token, peak_flops  # noqa: E402
 
 CASES = {
-    "crystal-1b": ["model.preset=crystal-1b", "data.seq_length=2048", "train.micro_batch_size=4",
-                   "train.global_batch_size=16"],
-    "crystal-7b-4l": ["model.preset=crystal-7b", "model.num_layers=4", "data.seq_length=2048",
-                      "train.micro_batch_size=4", "train.global_batch_size=16"],
-    "crystal-1b-recompute": ["model.preset=crystal-1b", "model.recompute=true", "data.seq_length=2048",
-                             "train.micro_batch_size=8", "train.global_batch_size=32"],
+    "crystal-1b": [
+        "model.preset=crystal-1b",
+        "data.seq_length=2048",
+        "train.micro_batch_size=4",
+        "train.global_batch_size=16",
+    ],
+    "crystal-7b-4l": [
+        "model.preset=crystal-7b",
+        "model.num_layers=4",
+        "data.seq_length=2048",
+        "train.micro_batch_size=4",
+        "train.global_batch_size=16",
+    ],
+    "crystal-1b-recompute": [
+        "model.preset=crystal-1b",
+        "model.recompute=true",
+        "data.seq_length=2048",
+        "train.micro_batch_size=8",
+        "train.global_batch_size=32",
+    ],
     "tiny": ["model.preset=tiny", "data.seq_length=128", "train.micro_batch_size=2", "train.global_batch_size=4"],
 }
 
@@ -37,6 +52,7 @@ def machine() -> dict:
     info = dict(python=sys.version.split()[0], torch=torch.__version__, date=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     try:
         import triton
+
         info["triton"] = triton.__version__
     except ImportError:
         info["triton"] = None
@@ -44,6 +60,7 @@ def machine() -> dict:
         info["device"] = torch.cuda.get_device_name(0)
     else:
         import platform
+
         info["device"] = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     return info
 
@@ -59,13 +76,14 @@ def matmul_tflops(device, n: int = 8192, reps: int = 10) -> float:
     for _ in range(reps):
         a @ b
     torch.cuda.synchronize()
-    return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e12
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e12
 
 
 def run_case(name: str, steps: int, warmup: int) -> dict:
     from megacrystal.parallel.engine import Engine
     from megacrystal.parallel.init import init_distributed
     from megacrystal.parallel.state import destroy
+
     cuda = torch.cuda.is_available()
     overrides = CASES[name] + [f"train.precision={'bf16' if cuda else 'fp32'}"]
     cfg = load_config(None, overrides)
@@ -79,8 +97,12 @@ def run_case(name: str, steps: int, warmup: int) -> dict:
 
         def batch():
             toks = torch.randint(0, v, (t.micro_batch_size, s + 1), generator=g)
-            return dict(tokens=toks[:, :-1].contiguous(), labels=toks[:, 1:].contiguous(),
-                        loss_mask=torch.ones(t.micro_batch_size, s))
+            return dict(
+                tokens=toks[:, :-1].contiguous(),
+                labels=toks[:, 1:].contiguous(),
+                loss_mask=torch.ones(t.micro_batch_size, s),
+            )
+
         mbs = [batch() for _ in range(n_micro)]
         times, losses = [], []
         for i in range(warmup + steps):
@@ -98,11 +120,21 @@ def run_case(name: str, steps: int, warmup: int) -> dict:
         tps = tokens / step_s
         peak, src = peak_flops(device, t.precision)
         mfu = flops_per_token(cfg.model, s) * tps / peak if peak else 0.0
-        res = dict(case=name, overrides=overrides, params=engine.num_parameters(), step_s_median=step_s,
-                   step_s_all=times, tokens_per_step=tokens, tokens_per_s=tps, mfu=mfu, peak_flops=peak,
-                   peak_source=src, losses=losses)
+        res = dict(
+            case=name,
+            overrides=overrides,
+            params=engine.num_parameters(),
+            step_s_median=step_s,
+            step_s_all=times,
+            tokens_per_step=tokens,
+            tokens_per_s=tps,
+            mfu=mfu,
+            peak_flops=peak,
+            peak_source=src,
+            losses=losses,
+        )
         if cuda:
-            res["max_memory_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
+            res["max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
             torch.cuda.reset_peak_memory_stats()
         return res
     finally:
@@ -119,7 +151,9 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     a = ap.parse_args(argv)
-    cases = a.cases.split(",") if a.cases else (["crystal-1b", "crystal-7b-4l"] if torch.cuda.is_available() else ["tiny"])
+    cases = (
+        a.cases.split(",") if a.cases else (["crystal-1b", "crystal-7b-4l"] if torch.cuda.is_available() else ["tiny"])
+    )
     results = []
     for c in cases:
         try:
@@ -130,8 +164,10 @@ def main(argv=None) -> int:
         if "error" in r:
             print(f"{c:22s} ERROR {r['error']}")
         else:
-            print(f"{c:22s} {r['params'] / 1e9:6.2f} B params  step {r['step_s_median'] * 1e3:8.1f} ms  "
-                  f"{r['tokens_per_s']:12,.0f} tok/s  MFU {r['mfu']:.3f}  mem {r.get('max_memory_gib', 0):.1f} GiB")
+            print(
+                f"{c:22s} {r['params'] / 1e9:6.2f} B params  step {r['step_s_median'] * 1e3:8.1f} ms  "
+                f"{r['tokens_per_s']:12,.0f} tok/s  MFU {r['mfu']:.3f}  mem {r.get('max_memory_gib', 0):.1f} GiB"
+            )
     info = machine()
     if torch.cuda.is_available():
         info["matmul_bf16_tflops"] = matmul_tflops(torch.device("cuda"))

@@ -1,23 +1,68 @@
 """Source files as documents: language from the extension, binary and huge files skipped (counted)."""
+
 from __future__ import annotations
 
 import os
 from collections import Counter
-from typing import Optional
 
 # Extension -> language (StarCoderData's language names where they overlap).
 LANGUAGES: dict[str, str] = {
-    ".py": "python", ".pyi": "python", ".c": "c", ".h": "c", ".cc": "c++", ".cpp": "c++", ".cxx": "c++",
-    ".hpp": "c++", ".hh": "c++", ".hxx": "c++", ".cu": "cuda", ".cuh": "cuda", ".java": "java",
-    ".js": "javascript", ".mjs": "javascript", ".cjs": "javascript", ".jsx": "javascript",
-    ".ts": "typescript", ".tsx": "typescript", ".html": "html", ".htm": "html", ".css": "css",
-    ".scss": "scss", ".go": "go", ".rs": "rust", ".rb": "ruby", ".php": "php", ".cs": "c-sharp",
-    ".swift": "swift", ".kt": "kotlin", ".scala": "scala", ".sh": "shell", ".bash": "shell",
-    ".pl": "perl", ".pm": "perl", ".lua": "lua", ".r": "r", ".jl": "julia", ".hs": "haskell",
-    ".ml": "ocaml", ".sql": "sql", ".f90": "fortran", ".f": "fortran", ".m": "matlab",
-    ".tex": "tex", ".md": "markdown", ".rst": "restructuredtext", ".yaml": "yaml", ".yml": "yaml",
-    ".toml": "toml", ".json": "json", ".xml": "xml", ".cmake": "cmake", ".proto": "protobuf",
-    ".txt": "text", ".ipynb": "jupyter",
+    ".py": "python",
+    ".pyi": "python",
+    ".c": "c",
+    ".h": "c",
+    ".cc": "c++",
+    ".cpp": "c++",
+    ".cxx": "c++",
+    ".hpp": "c++",
+    ".hh": "c++",
+    ".hxx": "c++",
+    ".cu": "cuda",
+    ".cuh": "cuda",
+    ".java": "java",
+    ".js": "javascript",
+    ".mjs": "javascript",
+    ".cjs": "javascript",
+    ".jsx": "javascript",
+    ".ts": "typescript",
+    ".tsx": "typescript",
+    ".html": "html",
+    ".htm": "html",
+    ".css": "css",
+    ".scss": "scss",
+    ".go": "go",
+    ".rs": "rust",
+    ".rb": "ruby",
+    ".php": "php",
+    ".cs": "c-sharp",
+    ".swift": "swift",
+    ".kt": "kotlin",
+    ".scala": "scala",
+    ".sh": "shell",
+    ".bash": "shell",
+    ".pl": "perl",
+    ".pm": "perl",
+    ".lua": "lua",
+    ".r": "r",
+    ".jl": "julia",
+    ".hs": "haskell",
+    ".ml": "ocaml",
+    ".sql": "sql",
+    ".f90": "fortran",
+    ".f": "fortran",
+    ".m": "matlab",
+    ".tex": "tex",
+    ".md": "markdown",
+    ".rst": "restructuredtext",
+    ".yaml": "yaml",
+    ".yml": "yaml",
+    ".toml": "toml",
+    ".json": "json",
+    ".xml": "xml",
+    ".cmake": "cmake",
+    ".proto": "protobuf",
+    ".txt": "text",
+    ".ipynb": "jupyter",
 }
 SPECIAL_NAMES = {"makefile": "makefile", "cmakelists.txt": "cmake", "dockerfile": "dockerfile"}
 
@@ -25,15 +70,16 @@ MAX_FILE_BYTES = 1 << 20  # StarCoder-style cap: larger files are skipped as "to
 SNIFF_BYTES = 8192
 
 
-def language_of(path: str) -> Optional[str]:
+def language_of(path: str) -> str | None:
     name = os.path.basename(path).lower()
     if name in SPECIAL_NAMES:
         return SPECIAL_NAMES[name]
     return LANGUAGES.get(os.path.splitext(name)[1])
 
 
-def read_text_file(path: str, stats: Counter, max_bytes: int = MAX_FILE_BYTES,
-                   require_language: bool = False) -> Optional[str]:
+def read_text_file(
+    path: str, stats: Counter, max_bytes: int = MAX_FILE_BYTES, require_language: bool = False
+) -> str | None:
     """The file's text, or None (with the reason counted in `stats`) when it is skipped."""
     if require_language and language_of(path) is None:
         stats["unknown_language"] += 1

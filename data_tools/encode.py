@@ -5,13 +5,14 @@ text of each key in one call (HF `encode_batch_fast`/`encode_batch`, SentencePie
 and pack the id lists into one flat array + lengths in C++ (`_native.pack_ids`, numpy fallback).
 Each worker is one process with one tokenizer thread, so `--workers N` uses N cores.
 """
+
 from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -20,7 +21,7 @@ from .readers import Task, load_task
 
 @dataclass
 class EncodedTask:
-    arrays: dict                     # key -> (flat tokens, int32 lengths)
+    arrays: dict  # key -> (flat tokens, int32 lengths)
     skipped: Counter = field(default_factory=Counter)
     docs: int = 0
     tokens: int = 0
@@ -29,10 +30,10 @@ class EncodedTask:
 
 
 class Encoder:
-    def __init__(self, kind: Optional[str], model: str, keys: Sequence[str], append_eod: bool,
-                 max_file_bytes: int):
+    def __init__(self, kind: str | None, model: str, keys: Sequence[str], append_eod: bool, max_file_bytes: int):
         from megacrystal.data.indexed import token_dtype
         from megacrystal.tokenizer import load_tokenizer
+
         self.tok = load_tokenizer(kind, model)
         self.keys = tuple(keys)
         self.eod = self.tok.eod if append_eod else -1
@@ -41,6 +42,7 @@ class Encoder:
         self._hf = getattr(self.tok, "backend", None)
         self._fast = getattr(self._hf, "encode_batch_fast", None)
         from megacrystal import native
+
         self._native = native.get()
 
     # --- tokenizing
@@ -92,7 +94,7 @@ class Encoder:
             bad |= b
         n = len(texts[self.keys[0]])
         drop = set(bad)
-        if self.eod < 0:   # a document with no tokens and no EOD would be an empty sequence
+        if self.eod < 0:  # a document with no tokens and no EOD would be an empty sequence
             for k in self.keys:
                 drop |= {i for i, d in enumerate(ids[k]) if not d}
         if bad:
@@ -109,10 +111,10 @@ class Encoder:
         return out
 
 
-_worker: Optional[Encoder] = None
+_worker: Encoder | None = None
 
 
-def set_parent_encoder(encoder: Optional[Encoder]) -> None:
+def set_parent_encoder(encoder: Encoder | None) -> None:
     """Forked workers inherit this encoder (no per-worker tokenizer load); spawned ones build their own."""
     global _worker
     _worker = encoder

@@ -12,11 +12,12 @@ A directory holding any corpus shards (jsonl/parquet/txt) is read as shards (pla
 taken for metadata such as summary.json: name or glob such a file to read it); a directory holding
 none is read as a source tree. `fmt="code"` or `fmt="text"` forces every file to that format.
 """
+
 from __future__ import annotations
 
 import glob
 import os
-from typing import Iterable, Union
+from collections.abc import Iterable
 
 JSONL_EXT = (".jsonl", ".json", ".ndjson")
 TEXT_EXT = (".txt", ".md", ".rst", ".text")
@@ -54,7 +55,7 @@ def walk_files(root: str) -> list[str]:
     return sorted(out)
 
 
-def expand_inputs(inputs: Union[str, Iterable[str]], fmt: str = "auto") -> list[tuple[str, str]]:
+def expand_inputs(inputs: str | Iterable[str], fmt: str = "auto") -> list[tuple[str, str]]:
     """[(path, format)] for every file named by `inputs`, in a deterministic (sorted) order."""
     if fmt not in FORMATS:
         raise InputError(f"--input-format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -66,8 +67,11 @@ def expand_inputs(inputs: Union[str, Iterable[str]], fmt: str = "auto") -> list[
         if os.path.isdir(spec):
             files = walk_files(spec)
             if fmt != "auto":
-                out += [(f, fmt if fmt in ("code", "text") else (file_format(f) or fmt)) for f in files
-                        if fmt in ("code", "text") or file_format(f) == fmt]
+                out += [
+                    (f, fmt if fmt in ("code", "text") else (file_format(f) or fmt))
+                    for f in files
+                    if fmt in ("code", "text") or file_format(f) == fmt
+                ]
                 continue
             # plain *.json inside a directory is metadata (e.g. summary.json), not a shard; name it to read it
             shards = [(f, file_format(f)) for f in files if file_format(f) and not f.lower().endswith(".json")]
@@ -83,8 +87,10 @@ def expand_inputs(inputs: Union[str, Iterable[str]], fmt: str = "auto") -> list[
         for p in paths:
             f = fmt if fmt != "auto" else file_format(p)
             if f is None:
-                raise InputError(f"--input {p}: unknown corpus format (expected .jsonl[.gz|.zst], .parquet, "
-                                 f".txt/.md, or --input-format code/text)")
+                raise InputError(
+                    f"--input {p}: unknown corpus format (expected .jsonl[.gz|.zst], .parquet, "
+                    f".txt/.md, or --input-format code/text)"
+                )
             out.append((p, f))
     if not out:
         raise InputError(f"--input {' '.join(map(str, inputs))}: no corpus files found")

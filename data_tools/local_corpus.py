@@ -13,6 +13,7 @@ order so the same machine always gives the same bytes, plus DIR/summary.json:
     code_web.jsonl         HTML/CSS/JS shipped inside installed packages (minified files skipped)
 Each source is capped at `max_mb_per_source` MB of text (0 = no cap); exact duplicates are dropped.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,17 +25,17 @@ import sys
 import sysconfig
 import time
 from collections import Counter
-from typing import Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
 
 from .code_tree import language_of, read_text_file
 from .inputs import walk_files
 
 MAX_FILE_BYTES = 1 << 20
-MINIFIED_LINE = 400   # mean characters per line above which web code counts as minified
+MINIFIED_LINE = 400  # mean characters per line above which web code counts as minified
 MIN_PROSE_CHARS = 200
 SOURCES = ("prose_pydoc", "prose_packages", "prose_sharedoc", "code_python", "code_c", "code_web")
 
-Doc = tuple[str, str, str]   # (text, path, language)
+Doc = tuple[str, str, str]  # (text, path, language)
 
 
 def _pydoc(stats: Counter) -> Iterator[Doc]:
@@ -51,6 +52,7 @@ def _pydoc(stats: Counter) -> Iterator[Doc]:
 
 def _packages(stats: Counter) -> Iterator[Doc]:
     import importlib.metadata as md
+
     seen = {}
     for dist in md.distributions():
         name = (dist.metadata.get("Name") or "").strip()
@@ -128,7 +130,9 @@ def _tree(roots: list[str], accept: Callable[[str], bool], stats: Counter, web: 
 
 def _site_dirs() -> list[str]:
     paths = sysconfig.get_paths()
-    dirs = [paths["purelib"], paths["platlib"]] + [p for p in sys.path if p.endswith(("site-packages", "dist-packages"))]
+    dirs = [paths["purelib"], paths["platlib"]] + [
+        p for p in sys.path if p.endswith(("site-packages", "dist-packages"))
+    ]
     return sorted({os.path.realpath(d) for d in dirs if os.path.isdir(d)})
 
 
@@ -139,6 +143,7 @@ def _stdlib_python(stats: Counter) -> Iterator[Doc]:
     def accept(p: str) -> bool:
         rel = os.path.relpath(p, root).split(os.sep)
         return p.endswith(".py") and not any(part in skip for part in rel[:-1])
+
     return _tree([root], accept, stats)
 
 
@@ -149,12 +154,17 @@ def _headers(stats: Counter) -> Iterator[Doc]:
 def _web(stats: Counter) -> Iterator[Doc]:
     def accept(p: str) -> bool:
         return p.lower().endswith((".html", ".htm", ".css", ".js")) and not p.endswith(".min.js")
+
     return _tree(_site_dirs(), accept, stats, web=True)
 
 
 GATHERERS: dict[str, Callable[[Counter], Iterator[Doc]]] = {
-    "prose_pydoc": _pydoc, "prose_packages": _packages, "prose_sharedoc": _sharedoc,
-    "code_python": _stdlib_python, "code_c": _headers, "code_web": _web,
+    "prose_pydoc": _pydoc,
+    "prose_packages": _packages,
+    "prose_sharedoc": _sharedoc,
+    "code_python": _stdlib_python,
+    "code_c": _headers,
+    "code_web": _web,
 }
 
 
@@ -176,17 +186,24 @@ def _write_source(name: str, out_dir: str, cap_bytes: int) -> dict:
                 capped = True
                 break
             hashes.add(h)
-            f.write(json.dumps({"text": text, "source": name, "path": src_path, "language": lang},
-                               ensure_ascii=False) + "\n")
+            f.write(
+                json.dumps({"text": text, "source": name, "path": src_path, "language": lang}, ensure_ascii=False)
+                + "\n"
+            )
             docs += 1
             size += n
     os.replace(tmp, path)
-    return {"file": os.path.basename(path), "documents": docs, "text_bytes": size, "capped": capped,
-            "skipped": dict(sorted(stats.items())), "empty": docs == 0}
+    return {
+        "file": os.path.basename(path),
+        "documents": docs,
+        "text_bytes": size,
+        "capped": capped,
+        "skipped": dict(sorted(stats.items())),
+        "empty": docs == 0,
+    }
 
 
-def build_local_corpus(out_dir: str, max_mb_per_source: Optional[float] = 4.0,
-                       sources: tuple[str, ...] = SOURCES) -> dict:
+def build_local_corpus(out_dir: str, max_mb_per_source: float | None = 4.0, sources: tuple[str, ...] = SOURCES) -> dict:
     """Gather every source into `out_dir` (see module doc); returns (and writes) the summary."""
     unknown = [s for s in sources if s not in GATHERERS]
     if unknown:
@@ -194,8 +211,12 @@ def build_local_corpus(out_dir: str, max_mb_per_source: Optional[float] = 4.0,
     os.makedirs(out_dir, exist_ok=True)
     cap = int((max_mb_per_source or 0) * (1 << 20))
     t0 = time.time()
-    summary = {"output": os.path.abspath(out_dir), "max_mb_per_source": max_mb_per_source or None,
-               "python": sys.version.split()[0], "sources": {}}
+    summary = {
+        "output": os.path.abspath(out_dir),
+        "max_mb_per_source": max_mb_per_source or None,
+        "python": sys.version.split()[0],
+        "sources": {},
+    }
     for name in sources:
         summary["sources"][name] = _write_source(name, out_dir, cap)
     summary["seconds"] = round(time.time() - t0, 2)
@@ -217,12 +238,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sources", default=",".join(SOURCES), help="comma-separated subset of " + ",".join(SOURCES))
     a = ap.parse_args(argv)
     try:
-        s = build_local_corpus(a.output, None if a.all else a.max_mb_per_source,
-                               tuple(x for x in a.sources.split(",") if x))
+        s = build_local_corpus(
+            a.output, None if a.all else a.max_mb_per_source, tuple(x for x in a.sources.split(",") if x)
+        )
     except (ValueError, OSError) as e:
         print(f"megacrystal local-corpus: {e}", file=sys.stderr)
         return 2
-    for name, src in s["sources"].items():
+    for _name, src in s["sources"].items():
         note = " (capped)" if src["capped"] else (" (EMPTY: nothing found on this machine)" if src["empty"] else "")
         print(f"{src['file']:<24} {src['documents']:>7} docs {src['text_bytes'] / 1e6:8.2f} MB{note}")
     print(f"total {s['documents']} docs, {s['text_bytes'] / 1e6:.2f} MB in {s['seconds']} s -> {s['output']}")

@@ -3,6 +3,7 @@
 Each input is a prefix (P.bin/P.idx), a glob of .idx files, or a directory (every *.idx in it,
 sorted). Same dtype required; the output is written as *.tmp and renamed when complete.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, IndexedFileError) as e:
         print(f"megacrystal merge: {e}", file=sys.stderr)
         return 1
-    print(f"wrote {a.output_prefix}.bin/.idx: {len(prefixes)} inputs, {ds.num_documents} documents, "
-          f"{ds.num_tokens} tokens")
+    print(
+        f"wrote {a.output_prefix}.bin/.idx: {len(prefixes)} inputs, {ds.num_documents} documents, "
+        f"{ds.num_tokens} tokens"
+    )
     return 0
 
 

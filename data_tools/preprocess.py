@@ -13,6 +13,7 @@ summary `{prefix}_summary.json` (docs, tokens, skipped, seconds, throughput).
 `--partitions N` also keeps N contiguous shards `{prefix}_{i}_{key}_document` (as Megatron does)
 and merges them into the same final files.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,9 +23,9 @@ import os
 import sys
 import time
 from collections import Counter, deque
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Optional, Sequence
 
 from megacrystal.data.indexed import IndexedDatasetWriter, merge
 
@@ -49,9 +50,17 @@ def _progress(total_bytes: int, enabled: bool):
         from tqdm import tqdm
     except ImportError:
         return None
-    tqdm.monitor_interval = 0   # no monitor thread: worker processes are forked later
-    return tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1000, desc="preprocess",
-                file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+    tqdm.monitor_interval = 0  # no monitor thread: worker processes are forked later
+    return tqdm(
+        total=total_bytes,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1000,
+        desc="preprocess",
+        file=sys.stderr,
+        dynamic_ncols=True,
+        mininterval=0.5,
+    )
 
 
 class _Writers:
@@ -98,11 +107,21 @@ class _Writers:
         self.open = {}
 
 
-def preprocess(inputs, output_prefix: str, tokenizer_type: Optional[str], tokenizer_model: str,
-               json_keys: Sequence[str] = ("text",), append_eod: bool = False, workers: Optional[int] = None,
-               partitions: int = 1, log_interval: int = 10000, input_format: str = "auto",
-               progress: Optional[bool] = None, chunk_bytes: int = CHUNK_BYTES,
-               max_file_bytes: int = MAX_FILE_BYTES) -> dict:
+def preprocess(
+    inputs,
+    output_prefix: str,
+    tokenizer_type: str | None,
+    tokenizer_model: str,
+    json_keys: Sequence[str] = ("text",),
+    append_eod: bool = False,
+    workers: int | None = None,
+    partitions: int = 1,
+    log_interval: int = 10000,
+    input_format: str = "auto",
+    progress: bool | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
+    max_file_bytes: int = MAX_FILE_BYTES,
+) -> dict:
     """Tokenize `inputs` into `{output_prefix}_{key}_document.bin/.idx`; returns the summary dict."""
     t0 = time.time()
     workers = int(workers or os.cpu_count() or 1)
@@ -115,7 +134,7 @@ def preprocess(inputs, output_prefix: str, tokenizer_type: Optional[str], tokeni
         raise ValueError(f"--json-keys: expected distinct keys, got {keys}")
     files = expand_inputs(inputs, input_format)
     enc_args = (tokenizer_type, tokenizer_model, keys, append_eod, max_file_bytes)
-    encoder = Encoder(*enc_args)   # loads the tokenizer once; forked workers inherit it
+    encoder = Encoder(*enc_args)  # loads the tokenizer once; forked workers inherit it
     dtype = encoder.dtype
     total_bytes = sum(os.path.getsize(p) for p, _ in files) or 1
     parent = os.path.dirname(os.path.abspath(output_prefix))
@@ -139,21 +158,25 @@ def preprocess(inputs, output_prefix: str, tokenizer_type: Optional[str], tokeni
         dt = max(time.time() - t0, 1e-9)
         if bar is not None:
             bar.n = min(r.pos, total_bytes)
-            bar.set_postfix_str(f"{docs / dt:,.0f} docs/s {in_bytes / dt / 1e6:.2f} MB/s "
-                                f"{tokens / dt:,.0f} tok/s", refresh=False)
+            bar.set_postfix_str(
+                f"{docs / dt:,.0f} docs/s {in_bytes / dt / 1e6:.2f} MB/s {tokens / dt:,.0f} tok/s", refresh=False
+            )
             bar.refresh()
         elif log_interval and docs >= next_log:
-            print(f"processed {docs} documents ({docs / dt:,.0f} docs/s, {in_bytes / dt / 1e6:.2f} MB/s, "
-                  f"{tokens / dt:,.0f} tokens/s)", file=sys.stderr)
+            print(
+                f"processed {docs} documents ({docs / dt:,.0f} docs/s, {in_bytes / dt / 1e6:.2f} MB/s, "
+                f"{tokens / dt:,.0f} tokens/s)",
+                file=sys.stderr,
+            )
             next_log = (docs // log_interval + 1) * log_interval
 
     pool = None
     saved_env = {k: os.environ.get(k) for k in ("TOKENIZERS_PARALLELISM", "RAYON_NUM_THREADS")}
     try:
         tasks = iter_tasks(files, chunk_bytes=chunk_bytes)
-        os.environ["TOKENIZERS_PARALLELISM"] = "false"   # one tokenizer thread per process
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one tokenizer thread per process
         if workers == 1:
-            for task in tasks:    # in-process: the same code path as a worker
+            for task in tasks:  # in-process: the same code path as a worker
                 consume(encoder(task))
         else:
             fork = sys.platform.startswith("linux")
@@ -170,8 +193,9 @@ def preprocess(inputs, output_prefix: str, tokenizer_type: Optional[str], tokeni
         writers.finish()
     except BrokenProcessPool as e:
         writers.abort()
-        raise PreprocessError(f"preprocess: a worker process died ({e}); nothing was written to "
-                              f"{output_prefix}_*") from None
+        raise PreprocessError(
+            f"preprocess: a worker process died ({e}); nothing was written to {output_prefix}_*"
+        ) from None
     except BaseException as e:
         writers.abort()
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
@@ -193,13 +217,22 @@ def preprocess(inputs, output_prefix: str, tokenizer_type: Optional[str], tokeni
     summary = {
         "outputs": {k: output_prefix_for(output_prefix, k) for k in keys},
         "partitions": [output_prefix_for(f"{output_prefix}_{p}", k) for p in range(partitions) for k in keys]
-        if partitions > 1 else [],
-        "inputs": [p for p, _ in files], "input_bytes": in_bytes, "documents": docs, "tokens": tokens,
-        "skipped": dict(sorted(stats.items())), "skipped_total": sum(stats.values()),
+        if partitions > 1
+        else [],
+        "inputs": [p for p, _ in files],
+        "input_bytes": in_bytes,
+        "documents": docs,
+        "tokens": tokens,
+        "skipped": dict(sorted(stats.items())),
+        "skipped_total": sum(stats.values()),
         "tokenizer": {"type": encoder.tok.kind, "model": os.path.abspath(tokenizer_model)},
-        "dtype": dtype.name, "append_eod": append_eod,
-        "workers": workers, "seconds": round(seconds, 3), "startup_seconds": round(startup, 3),
-        "docs_per_s": round(docs / seconds, 1), "mb_per_s": round(in_bytes / seconds / 1e6, 3),
+        "dtype": dtype.name,
+        "append_eod": append_eod,
+        "workers": workers,
+        "seconds": round(seconds, 3),
+        "startup_seconds": round(startup, 3),
+        "docs_per_s": round(docs / seconds, 1),
+        "mb_per_s": round(in_bytes / seconds / 1e6, 3),
         "tokens_per_s": round(tokens / seconds, 1),
     }
     tmp = f"{output_prefix}_summary.json.tmp"
@@ -210,13 +243,15 @@ def preprocess(inputs, output_prefix: str, tokenizer_type: Optional[str], tokeni
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="preprocess_data.py",
-                                 description="Tokenize a corpus into Megatron .bin/.idx files (Megatron's flags).")
+    ap = argparse.ArgumentParser(
+        prog="preprocess_data.py", description="Tokenize a corpus into Megatron .bin/.idx files (Megatron's flags)."
+    )
     g = ap.add_argument_group("input data")
     g.add_argument("--input", nargs="+", required=True, help="file(s), glob(s) or directory of shards")
     g.add_argument("--json-keys", nargs="+", default=["text"], help="keys to extract from the json (default: text)")
-    g.add_argument("--input-format", default="auto",
-                   help="auto (by extension), jsonl, jsonl.gz, jsonl.zst, parquet, text or code")
+    g.add_argument(
+        "--input-format", default="auto", help="auto (by extension), jsonl, jsonl.gz, jsonl.zst, parquet, text or code"
+    )
     g = ap.add_argument_group("tokenizer")
     g.add_argument("--tokenizer-type", required=True, choices=["SentencePieceTokenizer", "HuggingFaceTokenizer"])
     g.add_argument("--tokenizer-model", required=True, help="tokenizer.model (SentencePiece) or tokenizer.json (HF)")
@@ -238,21 +273,34 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     if a.split_sentences:
-        print("preprocess: --split-sentences is not supported (GPT-style pretraining uses whole documents)",
-              file=sys.stderr)
+        print(
+            "preprocess: --split-sentences is not supported (GPT-style pretraining uses whole documents)",
+            file=sys.stderr,
+        )
         return 2
     try:
-        s = preprocess(a.input, a.output_prefix, a.tokenizer_type, a.tokenizer_model, json_keys=a.json_keys,
-                       append_eod=a.append_eod, workers=a.workers, partitions=a.partitions,
-                       log_interval=a.log_interval, input_format=a.input_format,
-                       progress=False if a.no_progress else None)
+        s = preprocess(
+            a.input,
+            a.output_prefix,
+            a.tokenizer_type,
+            a.tokenizer_model,
+            json_keys=a.json_keys,
+            append_eod=a.append_eod,
+            workers=a.workers,
+            partitions=a.partitions,
+            log_interval=a.log_interval,
+            input_format=a.input_format,
+            progress=False if a.no_progress else None,
+        )
     except (ValueError, OSError, PreprocessError) as e:
         print(f"preprocess: {e}" if not str(e).startswith("preprocess:") else str(e), file=sys.stderr)
         return 1
     skipped = ", ".join(f"{k} {v}" for k, v in s["skipped"].items()) or "none"
-    print(f"wrote {', '.join(p + '.bin/.idx' for p in s['outputs'].values())}: {s['documents']} documents, "
-          f"{s['tokens']} tokens in {s['seconds']:.2f} s ({s['docs_per_s']:,.0f} docs/s, {s['mb_per_s']:.2f} MB/s); "
-          f"skipped: {skipped}")
+    print(
+        f"wrote {', '.join(p + '.bin/.idx' for p in s['outputs'].values())}: {s['documents']} documents, "
+        f"{s['tokens']} tokens in {s['seconds']:.2f} s ({s['docs_per_s']:,.0f} docs/s, {s['mb_per_s']:.2f} MB/s); "
+        f"skipped: {skipped}"
+    )
     return 0
 
 

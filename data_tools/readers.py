@@ -7,37 +7,39 @@ Reading is split in two steps so preprocessing can spread the work over processe
                               bad lines by reason (invalid_json, missing_key, not_utf8, ...).
 `iter_documents` chains both for plain iteration (tokenizer training, tests).
 """
+
 from __future__ import annotations
 
 import gzip
 import json
 import os
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 from .code_tree import MAX_FILE_BYTES, language_of, read_text_file
 from .inputs import expand_inputs
 
-CHUNK_BYTES = 1 << 20         # jsonl bytes per task
-FILES_PER_TASK = 64           # text/code files per task
-MAX_LINE_BYTES = 512 << 20    # a longer "line" is skipped (never held whole in memory beyond this)
+CHUNK_BYTES = 1 << 20  # jsonl bytes per task
+FILES_PER_TASK = 64  # text/code files per task
+MAX_LINE_BYTES = 512 << 20  # a longer "line" is skipped (never held whole in memory beyond this)
 
 
 @dataclass
 class Task:
-    kind: str                 # "lines" | "parquet" | "files"
-    path: str                 # the file (first file for "files")
-    data: bytes = b""         # "lines": whole lines, each ending in \n (the last one may not)
-    row_group: int = -1       # "parquet"
-    files: list = field(default_factory=list)   # "files": paths
-    fmt: str = ""             # "files": text | code
+    kind: str  # "lines" | "parquet" | "files"
+    path: str  # the file (first file for "files")
+    data: bytes = b""  # "lines": whole lines, each ending in \n (the last one may not)
+    row_group: int = -1  # "parquet"
+    files: list = field(default_factory=list)  # "files": paths
+    fmt: str = ""  # "files": text | code
     skipped: dict = field(default_factory=dict)  # counted while cutting (e.g. line_too_long)
-    in_bytes: int = 0         # input bytes this task stands for (progress)
-    pos: int = 0              # on-disk bytes of all input read up to the end of this task (partitioning)
+    in_bytes: int = 0  # input bytes this task stands for (progress)
+    pos: int = 0  # on-disk bytes of all input read up to the end of this task (partitioning)
 
 
 # --------------------------------------------------------------------------- cutting into tasks
+
 
 def _open_stream(path: str, fmt: str):
     """(decompressed stream, the raw file under it)."""
@@ -46,19 +48,20 @@ def _open_stream(path: str, fmt: str):
         return gzip.GzipFile(fileobj=raw, mode="rb"), raw
     if fmt == "jsonl.zst":
         import zstandard
+
         return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=False), raw
     return raw, raw
 
 
 def _line_tasks(path: str, fmt: str, chunk_bytes: int, base: int) -> Iterator[Task]:
     carry = b""
-    dropping = False   # inside an over-long line: discard until its newline
+    dropping = False  # inside an over-long line: discard until its newline
     f, raw = _open_stream(path, fmt)
     with raw, f:
         while True:
             try:
                 block = f.read(chunk_bytes)
-            except (OSError, EOFError, ValueError) as e:   # corrupt/truncated compressed stream
+            except (OSError, EOFError, ValueError) as e:  # corrupt/truncated compressed stream
                 raise ValueError(f"{path}: cannot decompress ({e})") from None
             if not block:
                 break
@@ -67,7 +70,7 @@ def _line_tasks(path: str, fmt: str, chunk_bytes: int, base: int) -> Iterator[Ta
                 nl = block.find(b"\n")
                 if nl < 0:
                     continue
-                block, dropping = block[nl + 1:], False
+                block, dropping = block[nl + 1 :], False
             cut = block.rfind(b"\n")
             if cut < 0:
                 carry += block
@@ -76,8 +79,8 @@ def _line_tasks(path: str, fmt: str, chunk_bytes: int, base: int) -> Iterator[Ta
                     skipped = {"line_too_long": 1}
                     yield Task("lines", path, b"", skipped=skipped, in_bytes=len(block), pos=base + raw.tell())
                 continue
-            data = carry + block[:cut + 1]
-            carry = block[cut + 1:]
+            data = carry + block[: cut + 1]
+            carry = block[cut + 1 :]
             yield Task("lines", path, data, skipped=skipped, in_bytes=len(block), pos=base + raw.tell())
         end = base + raw.tell()
     if carry and not dropping:
@@ -86,6 +89,7 @@ def _line_tasks(path: str, fmt: str, chunk_bytes: int, base: int) -> Iterator[Ta
 
 def _parquet_tasks(path: str, base: int) -> Iterator[Task]:
     import pyarrow.parquet as pq
+
     try:
         pf = pq.ParquetFile(path)
     except Exception as e:
@@ -93,12 +97,18 @@ def _parquet_tasks(path: str, base: int) -> Iterator[Task]:
     md = pf.metadata
     size = os.path.getsize(path)
     for rg in range(md.num_row_groups):
-        yield Task("parquet", path, row_group=rg, in_bytes=md.row_group(rg).total_byte_size,
-                   pos=base + size * (rg + 1) // md.num_row_groups)
+        yield Task(
+            "parquet",
+            path,
+            row_group=rg,
+            in_bytes=md.row_group(rg).total_byte_size,
+            pos=base + size * (rg + 1) // md.num_row_groups,
+        )
 
 
-def iter_tasks(files: Sequence[tuple[str, str]], chunk_bytes: int = CHUNK_BYTES,
-               files_per_task: int = FILES_PER_TASK) -> Iterator[Task]:
+def iter_tasks(
+    files: Sequence[tuple[str, str]], chunk_bytes: int = CHUNK_BYTES, files_per_task: int = FILES_PER_TASK
+) -> Iterator[Task]:
     """Tasks in input order for [(path, format)] from `expand_inputs`."""
     group: list[str] = []
     group_fmt = ""
@@ -137,6 +147,7 @@ def iter_tasks(files: Sequence[tuple[str, str]], chunk_bytes: int = CHUNK_BYTES,
 
 
 # --------------------------------------------------------------------------- loading one task
+
 
 def _json_lines(task: Task, keys: Sequence[str], out: dict, stats: Counter, meta: list | None) -> None:
     data = task.data
@@ -181,7 +192,7 @@ def _take(keys, values, out: dict, stats: Counter, meta: list | None, meta_obj) 
     if reason:
         stats[reason] += 1
         return
-    for k, v in zip(keys, values):
+    for k, v in zip(keys, values, strict=True):
         out[k].append(v)
     if meta is not None:
         meta.append(meta_obj)
@@ -200,6 +211,7 @@ def _bad_values(values) -> str:
 
 def _parquet(task: Task, keys: Sequence[str], out: dict, stats: Counter, meta: list | None) -> None:
     import pyarrow.parquet as pq
+
     pf = pq.ParquetFile(task.path)
     names = set(pf.schema_arrow.names)
     missing = [k for k in keys if k not in names]
@@ -215,12 +227,11 @@ def _parquet(task: Task, keys: Sequence[str], out: dict, stats: Counter, meta: l
             return
         cols.append(col.to_pylist())
     where = {"path": task.path, "row_group": task.row_group}
-    for values in zip(*cols):
+    for values in zip(*cols, strict=True):
         _take(keys, values, out, stats, meta, where)
 
 
-def _files(task: Task, keys: Sequence[str], out: dict, stats: Counter, meta: list | None,
-           max_file_bytes: int) -> None:
+def _files(task: Task, keys: Sequence[str], out: dict, stats: Counter, meta: list | None, max_file_bytes: int) -> None:
     if len(keys) != 1:
         raise ValueError(f"{task.path}: text/code files hold one field; got --json-keys {' '.join(keys)}")
     for p in task.files:
@@ -232,8 +243,9 @@ def _files(task: Task, keys: Sequence[str], out: dict, stats: Counter, meta: lis
             meta.append({"path": p, "language": language_of(p) if task.fmt == "code" else "text"})
 
 
-def load_task(task: Task, keys: Sequence[str] = ("text",), with_meta: bool = False,
-              max_file_bytes: int = MAX_FILE_BYTES):
+def load_task(
+    task: Task, keys: Sequence[str] = ("text",), with_meta: bool = False, max_file_bytes: int = MAX_FILE_BYTES
+):
     """({key: [texts]}, Counter of skipped reasons[, per-document metadata])."""
     out: dict[str, list[str]] = {k: [] for k in keys}
     stats: Counter = Counter(task.skipped)
@@ -251,8 +263,15 @@ def load_task(task: Task, keys: Sequence[str] = ("text",), with_meta: bool = Fal
 
 # --------------------------------------------------------------------------- plain iteration
 
-def iter_documents(inputs, key: str = "text", fmt: str = "auto", stats: Counter | None = None,
-                   with_meta: bool = False, max_file_bytes: int = MAX_FILE_BYTES):
+
+def iter_documents(
+    inputs,
+    key: str = "text",
+    fmt: str = "auto",
+    stats: Counter | None = None,
+    with_meta: bool = False,
+    max_file_bytes: int = MAX_FILE_BYTES,
+):
     """Yield each document's text (or (text, meta) with `with_meta`) from any corpus input, streaming.
 
     `stats`, when given, accumulates the skipped-line counts by reason.
@@ -261,7 +280,7 @@ def iter_documents(inputs, key: str = "text", fmt: str = "auto", stats: Counter 
     for task in iter_tasks(files):
         if with_meta:
             out, st, meta = load_task(task, (key,), True, max_file_bytes)
-            yield from zip(out[key], meta)
+            yield from zip(out[key], meta, strict=True)
         else:
             out, st = load_task(task, (key,), False, max_file_bytes)
             yield from out[key]

@@ -11,6 +11,7 @@ Megatron's) then keeps newlines. Crystal's specials (CRYSTAL.md §2) follow as u
 (ids 3.. after <unk>=0, <s>=1, </s>=2 (EOD)). Output: DIR/tokenizer.model, DIR/tokenizer.vocab,
 DIR/tokenizer_summary.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,14 +21,14 @@ import random
 import sys
 import time
 from collections import Counter
-from typing import Iterable, Iterator, Optional
+from collections.abc import Iterable, Iterator
 
 from megacrystal.tokenizer import CRYSTAL_SPECIALS
 
 from .readers import iter_documents
 
 NEWLINE = "\n"
-MAX_LINE_CHARS = 4096          # SentencePiece's max_sentence_length is in bytes; longer lines are cut
+MAX_LINE_CHARS = 4096  # SentencePiece's max_sentence_length is in bytes; longer lines are cut
 
 
 def special_symbols() -> list[str]:
@@ -59,15 +60,26 @@ def _sample(lines: Iterator[str], max_lines: int, seed: int) -> list[str]:
     return out
 
 
-def train_tokenizer(inputs, vocab_size: int, out_dir: str, key: str = "text", fmt: str = "auto",
-                    max_lines: int = 2_000_000, seed: int = 1234, threads: Optional[int] = None,
-                    character_coverage: float = 0.9995) -> str:
+def train_tokenizer(
+    inputs,
+    vocab_size: int,
+    out_dir: str,
+    key: str = "text",
+    fmt: str = "auto",
+    max_lines: int = 2_000_000,
+    seed: int = 1234,
+    threads: int | None = None,
+    character_coverage: float = 0.9995,
+) -> str:
     import sentencepiece as spm
+
     specials = special_symbols()
     min_vocab = 3 + 256 + len(specials) + 16
     if vocab_size < min_vocab:
-        raise ValueError(f"--vocab-size: expected at least {min_vocab} (3 control + 256 bytes + "
-                         f"{len(specials)} specials + some merges), got {vocab_size}")
+        raise ValueError(
+            f"--vocab-size: expected at least {min_vocab} (3 control + 256 bytes + "
+            f"{len(specials)} specials + some merges), got {vocab_size}"
+        )
     t0 = time.time()
     stats: Counter = Counter()
     lines = _sample(_lines(iter_documents(inputs, key=key, fmt=fmt, stats=stats), MAX_LINE_CHARS), max_lines, seed)
@@ -77,19 +89,42 @@ def train_tokenizer(inputs, vocab_size: int, out_dir: str, key: str = "text", fm
     prefix = os.path.join(out_dir, "tokenizer")
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(lines), model_prefix=prefix, vocab_size=vocab_size, model_type="bpe",
-            byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
-            add_dummy_prefix=False, allow_whitespace_only_pieces=True, split_digits=True,
-            split_by_whitespace=True, max_sentence_length=4 * MAX_LINE_CHARS + 16,
-            user_defined_symbols=specials, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
-            character_coverage=character_coverage, hard_vocab_limit=False,
-            input_sentence_size=0, shuffle_input_sentence=False,
-            num_threads=threads or os.cpu_count() or 1, minloglevel=2)
+            sentence_iterator=iter(lines),
+            model_prefix=prefix,
+            vocab_size=vocab_size,
+            model_type="bpe",
+            byte_fallback=True,
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            add_dummy_prefix=False,
+            allow_whitespace_only_pieces=True,
+            split_digits=True,
+            split_by_whitespace=True,
+            max_sentence_length=4 * MAX_LINE_CHARS + 16,
+            user_defined_symbols=specials,
+            unk_id=0,
+            bos_id=1,
+            eos_id=2,
+            pad_id=-1,
+            character_coverage=character_coverage,
+            hard_vocab_limit=False,
+            input_sentence_size=0,
+            shuffle_input_sentence=False,
+            num_threads=threads or os.cpu_count() or 1,
+            minloglevel=2,
+        )
     except RuntimeError as e:
         raise ValueError(f"train-tokenizer: SentencePiece refused the settings ({e})") from None
-    summary = {"model": prefix + ".model", "vocab_size": vocab_size, "kind": "SentencePiece BPE, byte fallback",
-               "training_lines": len(lines), "skipped": dict(stats), "specials": specials[1:],
-               "newline_piece": True, "seconds": round(time.time() - t0, 2)}
+    summary = {
+        "model": prefix + ".model",
+        "vocab_size": vocab_size,
+        "kind": "SentencePiece BPE, byte fallback",
+        "training_lines": len(lines),
+        "skipped": dict(stats),
+        "specials": specials[1:],
+        "newline_piece": True,
+        "seconds": round(time.time() - t0, 2),
+    }
     with open(os.path.join(out_dir, "tokenizer_summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     return prefix + ".model"
@@ -106,12 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1234)
     a = ap.parse_args(argv)
     try:
-        path = train_tokenizer(a.input, a.vocab_size, a.output, key=a.json_key, fmt=a.input_format,
-                               max_lines=a.max_lines, seed=a.seed)
+        path = train_tokenizer(
+            a.input, a.vocab_size, a.output, key=a.json_key, fmt=a.input_format, max_lines=a.max_lines, seed=a.seed
+        )
     except (ValueError, OSError) as e:
         print(f"megacrystal train-tokenizer: {e}", file=sys.stderr)
         return 2
     from megacrystal.tokenizer import load_tokenizer
+
     tok = load_tokenizer("SentencePieceTokenizer", path)
     print(f"wrote {path}: vocab {tok.vocab_size}, eod {tok.eod}, {len(tok.special)} Crystal specials")
     return 0

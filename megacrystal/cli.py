@@ -1,5 +1,6 @@
 """`megacrystal <command> ...`: each command lives in its own module, imported only when used
 (so `megacrystal preprocess` never imports torch)."""
+
 from __future__ import annotations
 
 import importlib
@@ -8,17 +9,33 @@ import sys
 # command -> (module, function, one-line help). Each function takes argv (list[str]) and returns an exit code.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("megacrystal.demo", "main", "the README's main job: local corpus -> tokenizer -> indexed data -> train"),
-    "local-corpus": ("data_tools.local_corpus", "main", "gather real text and code on this machine into per-source jsonl"),
-    "train-tokenizer": ("data_tools.train_tokenizer", "main", "train a SentencePiece BPE model with Crystal's special tokens"),
-    "preprocess": ("data_tools.preprocess", "main", "corpus -> Megatron .bin/.idx (same flags as tools/preprocess_data.py)"),
+    "local-corpus": (
+        "data_tools.local_corpus",
+        "main",
+        "gather real text and code on this machine into per-source jsonl",
+    ),
+    "train-tokenizer": (
+        "data_tools.train_tokenizer",
+        "main",
+        "train a SentencePiece BPE model with Crystal's special tokens",
+    ),
+    "preprocess": (
+        "data_tools.preprocess",
+        "main",
+        "corpus -> Megatron .bin/.idx (same flags as tools/preprocess_data.py)",
+    ),
     "merge": ("data_tools.merge", "main", "merge indexed-file shards into one .bin/.idx"),
-    "data-inspect": ("megacrystal.data.inspect", "main", "per phase: samples, tokens, epochs, realised weights, FIM share"),
+    "data-inspect": (
+        "megacrystal.data.inspect",
+        "main",
+        "per phase: samples, tokens, epochs, realised weights, FIM share",
+    ),
     "train": ("megacrystal.train.main", "main", "train a model from a YAML config (+ dotted overrides)"),
     "export-hf": ("megacrystal.hf", "export_main", "checkpoint -> HF directory (crystalcoder or llama layout)"),
     "import-hf": ("megacrystal.hf", "import_main", "HF directory -> checkpoint"),
     "generate": ("megacrystal.generate", "main", "sample text from a checkpoint or HF directory"),
     "plot": ("megacrystal.train.plot", "main", "plot a run's metrics.jsonl"),
-    "plan": ("megacrystal.plan", "main", "memory/throughput plan for a config on N GPUs"),
+    "plan": ("megacrystal.cost_plan", "main", "memory/throughput plan for a config on N GPUs"),
 }
 
 

@@ -7,6 +7,7 @@
 Steps whose outputs exist are reused (delete demo_data/ to rebuild). Extra arguments are config
 overrides for the training step, e.g. `megacrystal demo train.max_steps=20`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,11 @@ SOURCES = ["prose_pydoc", "prose_packages", "prose_sharedoc", "code_python", "co
 
 def demo_config() -> Path:
     here = Path(__file__).resolve().parent
-    for p in (Path.cwd() / "examples" / "demo.yaml", here.parent / "examples" / "demo.yaml",
-              here / "examples" / "demo.yaml"):
+    for p in (
+        Path.cwd() / "examples" / "demo.yaml",
+        here.parent / "examples" / "demo.yaml",
+        here / "examples" / "demo.yaml",
+    ):
         if p.is_file():
             return p
     raise FileNotFoundError("examples/demo.yaml not found (run from the repository root)")
@@ -54,21 +58,58 @@ def main(argv=None) -> int:
         _step("local corpus", ["local-corpus", "--output", str(corpus)])
     tok_model = tok_dir / "tokenizer.model"
     if not tok_model.is_file():
-        _step("tokenizer", ["train-tokenizer", "--input", *[str(corpus / f"{s}.jsonl") for s in SOURCES],
-                            "--vocab-size", str(a.vocab_size), "--output", str(tok_dir)])
+        _step(
+            "tokenizer",
+            [
+                "train-tokenizer",
+                "--input",
+                *[str(corpus / f"{s}.jsonl") for s in SOURCES],
+                "--vocab-size",
+                str(a.vocab_size),
+                "--output",
+                str(tok_dir),
+            ],
+        )
     for s in SOURCES:
         prefix = tokens / s
         if not Path(f"{prefix}_text_document.idx").is_file():
-            _step(f"preprocess {s}", ["preprocess", "--input", str(corpus / f"{s}.jsonl"), "--json-keys", "text",
-                                      "--output-prefix", str(prefix), "--tokenizer-type", "SentencePieceTokenizer",
-                                      "--tokenizer-model", str(tok_model), "--append-eod", "--workers", "2"])
+            _step(
+                f"preprocess {s}",
+                [
+                    "preprocess",
+                    "--input",
+                    str(corpus / f"{s}.jsonl"),
+                    "--json-keys",
+                    "text",
+                    "--output-prefix",
+                    str(prefix),
+                    "--tokenizer-type",
+                    "SentencePieceTokenizer",
+                    "--tokenizer-model",
+                    str(tok_model),
+                    "--append-eod",
+                    "--workers",
+                    "2",
+                ],
+            )
     if a.skip_train:
         return 0
-    _step("train", ["train", "--config", str(demo_config()), f"train.out_dir={a.out_dir}",
-                    f"data.tokenizer_model={tok_model}", *a.overrides])
-    get_logger().info(f"demo: finished; metrics in {a.out_dir}/metrics.jsonl, plot with "
-                      f"`megacrystal plot --run {a.out_dir}`, export with `megacrystal export-hf --checkpoint "
-                      f"{a.out_dir} --format crystalcoder --output hf_demo`")
+    _step(
+        "train",
+        [
+            "train",
+            "--config",
+            str(demo_config()),
+            f"train.out_dir={a.out_dir}",
+            f"data.tokenizer_model={tok_model}",
+            *a.overrides,
+        ],
+    )
+    get_logger().info(
+        f"demo: finished; metrics in {a.out_dir}/metrics.jsonl, plot with "
+        f"`megacrystal plot --run {a.out_dir}`, export with `megacrystal export-hf --checkpoint "
+        f"{a.out_dir} --format crystalcoder --output hf_demo`"
+    )
     return 0
 
 

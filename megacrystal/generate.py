@@ -8,22 +8,25 @@ checking a checkpoint. `--fim PREFIX SUFFIX` (instead of --prompt) builds Crysta
 `<fim_prefix> prefix <fim_suffix> suffix <fim_middle>` and generates the middle. Generation stops at the
 end-of-document token (and, for FIM, at any FIM special token).
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
 from .log import get_logger
 
 
-def load_for_generation(checkpoint: Optional[str] = None, hf: Optional[str] = None, device: str = "cpu",
-                        dtype: Optional[torch.dtype] = None):
+def load_for_generation(
+    checkpoint: str | None = None, hf: str | None = None, device: str = "cpu", dtype: torch.dtype | None = None
+):
     """-> (model in eval mode, its ModelConfig, tokenizer or None)."""
     from .model.serialization import build_model, find_model_dir, load_model, tokenizer_in
     from .tokenizer import load_tokenizer
+
     if (checkpoint is None) == (hf is None):
         raise ValueError("give exactly one of --checkpoint DIR or --hf DIR")
     if checkpoint is not None:
@@ -31,6 +34,7 @@ def load_for_generation(checkpoint: Optional[str] = None, hf: Optional[str] = No
         tok_path = tokenizer_in(find_model_dir(checkpoint))
     else:
         from .hf import hf_to_model
+
         cfg, sd, tok_path = hf_to_model(hf)
     model = build_model(cfg, sd, device=device, dtype=dtype)
     tok = load_tokenizer(None, tok_path) if tok_path else None
@@ -41,15 +45,24 @@ def fim_prompt(tok, prefix: str, suffix: str) -> list[int]:
     """PSM: <fim_prefix> prefix <fim_suffix> suffix <fim_middle>."""
     missing = [n for n in ("fim_prefix", "fim_suffix", "fim_middle") if n not in tok.special]
     if missing:
-        raise ValueError(f"{tok.path}: the tokenizer has no {', '.join('<' + m + '>' for m in missing)} token "
-                         f"(needed for --fim)")
+        raise ValueError(
+            f"{tok.path}: the tokenizer has no {', '.join('<' + m + '>' for m in missing)} token (needed for --fim)"
+        )
     sp = tok.special
     return [sp["fim_prefix"], *tok.encode(prefix), sp["fim_suffix"], *tok.encode(suffix), sp["fim_middle"]]
 
 
 @torch.no_grad()
-def generate_ids(model, prompt: Sequence[int], max_new_tokens: int, greedy: bool = True, temperature: float = 1.0,
-                 top_k: int = 0, stop_ids: Sequence[int] = (), generator: Optional[torch.Generator] = None) -> list[int]:
+def generate_ids(
+    model,
+    prompt: Sequence[int],
+    max_new_tokens: int,
+    greedy: bool = True,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    stop_ids: Sequence[int] = (),
+    generator: torch.Generator | None = None,
+) -> list[int]:
     """New token ids after `prompt` (the stop token, if reached, is not included)."""
     if not prompt:
         raise ValueError("generate: the prompt is empty (nothing to condition on)")
@@ -59,8 +72,8 @@ def generate_ids(model, prompt: Sequence[int], max_new_tokens: int, greedy: bool
     new: list[int] = []
     stops = set(stop_ids)
     for _ in range(max_new_tokens):
-        window = torch.tensor([ids[-cfg.max_seq_len:]], device=device)
-        logits = model(window)[0, -1, :cfg.vocab_size].float()
+        window = torch.tensor([ids[-cfg.max_seq_len :]], device=device)
+        logits = model(window)[0, -1, : cfg.vocab_size].float()
         if greedy:
             nxt = int(logits.argmax())
         else:
@@ -99,12 +112,13 @@ def main(argv: list[str]) -> int:
         return 2
     device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
     try:
-        model, cfg, tok = load_for_generation(a.checkpoint, a.hf, device=device,
-                                              dtype=torch.bfloat16 if device == "cuda" else None)
+        model, cfg, tok = load_for_generation(
+            a.checkpoint, a.hf, device=device, dtype=torch.bfloat16 if device == "cuda" else None
+        )
         if tok is None:
             raise ValueError(f"{a.checkpoint or a.hf}: no tokenizer.json or tokenizer.model next to the model")
         prompt = fim_prompt(tok, *a.fim) if a.fim else tok.encode(a.prompt)
-    except ValueError as e:     # ModelFormatError, HFError, ConfigError are ValueErrors
+    except ValueError as e:  # ModelFormatError, HFError, ConfigError are ValueErrors
         print(f"megacrystal generate: {e}", file=sys.stderr)
         return 1
     stops = [tok.eod] + ([v for k, v in tok.special.items() if k.startswith("fim_")] if a.fim else [])

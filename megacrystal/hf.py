@@ -8,19 +8,28 @@ one as `model/`). The HF side is config.json + safetensors (one file, or shards 
 --max-shard-size) + the tokenizer file and a tokenizer_config.json. Import also reads PyTorch
 `pytorch_model*.bin` files (weights only). Layouts: `model/hf_layouts.py`.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import torch
 
 from .model.hf_layouts import LAYOUTS, LayoutError, from_crystalcoder, from_llama
-from .model.serialization import (ModelFormatError, _atomic_write_bytes, copy_tokenizer, find_model_dir, load_model,
-                                  read_json_object, save_model, save_state_dict, tokenizer_in)
+from .model.serialization import (
+    ModelFormatError,
+    _atomic_write_bytes,
+    copy_tokenizer,
+    find_model_dir,
+    load_model,
+    read_json_object,
+    save_model,
+    save_state_dict,
+    tokenizer_in,
+)
 
 DTYPES = {"keep": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -32,17 +41,20 @@ class HFError(ValueError):
 
 # ----------------------------------------------------------------------------- tokenizer facts
 
-def tokenizer_ids(path: Optional[str]) -> dict:
+
+def tokenizer_ids(path: str | None) -> dict:
     """bos/eos ids and strings of a tokenizer file (HF json or SentencePiece), for config.json."""
     if path is None:
         return {"bos": 1, "eos": 2, "bos_token": None, "eos_token": None}
     from .tokenizer import load_tokenizer
+
     tok = load_tokenizer(None, path)
     if path.endswith(".json"):
         bos = tok.backend.token_to_id("<s>")
         to_str = tok.backend.id_to_token
     else:
         import sentencepiece as spm
+
         sp = spm.SentencePieceProcessor(model_file=path)
         bos = sp.bos_id() if sp.bos_id() >= 0 else None
         to_str = sp.id_to_piece
@@ -51,8 +63,13 @@ def tokenizer_ids(path: Optional[str]) -> dict:
 
 def _tokenizer_config(path: Path, ids: dict, max_len: int) -> dict:
     cls = "PreTrainedTokenizerFast" if path.name == "tokenizer.json" else "LlamaTokenizer"
-    out = {"tokenizer_class": cls, "model_max_length": max_len, "clean_up_tokenization_spaces": False,
-           "add_bos_token": False, "add_eos_token": False}
+    out = {
+        "tokenizer_class": cls,
+        "model_max_length": max_len,
+        "clean_up_tokenization_spaces": False,
+        "add_bos_token": False,
+        "add_eos_token": False,
+    }
     for k in ("bos_token", "eos_token"):
         if ids[k] is not None:
             out[k] = ids[k]
@@ -61,7 +78,8 @@ def _tokenizer_config(path: Path, ids: dict, max_len: int) -> dict:
 
 # ----------------------------------------------------------------------------- HF files
 
-def write_hf(out_dir, conf: dict, tensors: dict, tokenizer_path: Optional[str], max_shard_bytes: int) -> Path:
+
+def write_hf(out_dir, conf: dict, tensors: dict, tokenizer_path: str | None, max_shard_bytes: int) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     shards: list[dict] = [{}]
@@ -83,7 +101,7 @@ def write_hf(out_dir, conf: dict, tensors: dict, tokenizer_path: Optional[str], 
     else:
         names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
         weight_map = {}
-        for name, shard in zip(names, shards):
+        for name, shard in zip(names, shards, strict=True):
             save_state_dict(out / name, shard)
             weight_map.update({k: name for k in shard})
         total = sum(t.numel() * t.element_size() for t in tensors.values())
@@ -97,13 +115,14 @@ def _load_weights_file(path: Path) -> dict:
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
+
             return load_file(str(path))
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
         raise HFError(f"{path}: cannot read weights ({e})") from None
 
 
-def read_hf(hf_dir) -> tuple[dict, dict, Optional[str]]:
+def read_hf(hf_dir) -> tuple[dict, dict, str | None]:
     """-> (config.json as a dict, every tensor by name, the tokenizer file or None)."""
     d = Path(hf_dir)
     conf = read_json_object(d / "config.json", HFError, "expected a Hugging Face model directory")
@@ -147,12 +166,12 @@ def hf_to_model(hf_dir) -> tuple:
 
 # ----------------------------------------------------------------------------- export / import
 
-def _cast(sd: dict, dtype: Optional[torch.dtype]) -> dict:
+
+def _cast(sd: dict, dtype: torch.dtype | None) -> dict:
     return sd if dtype is None else {k: v.to(dtype) for k, v in sd.items()}
 
 
-def export_hf(checkpoint, fmt: str, output, dtype: Optional[torch.dtype] = None,
-              max_shard_bytes: int = 5 * 2 ** 30) -> Path:
+def export_hf(checkpoint, fmt: str, output, dtype: torch.dtype | None = None, max_shard_bytes: int = 5 * 2**30) -> Path:
     if fmt not in LAYOUTS:
         raise HFError(f"--format: expected one of {sorted(LAYOUTS)}, got {fmt!r}")
     cfg, sd = load_model(checkpoint)
@@ -172,13 +191,13 @@ def export_hf(checkpoint, fmt: str, output, dtype: Optional[torch.dtype] = None,
     return write_hf(output, conf, tensors, tok, max_shard_bytes)
 
 
-def import_hf(hf_dir, output, dtype: Optional[torch.dtype] = None) -> Path:
+def import_hf(hf_dir, output, dtype: torch.dtype | None = None) -> Path:
     cfg, sd, tok = hf_to_model(hf_dir)
     return save_model(output, cfg, _cast(sd, dtype), tokenizer_path=tok)
 
 
 def _size(text: str) -> int:
-    units = {"KB": 2 ** 10, "MB": 2 ** 20, "GB": 2 ** 30, "B": 1}
+    units = {"KB": 2**10, "MB": 2**20, "GB": 2**30, "B": 1}
     t = text.strip().upper()
     for u, mult in units.items():
         if t.endswith(u):
@@ -205,7 +224,7 @@ def export_main(argv: list[str]) -> int:
     ap.add_argument("--format", required=True, choices=sorted(LAYOUTS))
     ap.add_argument("--output", required=True)
     ap.add_argument("--dtype", default="keep", choices=sorted(DTYPES))
-    ap.add_argument("--max-shard-size", type=_size, default=5 * 2 ** 30, help="e.g. 5GB (default)")
+    ap.add_argument("--max-shard-size", type=_size, default=5 * 2**30, help="e.g. 5GB (default)")
     a = ap.parse_args(argv)
     return _run(lambda: export_hf(a.checkpoint, a.format, a.output, DTYPES[a.dtype], a.max_shard_size), "export-hf")
 

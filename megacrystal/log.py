@@ -1,4 +1,5 @@
 """Logging: one logger for the package, rank-aware, and one-line notices said once."""
+
 from __future__ import annotations
 
 import logging

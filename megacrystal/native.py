@@ -1,4 +1,5 @@
 """The C++ helpers module, or None (with one log line) when it was not built."""
+
 from __future__ import annotations
 
 from .log import say_once

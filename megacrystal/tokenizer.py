@@ -6,16 +6,32 @@
 Pretraining encodes without BOS (`add_special_tokens=False`). Crystal's special tokens are
 found by name in either spelling (`<fim_prefix>` or `<|fim_prefix|>`). No torch import.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 # CRYSTAL.md §2, ids 32000.. in Crystal's tokenizer, in this order.
 CRYSTAL_SPECIALS = [
-    "fim_prefix", "fim_middle", "fim_suffix", "fim_pad", "filename", "gh_stars", "issue_start",
-    "issue_comment", "issue_closed", "jupyter_start", "jupyter_text", "jupyter_code", "jupyter_output",
-    "empty_output", "commit_before", "commit_msg", "commit_after", "reponame",
+    "fim_prefix",
+    "fim_middle",
+    "fim_suffix",
+    "fim_pad",
+    "filename",
+    "gh_stars",
+    "issue_start",
+    "issue_comment",
+    "issue_closed",
+    "jupyter_start",
+    "jupyter_text",
+    "jupyter_code",
+    "jupyter_output",
+    "empty_output",
+    "commit_before",
+    "commit_msg",
+    "commit_after",
+    "reponame",
 ]
 
 
@@ -25,6 +41,7 @@ def special_spellings(name: str) -> tuple[str, str]:
 
 class Tokenizer:
     """Interface: vocab_size, eod, special (name -> id), encode, encode_batch, decode."""
+
     kind: str = ""
     path: str = ""
     vocab_size: int
@@ -59,6 +76,7 @@ class HFTokenizer(Tokenizer):
 
     def __init__(self, path: str):
         from tokenizers import Tokenizer as _T
+
         self.path = path
         try:
             self._tok = _T.from_file(path)
@@ -94,6 +112,7 @@ class SentencePieceTokenizer(Tokenizer):
 
     def __init__(self, path: str):
         import sentencepiece as spm
+
         self.path = path
         self._sp = spm.SentencePieceProcessor()
         try:
@@ -109,10 +128,11 @@ class SentencePieceTokenizer(Tokenizer):
         def lookup(s):
             i = self._sp.piece_to_id(s)
             return None if i == unk and s != self._sp.id_to_piece(unk) else i
+
         self.special = self._find_specials(lookup)
         self._space_bytes = self._literal_space_bytes()
 
-    def _literal_space_bytes(self) -> Optional[list[int]]:
+    def _literal_space_bytes(self) -> list[int] | None:
         """SentencePiece writes spaces as U+2581 and decodes every U+2581 back to a space, so a literal
         U+2581 in the text would not round-trip. For models without a dummy prefix that have byte
         pieces (ours), encode it as its three UTF-8 byte pieces instead, which decode to U+2581."""
@@ -153,7 +173,7 @@ _SP_SPACE = "\u2581"
 TOKENIZER_TYPES = {"HuggingFaceTokenizer": HFTokenizer, "SentencePieceTokenizer": SentencePieceTokenizer}
 
 
-def load_tokenizer(kind: Optional[str], path: str) -> Tokenizer:
+def load_tokenizer(kind: str | None, path: str) -> Tokenizer:
     """`kind` is a Megatron --tokenizer-type; None guesses from the file name (.json vs .model)."""
     if not path or not os.path.isfile(path):
         raise ValueError(f"{path}: tokenizer model file not found")

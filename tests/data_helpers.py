@@ -1,6 +1,7 @@
 """Shared inputs for the data-tools tests, built once per test session in a temporary directory:
 a small local corpus (real text and code from this machine), a small SentencePiece model and a
 small HF tokenizer.json trained from it -- so coverage never depends on ../shared."""
+
 from __future__ import annotations
 
 import atexit
@@ -17,8 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CRYSTAL_TOKENIZER = ROOT.parent / "shared" / "crystal_tokenizer" / "tokenizer.json"
 if not CRYSTAL_TOKENIZER.is_file():
     CRYSTAL_TOKENIZER = Path("/work/shared/crystal_tokenizer/tokenizer.json")
-needs_crystal = pytest.mark.skipif(not CRYSTAL_TOKENIZER.is_file(),
-                                   reason="Crystal's tokenizer.json (../shared/crystal_tokenizer) is not present")
+needs_crystal = pytest.mark.skipif(
+    not CRYSTAL_TOKENIZER.is_file(), reason="Crystal's tokenizer.json (../shared/crystal_tokenizer) is not present"
+)
 
 
 @functools.lru_cache(None)
@@ -31,6 +33,7 @@ def session_dir() -> Path:
 @functools.lru_cache(None)
 def small_corpus() -> Path:
     from data_tools.local_corpus import build_local_corpus
+
     out = session_dir() / "corpus"
     build_local_corpus(str(out), max_mb_per_source=0.25)
     return out
@@ -39,6 +42,7 @@ def small_corpus() -> Path:
 @functools.lru_cache(None)
 def small_sp_model() -> str:
     from data_tools.train_tokenizer import train_tokenizer
+
     return train_tokenizer(str(small_corpus()), 700, str(session_dir() / "sp"), max_lines=30000)
 
 
@@ -46,12 +50,18 @@ def small_sp_model() -> str:
 def small_hf_model() -> str:
     """A byte-level BPE tokenizer.json trained with `tokenizers` (with </s> as EOD)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
     from data_tools.readers import iter_documents
+
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<unk>", "<s>", "</s>", "<|fim_prefix|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=600,
+        special_tokens=["<unk>", "<s>", "</s>", "<|fim_prefix|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(list(iter_documents(str(small_corpus())))[:200], trainer)
     path = session_dir() / "hf" / "tokenizer.json"
     path.parent.mkdir(exist_ok=True)

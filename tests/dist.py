@@ -6,28 +6,36 @@ Rendezvous goes through a file store in a fresh temporary directory (no port rac
 raises makes the call raise with that rank's traceback; a rank that hangs is killed after `timeout`
 seconds and the call fails -- never a retry.
 """
+
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import pickle
 import tempfile
 import traceback
 from datetime import timedelta
 from pathlib import Path
-import multiprocessing as mp
 
 
 def _child(fn, rank: int, world_size: int, args: tuple, tmp: str, env: dict) -> None:
     os.environ.update(env)
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1")
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+    )
     import torch
     import torch.distributed as dist
+
     torch.set_num_threads(1)
     out = Path(tmp) / f"rank{rank}.pkl"
     try:
-        dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank,
-                                world_size=world_size, timeout=timedelta(seconds=120))
+        dist.init_process_group(
+            "gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=world_size, timeout=timedelta(seconds=120)
+        )
         result = fn(rank, world_size, *args)
         payload = ("ok", result)
     except BaseException:
@@ -39,6 +47,7 @@ def _child(fn, rank: int, world_size: int, args: tuple, tmp: str, env: dict) -> 
                 dist.barrier()
             try:
                 from megacrystal.parallel import state
+
                 state.destroy()
             except ImportError:
                 pass
@@ -52,11 +61,14 @@ def _child(fn, rank: int, world_size: int, args: tuple, tmp: str, env: dict) -> 
 def run_ranks(fn, world_size: int, args: tuple = (), timeout: float = 300.0, env: dict | None = None) -> list:
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="mc-dist-") as tmp:
-        procs = [ctx.Process(target=_child, args=(fn, r, world_size, args, tmp, dict(env or {})), daemon=True)
-                 for r in range(world_size)]
+        procs = [
+            ctx.Process(target=_child, args=(fn, r, world_size, args, tmp, dict(env or {})), daemon=True)
+            for r in range(world_size)
+        ]
         for p in procs:
             p.start()
         import time
+
         deadline = time.monotonic() + timeout
         for p in procs:
             p.join(max(0.0, deadline - time.monotonic()))
@@ -69,8 +81,10 @@ def run_ranks(fn, world_size: int, args: tuple = (), timeout: float = 300.0, env
         for r in range(world_size):
             f = Path(tmp) / f"rank{r}.pkl"
             if not f.exists():
-                errors.append(f"rank {r}: no result (exit code {procs[r].exitcode}"
-                              f"{', killed after timeout' if r in hung else ''})")
+                errors.append(
+                    f"rank {r}: no result (exit code {procs[r].exitcode}"
+                    f"{', killed after timeout' if r in hung else ''})"
+                )
                 results.append(None)
                 continue
             status, value = pickle.loads(f.read_bytes())

@@ -7,6 +7,7 @@ not rotate adds the same number to every score of a query row, and softmax ignor
 gradient is exactly zero and what the backward produces there is rounding noise; Adam (eps 1e-9)
 turns noise into steps of up to lr. Those coordinates are only checked to stay within steps * lr.
 """
+
 from __future__ import annotations
 
 import torch
@@ -17,23 +18,34 @@ from megacrystal.parallel.engine import Engine
 STEPS = 5
 LR = 1e-3
 RTOL = 1e-5
-BASE = ["model.num_layers=4", "model.hidden_size=32", "model.num_heads=4", "model.ffn_hidden_size=64",
-        "model.vocab_size=300", "model.max_seq_len=32", "model.mup_base_width=64", "data.seq_length=16",
-        "train.global_batch_size=8", "train.micro_batch_size=2", "parallel.bucket_size_mb=0.004"]
+BASE = [
+    "model.num_layers=4",
+    "model.hidden_size=32",
+    "model.num_heads=4",
+    "model.ffn_hidden_size=64",
+    "model.vocab_size=300",
+    "model.max_seq_len=32",
+    "model.mup_base_width=64",
+    "data.seq_length=16",
+    "train.global_batch_size=8",
+    "train.micro_batch_size=2",
+    "parallel.bucket_size_mb=0.004",
+]
 
 
 def make_cfg(overrides: list[str]):
     return load_config(None, BASE + list(overrides))
 
 
-def data(steps: int = STEPS, n: int = 8, s: int = 16, vocab: int = 300, seed: int = 0,
-         segments: bool = False) -> list[dict]:
+def data(
+    steps: int = STEPS, n: int = 8, s: int = 16, vocab: int = 300, seed: int = 0, segments: bool = False
+) -> list[dict]:
     g = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(steps):
         t = torch.randint(0, vocab, (n, s + 1), generator=g)
         b = dict(tokens=t[:, :-1], labels=t[:, 1:], loss_mask=(torch.rand(n, s, generator=g) > 0.2).float())
-        if segments:     # two documents per row, cut at a random point: document-masked attention
+        if segments:  # two documents per row, cut at a random point: document-masked attention
             cut = torch.randint(1, s, (n, 1), generator=g)
             pos = torch.arange(s).expand(n, s)
             b["segment_ids"] = (pos >= cut).long()
@@ -44,8 +56,8 @@ def data(steps: int = STEPS, n: int = 8, s: int = 16, vocab: int = 300, seed: in
 
 def split(batch: dict, dp_rank: int, dp: int, micro: int) -> list[dict]:
     n = batch["tokens"].shape[0] // dp
-    mine = {k: v[dp_rank * n:(dp_rank + 1) * n] for k, v in batch.items()}
-    return [{k: v[i:i + micro] for k, v in mine.items()} for i in range(0, n, micro)]
+    mine = {k: v[dp_rank * n : (dp_rank + 1) * n] for k, v in batch.items()}
+    return [{k: v[i : i + micro] for k, v in mine.items()} for i in range(0, n, micro)]
 
 
 def train(overrides: list[str], batches: list[dict]) -> dict:
@@ -54,8 +66,7 @@ def train(overrides: list[str], batches: list[dict]) -> dict:
     engine = Engine(cfg, torch.device("cpu"))
     g = engine.grid
     outs = [engine.train_step(split(b, g.dp_rank, g.dp_size, cfg.train.micro_batch_size), LR) for b in batches]
-    return dict(losses=[o["loss"] for o in outs], norms=[o["grad_norm"] for o in outs],
-                state=engine.full_model_state())
+    return dict(losses=[o["loss"] for o in outs], norms=[o["grad_norm"] for o in outs], state=engine.full_model_state())
 
 
 def run_configs(rank: int, world: int, configs: list[list[str]], batches: list[dict]) -> list[dict]:
@@ -78,10 +89,10 @@ def compare(label: str, ref: dict, got: list[dict], cfg_overrides: list[str]) ->
         if res["losses"] != got[0]["losses"] or res["norms"] != got[0]["norms"]:
             bad.append(f"{label}: rank {r} reports {res['losses']} but rank 0 {got[0]['losses']}")
     res = got[0]
-    for i, (a, b) in enumerate(zip(res["losses"], ref["losses"])):
+    for i, (a, b) in enumerate(zip(res["losses"], ref["losses"], strict=True)):
         if abs(a - b) > RTOL * abs(b):
             bad.append(f"{label}: step {i} loss {a!r} vs serial {b!r}")
-    for i, (a, b) in enumerate(zip(res["norms"], ref["norms"])):
+    for i, (a, b) in enumerate(zip(res["norms"], ref["norms"], strict=True)):
         if abs(a - b) > RTOL * abs(b):
             bad.append(f"{label}: step {i} grad norm {a!r} vs serial {b!r}")
     return bad + state_problems(label, ref["state"], res["state"], make_cfg(cfg_overrides).model)
@@ -116,13 +127,14 @@ def _key_bias_passthrough(cfg, bias: torch.Tensor) -> torch.Tensor:
     d = cfg.head_dim
     group = cfg.num_heads // cfg.num_kv_heads
     mask = torch.zeros(cfg.num_kv_heads, group + 2, d, dtype=torch.bool)
-    mask[:, group, int(d * cfg.rotary_fraction):] = True
+    mask[:, group, int(d * cfg.rotary_fraction) :] = True
     return mask.view(-1)
 
 
 def check_matrix(world: int, configs: list[list[str]], segments: bool = False, steps: int = STEPS) -> None:
     """Run `configs` on `world` gloo ranks (one spawn) and compare each with its serial run."""
     from tests.dist import run_ranks
+
     batches = data(steps=steps, segments=segments)
     results = run_ranks(run_configs, world, (configs, batches), timeout=900)
     refs: dict[tuple, dict] = {}

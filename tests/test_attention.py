@@ -3,8 +3,16 @@ import math
 import pytest
 import torch
 
-from megacrystal.model.attention import (attention, attention_math, attention_sdpa, attention_varlen, cu_seqlens,
-                                         flash_module, select_backend, varlen_math)
+from megacrystal.model.attention import (
+    attention,
+    attention_math,
+    attention_sdpa,
+    attention_varlen,
+    cu_seqlens,
+    flash_module,
+    select_backend,
+    varlen_math,
+)
 
 
 def _qkv(b, s, hq, hk, d, dtype=torch.float32, seed=0):
@@ -32,7 +40,7 @@ def test_sdpa_matches_math(heads, docs, scale):
     b = attention_sdpa(q, k, v, sc, seg)
     gb = torch.autograd.grad(b, (q, k, v), dout)
     torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
-    for x, y in zip(gb, ga):
+    for x, y in zip(gb, ga, strict=True):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
 
 
@@ -61,10 +69,12 @@ def test_varlen_plumbing_matches_masked_attention(heads):
 
     def dense(q, k, v, softmax_scale, causal):
         return attention_math(q, k, v, softmax_scale)
+
     out = attention_varlen(q, k, v, 0.125, seg, dense, varlen_math)
     torch.testing.assert_close(out, attention_math(q, k, v, 0.125, seg), rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(attention_varlen(q, k, v, 0.125, None, dense, varlen_math),
-                               attention_math(q, k, v, 0.125))
+    torch.testing.assert_close(
+        attention_varlen(q, k, v, 0.125, None, dense, varlen_math), attention_math(q, k, v, 0.125)
+    )
 
 
 def test_backend_selection():
@@ -88,13 +98,13 @@ def test_flash_matches_math_on_gpu(docs):
     b = attention_math(q, k, v, 1 / 64, seg)
     gb = torch.autograd.grad(b, (q, k, v), dout)
     torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2)
-    for x, y in zip(ga, gb):
+    for x, y in zip(ga, gb, strict=True):
         torch.testing.assert_close(x.float(), y.float(), rtol=5e-2, atol=5e-2)
 
 
 def test_cu_seqlens_is_recomputed_when_the_ids_change():
     seg = torch.tensor([[0, 0, 1, 1]])
     assert cu_seqlens(seg)[0].tolist() == [0, 2, 4]
-    seg[0, 1] = 1           # in-place edit bumps the version
+    seg[0, 1] = 1  # in-place edit bumps the version
     assert cu_seqlens(seg)[0].tolist() == [0, 1, 4]
     assert cu_seqlens(torch.tensor([[3, 3, 3, 3]]))[0].tolist() == [0, 4]

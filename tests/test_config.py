@@ -12,28 +12,38 @@ def write(tmp_path, text):
 def test_defaults_resolve_from_family_and_preset(tmp_path):
     cfg = load_config(write(tmp_path, "model: {preset: crystal-7b}\ndata: {seq_length: 2048}\n"))
     m = cfg.model
-    assert (m.norm, m.rotary_fraction, m.rotary_interleaved, m.bias, m.tie_embeddings, m.mup) == \
-        ("layernorm", 0.25, True, True, True, True)
+    assert (m.norm, m.rotary_fraction, m.rotary_interleaved, m.bias, m.tie_embeddings, m.mup) == (
+        "layernorm",
+        0.25,
+        True,
+        True,
+        True,
+        True,
+    )
     assert m.width_mult == 0.0625 and m.head_dim == 128
     llama = load_config(None, ["model.family=llama", "model.preset=tiny", "data.seq_length=64"])
     assert (llama.model.norm, llama.model.rotary_fraction, llama.model.bias) == ("rmsnorm", 1.0, False)
 
 
 def test_overrides_and_a_trait_overrides_the_family():
-    cfg = load_config(None, ["model.preset=tiny", "model.norm=rmsnorm", "parallel.tp=2", "train.precision=bf16",
-                             "data.seq_length=64"])
+    cfg = load_config(
+        None, ["model.preset=tiny", "model.norm=rmsnorm", "parallel.tp=2", "train.precision=bf16", "data.seq_length=64"]
+    )
     assert cfg.model.norm == "rmsnorm" and cfg.model.bias is True and cfg.parallel.tp == 2
 
 
-@pytest.mark.parametrize("override, message", [
-    ("model.hiden_size=3", "unknown field 'model.hiden_size'"),
-    ("parallel.tp=two", "parallel.tp: expected an integer"),
-    ("train.precision=fp8", "train.precision: expected one of"),
-    ("parallel.tp=3", "num_heads=4 is not divisible by tp=3"),
-    ("parallel.pp=3", "num_layers=4 is not divisible by pp*vpp=3"),
-    ("parallel.sequence_parallel=true", "sequence_parallel: needs parallel.tp > 1"),
-    ("data.seq_length=4096", "data.seq_length: 4096 exceeds model.max_seq_len=128"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.hiden_size=3", "unknown field 'model.hiden_size'"),
+        ("parallel.tp=two", "parallel.tp: expected an integer"),
+        ("train.precision=fp8", "train.precision: expected one of"),
+        ("parallel.tp=3", "num_heads=4 is not divisible by tp=3"),
+        ("parallel.pp=3", "num_layers=4 is not divisible by pp*vpp=3"),
+        ("parallel.sequence_parallel=true", "sequence_parallel: needs parallel.tp > 1"),
+        ("data.seq_length=4096", "data.seq_length: 4096 exceeds model.max_seq_len=128"),
+    ],
+)
 def test_bad_values_name_the_field(override, message):
     with pytest.raises(ConfigError, match=message.replace("*", r"\*").replace("(", r"\(")):
         load_config(None, ["model.preset=tiny", "data.seq_length=64", override])
@@ -66,8 +76,17 @@ data:
 
 
 def test_world_rules():
-    cfg = load_config(None, ["model.preset=tiny", "data.seq_length=64", "parallel.tp=2", "parallel.pp=2",
-                             "train.global_batch_size=6", "train.micro_batch_size=1"])
+    cfg = load_config(
+        None,
+        [
+            "model.preset=tiny",
+            "data.seq_length=64",
+            "parallel.tp=2",
+            "parallel.pp=2",
+            "train.global_batch_size=6",
+            "train.micro_batch_size=1",
+        ],
+    )
     with pytest.raises(ConfigError, match="world size 6 is not divisible by tp\\*pp=4"):
         validate_world(cfg, 6)
     with pytest.raises(ConfigError, match="global_batch_size: 6 is not divisible by micro_batch_size\\*dp = 1\\*4"):
@@ -76,8 +95,10 @@ def test_world_rules():
 
 
 def test_exponent_without_a_dot_is_a_number(tmp_path):
-    cfg = load_config(write(tmp_path, "model: {preset: tiny}\ndata: {seq_length: 64}\noptim: {eps: 1e-9}\n"),
-                      ["optim.weight_decay=1e-2"])
+    cfg = load_config(
+        write(tmp_path, "model: {preset: tiny}\ndata: {seq_length: 64}\noptim: {eps: 1e-9}\n"),
+        ["optim.weight_decay=1e-2"],
+    )
     assert cfg.optim.eps == 1e-9 and cfg.optim.weight_decay == 0.01
     with pytest.raises(ConfigError, match="optim.eps: expected a number, got 'tiny'"):
         load_config(None, ["optim.eps=tiny"])

@@ -1,4 +1,5 @@
 """The README's main job, shortened: `megacrystal demo` from an empty directory."""
+
 import json
 
 from megacrystal.cli import main

@@ -1,6 +1,7 @@
 """Zero padding of the FFN inner size (and the vocabulary), through one mechanism (model/padding.py):
 padded sizes, exactness against an unpadded model, padding that stays zero through training (serial
 and tensor-parallel), and moving weights between layouts (consolidated state, model files)."""
+
 import pytest
 import torch
 
@@ -54,7 +55,7 @@ class _Unpadded(SerialLayers):
 
 @pytest.mark.parametrize("family", ["crystal", "llama"])
 def test_odd_ffn_gives_the_loss_and_gradients_of_the_unpadded_model(family):
-    cfg = ModelConfig(preset="tiny", family=family, num_layers=2).resolve()      # ffn 172 -> 192
+    cfg = ModelConfig(preset="tiny", family=family, num_layers=2).resolve()  # ffn 172 -> 192
     padded = Transformer(cfg)
     init_parameters(padded, cfg, seed=4)
     assert padded.layers["0"].mlp.up.weight.shape == (192, 64)
@@ -96,7 +97,7 @@ def _train_and_check_padding(overrides: list[str], steps: int = 3):
 
 
 def test_padding_stays_zero_through_training_serial():
-    e, padded = _train_and_check_padding(["model.ffn_hidden_size=66"])     # 66 -> 128, vocab 300 -> 320
+    e, padded = _train_and_check_padding(["model.ffn_hidden_size=66"])  # 66 -> 128, vocab 300 -> 320
     h, L = 32, 4
     assert padded == L * (3 * 62 * h + 2 * 62) + 20 * h
     assert e.num_parameters() == count_parameters(e.cfg.model)
@@ -104,7 +105,8 @@ def test_padding_stays_zero_through_training_serial():
 
 def _tp_rank(rank, world, out_dir):
     from megacrystal.train.checkpoint import save_checkpoint
-    e, padded = _train_and_check_padding(["parallel.tp=2", "model.ffn_hidden_size=130"])   # tp2: 130 -> 256
+
+    e, padded = _train_and_check_padding(["parallel.tp=2", "model.ffn_hidden_size=130"])  # tp2: 130 -> 256
     local = dict(e.chunks[0].named_parameters())["layers.0.mlp.up.weight"].shape
     batch = split(data(steps=1, seed=9)[0], 0, 1, 2)
     loss = e.eval_loss(batch)
@@ -118,7 +120,7 @@ def test_tp2_padding_stays_zero_and_its_checkpoint_loads_serially(tmp_path):
     # rank 0 holds FFN rows/columns 0..127 and vocabulary rows 0..191 (of 384): all real
     assert [r["padded"] for r in res] == [0, 4 * (3 * 126 * 32 + 2 * 126) + 84 * 32]
     state = res[0]["state"]
-    assert state["layers.0.mlp.up.weight"].shape == (192, 32)              # consolidated: serial padding
+    assert state["layers.0.mlp.up.weight"].shape == (192, 32)  # consolidated: serial padding
     assert state["layers.0.mlp.down.weight"].shape == (32, 192)
     cfg, sd = load_model(tmp_path / "checkpoints")
     assert all(torch.equal(sd[k], v) for k, v in state.items())
@@ -146,7 +148,8 @@ def test_model_files_accept_any_zero_padding_and_reject_values_in_it(tmp_path):
     bad = dict(sd)
     bad["layers.0.mlp.down.weight"] = sd["layers.0.mlp.down.weight"].clone()
     bad["layers.0.mlp.down.weight"][:, 180] = 1.0
-    with pytest.raises(ModelFormatError, match="layers.0.mlp.down.weight.*non-zero values beyond its true "
-                                               "shape \\(64, 172\\)"):
+    with pytest.raises(
+        ModelFormatError, match="layers.0.mlp.down.weight.*non-zero values beyond its true shape \\(64, 172\\)"
+    ):
         save_model(tmp_path / "bad", cfg, bad)
     assert not (tmp_path / "bad" / "model.safetensors").exists()

@@ -1,4 +1,5 @@
 """`megacrystal generate` on a tiny model that has memorised two documents (one in FIM layout)."""
+
 import pytest
 import torch
 
@@ -17,8 +18,7 @@ PREFIX, MIDDLE, SUFFIX = "for i in range(10):\n", "    print(i * i)", "\n"
 def memorised(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gen")
     tok = load_tokenizer(None, make_tokenizer(tmp / "tok.json"))
-    docs = [tok.encode(CODE) + [tok.eod],
-            fim_prompt(tok, PREFIX, SUFFIX) + tok.encode(MIDDLE) + [tok.eod]]
+    docs = [tok.encode(CODE) + [tok.eod], fim_prompt(tok, PREFIX, SUFFIX) + tok.encode(MIDDLE) + [tok.eod]]
     cfg, model = tiny_model(seed=0, vocab_size=tok.vocab_size)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -41,8 +41,12 @@ def test_greedy_continues_the_memorised_text(memorised, capsys):
     prompt = tok.encode("def add(a, b):")
     new = generate_ids(model, prompt, 40, greedy=True, stop_ids=[tok.eod])
     assert tok.decode(prompt + new) == CODE
-    assert cli.main(["generate", "--checkpoint", str(ckpt), "--prompt", "def add(a, b):", "--greedy",
-                     "--max-new-tokens", "40"]) == 0
+    assert (
+        cli.main(
+            ["generate", "--checkpoint", str(ckpt), "--prompt", "def add(a, b):", "--greedy", "--max-new-tokens", "40"]
+        )
+        == 0
+    )
     assert capsys.readouterr().out == CODE + "\n"
     hf = export_hf(ckpt, "crystalcoder", tmp / "hf")
     assert cli.main(["generate", "--hf", str(hf), "--prompt", "def add(a, b):", "--greedy"]) == 0

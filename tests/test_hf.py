@@ -15,9 +15,27 @@ from megacrystal.model.serialization import ModelFormatError, build_model, load_
 from tests.model_util import make_tokenizer, tiny_model
 
 SHARED = Path("/work/shared/crystal_tokenizer")
-ARCH_FIELDS = ("family", "num_layers", "hidden_size", "num_heads", "num_kv_heads", "ffn_hidden_size", "vocab_size",
-               "max_seq_len", "norm", "norm_eps", "rotary_fraction", "rotary_interleaved", "rotary_base", "bias",
-               "tie_embeddings", "mup", "mup_embeddings_scale", "mup_output_alpha", "mup_scale_qk_dot_by_d")
+ARCH_FIELDS = (
+    "family",
+    "num_layers",
+    "hidden_size",
+    "num_heads",
+    "num_kv_heads",
+    "ffn_hidden_size",
+    "vocab_size",
+    "max_seq_len",
+    "norm",
+    "norm_eps",
+    "rotary_fraction",
+    "rotary_interleaved",
+    "rotary_base",
+    "bias",
+    "tie_embeddings",
+    "mup",
+    "mup_embeddings_scale",
+    "mup_output_alpha",
+    "mup_scale_qk_dot_by_d",
+)
 
 
 def _saved(tmp_path, seed=0, with_tokenizer=True, **overrides):
@@ -35,9 +53,11 @@ def _arch(cfg):
 
 # ----------------------------------------------------------------------------- CrystalCoder layout
 
+
 @pytest.mark.skipif(not (SHARED / "config.json").is_file(), reason="released CrystalCoder config not present")
 def test_crystal_7b_config_is_the_released_config():
     from megacrystal.hf import tokenizer_ids
+
     ids = tokenizer_ids(str(SHARED / "tokenizer.json"))
     ours = crystalcoder_config(ModelConfig(preset="crystal-7b").resolve(), ids["bos"], ids["eos"])
     assert ours == json.loads((SHARED / "config.json").read_text())
@@ -51,12 +71,24 @@ def test_crystalcoder_export_layout(tmp_path):
     want = {"transformer.wte.weight": (v, h), "transformer.ln_f.weight": (h,), "transformer.ln_f.bias": (h,)}
     for i in range(L):
         p = f"transformer.h.{i}."
-        want.update({p + "ln_1.weight": (h,), p + "ln_1.bias": (h,), p + "ln_2.weight": (h,), p + "ln_2.bias": (h,),
-                     p + "attn.c_attn.weight": (h, 3 * h), p + "attn.c_attn.bias": (3 * h,),
-                     p + "attn.c_proj.weight": (h, h), p + "attn.c_proj.bias": (h,),
-                     p + "mlp.c_fc.weight": (h, f), p + "mlp.c_fc.bias": (f,),
-                     p + "mlp.c_fc2.weight": (h, f), p + "mlp.c_fc2.bias": (f,),
-                     p + "mlp.c_proj.weight": (f, h), p + "mlp.c_proj.bias": (h,)})
+        want.update(
+            {
+                p + "ln_1.weight": (h,),
+                p + "ln_1.bias": (h,),
+                p + "ln_2.weight": (h,),
+                p + "ln_2.bias": (h,),
+                p + "attn.c_attn.weight": (h, 3 * h),
+                p + "attn.c_attn.bias": (3 * h,),
+                p + "attn.c_proj.weight": (h, h),
+                p + "attn.c_proj.bias": (h,),
+                p + "mlp.c_fc.weight": (h, f),
+                p + "mlp.c_fc.bias": (f,),
+                p + "mlp.c_fc2.weight": (h, f),
+                p + "mlp.c_fc2.bias": (f,),
+                p + "mlp.c_proj.weight": (f, h),
+                p + "mlp.c_proj.bias": (h,),
+            }
+        )
     assert {k: tuple(t.shape) for k, t in w.items()} == want
     conf = json.loads((out / "config.json").read_text())
     if (SHARED / "config.json").is_file():
@@ -90,7 +122,7 @@ def crystalcoder_reference_logits(hf_dir: Path, ids: torch.Tensor) -> torch.Tens
 
     pos = torch.arange(T, dtype=torch.float64)
     theta = 1.0 / 10000 ** (torch.arange(0, rot, 2, dtype=torch.float64) / rot)
-    ang = (pos[:, None] * theta[None]).repeat_interleave(2, dim=-1)          # sin/cos repeated pairwise
+    ang = (pos[:, None] * theta[None]).repeat_interleave(2, dim=-1)  # sin/cos repeated pairwise
     sin, cos = ang.sin().float()[None, :, None], ang.cos().float()[None, :, None]
 
     def rotate_every_two(x):
@@ -125,21 +157,25 @@ def test_crystalcoder_export_matches_independent_forward(tmp_path, overrides):
     out = export_hf(ckpt, "crystalcoder", tmp_path / "hf")
     ids = torch.randint(0, cfg.vocab_size, (2, 17), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        ours = model(ids)[..., :cfg.vocab_size]
+        ours = model(ids)[..., : cfg.vocab_size]
         ref = crystalcoder_reference_logits(out, ids)
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- round trips
 
-@pytest.mark.parametrize("fmt,overrides", [
-    ("crystalcoder", {}),
-    ("llama", {"family": "llama", "num_kv_heads": 2}),
-    ("llama", {"family": "llama", "tie_embeddings": True, "bias": True}),
-])
+
+@pytest.mark.parametrize(
+    "fmt,overrides",
+    [
+        ("crystalcoder", {}),
+        ("llama", {"family": "llama", "num_kv_heads": 2}),
+        ("llama", {"family": "llama", "tie_embeddings": True, "bias": True}),
+    ],
+)
 def test_export_import_round_trip_is_bit_exact(tmp_path, fmt, overrides):
     cfg, model, ckpt = _saved(tmp_path, seed=2, **overrides)
-    hf = export_hf(ckpt, fmt, tmp_path / "hf", max_shard_bytes=100_000)     # several shards + index
+    hf = export_hf(ckpt, fmt, tmp_path / "hf", max_shard_bytes=100_000)  # several shards + index
     assert (hf / "model.safetensors.index.json").is_file()
     back = import_hf(hf, tmp_path / "back")
     cfg2, sd2 = load_model(back)
@@ -153,32 +189,42 @@ def test_export_import_round_trip_is_bit_exact(tmp_path, fmt, overrides):
 
 # ----------------------------------------------------------------------------- LLaMA parity
 
-@pytest.mark.parametrize("overrides", [
-    {"family": "llama", "num_kv_heads": 2},
-    {"family": "llama", "rotary_interleaved": True, "tie_embeddings": True, "bias": True},
-])
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"family": "llama", "num_kv_heads": 2},
+        {"family": "llama", "rotary_interleaved": True, "tie_embeddings": True, "bias": True},
+    ],
+)
 def test_llama_export_logits_match_transformers(tmp_path, overrides):
     transformers = pytest.importorskip("transformers")
     cfg, model, ckpt = _saved(tmp_path, seed=3, with_tokenizer=False, **overrides)
     out = export_hf(ckpt, "llama", tmp_path / "hf")
-    hf = transformers.LlamaForCausalLM.from_pretrained(str(out), dtype=torch.float32,
-                                                       attn_implementation="eager").eval()
+    hf = transformers.LlamaForCausalLM.from_pretrained(
+        str(out), dtype=torch.float32, attn_implementation="eager"
+    ).eval()
     ids = torch.randint(0, cfg.vocab_size, (2, 19), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         theirs = hf(input_ids=ids).logits
-        ours = model(ids)[..., :cfg.vocab_size]
+        ours = model(ids)[..., : cfg.vocab_size]
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- errors
+
 
 def test_bad_requests_give_one_line_errors(tmp_path, capsys):
     cfg, model, ckpt = _saved(tmp_path, with_tokenizer=False)
     with pytest.raises(HFError, match="--format llama: LlamaForCausalLM uses RMSNorm"):
         export_hf(ckpt, "llama", tmp_path / "x")
     assert not (tmp_path / "x").exists()
-    assert cli.main(["export-hf", "--checkpoint", str(tmp_path / "nope"), "--format", "llama",
-                     "--output", str(tmp_path / "y")]) == 1
+    assert (
+        cli.main(
+            ["export-hf", "--checkpoint", str(tmp_path / "nope"), "--format", "llama", "--output", str(tmp_path / "y")]
+        )
+        == 1
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "nope" in err
     hf = export_hf(ckpt, "crystalcoder", tmp_path / "hf")
@@ -190,6 +236,7 @@ def test_bad_requests_give_one_line_errors(tmp_path, capsys):
     w = load_file(str(hf / "model.safetensors"))
     del w["transformer.h.1.mlp.c_fc2.bias"]
     from safetensors.torch import save_file
+
     save_file(w, str(hf / "model.safetensors"))
     with pytest.raises(HFError, match="missing tensor 'transformer.h.1.mlp.c_fc2.bias'"):
         import_hf(hf, tmp_path / "z")
@@ -236,9 +283,17 @@ def test_export_finds_the_model_in_a_training_run(tmp_path):
 
 def test_import_of_a_llama_written_by_transformers(tmp_path):
     transformers = pytest.importorskip("transformers")
-    conf = transformers.LlamaConfig(vocab_size=500, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                    rms_norm_eps=1e-5, tie_word_embeddings=False)
+    conf = transformers.LlamaConfig(
+        vocab_size=500,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(0)
     hf_model = transformers.LlamaForCausalLM(conf).eval()
     with torch.no_grad():

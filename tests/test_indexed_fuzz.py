@@ -1,9 +1,11 @@
 """Corrupt index/data files: every problem is an IndexedFileError naming the file, never another crash."""
+
 import struct
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from megacrystal.data.indexed import HEADER_SIZE, IndexedDataset, IndexedFileError, write_documents
 
@@ -55,18 +57,21 @@ def test_flipped_bytes_in_index(tmp_path, docs, data):
         raw[pos] ^= data.draw(st.integers(1, 255))
     open(prefix + ".idx", "wb").write(bytes(raw))
     ds = _open_and_read_all(prefix)
-    if ds is not None:   # a flip that kept every invariant (e.g. inside the document index) is still a valid file
+    if ds is not None:  # a flip that kept every invariant (e.g. inside the document index) is still a valid file
         assert ds.num_tokens * 2 == len(open(prefix + ".bin", "rb").read())
 
 
-@pytest.mark.parametrize("field,value,match", [
-    (slice(0, 9), b"MMIDIDY\x00\x00", "bad magic"),
-    (slice(9, 17), struct.pack("<Q", 2), "version 2"),
-    (slice(17, 18), bytes([9]), "dtype code 9"),
-    (slice(17, 18), bytes([4]), "pointers|size"),        # int32: the pointers no longer agree
-    (slice(18, 26), struct.pack("<Q", 7), "does not match"),
-    (slice(26, 34), struct.pack("<Q", 1), "does not match"),
-])
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        (slice(0, 9), b"MMIDIDY\x00\x00", "bad magic"),
+        (slice(9, 17), struct.pack("<Q", 2), "version 2"),
+        (slice(17, 18), bytes([9]), "dtype code 9"),
+        (slice(17, 18), bytes([4]), "pointers|size"),  # int32: the pointers no longer agree
+        (slice(18, 26), struct.pack("<Q", 7), "does not match"),
+        (slice(26, 34), struct.pack("<Q", 1), "does not match"),
+    ],
+)
 def test_bad_header_fields(tmp_path, field, value, match):
     prefix = _write(tmp_path, [[1, 2, 3], [4, 5]])
     raw = bytearray(open(prefix + ".idx", "rb").read())
@@ -80,8 +85,8 @@ def test_bad_header_fields(tmp_path, field, value, match):
 def test_lengths_disagreeing_with_pointers_and_missing_files(tmp_path):
     prefix = _write(tmp_path, [[1, 2, 3], [4, 5], [6]])
     raw = bytearray(open(prefix + ".idx", "rb").read())
-    raw[HEADER_SIZE:HEADER_SIZE + 4] = struct.pack("<i", 2)   # first length 3 -> 2
-    raw[HEADER_SIZE + 8:HEADER_SIZE + 12] = struct.pack("<i", 3)   # keep the token total
+    raw[HEADER_SIZE : HEADER_SIZE + 4] = struct.pack("<i", 2)  # first length 3 -> 2
+    raw[HEADER_SIZE + 8 : HEADER_SIZE + 12] = struct.pack("<i", 3)  # keep the token total
     open(prefix + ".idx", "wb").write(bytes(raw))
     with pytest.raises(IndexedFileError, match="pointers"):
         IndexedDataset(prefix)

@@ -1,4 +1,5 @@
 """Round trip with megatron-core's own reader and writer (a dev-only test dependency)."""
+
 import numpy as np
 import pytest
 
@@ -14,7 +15,7 @@ def test_megatron_reads_ours(tmp_path):
     with IndexedDatasetWriter(tmp_path / "ours", dtype=np.uint16) as w:
         w.add_documents(np.concatenate([np.array(d) for d in DOCS[:3]]), [len(d) for d in DOCS[:3]])
         w.add_document(DOCS[3])
-        w.add_document(DOCS[4][:10] + DOCS[4][10:], lengths=[10, 7])   # one document, two sequences
+        w.add_document(DOCS[4][:10] + DOCS[4][10:], lengths=[10, 7])  # one document, two sequences
     theirs = mi.IndexedDataset(str(tmp_path / "ours"), mmap=True)
     seqs = DOCS[:4] + [DOCS[4][:10], DOCS[4][10:]]
     assert len(theirs) == len(seqs)

@@ -10,7 +10,7 @@ def test_every_source_file_is_written_with_labelled_lines():
     assert set(summary["sources"]) == set(SOURCES)
     for name in SOURCES:
         path = d / f"{name}.jsonl"
-        assert path.is_file(), name           # written even when the source is empty here
+        assert path.is_file(), name  # written even when the source is empty here
         lines = path.read_text(encoding="utf-8").splitlines()
         assert len(lines) == summary["sources"][name]["documents"]
         for line in lines:
@@ -26,8 +26,19 @@ def test_every_source_file_is_written_with_labelled_lines():
 
 def test_deterministic_and_cli(tmp_path, capsys):
     build_local_corpus(str(tmp_path / "a"), 0.05, sources=("prose_pydoc", "code_python", "code_web"))
-    assert main(["--output", str(tmp_path / "b"), "--max-mb-per-source", "0.05",
-                 "--sources", "prose_pydoc,code_python,code_web"]) == 0
+    assert (
+        main(
+            [
+                "--output",
+                str(tmp_path / "b"),
+                "--max-mb-per-source",
+                "0.05",
+                "--sources",
+                "prose_pydoc,code_python,code_web",
+            ]
+        )
+        == 0
+    )
     assert "prose_pydoc.jsonl" in capsys.readouterr().out
     for name in ("prose_pydoc", "code_python", "code_web"):
         assert (tmp_path / "a" / f"{name}.jsonl").read_bytes() == (tmp_path / "b" / f"{name}.jsonl").read_bytes()

@@ -1,5 +1,3 @@
-import math
-
 import pytest
 import torch
 
@@ -14,7 +12,7 @@ def test_forward_backward_and_param_count(family):
     cfg = ModelConfig(family=family, preset="tiny").resolve()
     m = Transformer(cfg)
     init_parameters(m, cfg, seed=3)
-    assert sum(true_numel(p) for p in m.parameters()) == count_parameters(cfg)   # padding not counted
+    assert sum(true_numel(p) for p in m.parameters()) == count_parameters(cfg)  # padding not counted
     x = torch.randint(0, cfg.vocab_size, (2, 16))
     loss = m(x, labels=x.roll(-1, 1))
     assert loss.shape == (2, 16) and torch.isfinite(loss).all()
@@ -67,6 +65,6 @@ def test_segment_ids_mask_attention_only_with_document_mask():
         m = Transformer(cfg)
         init_parameters(m, cfg, seed=1)
         outs[mask] = (m(x, segment_ids=seg), m(x))
-    torch.testing.assert_close(outs[False][0], outs[False][1], rtol=0, atol=0)   # ignored
-    assert not torch.allclose(outs[True][0][:, 5:], outs[True][1][:, 5:])         # masked
-    torch.testing.assert_close(outs[True][0][:, :5], outs[True][1][:, :5])        # first document unchanged
+    torch.testing.assert_close(outs[False][0], outs[False][1], rtol=0, atol=0)  # ignored
+    assert not torch.allclose(outs[True][0][:, 5:], outs[True][1][:, 5:])  # masked
+    torch.testing.assert_close(outs[True][0][:, :5], outs[True][1][:, :5])  # first document unchanged

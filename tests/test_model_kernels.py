@@ -1,5 +1,6 @@
 """The whole model with the Triton kernels (compiled on a GPU, interpreted on CPU) against the torch
 reference ops: same loss and gradients."""
+
 import pytest
 import torch
 
@@ -15,8 +16,15 @@ def test_triton_model_matches_torch_model(family, extra):
     losses, grads = {}, {}
     x = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(0)).to(DEVICE)
     for kernels in ("torch", "triton"):
-        cfg = ModelConfig(family=family, preset="tiny", num_layers=2, vocab_size=1000, kernels=kernels,
-                          attention_backend="math", **extra).resolve()
+        cfg = ModelConfig(
+            family=family,
+            preset="tiny",
+            num_layers=2,
+            vocab_size=1000,
+            kernels=kernels,
+            attention_backend="math",
+            **extra,
+        ).resolve()
         m = Transformer(cfg).to(DEVICE)
         init_parameters(m, cfg, seed=1)
         loss = m(x, labels=x.roll(-1, 1))

@@ -11,6 +11,7 @@ from tests.ops_util import DEVICE, DTYPES, close, need_triton
 def test_norm_matches_reference(shape, rms, bias, dtype):
     need_triton()
     from megacrystal.ops.triton_norm import norm_triton
+
     g = torch.Generator().manual_seed(hash((shape, rms, bias)) % 1000)
     n = shape[-1]
     x = (torch.randn(shape, generator=g) * 2 + 0.5).to(DEVICE, dtype).requires_grad_()
@@ -28,14 +29,15 @@ def test_norm_matches_reference(shape, rms, bias, dtype):
     close(y, y_ref, dtype)
     close(grads[0], grads_ref[0], dtype)
     rows = x.numel() // n  # weight/bias grads are sums over rows
-    for got, want in zip(grads[1:], grads_ref[1:]):
+    for got, want in zip(grads[1:], grads_ref[1:], strict=True):
         assert got.dtype == dtype
-        close(got, want, dtype, scale=max(1.0, rows ** 0.5))
+        close(got, want, dtype, scale=max(1.0, rows**0.5))
 
 
 def test_norm_strided_input_and_model_dispatch():
     need_triton()
     from megacrystal.ops.dispatch import op
-    x = torch.randn(4, 6, 64, device=DEVICE)[:, ::2]   # non-contiguous rows
+
+    x = torch.randn(4, 6, 64, device=DEVICE)[:, ::2]  # non-contiguous rows
     w, b = torch.rand(64, device=DEVICE), torch.rand(64, device=DEVICE)
     close(op("norm", "triton")(x, w, b, 1e-5, False), norm_reference(x, w, b, 1e-5, False), torch.float32)

@@ -1,5 +1,6 @@
 """Every Triton op against its reference at shapes drawn at random (seeded): odd hidden sizes, GQA
 ratios, rotary fractions, vocabularies that are not multiples of the chunk."""
+
 import random
 
 import pytest
@@ -26,10 +27,11 @@ def _check(fn_a, fn_b, inputs, dtype=torch.float32):
 
     def grad_out(outs):
         return [torch.randn(o.shape, generator=gen).to(o.device, o.dtype) for o in outs]
+
     outs_a, grads_a = _grads(fn_a, inputs, grad_out)
     gen.manual_seed(0)
     outs_b, grads_b = _grads(fn_b, inputs, grad_out)
-    for a, b in zip(outs_a + grads_a, outs_b + grads_b):
+    for a, b in zip(outs_a + grads_a, outs_b + grads_b, strict=True):
         close(a, b, dtype, scale=4)
 
 
@@ -37,6 +39,7 @@ def _check(fn_a, fn_b, inputs, dtype=torch.float32):
 def test_random_norm(seed):
     need_triton()
     from megacrystal.ops.triton_norm import norm_triton
+
     r = random.Random(seed)
     rows, n, rms = r.randint(1, 40), r.randint(2, 700), r.random() < 0.5
     x = torch.randn(rows, n).to(DEVICE).requires_grad_()
@@ -49,6 +52,7 @@ def test_random_norm(seed):
 def test_random_rotary(seed):
     need_triton()
     from megacrystal.ops.triton_rotary import rotary_triton
+
     r = random.Random(seed)
     hk = r.randint(1, 3)
     hq, d = hk * r.randint(1, 3), 2 * r.randint(2, 40)
@@ -57,7 +61,9 @@ def test_random_rotary(seed):
     q = torch.randn(b, s, hq, d).to(DEVICE).requires_grad_()
     k = torch.randn(b, s, hk, d).to(DEVICE).requires_grad_()
     cos, sin = rope_angles(torch.arange(s, device=DEVICE), rot, 10000.0)
-    _check(lambda q, k: rotary_triton(q, k, cos, sin, inter), lambda q, k: rotary_reference(q, k, cos, sin, inter), [q, k])
+    _check(
+        lambda q, k: rotary_triton(q, k, cos, sin, inter), lambda q, k: rotary_reference(q, k, cos, sin, inter), [q, k]
+    )
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -65,6 +71,7 @@ def test_random_swiglu_and_cross_entropy(seed):
     need_triton()
     from megacrystal.ops.triton_cross_entropy import cross_entropy_triton
     from megacrystal.ops.triton_swiglu import swiglu_triton
+
     r = random.Random(seed)
     shape = (r.randint(1, 5), r.randint(1, 3000))
     up, gate = (torch.randn(shape).to(DEVICE).requires_grad_() for _ in range(2))

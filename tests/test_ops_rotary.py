@@ -19,6 +19,7 @@ def _qk(b, s, hq, hk, d, dtype, gen):
 def test_rotary_matches_reference(heads, fraction, interleaved, dtype):
     need_triton()
     from megacrystal.ops.triton_rotary import rotary_triton
+
     hq, hk = heads
     gen = torch.Generator().manual_seed(int(fraction * 8) + hq)
     b, s, d = 2, 5, 24
@@ -27,16 +28,19 @@ def test_rotary_matches_reference(heads, fraction, interleaved, dtype):
     # per-sample positions (as with document-restarting positions) for one fraction, shared for the others
     pos = torch.randint(0, 500, (b, s), generator=gen) if fraction == 0.5 else torch.arange(s)
     cos, sin = rope_angles(pos.to(DEVICE), rot, 10000.0)
-    dq, dk = torch.randn(b, s, hq, d, generator=gen).to(DEVICE, dtype), torch.randn(b, s, hk, d, generator=gen).to(DEVICE, dtype)
+    dq, dk = (
+        torch.randn(b, s, hq, d, generator=gen).to(DEVICE, dtype),
+        torch.randn(b, s, hk, d, generator=gen).to(DEVICE, dtype),
+    )
 
     out = rotary_triton(q, k, cos, sin, interleaved)
     grad = torch.autograd.grad(out, qkv, (dq, dk))[0]
     ref = rotary_reference(q, k, cos, sin, interleaved)
     grad_ref = torch.autograd.grad(ref, qkv, (dq, dk))[0]
-    for got, want in zip(out, ref):
+    for got, want in zip(out, ref, strict=True):
         assert got.dtype == dtype
         close(got, want, dtype)
-        assert torch.equal(got[..., rot:], want[..., rot:])      # pass-through dims copied exactly
+        assert torch.equal(got[..., rot:], want[..., rot:])  # pass-through dims copied exactly
     close(grad, grad_ref, dtype)
 
 
@@ -44,11 +48,12 @@ def test_rotary_crystal_7b_head():
     """Crystal's head: 128 dims, the first 32 rotated in interleaved pairs."""
     need_triton()
     from megacrystal.ops.triton_rotary import rotary_triton
+
     gen = torch.Generator().manual_seed(0)
     q = torch.randn(1, 3, 2, 128, generator=gen).to(DEVICE)
     k = torch.randn(1, 3, 2, 128, generator=gen).to(DEVICE)
     cos, sin = rope_angles(torch.arange(3, device=DEVICE) + 1000, 32, 10000.0)
-    for got, want in zip(rotary_triton(q, k, cos, sin, True), rotary_reference(q, k, cos, sin, True)):
+    for got, want in zip(rotary_triton(q, k, cos, sin, True), rotary_reference(q, k, cos, sin, True), strict=True):
         close(got, want, torch.float32)
 
 
@@ -57,6 +62,7 @@ def test_rotary_in_place_on_fused_qkv_views(interleaved):
     """In place: only the rotated dims of q and k change, inside the fused QKV buffer; v and the rest stay."""
     need_triton()
     from megacrystal.ops.triton_rotary import rotary_apply
+
     gen = torch.Generator().manual_seed(3)
     b, s, h, d, rot = 2, 5, 3, 32, 8
     qkv = torch.randn(b, s, h, 3, d, generator=gen).to(DEVICE)
@@ -66,8 +72,8 @@ def test_rotary_in_place_on_fused_qkv_views(interleaved):
     rotary_apply(qkv[:, :, :, 0], qkv[:, :, :, 1], cos, sin, interleaved, inplace=True)
     close(qkv[:, :, :, 0], want_q, torch.float32)
     close(qkv[:, :, :, 1], want_k, torch.float32)
-    assert torch.equal(qkv[..., rot:], before[..., rot:])          # pass-through dims untouched
-    assert torch.equal(qkv[:, :, :, 2], before[:, :, :, 2])        # v untouched
+    assert torch.equal(qkv[..., rot:], before[..., rot:])  # pass-through dims untouched
+    assert torch.equal(qkv[:, :, :, 2], before[:, :, :, 2])  # v untouched
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -78,6 +84,7 @@ def test_qkv_rotary_matches_reference(heads, interleaved, fraction, dtype):
     need_triton()
     from megacrystal.ops.rotary import qkv_rotary_reference
     from megacrystal.ops.triton_rotary import qkv_rotary_triton
+
     hq, hk = heads
     gen = torch.Generator().manual_seed(hq + int(4 * fraction))
     b, s, d = 2, 5, 24
@@ -87,7 +94,7 @@ def test_qkv_rotary_matches_reference(heads, interleaved, fraction, dtype):
     outs = qkv_rotary_triton(qkv, cos, sin, interleaved)
     refs = qkv_rotary_reference(qkv, cos, sin, interleaved)
     grads_out = [torch.randn(o.shape, generator=gen).to(DEVICE, dtype) for o in refs]
-    for got, want in zip(outs, refs):
+    for got, want in zip(outs, refs, strict=True):
         assert got.dtype == dtype and got.shape == want.shape and got.is_contiguous()
         close(got, want, dtype)
     close(torch.autograd.grad(outs, qkv, grads_out)[0], torch.autograd.grad(refs, qkv, grads_out)[0], dtype)

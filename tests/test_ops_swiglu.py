@@ -10,6 +10,7 @@ from tests.ops_util import DEVICE, DTYPES, close, need_triton
 def test_swiglu_matches_reference(shape, dtype):
     need_triton()
     from megacrystal.ops.triton_swiglu import swiglu_triton
+
     g = torch.Generator().manual_seed(len(shape))
     up = (2 * torch.randn(shape, generator=g)).to(DEVICE, dtype).requires_grad_()
     gate = (3 * torch.randn(shape, generator=g)).to(DEVICE, dtype).requires_grad_()

@@ -1,5 +1,6 @@
 """The engine on a CUDA device (skipped without one): same losses as on the CPU, and bf16 training
 with fp32 masters. Run by benchmarks/gpu_check.sh on a GPU machine."""
+
 import pytest
 import torch
 
@@ -21,7 +22,7 @@ def test_cuda_engine_equals_cpu_engine(family):
     ov = [f"model.family={family}", "model.attention_backend=math"]
     cpu, cpu_state = _run(ov, "cpu")
     gpu, gpu_state = _run(ov, "cuda")
-    for a, b in zip(gpu, cpu):
+    for a, b in zip(gpu, cpu, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
     problems = state_problems(family, cpu_state, gpu_state, make_cfg(ov).model, rtol=1e-4)
@@ -31,5 +32,5 @@ def test_cuda_engine_equals_cpu_engine(family):
 def test_cuda_bf16_with_distributed_optimizer_tracks_fp32():
     fp32, _ = _run([], "cuda", steps=4)
     bf16, _ = _run(["train.precision=bf16", "parallel.distributed_optimizer=true"], "cuda", steps=4)
-    for a, b in zip(bf16, fp32):
+    for a, b in zip(bf16, fp32, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=2e-2)

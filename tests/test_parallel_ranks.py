@@ -1,6 +1,7 @@
 """Multi-rank tests of the pieces around the equivalence matrix: the vocab-parallel loss and the
 gloo fallbacks, failing together on a bad batch, resuming from engine state, gathering a sharded
 model to its serial state dict and back, and a real torchrun launch."""
+
 import importlib.util
 import json
 import os
@@ -18,7 +19,7 @@ from megacrystal.parallel.cross_entropy import vocab_parallel_cross_entropy
 from megacrystal.parallel.engine import Engine
 from megacrystal.parallel.state import Group
 from tests.dist import run_ranks
-from tests.parallel_cases import LR, data, make_cfg, split, state_problems
+from tests.parallel_cases import LR, data, make_cfg, split
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,10 +33,10 @@ def _collectives_and_loss(rank, world):
         x = torch.arange(12.0) * (rank + 1)
         shard = torch.empty(6)
         C.reduce_scatter_flat(shard, x.clone(), group)
-        out.append(torch.equal(shard, (torch.arange(12.0) * 3)[rank * 6:(rank + 1) * 6]))
+        out.append(torch.equal(shard, (torch.arange(12.0) * 3)[rank * 6 : (rank + 1) * 6]))
         buf = torch.zeros(8)
-        buf[rank * 4:(rank + 1) * 4] = rank + 1
-        C.all_gather_flat(buf, buf[rank * 4:(rank + 1) * 4], group, async_op=True).wait()
+        buf[rank * 4 : (rank + 1) * 4] = rank + 1
+        C.all_gather_flat(buf, buf[rank * 4 : (rank + 1) * 4], group, async_op=True).wait()
         out.append(torch.equal(buf, torch.tensor([1.0] * 4 + [2.0] * 4)))
         y = torch.arange(2 * 4 * 3.0).view(2, 4, 3)
         out.append(torch.equal(C.all_gather_dim(C.split_dim(y, 1, group), 1, group), y))
@@ -50,7 +51,7 @@ def _collectives_and_loss(rank, world):
         ref = logits.clone().requires_grad_()
         lb = cross_entropy_reference(ref, labels)
         (lb * w).sum().backward()
-        for impl in impls:            # torch pieces (chunked), and the Triton kernels (interpreted on CPU)
+        for impl in impls:  # torch pieces (chunked), and the Triton kernels (interpreted on CPU)
             mine = logits.chunk(world, -1)[rank].clone().requires_grad_()
             la = vocab_parallel_cross_entropy(mine, labels, group, chunk_elements=100, impl=impl)
             (la * w).sum().backward()
@@ -102,10 +103,13 @@ def _resume(rank, world, overrides):
     return want[2:], got, straight.full_model_state(), second.full_model_state()
 
 
-@pytest.mark.parametrize("overrides", [
-    ["parallel.distributed_optimizer=true", "train.precision=bf16"],      # dp2: sharded masters + moments
-    ["parallel.tp=2", "parallel.sequence_parallel=true"],
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["parallel.distributed_optimizer=true", "train.precision=bf16"],  # dp2: sharded masters + moments
+        ["parallel.tp=2", "parallel.sequence_parallel=true"],
+    ],
+)
 def test_resuming_from_engine_state_continues_bit_for_bit(overrides):
     res = run_ranks(_resume, 2, (overrides,))
     want, got, a, b = res[0]
@@ -118,12 +122,12 @@ def _full_state(rank, world, overrides):
     e = Engine(cfg, torch.device("cpu"))
     initial = e.full_model_state()
     new = None
-    if rank == 0:         # a different serial model: only rank 0 gives it, the others receive it
+    if rank == 0:  # a different serial model: only rank 0 gives it, the others receive it
         g = torch.Generator().manual_seed(7)
         new = {k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in initial.items()}
         for k in ("embed.weight", "head.weight"):
             if k in new:
-                new[k][cfg.model.vocab_size:] = 0
+                new[k][cfg.model.vocab_size :] = 0
     e.load_full_model_state(new)
     back = e.full_model_state()
     loss = e.eval_loss(split(data(steps=1)[0], e.grid.dp_rank, e.grid.dp_size, 2))
@@ -138,17 +142,20 @@ def _serial_reference(overrides, new_state):
     return init, e.eval_loss(split(data(steps=1)[0], 0, 1, 2))
 
 
-@pytest.mark.parametrize("overrides", [
-    ["parallel.tp=2", "parallel.pp=2"],                                   # crystal: tied, biases
-    ["model.family=llama", "parallel.tp=2", "parallel.pp=2", "parallel.distributed_optimizer=true"],
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["parallel.tp=2", "parallel.pp=2"],  # crystal: tied, biases
+        ["model.family=llama", "parallel.tp=2", "parallel.pp=2", "parallel.distributed_optimizer=true"],
+    ],
+)
 def test_sharded_model_gathers_to_the_serial_state_dict_and_back(overrides):
     res = run_ranks(_full_state, 4, (overrides,))
     initial, new, back, loss = res[0]
     assert all(r[0] is None and r[2] is None for r in res[1:])
     serial_init, serial_loss = _serial_reference([o for o in overrides if not o.startswith("parallel.")], new)
     assert set(initial) == set(serial_init)
-    for k in serial_init:          # init is seeded by name: the sharded model IS the serial one
+    for k in serial_init:  # init is seeded by name: the sharded model IS the serial one
         assert torch.equal(initial[k], serial_init[k]), k
         assert torch.equal(back[k], new[k]), k
     assert loss[1] == serial_loss[1] and loss[0] == pytest.approx(serial_loss[0], rel=1e-6)
@@ -156,31 +163,62 @@ def test_sharded_model_gathers_to_the_serial_state_dict_and_back(overrides):
 
 
 def test_torchrun_launch_trains_like_one_process(tmp_path):
-    overrides = ["model.preset=tiny", "model.num_layers=2", "model.hidden_size=32", "model.ffn_hidden_size=64",
-                 "data.seq_length=16", "train.global_batch_size=4", "train.micro_batch_size=1",
-                 "parallel.tp=2", "parallel.sequence_parallel=true"]
+    overrides = [
+        "model.preset=tiny",
+        "model.num_layers=2",
+        "model.hidden_size=32",
+        "model.ffn_hidden_size=64",
+        "data.seq_length=16",
+        "train.global_batch_size=4",
+        "train.micro_batch_size=1",
+        "parallel.tp=2",
+        "parallel.sequence_parallel=true",
+    ]
     out = tmp_path / "losses.json"
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "megacrystal.parallel.smoke", "--steps", "3", "--out", str(out)] + overrides
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "megacrystal.parallel.smoke",
+        "--steps",
+        "3",
+        "--out",
+        str(out),
+    ] + overrides
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, "\n".join(l for l in proc.stderr.splitlines() if " INFO " not in l)[-4000:]
     got = json.loads(out.read_text())
     from megacrystal.parallel.smoke import main
+
     serial = tmp_path / "serial.json"
     assert main(["--steps", "3", "--out", str(serial)] + [o for o in overrides if not o.startswith("parallel.")]) == 0
     want = json.loads(serial.read_text())
     assert [r["layout"]["tp"] for r in got] == [2, 2, 2] and got[0]["world"] == 2
-    for a, b in zip(got, want):
+    for a, b in zip(got, want, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
 
 
 def test_torchrun_launch_with_a_bad_grid_fails_fast():
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "megacrystal.parallel.smoke", "model.preset=tiny", "data.seq_length=16", "parallel.pp=4"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "megacrystal.parallel.smoke",
+        "model.preset=tiny",
+        "data.seq_length=16",
+        "parallel.pp=4",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "world size 2 is not divisible by tp*pp=4" in proc.stderr

@@ -1,5 +1,9 @@
 """Single-process tests of the parallel package: the grid layout, config/launch validation, the
 pipeline partition, the vocab-parallel loss at tp=1, and the serial engine against plain torch."""
+
+import functools
+import operator
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -30,7 +34,7 @@ def test_grid_layout_tp_pp_dp_order():
     assert sorted(g["tp"]) == [[0, 1], [2, 3], [4, 5], [6, 7]]
     assert g["pp"] == [[0, 2], [1, 3], [4, 6], [5, 7]]
     assert g["dp"] == [[0, 4], [1, 5], [2, 6], [3, 7]]
-    assert sorted(sum(g["mp"], [])) == list(range(8))
+    assert sorted(functools.reduce(operator.iadd, g["mp"], [])) == list(range(8))
 
 
 def test_grid_layout_pp4_embedding_group_is_first_and_last_stage():
@@ -48,30 +52,39 @@ def test_single_process_grid_needs_no_process_group():
         state.build_grid(make_cfg(["parallel.tp=2"]), world_size=2, rank=0)
 
 
-@pytest.mark.parametrize("overrides, world, message", [
-    (["parallel.tp=2"], 3, "world size 3 is not divisible by tp\\*pp=2"),
-    (["parallel.tp=8"], 8, "num_heads=4 is not divisible by tp=8"),
-    (["parallel.tp=2", "model.num_kv_heads=1"], 2, "num_kv_heads=1 is not divisible by tp=2"),
-    (["parallel.pp=3"], 3, "num_layers=4 is not divisible by pp\\*vpp=3"),
-    (["parallel.pp=2", "parallel.vpp=4"], 2, "num_layers=4 is not divisible by pp\\*vpp=8"),
-    (["train.global_batch_size=6"], 4, "global_batch_size: 6 is not divisible by micro_batch_size\\*dp = 2\\*4"),
-    (["parallel.sequence_parallel=true"], 1, "sequence_parallel: needs parallel.tp > 1"),
-    (["parallel.vpp=2"], 2, "vpp: needs parallel.pp > 1"),
-    (["model.num_layers=8", "parallel.pp=4", "parallel.vpp=2", "train.global_batch_size=12"], 4,
-     "interleaved 1F1B needs the number of micro-batches \\(6\\) divisible by pp=4"),
-    (["parallel.tp=4", "parallel.sequence_parallel=true", "data.seq_length=18"], 4,
-     "seq_length=18 is not divisible by tp=4"),
-    (["parallel.dp=4"], 2, "parallel.dp: 4 but world size 2"),
-    (["parallel.order=pp-tp-dp"], 1, "parallel.order"),
-    (["parallel.bucket_size_mb=0"], 1, "bucket_size_mb"),
-])
+@pytest.mark.parametrize(
+    "overrides, world, message",
+    [
+        (["parallel.tp=2"], 3, "world size 3 is not divisible by tp\\*pp=2"),
+        (["parallel.tp=8"], 8, "num_heads=4 is not divisible by tp=8"),
+        (["parallel.tp=2", "model.num_kv_heads=1"], 2, "num_kv_heads=1 is not divisible by tp=2"),
+        (["parallel.pp=3"], 3, "num_layers=4 is not divisible by pp\\*vpp=3"),
+        (["parallel.pp=2", "parallel.vpp=4"], 2, "num_layers=4 is not divisible by pp\\*vpp=8"),
+        (["train.global_batch_size=6"], 4, "global_batch_size: 6 is not divisible by micro_batch_size\\*dp = 2\\*4"),
+        (["parallel.sequence_parallel=true"], 1, "sequence_parallel: needs parallel.tp > 1"),
+        (["parallel.vpp=2"], 2, "vpp: needs parallel.pp > 1"),
+        (
+            ["model.num_layers=8", "parallel.pp=4", "parallel.vpp=2", "train.global_batch_size=12"],
+            4,
+            "interleaved 1F1B needs the number of micro-batches \\(6\\) divisible by pp=4",
+        ),
+        (
+            ["parallel.tp=4", "parallel.sequence_parallel=true", "data.seq_length=18"],
+            4,
+            "seq_length=18 is not divisible by tp=4",
+        ),
+        (["parallel.dp=4"], 2, "parallel.dp: 4 but world size 2"),
+        (["parallel.order=pp-tp-dp"], 1, "parallel.order"),
+        (["parallel.bucket_size_mb=0"], 1, "bucket_size_mb"),
+    ],
+)
 def test_config_rules_fail_with_the_field_named(overrides, world, message):
     cfg = load_config(None, BASE + overrides, validate=False)
     with pytest.raises(ConfigError, match=message) as err:
         validate_config(cfg, world)
     assert "\n" not in str(err.value)
     ok = load_config(None, BASE + ["model.num_layers=8", "parallel.pp=4", "parallel.vpp=2"], validate=False)
-    validate_config(ok, 4)       # 8 sequences / (mbs 2 * dp 1) = 4 micro-batches: fine for interleaving
+    validate_config(ok, 4)  # 8 sequences / (mbs 2 * dp 1) = 4 micro-batches: fine for interleaving
 
 
 def test_init_distributed_rejects_a_bad_launch_before_any_process_group(monkeypatch):
@@ -110,7 +123,7 @@ def test_vocab_parallel_cross_entropy_at_tp1_is_the_reference(chunk):
     g = state.Group("tp", [0], 0, None)
     torch.manual_seed(0)
     logits = torch.randn(3, 7, 64)
-    logits[..., 50:] = float("-inf")                           # padded vocabulary
+    logits[..., 50:] = float("-inf")  # padded vocabulary
     labels = torch.randint(0, 50, (3, 7))
     labels[0, 0] = -100
     a = logits.clone().requires_grad_()
@@ -132,9 +145,14 @@ def test_serial_engine_equals_plain_torch_adamw():
     model = Transformer(cfg.model)
     init_parameters(model, cfg.model, cfg.train.seed)
     o = cfg.optim
-    opt = torch.optim.AdamW([dict(params=g["params"], lr=LR * g["lr_mult"], weight_decay=g["weight_decay"])
-                             for g in param_groups(model, cfg.model, o.weight_decay)],
-                            betas=(o.beta1, o.beta2), eps=o.eps)
+    opt = torch.optim.AdamW(
+        [
+            dict(params=g["params"], lr=LR * g["lr_mult"], weight_decay=g["weight_decay"])
+            for g in param_groups(model, cfg.model, o.weight_decay)
+        ],
+        betas=(o.beta1, o.beta2),
+        eps=o.eps,
+    )
     for batch in data(steps=3):
         mbs = split(batch, 0, 1, cfg.train.micro_batch_size)
         out = engine.train_step(mbs, LR)
@@ -166,7 +184,7 @@ def test_bf16_keeps_fp32_masters_and_grads_and_tracks_fp32():
             assert p.dtype == torch.bfloat16 and p.main_grad.dtype == torch.float32 and p.grad is None
             masters = [m for g in e.optimizer.groups for m in g["masters"]]
             assert all(m.dtype == torch.float32 for m in masters)
-    for a, b in zip(runs["fp32"], runs["bf16"]):
+    for a, b in zip(runs["fp32"], runs["bf16"], strict=True):
         assert b == pytest.approx(a, rel=2e-2)
 
 

@@ -5,15 +5,17 @@ import pytest
 
 from megacrystal.cli import main
 from megacrystal.config import load_config
-from megacrystal.plan import plan
+from megacrystal.cost_plan import plan
 from megacrystal.train.plot import plot_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_plot_draws_every_panel_and_marks_phase_changes(tmp_path):
-    rows = [dict(step=i, phase="a" if i <= 3 else "b", loss=5.0 - 0.1 * i, lr=1e-3, grad_norm=1.0,
-                 tokens_per_s=100.0 + i) for i in range(1, 7)]
+    rows = [
+        dict(step=i, phase="a" if i <= 3 else "b", loss=5.0 - 0.1 * i, lr=1e-3, grad_norm=1.0, tokens_per_s=100.0 + i)
+        for i in range(1, 7)
+    ]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     svg = Path(plot_run(str(tmp_path))).read_text()
     # one line per panel, and in each panel one marker where phase "a" turns into "b"
@@ -32,12 +34,12 @@ def test_plan_for_crystal_7b_fits_and_allows_tp4():
     cfg = load_config(str(ROOT / "examples" / "crystal_7b.yaml"), validate=False)
     rows = plan(cfg, 32, "h100")
     assert rows[0]["fits"] and rows[0]["tp"] * rows[0]["pp"] * rows[0]["dp"] == 32
-    assert any(r["tp"] == 4 for r in rows)       # FFN 10922 is padded, so tp=4 is a valid layout
+    assert any(r["tp"] == 4 for r in rows)  # FFN 10922 is padded, so tp=4 is a valid layout
     by_layout = {(r["tp"], r["pp"], r["vpp"]): r for r in rows}
-    assert (1, 1, 1) not in by_layout            # the config asks for sequence parallelism: tp > 1 only
+    assert (1, 1, 1) not in by_layout  # the config asks for sequence parallelism: tp > 1 only
     two, four = by_layout[(2, 1, 1)]["parts_gb"], by_layout[(4, 1, 1)]["parts_gb"]
-    assert four["weights"] == pytest.approx(two["weights"] / 2, rel=0.05)   # tp halves the weights per GPU
-    assert two["weights"] == pytest.approx(6.58 * 2 / 2, rel=0.05)          # bf16, split over tp=2
+    assert four["weights"] == pytest.approx(two["weights"] / 2, rel=0.05)  # tp halves the weights per GPU
+    assert two["weights"] == pytest.approx(6.58 * 2 / 2, rel=0.05)  # bf16, split over tp=2
 
 
 def test_plan_cli_rejects_a_bad_config(tmp_path, capsys):

@@ -12,8 +12,15 @@ from data_tools.preprocess import PreprocessError, main, preprocess
 from data_tools.readers import iter_documents
 from megacrystal.data.indexed import IndexedDataset
 from megacrystal.tokenizer import load_tokenizer
-from tests.data_helpers import (CRYSTAL_TOKENIZER, ROOT, needs_crystal, small_corpus, small_hf_model,
-                                small_sp_model, write_jsonl)
+from tests.data_helpers import (
+    CRYSTAL_TOKENIZER,
+    ROOT,
+    needs_crystal,
+    small_corpus,
+    small_hf_model,
+    small_sp_model,
+    write_jsonl,
+)
 
 
 def _corpus_jsonl():
@@ -28,16 +35,25 @@ def _check_every_document(prefix, docs, tok, eod=True):
     return ds
 
 
-@pytest.mark.parametrize("kind,model", [("SentencePieceTokenizer", small_sp_model),
-                                        ("HuggingFaceTokenizer", small_hf_model)])
+@pytest.mark.parametrize(
+    "kind,model", [("SentencePieceTokenizer", small_sp_model), ("HuggingFaceTokenizer", small_hf_model)]
+)
 def test_documents_equal_tokenizer_output_any_worker_count(tmp_path, kind, model):
     inputs = _corpus_jsonl()
     docs = list(iter_documents(inputs))
     tok = load_tokenizer(kind, model())
     outs = {}
     for w in (1, 2):
-        s = preprocess(inputs, str(tmp_path / f"w{w}"), kind, model(), append_eod=True, workers=w,
-                       progress=False, chunk_bytes=64 << 10)
+        s = preprocess(
+            inputs,
+            str(tmp_path / f"w{w}"),
+            kind,
+            model(),
+            append_eod=True,
+            workers=w,
+            progress=False,
+            chunk_bytes=64 << 10,
+        )
         assert s["documents"] == len(docs) and s["skipped_total"] == 0 and s["workers"] == w
         prefix = str(tmp_path / f"w{w}_text_document")
         _check_every_document(prefix, docs, tok)
@@ -49,12 +65,30 @@ def test_documents_equal_tokenizer_output_any_worker_count(tmp_path, kind, model
 def test_crystal_tokenizer_done_when_command(tmp_path):
     """The issue's 'done when': tools/preprocess_data.py ... --append-eod --workers 2, no BOS, + EOD."""
     from tokenizers import Tokenizer
+
     src = _corpus_jsonl()[0]
-    r = subprocess.run([sys.executable, str(ROOT / "tools" / "preprocess_data.py"), "--input", src,
-                        "--json-keys", "text", "--output-prefix", str(tmp_path / "P"),
-                        "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", str(CRYSTAL_TOKENIZER),
-                        "--append-eod", "--workers", "2"], capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "tools" / "preprocess_data.py"),
+            "--input",
+            src,
+            "--json-keys",
+            "text",
+            "--output-prefix",
+            str(tmp_path / "P"),
+            "--tokenizer-type",
+            "HuggingFaceTokenizer",
+            "--tokenizer-model",
+            str(CRYSTAL_TOKENIZER),
+            "--append-eod",
+            "--workers",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert r.returncode == 0, r.stderr
     hf = Tokenizer.from_file(str(CRYSTAL_TOKENIZER))
     ds = IndexedDataset(tmp_path / "P_text_document")
@@ -68,12 +102,27 @@ def test_crystal_tokenizer_done_when_command(tmp_path):
 
 def test_bad_lines_multi_keys_and_summary(tmp_path):
     p = tmp_path / "in.jsonl"
-    write_jsonl(p, [{"text": "hello world", "code": "x = 1\n"}, {"text": "no code"}, {"text": 5, "code": "y"},
-                    {"text": "again", "code": "def f():\n    pass\n"}])
+    write_jsonl(
+        p,
+        [
+            {"text": "hello world", "code": "x = 1\n"},
+            {"text": "no code"},
+            {"text": 5, "code": "y"},
+            {"text": "again", "code": "def f():\n    pass\n"},
+        ],
+    )
     with open(p, "ab") as f:
         f.write(b'{"text": "\\ud800 lone surrogate", "code": "z"}\n{broken\n\xff\xfe\n')
-    s = preprocess(str(p), str(tmp_path / "o"), "SentencePieceTokenizer", small_sp_model(),
-                   json_keys=["text", "code"], append_eod=False, workers=1, progress=False)
+    s = preprocess(
+        str(p),
+        str(tmp_path / "o"),
+        "SentencePieceTokenizer",
+        small_sp_model(),
+        json_keys=["text", "code"],
+        append_eod=False,
+        workers=1,
+        progress=False,
+    )
     assert s["documents"] == 2
     assert s["skipped"] == {"encode_error": 1, "invalid_json": 1, "missing_key": 1, "not_string": 1, "not_utf8": 1}
     tok = load_tokenizer(None, small_sp_model())
@@ -86,12 +135,31 @@ def test_bad_lines_multi_keys_and_summary(tmp_path):
 
 def test_partitions_and_code_tree_input(tmp_path):
     inputs = _corpus_jsonl()
-    a = preprocess(inputs, str(tmp_path / "one"), None, small_sp_model(), append_eod=True, workers=2,
-                   progress=False, chunk_bytes=32 << 10)
-    b = preprocess(inputs, str(tmp_path / "three"), None, small_sp_model(), append_eod=True, workers=2,
-                   partitions=3, progress=False, chunk_bytes=32 << 10)
+    a = preprocess(
+        inputs,
+        str(tmp_path / "one"),
+        None,
+        small_sp_model(),
+        append_eod=True,
+        workers=2,
+        progress=False,
+        chunk_bytes=32 << 10,
+    )
+    b = preprocess(
+        inputs,
+        str(tmp_path / "three"),
+        None,
+        small_sp_model(),
+        append_eod=True,
+        workers=2,
+        partitions=3,
+        progress=False,
+        chunk_bytes=32 << 10,
+    )
     for ext in (".bin", ".idx"):
-        assert (tmp_path / f"one_text_document{ext}").read_bytes() == (tmp_path / f"three_text_document{ext}").read_bytes()
+        assert (tmp_path / f"one_text_document{ext}").read_bytes() == (
+            tmp_path / f"three_text_document{ext}"
+        ).read_bytes()
     parts = [IndexedDataset(p) for p in b["partitions"]]
     assert len(parts) == 3 and all(len(p) > 0 for p in parts)
     assert sum(len(p) for p in parts) == a["documents"]
@@ -107,12 +175,16 @@ def test_partitions_and_code_tree_input(tmp_path):
 
 
 def _corrupt_parquet(path):
-    pq.write_table(pa.table({"text": ["some text %d" % i * 50 for i in range(400)]}), path,
-                   row_group_size=100, compression="snappy")
+    pq.write_table(
+        pa.table({"text": [f"some text {i}" * 50 for i in range(400)]}),
+        path,
+        row_group_size=100,
+        compression="snappy",
+    )
     data = bytearray(open(path, "rb").read())
     meta = pq.ParquetFile(path).metadata
     start = meta.row_group(2).column(0).data_page_offset
-    data[start + 16:start + 400] = b"\xff" * 384   # wreck the third row group's page
+    data[start + 16 : start + 400] = b"\xff" * 384  # wreck the third row group's page
     open(path, "wb").write(bytes(data))
 
 
@@ -132,37 +204,101 @@ def test_worker_error_is_clean_and_keeps_earlier_output(tmp_path, workers):
 
 
 def test_cli_errors_and_merge(tmp_path, capsys):
-    assert main(["--input", str(tmp_path / "none.jsonl"), "--output-prefix", str(tmp_path / "x"),
-                 "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", small_sp_model()]) == 1
+    assert (
+        main(
+            [
+                "--input",
+                str(tmp_path / "none.jsonl"),
+                "--output-prefix",
+                str(tmp_path / "x"),
+                "--tokenizer-type",
+                "SentencePieceTokenizer",
+                "--tokenizer-model",
+                small_sp_model(),
+            ]
+        )
+        == 1
+    )
     assert "none.jsonl" in capsys.readouterr().err
     src = write_jsonl(tmp_path / "a.jsonl", ["one", "two", "three"])
-    assert main(["--input", src, "--output-prefix", str(tmp_path / "x"), "--tokenizer-type",
-                 "SentencePieceTokenizer", "--tokenizer-model", str(tmp_path / "missing.model")]) == 1
+    assert (
+        main(
+            [
+                "--input",
+                src,
+                "--output-prefix",
+                str(tmp_path / "x"),
+                "--tokenizer-type",
+                "SentencePieceTokenizer",
+                "--tokenizer-model",
+                str(tmp_path / "missing.model"),
+            ]
+        )
+        == 1
+    )
     assert "missing.model" in capsys.readouterr().err
     from megacrystal.cli import main as cli
+
     for i in range(2):
-        assert cli(["preprocess", "--input", src, "--output-prefix", str(tmp_path / f"s{i}"), "--no-progress",
-                    "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", small_sp_model(),
-                    "--append-eod"]) == 0
-    assert cli(["merge", "--inputs", str(tmp_path / "s0_text_document"), str(tmp_path / "s1_text_document.idx"),
-                "--output-prefix", str(tmp_path / "m")]) == 0
+        assert (
+            cli(
+                [
+                    "preprocess",
+                    "--input",
+                    src,
+                    "--output-prefix",
+                    str(tmp_path / f"s{i}"),
+                    "--no-progress",
+                    "--tokenizer-type",
+                    "SentencePieceTokenizer",
+                    "--tokenizer-model",
+                    small_sp_model(),
+                    "--append-eod",
+                ]
+            )
+            == 0
+        )
+    assert (
+        cli(
+            [
+                "merge",
+                "--inputs",
+                str(tmp_path / "s0_text_document"),
+                str(tmp_path / "s1_text_document.idx"),
+                "--output-prefix",
+                str(tmp_path / "m"),
+            ]
+        )
+        == 0
+    )
     m, s0 = IndexedDataset(tmp_path / "m"), IndexedDataset(tmp_path / "s0_text_document")
-    assert len(m) == 6 and [m[i].tolist() for i in range(3)] == [m[i + 3].tolist() for i in range(3)] \
-        == [s0[i].tolist() for i in range(3)]
+    assert len(m) == 6 and [m[i].tolist() for i in range(3)] == [m[i + 3].tolist() for i in range(3)] == [
+        s0[i].tolist() for i in range(3)
+    ]
 
 
 def test_preprocess_does_not_import_torch():
-    code = ("import sys; from data_tools.preprocess import main; from megacrystal.cli import main as m; "
-            "assert 'torch' not in sys.modules, 'torch imported'")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    code = (
+        "import sys; from data_tools.preprocess import main; from megacrystal.cli import main as m; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}
+    )
     assert r.returncode == 0, r.stderr
 
 
 def test_empty_input_gives_empty_readable_outputs(tmp_path):
     (tmp_path / "empty.jsonl").write_bytes(b"")
-    s = preprocess(str(tmp_path / "empty.jsonl"), str(tmp_path / "e"), None, small_sp_model(), append_eod=True,
-                   workers=2, progress=False)
+    s = preprocess(
+        str(tmp_path / "empty.jsonl"),
+        str(tmp_path / "e"),
+        None,
+        small_sp_model(),
+        append_eod=True,
+        workers=2,
+        progress=False,
+    )
     assert s["documents"] == 0
     ds = IndexedDataset(tmp_path / "e_text_document")
     assert len(ds) == 0 and ds.num_tokens == 0

@@ -7,7 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from data_tools.inputs import InputError, expand_inputs
 from data_tools.readers import iter_documents, iter_tasks, load_task
@@ -27,7 +28,7 @@ def test_jsonl_plain_gz_zst_parquet_agree(tmp_path):
         f.write(raw)
     # two zstd frames back to back (as concatenated shards are)
     c = zstandard.ZstdCompressor()
-    (tmp_path / "c.jsonl.zst").write_bytes(c.compress(raw[: len(raw) // 2]) + c.compress(raw[len(raw) // 2:]))
+    (tmp_path / "c.jsonl.zst").write_bytes(c.compress(raw[: len(raw) // 2]) + c.compress(raw[len(raw) // 2 :]))
     pq.write_table(pa.table({"text": DOCS, "n": list(range(len(DOCS)))}), tmp_path / "d.parquet", row_group_size=5)
     for name in ("a.jsonl", "b.jsonl.gz", "c.jsonl.zst", "d.parquet"):
         assert list(iter_documents(str(tmp_path / name))) == DOCS, name
@@ -45,19 +46,23 @@ def test_parquet_streams_by_row_group(tmp_path):
 def test_bad_lines_are_skipped_and_counted(tmp_path):
     p = tmp_path / "bad.jsonl"
     good = ["first good", "second good", "third good"]
-    p.write_bytes(b"".join([
-        json.dumps({"text": good[0]}).encode() + b"\n",
-        b"{not json\n",
-        json.dumps({"other": "x"}).encode() + b"\n",
-        b'{"text": "caf\xe9 latin-1"}\n',                   # not UTF-8
-        b"[1, 2]\n",                                           # not an object
-        json.dumps({"text": 42}).encode() + b"\n",             # not a string
-        json.dumps({"text": ""}).encode() + b"\n",             # empty
-        json.dumps({"text": None}).encode() + b"\n",           # null counts as missing
-        b"\n   \n",                                            # blank lines are ignored
-        json.dumps({"text": good[1]}).encode() + b"\n",
-        json.dumps({"text": good[2]}).encode(),                # last line without newline
-    ]))
+    p.write_bytes(
+        b"".join(
+            [
+                json.dumps({"text": good[0]}).encode() + b"\n",
+                b"{not json\n",
+                json.dumps({"other": "x"}).encode() + b"\n",
+                b'{"text": "caf\xe9 latin-1"}\n',  # not UTF-8
+                b"[1, 2]\n",  # not an object
+                json.dumps({"text": 42}).encode() + b"\n",  # not a string
+                json.dumps({"text": ""}).encode() + b"\n",  # empty
+                json.dumps({"text": None}).encode() + b"\n",  # null counts as missing
+                b"\n   \n",  # blank lines are ignored
+                json.dumps({"text": good[1]}).encode() + b"\n",
+                json.dumps({"text": good[2]}).encode(),  # last line without newline
+            ]
+        )
+    )
     stats = Counter()
     assert list(iter_documents(str(p), stats=stats)) == good
     assert stats == Counter(invalid_json=1, missing_key=2, not_utf8=1, not_object=1, not_string=1, empty=1)

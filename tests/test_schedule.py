@@ -1,7 +1,9 @@
+import itertools
+
 import pytest
 
 from megacrystal.config import PhaseConfig
-from megacrystal.train.schedule import Schedule, phase_lr
+from megacrystal.train.lr_schedule import Schedule, phase_lr
 
 
 def test_crystal_phase1_stops_part_way_down_its_decay():
@@ -18,11 +20,11 @@ def test_phases_rewarm_and_end_at_min_lr():
     assert s.total_steps == 30 and s.span(9).name == "a" and s.span(10).name == "b"
     assert s.lr(1) == pytest.approx(1.0)
     assert s.lr(9) == pytest.approx(0.1)
-    assert s.lr(10) == pytest.approx(0.5 / 4)        # re-warmup
+    assert s.lr(10) == pytest.approx(0.5 / 4)  # re-warmup
     assert s.lr(13) == pytest.approx(0.5)
     assert s.lr(29) == pytest.approx(0.05)
     lrs = [s.lr(i) for i in range(13, 30)]
-    assert all(x >= y for x, y in zip(lrs, lrs[1:]))
+    assert all(x >= y for x, y in itertools.pairwise(lrs))
 
 
 def test_constant_style():

@@ -2,6 +2,7 @@
 
 Checks metrics.jsonl, phases, per-source validation, checkpoints (+ export of the consolidated
 model), exact resume mid-phase, and that a torchrun launch with tp=2 trains the same model."""
+
 from __future__ import annotations
 
 import json
@@ -23,31 +24,74 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def data_dir():
     from data_tools.preprocess import preprocess
+
     out = session_dir() / "train-tokens"
     tok = small_sp_model()
     for name in ("prose_pydoc", "code_python"):
         if not Path(f"{out}/{name}_text_document.idx").is_file():
-            preprocess([str(small_corpus() / f"{name}.jsonl")], str(out / name), "SentencePieceTokenizer", tok,
-                       append_eod=True, workers=1, progress=False)
+            preprocess(
+                [str(small_corpus() / f"{name}.jsonl")],
+                str(out / name),
+                "SentencePieceTokenizer",
+                tok,
+                append_eod=True,
+                workers=1,
+                progress=False,
+            )
     return out, tok
 
 
 def run_config(data_dir, out_dir: Path, **train) -> Path:
     tokens, tok = data_dir
     cfg = {
-        "model": {"preset": "tiny", "num_layers": 2, "hidden_size": 32, "num_heads": 4, "ffn_hidden_size": 64,
-                  "vocab_size": 768, "max_seq_len": 64},
-        "data": {"tokenizer_type": "SentencePieceTokenizer", "tokenizer_model": tok, "seq_length": 32,
-                 "valid_fraction": 0.05, "cache_dir": str(out_dir / "cache"),
-                 "sources": {"prose": {"prefixes": [f"{tokens}/prose_pydoc_text_document"], "kind": "nl"},
-                             "code": {"prefixes": [f"{tokens}/code_python_text_document"], "kind": "code"}},
-                 "phases": [
-                     {"name": "language", "steps": 4, "blend": {"prose": 0.9, "code": 0.1}, "lr": 3e-3,
-                      "min_lr": 3e-4, "warmup_steps": 2},
-                     {"name": "code", "steps": 4, "blend": {"prose": 0.3, "code": 0.7}, "fim_rate": 0.9,
-                      "lr": 2e-3, "min_lr": 2e-4, "warmup_steps": 1}]},
-        "train": {"micro_batch_size": 2, "global_batch_size": 4, "out_dir": str(out_dir), "device": "cpu",
-                  "eval_interval": 4, "eval_iters": 1, **train},
+        "model": {
+            "preset": "tiny",
+            "num_layers": 2,
+            "hidden_size": 32,
+            "num_heads": 4,
+            "ffn_hidden_size": 64,
+            "vocab_size": 768,
+            "max_seq_len": 64,
+        },
+        "data": {
+            "tokenizer_type": "SentencePieceTokenizer",
+            "tokenizer_model": tok,
+            "seq_length": 32,
+            "valid_fraction": 0.05,
+            "cache_dir": str(out_dir / "cache"),
+            "sources": {
+                "prose": {"prefixes": [f"{tokens}/prose_pydoc_text_document"], "kind": "nl"},
+                "code": {"prefixes": [f"{tokens}/code_python_text_document"], "kind": "code"},
+            },
+            "phases": [
+                {
+                    "name": "language",
+                    "steps": 4,
+                    "blend": {"prose": 0.9, "code": 0.1},
+                    "lr": 3e-3,
+                    "min_lr": 3e-4,
+                    "warmup_steps": 2,
+                },
+                {
+                    "name": "code",
+                    "steps": 4,
+                    "blend": {"prose": 0.3, "code": 0.7},
+                    "fim_rate": 0.9,
+                    "lr": 2e-3,
+                    "min_lr": 2e-4,
+                    "warmup_steps": 1,
+                },
+            ],
+        },
+        "train": {
+            "micro_batch_size": 2,
+            "global_batch_size": 4,
+            "out_dir": str(out_dir),
+            "device": "cpu",
+            "eval_interval": 4,
+            "eval_iters": 1,
+            **train,
+        },
     }
     path = out_dir.parent / f"{out_dir.name}.yaml"
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -57,6 +101,7 @@ def run_config(data_dir, out_dir: Path, **train) -> Path:
 
 def train_cli(args: list[str]) -> int:
     from megacrystal.cli import main
+
     return main(["train", *args])
 
 
@@ -86,7 +131,10 @@ def test_two_phases_metrics_checkpoint_and_export(data_dir, tmp_path):
     assert (out / "checkpoints" / "latest").read_text() == "step_00000008"
     assert (ckpt / "model" / "model.safetensors").is_file()
     from megacrystal.cli import main
-    assert main(["export-hf", "--checkpoint", str(out), "--format", "crystalcoder", "--output", str(tmp_path / "hf")]) == 0
+
+    assert (
+        main(["export-hf", "--checkpoint", str(out), "--format", "crystalcoder", "--output", str(tmp_path / "hf")]) == 0
+    )
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["model_type"] == "crystalcoder"
 
 
@@ -95,15 +143,16 @@ def test_resume_mid_phase_gives_the_uninterrupted_run(data_dir, tmp_path):
     assert train_cli(["--config", str(run_config(data_dir, full))]) == 0
     part = tmp_path / "part"
     cfg = run_config(data_dir, part)
-    assert train_cli(["--config", str(cfg), "train.max_steps=3"]) == 0   # stops inside phase 1
+    assert train_cli(["--config", str(cfg), "train.max_steps=3"]) == 0  # stops inside phase 1
     assert (part / "checkpoints" / "latest").read_text() == "step_00000003"
-    assert train_cli(["--config", str(cfg)]) == 0                          # resumes at step 3
+    assert train_cli(["--config", str(cfg)]) == 0  # resumes at step 3
     a, b = read_metrics(full), read_metrics(part)
     assert [r["step"] for r in b] == list(range(1, 9))
-    for ra, rb in zip(a, b):
+    for ra, rb in zip(a, b, strict=True):
         assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-6), ra["step"]
         assert rb["samples_per_source"] == ra["samples_per_source"]
     from megacrystal.model.serialization import load_model
+
     _, sa = load_model(str(full / "checkpoints" / "step_00000008" / "model"))
     _, sb = load_model(str(part / "checkpoints" / "step_00000008" / "model"))
     for k in sa:
@@ -116,18 +165,31 @@ def test_torchrun_tensor_parallel_trains_the_same_model(data_dir, tmp_path):
     tp = tmp_path / "tp"
     cfg = run_config(data_dir, tp)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "megacrystal.train", "--config", str(cfg), "parallel.tp=2", "train.max_steps=3"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "megacrystal.train",
+        "--config",
+        str(cfg),
+        "parallel.tp=2",
+        "train.max_steps=3",
+    ]
     # own process group: on a timeout the workers go too, not only torchrun
-    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
+    p = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         _, err = p.communicate(timeout=300)
     except subprocess.TimeoutExpired:
         os.killpg(p.pid, signal.SIGKILL)
         raise
     assert p.returncode == 0, err[-3000:]
-    for ra, rb in zip(read_metrics(serial), read_metrics(tp)):
+    for ra, rb in zip(read_metrics(serial), read_metrics(tp), strict=True):
         assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-5)
         assert rb["grad_norm"] == pytest.approx(ra["grad_norm"], rel=1e-4)
 

@@ -1,13 +1,23 @@
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from data_tools.train_tokenizer import main, train_tokenizer
 from megacrystal.tokenizer import CRYSTAL_SPECIALS, load_tokenizer
 from tests.data_helpers import corpus_texts, small_corpus, small_sp_model
 
-TRICKY = ["def f(x):\n\treturn x  \r\n\n\n", "   leading spaces\n    indented\n", "\n", "\n\n", " ", "",
-          "a\u2581b \u2581\u2581 c\u2581", "emoji 🎉 and 日本語 and \x00 NUL", "<fim_prefix>x<fim_suffix>y<fim_middle>",
-          "trailing space \n"]
+TRICKY = [
+    "def f(x):\n\treturn x  \r\n\n\n",
+    "   leading spaces\n    indented\n",
+    "\n",
+    "\n\n",
+    " ",
+    "",
+    "a\u2581b \u2581\u2581 c\u2581",
+    "emoji 🎉 and 日本語 and \x00 NUL",
+    "<fim_prefix>x<fim_suffix>y<fim_middle>",
+    "trailing space \n",
+]
 
 
 def test_specials_eod_and_vocab():
@@ -23,7 +33,7 @@ def test_lossless_on_real_code_and_prose():
     docs = corpus_texts("code_python") + corpus_texts("code_c") + corpus_texts("prose_pydoc")
     assert len(docs) > 10
     ids = tok.encode_batch(docs)
-    for d, i in zip(docs, ids):
+    for d, i in zip(docs, ids, strict=True):
         assert tok.decode(i) == d
     # newlines are real pieces, not bytes
     assert tok.encode("\n") == [3]

@@ -7,6 +7,7 @@ Writes kernels-<device>-<date>.json under --out and prints a table. On a GPU the
 fit in ~4 minutes (a --budget-s guard skips what would not fit); on CPU it runs the reference paths at
 small shapes (a smoke test: CPU figures say nothing about the GPU kernels).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,10 +19,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
-
-import bench_cases  # noqa: E402
-from bench_common import bench_ms, copy_bandwidth_gbps, machine, on_gpu, table, write_json  # noqa: E402
+import bench_cases
+import torch
+from bench_common import bench_ms, copy_bandwidth_gbps, machine, on_gpu, table, write_json
 
 
 def _tuple(x):
@@ -31,9 +31,11 @@ def _tuple(x):
 def measure(case, provider: str, fn, mode: str, quick: bool) -> dict:
     args = case.make(mode == "fwd+bwd")
     if mode == "fwd":
+
         def run():
             with torch.no_grad():
                 return fn(*args)
+
         ms = bench_ms(run, quick=quick)
     else:
         outs = _tuple(fn(*args))
@@ -43,8 +45,9 @@ def measure(case, provider: str, fn, mode: str, quick: bool) -> dict:
     return {"ms": ms}
 
 
-def run(only: list[str], quick: bool = False, no_compile: bool = False, budget_s: float = 220.0,
-        log=print) -> tuple[dict, float, list[dict]]:
+def run(
+    only: list[str], quick: bool = False, no_compile: bool = False, budget_s: float = 220.0, log=print
+) -> tuple[dict, float, list[dict]]:
     """Measure every case of the ops in `only` (all when empty) -> (machine, copy GB/s, result rows)."""
     start = time.monotonic()
     gpu = on_gpu()
@@ -59,8 +62,13 @@ def run(only: list[str], quick: bool = False, no_compile: bool = False, budget_s
         for case in make_cases(gpu, dev, gpu and not no_compile):
             for mode in ("fwd", "fwd+bwd"):
                 for provider, fn in case.providers.items():
-                    row = {"op": case.op, "case": case.name, "dtype": str(case.dtype).replace("torch.", ""),
-                           "mode": mode, "provider": provider}
+                    row = {
+                        "op": case.op,
+                        "case": case.name,
+                        "dtype": str(case.dtype).replace("torch.", ""),
+                        "mode": mode,
+                        "provider": provider,
+                    }
                     elapsed = time.monotonic() - start
                     if elapsed > budget_s or ("compile" in provider and elapsed > 0.7 * budget_s):
                         row["skipped"] = f"time budget ({elapsed:.0f}s)"
@@ -68,7 +76,7 @@ def run(only: list[str], quick: bool = False, no_compile: bool = False, budget_s
                         continue
                     try:
                         row.update(measure(case, provider, fn, mode, quick))
-                    except Exception as e:      # one failing baseline must not end the run
+                    except Exception as e:  # one failing baseline must not end the run
                         row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                     if row.get("ms") and case.bytes.get(mode):
                         row["GBps"] = case.bytes[mode] / (row["ms"] * 1e-3) / 1e9
@@ -97,9 +105,13 @@ def main(argv=None) -> int:
         return 2
     info, copy, rows = run(only, a.quick, a.no_compile, a.budget_s)
     print(table(rows))
-    payload = {"machine": info, "copy_bandwidth_GBps": copy, "wall_s": round(time.monotonic() - start, 1),
-               "note": "GB/s counts the bytes an ideal kernel moves; %copy is against the copy measured in this run",
-               "results": rows}
+    payload = {
+        "machine": info,
+        "copy_bandwidth_GBps": copy,
+        "wall_s": round(time.monotonic() - start, 1),
+        "note": "GB/s counts the bytes an ideal kernel moves; %copy is against the copy measured in this run",
+        "results": rows,
+    }
     path = write_json(Path(a.out), payload)
     print(f"wrote {path}  ({payload['wall_s']} s)")
     return 0

@@ -9,10 +9,10 @@ before each call), as GB/s over the bytes an ideal kernel moves and % of the cop
 same run. `--smoke` runs every variant at tiny shapes (on CPU under TRITON_INTERPRET=1): a check of the
 script, not a measurement. Writes tune-<device>-<date>.json and the run_all JSON; prints a compact table last.
 """
+
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -21,25 +21,48 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
+import torch
+from bench_common import bench_ms, copy_bandwidth_gbps, machine, on_gpu, write_json
 
-from bench_common import bench_ms, copy_bandwidth_gbps, machine, on_gpu, write_json  # noqa: E402
-from megacrystal.ops import norm_config, triton_cross_entropy as tce, triton_rotary as tr  # noqa: E402
-from megacrystal.ops.norm_config import BwdConfig as B, FwdConfig as F  # noqa: E402
-from megacrystal.ops.cross_entropy import ce_grad_reference, ce_stats_reference  # noqa: E402
-from megacrystal.ops.norm import norm_reference  # noqa: E402
-from megacrystal.ops.rotary import rope_angles, rotary_reference  # noqa: E402
-from megacrystal.ops.triton_norm import norm_backward, norm_forward  # noqa: E402
+from megacrystal.ops import norm_config
+from megacrystal.ops import triton_cross_entropy as tce
+from megacrystal.ops import triton_rotary as tr
+from megacrystal.ops.cross_entropy import ce_grad_reference, ce_stats_reference
+from megacrystal.ops.norm import norm_reference
+from megacrystal.ops.norm_config import BwdConfig as B
+from megacrystal.ops.norm_config import FwdConfig as F
+from megacrystal.ops.rotary import rope_angles, rotary_reference
+from megacrystal.ops.triton_norm import norm_backward, norm_forward
 
-NORM_FWD = {4096: [F(1, 4), F(1, 8), F(1, 16), F(2, 8), F(2, 16), F(4, 16)],
-            2048: [F(1, 4), F(1, 8), F(2, 4), F(2, 8), F(4, 8)]}
+NORM_FWD = {
+    4096: [F(1, 4), F(1, 8), F(1, 16), F(2, 8), F(2, 16), F(4, 16)],
+    2048: [F(1, 4), F(1, 8), F(2, 4), F(2, 8), F(4, 8)],
+}
 # BwdConfig(tile, stages, warps, per_sm)
-NORM_BWD = {4096: [B(1, 1, 16, 4), B(1, 2, 8, 2), B(1, 3, 8, 2), B(1, 2, 16, 2), B(1, 3, 16, 2), B(2, 2, 16, 2),
-                   B(2, 1, 16, 2), B(1, 2, 8, 4), B(1, 4, 8, 1), B(2, 3, 16, 1)],
-            2048: [B(1, 2, 4, 2), B(1, 2, 8, 2), B(1, 3, 8, 2), B(2, 2, 8, 2), B(2, 3, 8, 2), B(1, 2, 4, 4)]}
+NORM_BWD = {
+    4096: [
+        B(1, 1, 16, 4),
+        B(1, 2, 8, 2),
+        B(1, 3, 8, 2),
+        B(1, 2, 16, 2),
+        B(1, 3, 16, 2),
+        B(2, 2, 16, 2),
+        B(2, 1, 16, 2),
+        B(1, 2, 8, 4),
+        B(1, 4, 8, 1),
+        B(2, 3, 16, 1),
+    ],
+    2048: [B(1, 2, 4, 2), B(1, 2, 8, 2), B(1, 3, 8, 2), B(2, 2, 8, 2), B(2, 3, 8, 2), B(1, 2, 4, 4)],
+}
 ROT_WARPS = [1, 2, 4, 8]
-CE = [tce.CEConfig(4096, 8, 1), tce.CEConfig(4096, 8, 2), tce.CEConfig(4096, 16, 1), tce.CEConfig(8192, 16, 1),
-      tce.CEConfig(2048, 8, 3), tce.CEConfig(2048, 4, 2)]
+CE = [
+    tce.CEConfig(4096, 8, 1),
+    tce.CEConfig(4096, 8, 2),
+    tce.CEConfig(4096, 16, 1),
+    tce.CEConfig(8192, 16, 1),
+    tce.CEConfig(2048, 8, 3),
+    tce.CEConfig(2048, 4, 2),
+]
 
 
 def _time(fn) -> float:
@@ -94,11 +117,23 @@ def sweep_norm(smoke: bool, dev: str, log) -> list[dict]:
                 else:
                     _poison(x, w)
                     got = norm_backward(dy, x, w, b, mean, rstd, rms, cfg)
-                    err = max(_rel(g, r) for g, r in zip(got, gr))
+                    err = max(_rel(g, r) for g, r in zip(got, gr, strict=False))
                     ms = _time(lambda: norm_backward(dy, x, w, b, mean, rstd, rms, cfg))
                     nbytes = 3 * t * h * e
-                rows.append(dict(op=op, case=f"{t}x{h}", mode=mode, config=repr(cfg), ms=ms, bytes=nbytes,
-                                 key=(mode, h, e), cfg=cfg, rel_err=err, ok=err < _tol(dtype)))
+                rows.append(
+                    dict(
+                        op=op,
+                        case=f"{t}x{h}",
+                        mode=mode,
+                        config=repr(cfg),
+                        ms=ms,
+                        bytes=nbytes,
+                        key=(mode, h, e),
+                        cfg=cfg,
+                        rel_err=err,
+                        ok=err < _tol(dtype),
+                    )
+                )
                 log(f"  {op} {t}x{h} {mode} {cfg}: {ms:.3f} ms  rel err {err:.1e}")
     return rows
 
@@ -123,14 +158,24 @@ def sweep_rotary(smoke: bool, dev: str, log) -> list[dict]:
                 else:
                     _poison(q, k)
                     got = tr.rotary_apply(q, k, cos, sin, inter, warps=w)
-                err = max(_rel(g, r) for g, r in zip(got, ref))
-                qt, kt = (q.clone(), k.clone()) if inplace else (q, k)    # timing rotates these over and over
+                err = max(_rel(g, r) for g, r in zip(got, ref, strict=True))
+                qt, kt = (q.clone(), k.clone()) if inplace else (q, k)  # timing rotates these over and over
                 ms = _time(lambda: tr.rotary_apply(qt, kt, cos, sin, inter, inplace=inplace, warps=w))
-                del qt, kt
-                rows.append(dict(op="rotary", case=f"b{b} s{s} h{h} d{d} {label}",
-                                 mode="fwd in-place" if inplace else "fwd", config=f"warps={w}", ms=ms,
-                                 bytes=nbytes, key=(inter, not inplace and rot < d), cfg=w, rel_err=err,
-                                 ok=err < _tol(dtype)))
+                pass
+                rows.append(
+                    dict(
+                        op="rotary",
+                        case=f"b{b} s{s} h{h} d{d} {label}",
+                        mode="fwd in-place" if inplace else "fwd",
+                        config=f"warps={w}",
+                        ms=ms,
+                        bytes=nbytes,
+                        key=(inter, not inplace and rot < d),
+                        cfg=w,
+                        rel_err=err,
+                        ok=err < _tol(dtype),
+                    )
+                )
                 log(f"  rotary {label} inplace={inplace} warps={w}: {ms:.3f} ms  rel err {err:.1e}")
     return rows
 
@@ -150,13 +195,37 @@ def sweep_ce(smoke: bool, dev: str, log) -> list[dict]:
         got = tce.ce_stats(logits, labels, cfg=cfg)
         err = _rel(got[0] + got[1].log() - got[2], lse - ref_stats[2])
         ms = _time(lambda: tce.ce_stats(logits, labels, cfg=cfg))
-        rows.append(dict(op="cross_entropy", case=f"{t}x{v}", mode="stats (fwd)", config=repr(cfg), ms=ms,
-                         bytes=t * v * e, key="stats", cfg=cfg, rel_err=err, ok=err < 1e-4))
+        rows.append(
+            dict(
+                op="cross_entropy",
+                case=f"{t}x{v}",
+                mode="stats (fwd)",
+                config=repr(cfg),
+                ms=ms,
+                bytes=t * v * e,
+                key="stats",
+                cfg=cfg,
+                rel_err=err,
+                ok=err < 1e-4,
+            )
+        )
         _poison(logits)
         err = _rel(tce.ce_grad(logits, labels, lse, dloss, cfg=cfg), ref_grad)
         ms = _time(lambda: tce.ce_grad(logits, labels, lse, dloss, cfg=cfg))
-        rows.append(dict(op="cross_entropy", case=f"{t}x{v}", mode="grad (bwd)", config=repr(cfg), ms=ms,
-                         bytes=2 * t * v * e, key="grad", cfg=cfg, rel_err=err, ok=err < _tol(dtype)))
+        rows.append(
+            dict(
+                op="cross_entropy",
+                case=f"{t}x{v}",
+                mode="grad (bwd)",
+                config=repr(cfg),
+                ms=ms,
+                bytes=2 * t * v * e,
+                key="grad",
+                cfg=cfg,
+                rel_err=err,
+                ok=err < _tol(dtype),
+            )
+        )
         log(f"  ce {cfg}: stats {rows[-2]['ms']:.3f} grad {rows[-1]['ms']:.3f} ms")
     return rows
 
@@ -192,14 +261,19 @@ def graph_rows(copy: float, log) -> list[dict]:
     """fwd+bwd through autograd replayed from a CUDA graph: the GPU time alone (no host launch overhead)."""
     import bench_cases
     import triton.testing
+
     out, broken = [], False
     for make in (bench_cases.norm_cases, bench_cases.rotary_cases, bench_cases.cross_entropy_cases):
         for case in make(True, "cuda", False):
             if "16384x4096" not in case.name and case.op not in ("rotary", "cross_entropy"):
                 continue
             for prov, fn in case.providers.items():
-                if not (prov == "megacrystal-triton" or prov.startswith("torch-eager") or prov.startswith("liger")
-                        or (prov == "megacrystal-reference" and case.op != "layernorm" and case.op != "rmsnorm")):
+                if not (
+                    prov == "megacrystal-triton"
+                    or prov.startswith("torch-eager")
+                    or prov.startswith("liger")
+                    or (prov == "megacrystal-reference" and case.op != "layernorm" and case.op != "rmsnorm")
+                ):
                     continue
                 row = dict(op=case.op, case=case.name, mode="fwd+bwd graph", provider=prov)
                 if broken:
@@ -208,8 +282,8 @@ def graph_rows(copy: float, log) -> list[dict]:
                     continue
                 try:
                     args = case.make(True)
-                    with torch.no_grad():       # no autograd graph may outlive this call: its AccumulateGrad
-                        outs = fn(*args)        # nodes would sit on this stream, not the capture stream
+                    with torch.no_grad():  # no autograd graph may outlive this call: its AccumulateGrad
+                        outs = fn(*args)  # nodes would sit on this stream, not the capture stream
                     outs = outs if isinstance(outs, tuple) else (outs,)
                     grads = [torch.rand_like(o) if o.dtype == torch.float32 else torch.randn_like(o) for o in outs]
                     del outs
@@ -218,13 +292,15 @@ def graph_rows(copy: float, log) -> list[dict]:
                     def step(fn=fn, args=args, grads=grads):
                         o = fn(*args)
                         torch.autograd.backward(o if isinstance(o, tuple) else (o,), grads)
-                    row["ms"] = float(triton.testing.do_bench_cudagraph(step, rep=40, grad_to_none=leaves,
-                                                                       return_mode="median"))
+
+                    row["ms"] = float(
+                        triton.testing.do_bench_cudagraph(step, rep=40, grad_to_none=leaves, return_mode="median")
+                    )
                     row["GBps"] = case.bytes["fwd+bwd"] / (row["ms"] * 1e-3) / 1e9
                     row["pct_copy"] = 100 * row["GBps"] / copy
                 except Exception as e:  # a baseline that cannot be captured must not end the run
                     row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:120]
-                    broken = "capture" in str(e).lower()   # a failed capture can poison the CUDA state
+                    broken = "capture" in str(e).lower()  # a failed capture can poison the CUDA state
                 log(f"  graph {case.op} {case.name} {prov}: {row.get('ms', row.get('error'))}")
                 out.append(row)
                 torch.cuda.empty_cache()
@@ -235,8 +311,10 @@ def compact(sweep: list[dict], best: dict, e2e: list[dict], graphs: list[dict], 
     lines = [f"copy bandwidth {copy:.0f} GB/s", "-- sweep winners (op-level GPU work, % of copy) --"]
     for (op, key), r in sorted(best.items(), key=lambda kv: str(kv[0])):
         worst = max(x["ms"] for x in sweep if (x["op"], x["key"]) == (op, key))
-        lines.append(f"{op:13s} {r['case'][:34]:34s} {r['mode']:12s} {r['config']:52s} {r['ms']:.3f}ms "
-                     f"{r['pct']:.0f}% (worst {worst:.3f}ms)")
+        lines.append(
+            f"{op:13s} {r['case'][:34]:34s} {r['mode']:12s} {r['config']:52s} {r['ms']:.3f}ms "
+            f"{r['pct']:.0f}% (worst {worst:.3f}ms)"
+        )
     bad = [r for r in sweep if not r.get("ok")]
     lines.append(f"-- {len(sweep)} variants, {len(bad)} failed the check against the reference --")
     for r in bad:
@@ -247,14 +325,14 @@ def compact(sweep: list[dict], best: dict, e2e: list[dict], graphs: list[dict], 
         groups.setdefault((r["op"], r["case"], r["mode"]), []).append(r)
     for (op, case, mode), rs in groups.items():
         ours = next((r for r in rs if r["provider"] == "megacrystal-triton"), None)
-        others = [r for r in rs if r["provider"] not in ("megacrystal-triton", "megacrystal-reference")
-                  and r.get("ms")]
+        others = [r for r in rs if r["provider"] not in ("megacrystal-triton", "megacrystal-reference") and r.get("ms")]
         other = min(others, key=lambda r: r["ms"]) if others else None
         if ours is None or not ours.get("ms"):
             continue
         o = f"{other['provider'][:24]} {other['ms']:.3f}ms {other.get('pct_copy', 0):.0f}%" if other else "-"
-        lines.append(f"{op:13s} {case[:34]:34s} {mode:14s} ours {ours['ms']:.3f}ms {ours.get('pct_copy', 0):.0f}%"
-                     f" | {o}")
+        lines.append(
+            f"{op:13s} {case[:34]:34s} {mode:14s} ours {ours['ms']:.3f}ms {ours.get('pct_copy', 0):.0f}% | {o}"
+        )
     return "\n".join(lines)
 
 
@@ -267,13 +345,13 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     t0 = time.monotonic()
     dev = "cuda" if on_gpu() else "cpu"
-    log = lambda m: print(m, flush=True)  # noqa: E731
+    log = lambda m: print(m, flush=True)
     copy = copy_bandwidth_gbps(quick=True)
     sweep = []
     for fn in (sweep_norm, sweep_rotary, sweep_ce):
         try:
             sweep += fn(a.smoke, dev, log)
-        except Exception as e:   # one op's failure must not lose the others' figures
+        except Exception as e:  # one op's failure must not lose the others' figures
             log(f"sweep {fn.__name__} failed: {type(e).__name__}: {e}")
             if a.smoke:
                 raise
@@ -282,28 +360,44 @@ def main(argv=None) -> int:
         r["pct"] = 100 * r["GBps"] / copy
     best = pick(sweep)
     install(best)
-    log(f"sweep done in {time.monotonic() - t0:.0f}s; installed {norm_config.TUNED} rotary {tr.TUNED_WARPS} "
-        f"ce {tce.STATS_CONFIG} {tce.GRAD_CONFIG}")
+    log(
+        f"sweep done in {time.monotonic() - t0:.0f}s; installed {norm_config.TUNED} rotary {tr.TUNED_WARPS} "
+        f"ce {tce.STATS_CONFIG} {tce.GRAD_CONFIG}"
+    )
     info = machine()
-    early = write_json(Path(a.out), {"machine": info, "copy_bandwidth_GBps": copy, "partial": "sweep only",
-                                     "sweep": [{k: v for k, v in r.items() if k not in ("cfg", "key")} for r in sweep]})
+    early = write_json(
+        Path(a.out),
+        {
+            "machine": info,
+            "copy_bandwidth_GBps": copy,
+            "partial": "sweep only",
+            "sweep": [{k: v for k, v in r.items() if k not in ("cfg", "key")} for r in sweep],
+        },
+    )
     early.rename(early.with_name(early.name.replace("kernels-", "sweep-")))
     log(compact(sweep, best, [], [], copy))
     e2e, graphs = [], []
     if not a.no_e2e:
         import run_all
+
         info, copy2, e2e = run_all.run(["norm", "rotary", "cross_entropy"], quick=a.smoke, budget_s=a.budget_s, log=log)
         from bench_common import table
+
         (Path(a.out) / "e2e-table.txt").parent.mkdir(parents=True, exist_ok=True)
         (Path(a.out) / "e2e-table.txt").write_text(table(e2e) + "\n")
         if on_gpu():
             graphs = graph_rows(copy2, log)
-    payload = {"machine": info, "copy_bandwidth_GBps": copy, "wall_s": round(time.monotonic() - t0, 1),
-               "note": "sweep: op-level GPU work (no autograd), do_bench median with L2 flush; e2e: run_all cases "
-                       "with the sweep winners installed; graph: fwd+bwd via autograd replayed from a CUDA graph",
-               "winners": {f"{op} {key}": r["config"] for (op, key), r in best.items()},
-               "sweep": [{k: v for k, v in r.items() if k not in ("cfg", "key")} for r in sweep],
-               "e2e": e2e, "graph": graphs}
+    payload = {
+        "machine": info,
+        "copy_bandwidth_GBps": copy,
+        "wall_s": round(time.monotonic() - t0, 1),
+        "note": "sweep: op-level GPU work (no autograd), do_bench median with L2 flush; e2e: run_all cases "
+        "with the sweep winners installed; graph: fwd+bwd via autograd replayed from a CUDA graph",
+        "winners": {f"{op} {key}": r["config"] for (op, key), r in best.items()},
+        "sweep": [{k: v for k, v in r.items() if k not in ("cfg", "key")} for r in sweep],
+        "e2e": e2e,
+        "graph": graphs,
+    }
     path = write_json(Path(a.out), payload)
     path = path.rename(path.with_name(path.name.replace("kernels-", "tune-")))
     log(f"wrote {path} ({payload['wall_s']} s)")

@@ -6,10 +6,11 @@ source's count stays within one sample of weight x prefix. `build_blend` returns
 arrays as megatron-core's `build_blending_indices` (dataset_index int16, dataset_sample_index
 int64); `source_sizes` sizes each source with megatron-core's surplus so it never runs short.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -21,17 +22,20 @@ SURPLUS = 0.005
 def normalize(weights: Sequence[float]) -> np.ndarray:
     w = np.array(weights, dtype=np.float64)
     if w.ndim != 1 or len(w) == 0 or np.any(w < 0) or not np.isfinite(w).all() or w.sum() <= 0:
-        raise ValueError(f"blend weights: expected non-negative finite numbers with a positive sum, got {list(weights)}")
+        raise ValueError(
+            f"blend weights: expected non-negative finite numbers with a positive sum, got {list(weights)}"
+        )
     return w / np.sum(w)
 
 
 def source_sizes(weights: Sequence[float], total: int, surplus: float = SURPLUS) -> list[int]:
     """Samples to build per source for a blend of `total`: ceil(ceil(total*w) * (1 + surplus))."""
-    return [int(math.ceil(math.ceil(total * w) * (1 + surplus))) for w in normalize(weights).tolist()]
+    return [math.ceil(math.ceil(total * w) * (1 + surplus)) for w in normalize(weights).tolist()]
 
 
-def build_blend(weights: Sequence[float], size: int, start: int = 0,
-                counts: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+def build_blend(
+    weights: Sequence[float], size: int, start: int = 0, counts: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(source int16[size], sample-within-source int64[size]) for stream positions start..start+size-1.
 
     `weights` are normalised here; `counts` (per source, before `start`) continues a stream.

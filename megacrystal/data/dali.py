@@ -6,9 +6,10 @@ id), fed to a DALI pipeline through `external_source` in batch mode; DALI does t
 backend's. `device_id=None` runs the pipeline on the CPU (how it is tested here). DALI is imported
 only when this backend is chosen; without it the error says how to install it.
 """
+
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -22,12 +23,15 @@ def require_dali():
         import nvidia.dali  # noqa: F401
         from nvidia.dali.plugin import pytorch  # noqa: F401
     except ImportError as e:
-        raise ImportError(f"data.backend: dali needs NVIDIA DALI (pip install 'megacrystal[dali]', package "
-                          f"nvidia-dali-cuda130), which is not importable here ({e}); use data.backend: torch") from None
+        raise ImportError(
+            f"data.backend: dali needs NVIDIA DALI (pip install 'megacrystal[dali]', package "
+            f"nvidia-dali-cuda130), which is not importable here ({e}); use data.backend: torch"
+        ) from None
 
 
-def dali_micro_batches(dataset, batches, num_workers: int = 0,
-                       device_id: Optional[int] = None, prefetch: int = 2) -> Iterator[dict]:
+def dali_micro_batches(
+    dataset, batches, num_workers: int = 0, device_id: int | None = None, prefetch: int = 2
+) -> Iterator[dict]:
     """Micro-batches (dicts of torch tensors, as `collate` makes them) for `batches`, a sequence of
     global-id lists (indexed by DALI's iteration number)."""
     require_dali()
@@ -48,8 +52,9 @@ def dali_micro_batches(dataset, batches, num_workers: int = 0,
         samples = [dataset[g] for g in batches[i]]
         return tuple([np.atleast_1d(np.asarray(s[k])) for s in samples] for k in OUTPUTS)
 
-    @pipeline_def(batch_size=size, num_threads=max(1, num_workers), device_id=device_id,
-                  prefetch_queue_depth=prefetch, seed=0)
+    @pipeline_def(
+        batch_size=size, num_threads=max(1, num_workers), device_id=device_id, prefetch_queue_depth=prefetch, seed=0
+    )
     def pipe():
         outs = fn.external_source(source=source, num_outputs=len(OUTPUTS), batch=True, batch_info=True)
         return tuple(o.gpu() for o in outs) if device_id is not None else tuple(outs)

@@ -14,11 +14,12 @@ masked out of the loss. Every FIM piece that is not cut by the end of the sample
 
 Decode and encode run in the tokenizer's native code on whole pieces (no Python per token).
 """
+
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -52,21 +53,24 @@ def file_key(source: str, file_index: int) -> int:
 @dataclass
 class FimPiece:
     """What happened to one piece (for inspection and tests)."""
-    start: int          # position of the piece in the output sample
-    length: int         # its length there (after FIM, after the cut at the sample end)
-    mode: str           # "psm" | "spm" | "none"
-    lo: int = 0         # character cut points in the decoded text
+
+    start: int  # position of the piece in the output sample
+    length: int  # its length there (after FIM, after the cut at the sample end)
+    mode: str  # "psm" | "spm" | "none"
+    lo: int = 0  # character cut points in the decoded text
     hi: int = 0
-    cut: int = 0        # tokens of the piece that fell off the end of the sample
-    parts: tuple = ()   # (prefix, middle, suffix) token counts of the re-encoded parts
+    cut: int = 0  # tokens of the piece that fell off the end of the sample
+    parts: tuple = ()  # (prefix, middle, suffix) token counts of the re-encoded parts
 
 
 class FIM:
     def __init__(self, tokenizer, seed: int):
         missing = [n for n in FIM_TOKENS if n not in tokenizer.special]
         if missing:
-            raise ValueError(f"{tokenizer.path}: the tokenizer has no {', '.join('<' + m + '>' for m in missing)} "
-                             f"token(s), needed for FIM (fim_rate > 0)")
+            raise ValueError(
+                f"{tokenizer.path}: the tokenizer has no {', '.join('<' + m + '>' for m in missing)} "
+                f"token(s), needed for FIM (fim_rate > 0)"
+            )
         self.tok = tokenizer
         self.seed = int(seed)
         self.prefix_id, self.middle_id, self.suffix_id, self.pad_id = (tokenizer.special[n] for n in FIM_TOKENS)
@@ -75,8 +79,9 @@ class FIM:
     def decide(self, phase: int, fkey: int, position: int, document: int, rate: float) -> bool:
         return rate > 0 and uniform(self.seed, 1, phase, fkey, position, document) < rate
 
-    def apply(self, tokens: np.ndarray, parts: Sequence, rate: float, spm_rate: float, phase: int,
-              fkey: int) -> tuple[np.ndarray, list[FimPiece]]:
+    def apply(
+        self, tokens: np.ndarray, parts: Sequence, rate: float, spm_rate: float, phase: int, fkey: int
+    ) -> tuple[np.ndarray, list[FimPiece]]:
         """FIM over the pieces of one sample (`parts`: SamplePart-like with document/position/offset/length).
 
         Returns the new sample (same length) and one FimPiece per piece still in it.
@@ -85,7 +90,7 @@ class FIM:
         at = 0
         changed = False
         for p in parts:
-            piece = tokens[at:at + p.length]
+            piece = tokens[at : at + p.length]
             done = None
             if self.decide(phase, fkey, p.position, p.document, rate):
                 done = self._transform(piece, phase, fkey, p, spm_rate)
@@ -102,7 +107,7 @@ class FIM:
         n = len(tokens)
         out = np.concatenate(pieces)
         report = []
-        for (start, length), (mode, lo, hi, *counts) in zip(_starts([len(x) for x in pieces]), modes):
+        for (start, length), (mode, lo, hi, *counts) in zip(_starts([len(x) for x in pieces]), modes, strict=True):
             if start >= n:
                 break
             kept = min(length, n - start)
@@ -132,8 +137,8 @@ class FIM:
         else:
             layout = [self.prefix_id, *pre, self.suffix_id, *suf, self.middle_id, *mid]
         new = np.empty(len(layout) + n - body_len, dtype=piece.dtype)
-        new[:len(layout)] = layout
-        new[len(layout):] = piece[body_len:]
+        new[: len(layout)] = layout
+        new[len(layout) :] = piece[body_len:]
         return new, "spm" if spm else "psm", lo, hi, len(pre), len(mid), len(suf)
 
 
@@ -150,12 +155,11 @@ def unpermute(tok, layout: Sequence[int], piece: FimPiece) -> str:
     ids = [int(i) for i in layout]
     n_pre, n_mid, n_suf = piece.parts
     if piece.mode == "psm":  # P pre S suf M mid
-        pre = ids[1:1 + n_pre]
-        suf = ids[2 + n_pre:2 + n_pre + n_suf]
-        mid = ids[3 + n_pre + n_suf:3 + n_pre + n_suf + n_mid]
-    else:                    # P S suf M pre mid
-        suf = ids[2:2 + n_suf]
-        pre = ids[3 + n_suf:3 + n_suf + n_pre]
-        mid = ids[3 + n_suf + n_pre:3 + n_suf + n_pre + n_mid]
+        pre = ids[1 : 1 + n_pre]
+        suf = ids[2 + n_pre : 2 + n_pre + n_suf]
+        mid = ids[3 + n_pre + n_suf : 3 + n_pre + n_suf + n_mid]
+    else:  # P S suf M pre mid
+        suf = ids[2 : 2 + n_suf]
+        pre = ids[3 + n_suf : 3 + n_suf + n_pre]
+        mid = ids[3 + n_suf + n_pre : 3 + n_suf + n_pre + n_mid]
     return tok.decode(pre) + tok.decode(mid) + tok.decode(suf)
-

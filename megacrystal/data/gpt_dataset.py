@@ -16,11 +16,11 @@ The shuffles use the native reproduction of numpy's legacy `RandomState.shuffle`
 draws, same swaps, faster) and the native sample-index walk; numpy does both when the native
 module is missing. A "document" here is one sequence of the indexed file, as in megatron-core.
 """
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
@@ -34,7 +34,8 @@ INDEX_VERSION = 1
 
 # --------------------------------------------------------------------------- the three arrays
 
-def num_epochs(tokens_per_epoch: int, num_samples: Optional[int], seq_length: int, extra: int = 1) -> int:
+
+def num_epochs(tokens_per_epoch: int, num_samples: int | None, seq_length: int, extra: int = 1) -> int:
     if num_samples is None:
         return 1
     if tokens_per_epoch <= 0:
@@ -43,13 +44,14 @@ def num_epochs(tokens_per_epoch: int, num_samples: Optional[int], seq_length: in
     return max(1, -(-needed // tokens_per_epoch))
 
 
-def samples_in(epochs: int, tokens_per_epoch: int, seq_length: int, extra: int = 1,
-               drop_last_partial: bool = True) -> int:
+def samples_in(
+    epochs: int, tokens_per_epoch: int, seq_length: int, extra: int = 1, drop_last_partial: bool = True
+) -> int:
     total = epochs * tokens_per_epoch - extra
-    return total // seq_length if drop_last_partial else int(math.ceil(np.float32(total) / np.float32(seq_length)))
+    return total // seq_length if drop_last_partial else math.ceil(np.float32(total) / np.float32(seq_length))
 
 
-def separate_final_epoch(tokens_per_epoch: int, num_samples: Optional[int], seq_length: int, extra: int = 1) -> bool:
+def separate_final_epoch(tokens_per_epoch: int, num_samples: int | None, seq_length: int, extra: int = 1) -> bool:
     epochs = num_epochs(tokens_per_epoch, num_samples, seq_length, extra)
     if epochs == 1:
         return False
@@ -71,8 +73,9 @@ def shuffle_(x: np.ndarray, rs: np.random.RandomState) -> None:
     rs.set_state((name, key, pos, has_gauss, gauss))
 
 
-def build_document_index(documents: np.ndarray, epochs: int, rs: np.random.RandomState,
-                         separate_final: bool) -> np.ndarray:
+def build_document_index(
+    documents: np.ndarray, epochs: int, rs: np.random.RandomState, separate_final: bool
+) -> np.ndarray:
     docs = np.asarray(documents, dtype=np.int32)
     if separate_final and epochs > 1:
         first = build_document_index(docs, epochs - 1, rs, False)
@@ -83,17 +86,40 @@ def build_document_index(documents: np.ndarray, epochs: int, rs: np.random.Rando
     return out
 
 
-def build_sample_index(sizes: np.ndarray, document_index: np.ndarray, seq_length: int, epochs: int,
-                       tokens_per_epoch: int, drop_last_partial: bool = True, extra: int = 1) -> np.ndarray:
+def build_sample_index(
+    sizes: np.ndarray,
+    document_index: np.ndarray,
+    seq_length: int,
+    epochs: int,
+    tokens_per_epoch: int,
+    drop_last_partial: bool = True,
+    extra: int = 1,
+) -> np.ndarray:
     sizes = np.ascontiguousarray(sizes, dtype=np.int32)
     document_index = np.ascontiguousarray(document_index, dtype=np.int32)
     wide = max(len(document_index), int(sizes.max()) if len(sizes) else 0) > np.iinfo(np.int32).max
     mod = native.get()
     if mod is not None:
-        return mod.build_sample_index(sizes, document_index, int(seq_length), int(epochs), int(tokens_per_epoch),
-                                      bool(drop_last_partial), int(extra), wide)
-    return _sample_index_numpy(sizes, document_index, seq_length, epochs, tokens_per_epoch,
-                               drop_last_partial, extra, np.int64 if wide else np.int32)
+        return mod.build_sample_index(
+            sizes,
+            document_index,
+            int(seq_length),
+            int(epochs),
+            int(tokens_per_epoch),
+            bool(drop_last_partial),
+            int(extra),
+            wide,
+        )
+    return _sample_index_numpy(
+        sizes,
+        document_index,
+        seq_length,
+        epochs,
+        tokens_per_epoch,
+        drop_last_partial,
+        extra,
+        np.int64 if wide else np.int32,
+    )
 
 
 def _sample_index_numpy(sizes, document_index, seq_length, epochs, tokens_per_epoch, drop_last_partial, extra, dtype):
@@ -149,8 +175,15 @@ def build_shuffle_index(num_samples: int, total_size: int, rs: np.random.RandomS
     return np.concatenate((first, last))
 
 
-def build_indices(sizes: np.ndarray, documents: np.ndarray, seq_length: int, num_samples: Optional[int],
-                  seed: int, drop_last_partial: bool = True, extra: int = 1):
+def build_indices(
+    sizes: np.ndarray,
+    documents: np.ndarray,
+    seq_length: int,
+    num_samples: int | None,
+    seed: int,
+    drop_last_partial: bool = True,
+    extra: int = 1,
+):
     """(document_index, sample_index, shuffle_index) for `documents` (sequence ids) of `sizes`."""
     documents = np.asarray(documents)
     tokens = int(np.sum(sizes[documents], dtype=np.int64))
@@ -167,14 +200,16 @@ def build_indices(sizes: np.ndarray, documents: np.ndarray, seq_length: int, num
 
 # --------------------------------------------------------------------------- one file's split, cached
 
+
 @dataclass
 class SamplePart:
     """A piece of one document inside a sample."""
-    document: int      # sequence id in the indexed file
-    position: int      # position in the document index: identifies this occurrence (epoch copy)
-    epoch: int         # position // documents per epoch
-    offset: int        # first token of the piece within the document
-    length: int        # tokens of the piece
+
+    document: int  # sequence id in the indexed file
+    position: int  # position in the document index: identifies this occurrence (epoch copy)
+    epoch: int  # position // documents per epoch
+    offset: int  # first token of the piece within the document
+    length: int  # tokens of the piece
 
 
 class GPTIndex:
@@ -184,9 +219,17 @@ class GPTIndex:
     `sample(k)` -> (int64 tokens, [SamplePart]) for shuffled sample k.
     """
 
-    def __init__(self, dataset: IndexedDataset, documents: np.ndarray, seq_length: int,
-                 num_samples: Optional[int], seed: int, cache_dir: Optional[str] = None, group=None,
-                 name: Optional[str] = None):
+    def __init__(
+        self,
+        dataset: IndexedDataset,
+        documents: np.ndarray,
+        seq_length: int,
+        num_samples: int | None,
+        seed: int,
+        cache_dir: str | None = None,
+        group=None,
+        name: str | None = None,
+    ):
         self.dataset = dataset
         self.documents = np.asarray(documents, dtype=np.int32)
         self.seq_length = int(seq_length)
@@ -196,13 +239,20 @@ class GPTIndex:
         sizes = dataset.sequence_lengths
         self.tokens_per_epoch = int(np.sum(sizes[self.documents], dtype=np.int64))
         if self.tokens_per_epoch < 2:
-            raise ValueError(f"{dataset.prefix}: the split has {self.tokens_per_epoch} tokens; a sample needs at least 2")
+            raise ValueError(
+                f"{dataset.prefix}: the split has {self.tokens_per_epoch} tokens; a sample needs at least 2"
+            )
         self.epochs = num_epochs(self.tokens_per_epoch, num_samples, self.seq_length)
         self.description = {
-            "version": INDEX_VERSION, "sequence_lengths": index_cache.array_fingerprint(sizes),
-            "documents": index_cache.array_fingerprint(self.documents), "num_documents": len(self.documents),
-            "seq_length": self.seq_length, "num_samples": num_samples, "seed": self.seed,
-            "drop_last_partial": True, "extra": 1,
+            "version": INDEX_VERSION,
+            "sequence_lengths": index_cache.array_fingerprint(sizes),
+            "documents": index_cache.array_fingerprint(self.documents),
+            "num_documents": len(self.documents),
+            "seq_length": self.seq_length,
+            "num_samples": num_samples,
+            "seed": self.seed,
+            "drop_last_partial": True,
+            "extra": 1,
         }
 
         def build():

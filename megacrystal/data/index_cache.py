@@ -17,6 +17,7 @@ A cache whose description differs from the expected one (foreign), or whose arra
 unreadable or of another shape/dtype (stale or damaged), is never used: the builder says why
 in the log and rebuilds it; a waiting rank that still finds it bad raises `IndexCacheError`.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -25,9 +26,9 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 
@@ -80,8 +81,10 @@ def load(cache_dir: str, kind: str, description: dict) -> tuple[dict, dict]:
         except (OSError, ValueError) as e:
             raise IndexCacheError(f"{p}: missing or unreadable ({e})") from None
         if list(a.shape) != spec["shape"] or a.dtype.str != spec["dtype"]:
-            raise IndexCacheError(f"{p}: stale or damaged: shape {list(a.shape)} dtype {a.dtype.str}, "
-                                  f"description says {spec['shape']} {spec['dtype']}")
+            raise IndexCacheError(
+                f"{p}: stale or damaged: shape {list(a.shape)} dtype {a.dtype.str}, "
+                f"description says {spec['shape']} {spec['dtype']}"
+            )
         out[name] = a
     return out, record.get("meta", {})
 
@@ -97,8 +100,13 @@ def save(cache_dir: str, kind: str, description: dict, arrays: dict, meta: dict)
         with os.fdopen(fd, "wb") as f:
             np.save(f, np.ascontiguousarray(a), allow_pickle=False)
         os.replace(tmp, paths[name])
-    record = {"format": FORMAT_VERSION, "kind": kind, "description": description, "meta": meta,
-              "arrays": {n: {"shape": list(a.shape), "dtype": a.dtype.str} for n, a in arrays.items()}}
+    record = {
+        "format": FORMAT_VERSION,
+        "kind": kind,
+        "description": description,
+        "meta": meta,
+        "arrays": {n: {"shape": list(a.shape), "dtype": a.dtype.str} for n, a in arrays.items()},
+    }
     fd, tmp = tempfile.mkstemp(dir=desc_path.parent, prefix=f".{desc_path.name}.")
     with os.fdopen(fd, "w") as f:
         json.dump(record, f, indent=1, sort_keys=True)
@@ -129,8 +137,9 @@ def _load_or_build(cache_dir: str, kind: str, description: dict, build: Callable
     return load(cache_dir, kind, description)
 
 
-def cached(kind: str, description: dict, build: Callable[[], tuple[dict, dict]],
-           cache_dir: Optional[str], group=None) -> tuple[dict, dict]:
+def cached(
+    kind: str, description: dict, build: Callable[[], tuple[dict, dict]], cache_dir: str | None, group=None
+) -> tuple[dict, dict]:
     """Arrays (memory-mapped when cached) and meta for `description`; `build()` -> (arrays, meta).
 
     `group`: a torch.distributed process group whose rank 0 builds (None: the default group
@@ -147,6 +156,7 @@ def cached(kind: str, description: dict, build: Callable[[], tuple[dict, dict]],
         return _load_or_build(cache_dir, kind, description, build)
 
     import torch
+
     g = None if group is None else group
     rank = dist.get_rank(g)
     ok = torch.ones(1, dtype=torch.int32)
@@ -161,8 +171,7 @@ def cached(kind: str, description: dict, build: Callable[[], tuple[dict, dict]],
     if error is not None:
         raise error
     if int(ok.item()) == 0:
-        raise IndexCacheError(f"{cache_dir}: rank 0 of the group failed to build the {kind} index "
-                              f"(see rank 0's error)")
+        raise IndexCacheError(f"{cache_dir}: rank 0 of the group failed to build the {kind} index (see rank 0's error)")
     try:
         return load(cache_dir, kind, description)
     except IndexCacheError as e:

@@ -5,12 +5,13 @@ Reader: memory-mapped, zero-copy slices, validated on open (every problem is an
 `IndexedFileError` naming the file). Writer: streaming appends, index written at `finalize`.
 This module imports numpy only (no torch), so preprocessing starts fast.
 """
+
 from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -19,8 +20,14 @@ VERSION = 1
 HEADER_SIZE = 34  # magic 9 + version 8 + dtype 1 + N 8 + D 8
 
 DTYPE_CODES: dict[int, type] = {
-    1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64,
-    6: np.float64, 7: np.float32, 8: np.uint16,
+    1: np.uint8,
+    2: np.int8,
+    3: np.int16,
+    4: np.int32,
+    5: np.int64,
+    6: np.float64,
+    7: np.float32,
+    8: np.uint16,
 }
 CODE_OF = {np.dtype(v): k for k, v in DTYPE_CODES.items()}
 
@@ -29,11 +36,11 @@ class IndexedFileError(ValueError):
     """A missing, truncated or corrupt `.bin`/`.idx`; the message names the file."""
 
 
-def data_file(prefix: Union[str, os.PathLike]) -> str:
+def data_file(prefix: str | os.PathLike) -> str:
     return f"{os.fspath(prefix)}.bin"
 
 
-def index_file(prefix: Union[str, os.PathLike]) -> str:
+def index_file(prefix: str | os.PathLike) -> str:
     return f"{os.fspath(prefix)}.idx"
 
 
@@ -44,10 +51,11 @@ def token_dtype(vocab_size: int) -> type:
 
 # --------------------------------------------------------------------------- reading
 
+
 class IndexedDataset:
     """Read-only view of `PREFIX.bin/.idx`. `ds[i]` is sequence i as a zero-copy numpy view."""
 
-    def __init__(self, prefix: Union[str, os.PathLike]):
+    def __init__(self, prefix: str | os.PathLike):
         self.prefix = os.fspath(prefix)
         self.idx_path, self.bin_path = index_file(prefix), data_file(prefix)
         self._read_index()
@@ -67,7 +75,7 @@ class IndexedDataset:
             header = f.read(HEADER_SIZE)
         if header[:9] != MAGIC:
             self._fail(path, f"bad magic {header[:9]!r}, expected {MAGIC!r} (not a Megatron MMIDIDX index)")
-        version, = struct.unpack("<Q", header[9:17])
+        (version,) = struct.unpack("<Q", header[9:17])
         if version != VERSION:
             self._fail(path, f"unsupported index version {version}, expected {VERSION}")
         code = header[17]
@@ -77,8 +85,11 @@ class IndexedDataset:
         n, d = struct.unpack("<QQ", header[18:34])
         expected = HEADER_SIZE + 4 * n + 8 * n + 8 * d
         if size != expected:
-            self._fail(path, f"size {size} bytes does not match N={n} sequences and D={d} document "
-                             f"entries (expected {expected} bytes; truncated or corrupt)")
+            self._fail(
+                path,
+                f"size {size} bytes does not match N={n} sequences and D={d} document "
+                f"entries (expected {expected} bytes; truncated or corrupt)",
+            )
         if d < 1:
             self._fail(path, "document index is empty (expected at least the leading 0)")
         mm = np.memmap(path, mode="r", dtype=np.uint8)
@@ -97,8 +108,11 @@ class IndexedDataset:
                 self._fail(path, "negative sequence length")
             ptr = self.sequence_pointers
             if ptr[0] != 0 or np.any(ptr[1:] != ptr[:-1] + lengths[:-1].astype(np.int64) * self.dtype.itemsize):
-                self._fail(path, "sequence pointers do not agree with sequence lengths "
-                                 f"(each pointer must be the previous + length x {self.dtype.itemsize} bytes)")
+                self._fail(
+                    path,
+                    "sequence pointers do not agree with sequence lengths "
+                    f"(each pointer must be the previous + length x {self.dtype.itemsize} bytes)",
+                )
         self.num_tokens = int(self.sequence_lengths.sum(dtype=np.int64))
 
     def _open_bin(self) -> None:
@@ -108,8 +122,11 @@ class IndexedDataset:
         size = os.path.getsize(path)
         expected = self.num_tokens * self.dtype.itemsize
         if size != expected:
-            self._fail(path, f"size {size} bytes, but {self.idx_path} describes {self.num_tokens} tokens "
-                             f"of {self.dtype.name} = {expected} bytes")
+            self._fail(
+                path,
+                f"size {size} bytes, but {self.idx_path} describes {self.num_tokens} tokens "
+                f"of {self.dtype.name} = {expected} bytes",
+            )
         # np.memmap refuses empty files
         self._bin = np.memmap(path, mode="r", dtype=self.dtype) if size else np.empty(0, dtype=self.dtype)
 
@@ -127,9 +144,9 @@ class IndexedDataset:
             raise IndexError(f"{self.prefix}: sequence {i} out of range ({n} sequences)")
         i %= n
         start = self.sequence_pointers[i] // self.dtype.itemsize
-        return self._bin[start:start + self.sequence_lengths[i]]
+        return self._bin[start : start + self.sequence_lengths[i]]
 
-    def get(self, i: int, offset: int = 0, length: Optional[int] = None) -> np.ndarray:
+    def get(self, i: int, offset: int = 0, length: int | None = None) -> np.ndarray:
         """Tokens [offset, offset+length) of sequence i (zero-copy)."""
         seq = self[i]
         end = len(seq) if length is None else offset + length
@@ -153,6 +170,7 @@ class IndexedDataset:
 
 # --------------------------------------------------------------------------- writing
 
+
 class IndexedDatasetWriter:
     """Streams sequences into `PREFIX.bin`; `finalize()` writes `PREFIX.idx`.
 
@@ -160,7 +178,7 @@ class IndexedDatasetWriter:
     half-written pair that looks complete, and never clobbers a finished pair before it is replaced.
     """
 
-    def __init__(self, prefix: Union[str, os.PathLike], dtype=np.uint16, buffer_bytes: int = 8 << 20):
+    def __init__(self, prefix: str | os.PathLike, dtype=np.uint16, buffer_bytes: int = 8 << 20):
         self.prefix = os.fspath(prefix)
         self.dtype = np.dtype(dtype)
         if self.dtype not in CODE_OF:
@@ -173,7 +191,7 @@ class IndexedDatasetWriter:
         self._n = 0
         self._closed = False
 
-    def add_document(self, tokens: Union[np.ndarray, Sequence[int]], lengths: Optional[Sequence[int]] = None) -> None:
+    def add_document(self, tokens: np.ndarray | Sequence[int], lengths: Sequence[int] | None = None) -> None:
         """One document; `lengths` splits it into several sequences (sentence splitting), default one."""
         arr = np.asarray(tokens, dtype=self.dtype)
         lens = np.array([len(arr)] if lengths is None else lengths, dtype=np.int32)
@@ -253,15 +271,16 @@ def write_index(path: str, dtype, lengths: np.ndarray, document_indices: np.ndar
         f.write(doc.tobytes(order="C"))
 
 
-def write_documents(prefix: Union[str, os.PathLike], documents: Iterable[Sequence[int]], dtype=np.uint16) -> None:
+def write_documents(prefix: str | os.PathLike, documents: Iterable[Sequence[int]], dtype=np.uint16) -> None:
     """Convenience: write an iterable of token lists as one-sequence documents."""
     with IndexedDatasetWriter(prefix, dtype=dtype) as w:
         for doc in documents:
             w.add_document(doc)
 
 
-def merge(prefixes: Sequence[Union[str, os.PathLike]], out_prefix: Union[str, os.PathLike],
-          chunk_bytes: int = 64 << 20) -> IndexedDataset:
+def merge(
+    prefixes: Sequence[str | os.PathLike], out_prefix: str | os.PathLike, chunk_bytes: int = 64 << 20
+) -> IndexedDataset:
     """Concatenate indexed files (same dtype) into `out_prefix`, streaming the `.bin` bytes."""
     if not prefixes:
         raise ValueError("merge: no input prefixes")

@@ -17,10 +17,11 @@ union over ranks is the global batch whatever dp is. Samples are computed by a p
 the global sample id, so the batches are identical whatever the number of workers, and a
 restored loader continues with exactly the batches the uninterrupted run would have seen.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -34,6 +35,7 @@ SAMPLE_KEYS = ("tokens", "labels", "loss_mask", "position_ids", "segment_ids")
 
 def collate(samples: list[dict]) -> dict:
     import torch
+
     out = {k: torch.from_numpy(np.stack([s[k] for s in samples])) for k in SAMPLE_KEYS}
     for k in ("source_id", "phase_id", "sample_id"):
         out[k] = torch.tensor([int(s[k]) for s in samples], dtype=torch.int64)
@@ -43,6 +45,7 @@ def collate(samples: list[dict]) -> dict:
 def finish_batch(mb: dict) -> dict:
     """Add cu_seqlens (document boundaries over the flattened batch) and max_seqlen from segment_ids."""
     import torch
+
     seg = mb["segment_ids"]
     b, s = seg.shape
     # a document starts at position 0 of each sample and wherever the segment number changes
@@ -71,7 +74,7 @@ class _Samples:
 class _MicroBatchIds:
     """This rank's micro-batches from step `start` on, as lists of global sample ids, computed on demand."""
 
-    def __init__(self, loader: "StepLoader", start: int):
+    def __init__(self, loader: StepLoader, start: int):
         self.loader, self.start = loader, start
         self.n = max(0, loader.total_steps - start) * loader.num_microbatches
 
@@ -91,14 +94,26 @@ class _MicroBatchIds:
 class StepLoader:
     """Iterates steps from `self.step`; each item: the list of this rank's micro-batches."""
 
-    def __init__(self, dataset, dp_rank: int, dp_size: int, micro_batch_size: int, global_batch_size: int,
-                 num_workers: int = 0, pin_memory: bool = True, total_steps: Optional[int] = None,
-                 backend: str = "torch", prefetch_factor: int = 2):
+    def __init__(
+        self,
+        dataset,
+        dp_rank: int,
+        dp_size: int,
+        micro_batch_size: int,
+        global_batch_size: int,
+        num_workers: int = 0,
+        pin_memory: bool = True,
+        total_steps: int | None = None,
+        backend: str = "torch",
+        prefetch_factor: int = 2,
+    ):
         if not 0 <= dp_rank < dp_size:
             raise ValueError(f"loader: dp_rank {dp_rank} not in [0, {dp_size})")
         if global_batch_size % (micro_batch_size * dp_size):
-            raise ValueError(f"train.global_batch_size: {global_batch_size} is not divisible by "
-                             f"micro_batch_size*dp = {micro_batch_size}*{dp_size}")
+            raise ValueError(
+                f"train.global_batch_size: {global_batch_size} is not divisible by "
+                f"micro_batch_size*dp = {micro_batch_size}*{dp_size}"
+            )
         self.dataset = dataset
         self.dp_rank, self.dp_size = dp_rank, dp_size
         self.mbs, self.gbs = micro_batch_size, global_batch_size
@@ -120,16 +135,23 @@ class StepLoader:
 
     # --- resume
     def state_dict(self) -> dict:
-        return {"step": self.step, "consumed_samples": self.step * self.gbs, "global_batch_size": self.gbs,
-                "total_samples": len(self.dataset)}
+        return {
+            "step": self.step,
+            "consumed_samples": self.step * self.gbs,
+            "global_batch_size": self.gbs,
+            "total_samples": len(self.dataset),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("global_batch_size", self.gbs) != self.gbs:
-            raise ValueError(f"loader state: saved with global_batch_size {state['global_batch_size']}, "
-                             f"this run uses {self.gbs}")
+            raise ValueError(
+                f"loader state: saved with global_batch_size {state['global_batch_size']}, this run uses {self.gbs}"
+            )
         if "total_samples" in state and state["total_samples"] != len(self.dataset):
-            raise ValueError(f"loader state: saved for {state['total_samples']} samples in all phases, this "
-                             f"configuration has {len(self.dataset)} (the phases changed)")
+            raise ValueError(
+                f"loader state: saved for {state['total_samples']} samples in all phases, this "
+                f"configuration has {len(self.dataset)} (the phases changed)"
+            )
         self.step = int(state["step"])
 
     def __len__(self) -> int:
@@ -140,9 +162,11 @@ class StepLoader:
         batches = _MicroBatchIds(self, start)
         if self.backend == "dali":
             from .dali import dali_micro_batches
+
             yield from dali_micro_batches(self.dataset, batches, self.num_workers)
             return
         import torch
+
         pin = self.pin_memory and torch.cuda.is_available()
         if self.pin_memory and not pin:
             say_once("loader-no-pin", "data loader: no CUDA device, pinned memory off")
@@ -153,8 +177,14 @@ class StepLoader:
             return
         # forked workers and the HF tokenizer's thread pool (FIM) do not mix; FIM encodes 3 pieces at a time
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        dl = torch.utils.data.DataLoader(_Samples(self.dataset), batch_sampler=batches, num_workers=self.num_workers,
-                                         collate_fn=collate, pin_memory=pin, prefetch_factor=self.prefetch_factor)
+        dl = torch.utils.data.DataLoader(
+            _Samples(self.dataset),
+            batch_sampler=batches,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            pin_memory=pin,
+            prefetch_factor=self.prefetch_factor,
+        )
         yield from dl
 
     def __iter__(self) -> Iterator[list[dict]]:
@@ -169,7 +199,7 @@ class StepLoader:
 class ValidationSet:
     """Held-out samples of one source (its files' validation documents), the same ones every time."""
 
-    def __init__(self, stream: SourceStream, source_id: int, eod: Optional[int]):
+    def __init__(self, stream: SourceStream, source_id: int, eod: int | None):
         self.stream = stream
         self.source_id = source_id
         self.eod = eod
@@ -185,11 +215,13 @@ class ValidationSet:
         out["sample_id"] = np.int64(g)
         return out
 
-    def batches(self, steps: int, dp_rank: int, dp_size: int, micro_batch_size: int,
-                global_batch_size: int) -> StepLoader:
+    def batches(
+        self, steps: int, dp_rank: int, dp_size: int, micro_batch_size: int, global_batch_size: int
+    ) -> StepLoader:
         """A loader over `steps` global batches of this source (wrapping around a small held-out set)."""
-        return StepLoader(_Repeat(self, steps * global_batch_size), dp_rank, dp_size, micro_batch_size,
-                          global_batch_size)
+        return StepLoader(
+            _Repeat(self, steps * global_batch_size), dp_rank, dp_size, micro_batch_size, global_batch_size
+        )
 
 
 class _Repeat:
@@ -205,7 +237,7 @@ class _Repeat:
         return self.vset[g]
 
 
-def build_validation(plan: DataPlan, cache_dir: Optional[str], group=None, eod: Optional[int] = None) -> dict:
+def build_validation(plan: DataPlan, cache_dir: str | None, group=None, eod: int | None = None) -> dict:
     out = {}
     if plan.valid_fraction <= 0:
         return out
@@ -220,21 +252,32 @@ def build_validation(plan: DataPlan, cache_dir: Optional[str], group=None, eod: 
     return out
 
 
-def build_data(cfg, dp_rank: int = 0, dp_size: int = 1, group=None, with_validation: bool = True,
-               plan: Optional[DataPlan] = None):
+def build_data(
+    cfg, dp_rank: int = 0, dp_size: int = 1, group=None, with_validation: bool = True, plan: DataPlan | None = None
+):
     """(plan, train StepLoader, {source: ValidationSet}) for a validated config.
 
     Call `make_plan(cfg)` before creating process groups and pass it as `plan`: every data problem
     (missing file, empty source, too many epochs, FIM tokenizer) is raised there, on every rank alike.
     """
     from ..tokenizer import load_tokenizer
+
     d = cfg.data
     plan = plan if plan is not None else make_plan(cfg)
     tok = load_tokenizer(d.tokenizer_type, d.tokenizer_model) if d.tokenizer_model else None
     cache_dir = d.cache_dir or os.path.join(cfg.train.out_dir, "index_cache")
-    ds = PhasedDataset(plan, cache_dir, group, tok, eod_mask_loss=d.eod_mask_loss,
-                       reset_position_ids=cfg.model.document_mask)
-    loader = StepLoader(ds, dp_rank, dp_size, cfg.train.micro_batch_size, cfg.train.global_batch_size,
-                        num_workers=d.num_workers, pin_memory=d.pin_memory, backend=d.backend)
+    ds = PhasedDataset(
+        plan, cache_dir, group, tok, eod_mask_loss=d.eod_mask_loss, reset_position_ids=cfg.model.document_mask
+    )
+    loader = StepLoader(
+        ds,
+        dp_rank,
+        dp_size,
+        cfg.train.micro_batch_size,
+        cfg.train.global_batch_size,
+        num_workers=d.num_workers,
+        pin_memory=d.pin_memory,
+        backend=d.backend,
+    )
     valid = build_validation(plan, cache_dir, group, tok.eod if tok else None) if with_validation else {}
     return plan, loader, valid

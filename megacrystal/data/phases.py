@@ -10,11 +10,11 @@ each file one GPT index); phase p reads it from the cursor where earlier phases 
 (cursor_p[s] = samples of s in phases before p), so a source used again later continues its
 epoch order instead of restarting it.
 """
+
 from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
@@ -29,7 +29,7 @@ from .plan import DataPlan
 log = get_logger("megacrystal.data.phases")
 
 
-def cached_blend(weights, size: int, cache_dir: Optional[str], group, what: str):
+def cached_blend(weights, size: int, cache_dir: str | None, group, what: str):
     """Blend arrays (cached) + final per-source counts."""
     desc = {"weights": [float(w) for w in weights], "size": int(size), "what": what}
 
@@ -45,8 +45,9 @@ def cached_blend(weights, size: int, cache_dir: Optional[str], group, what: str)
 class SourceStream:
     """One source's samples over all phases: sample k -> (file, GPT index sample)."""
 
-    def __init__(self, plan, seq_length: int, seed: int, cache_dir, group, split: str = "train",
-                 num_samples: Optional[int] = None):
+    def __init__(
+        self, plan, seq_length: int, seed: int, cache_dir, group, split: str = "train", num_samples: int | None = None
+    ):
         self.name = plan.name
         self.kind = plan.kind
         self.indices: list[GPTIndex] = []
@@ -58,8 +59,18 @@ class SourceStream:
             if split != "train" and tokens < seq_length + 1:
                 continue
             n = f.demand if split == "train" else None
-            self.indices.append(GPTIndex(IndexedDataset(f.prefix), docs, seq_length, n, seed, cache_dir, group,
-                                         name=f"{plan.name}:{f.prefix}"))
+            self.indices.append(
+                GPTIndex(
+                    IndexedDataset(f.prefix),
+                    docs,
+                    seq_length,
+                    n,
+                    seed,
+                    cache_dir,
+                    group,
+                    name=f"{plan.name}:{f.prefix}",
+                )
+            )
             self.keys.append(file_key(plan.name, i))
             weights.append(f.weight if split == "train" else tokens)
         if split == "train":
@@ -68,8 +79,9 @@ class SourceStream:
             self.size = sum(len(ix) for ix in self.indices) if num_samples is None else num_samples
         self.file_src = self.file_idx = None
         if len(self.indices) > 1:
-            self.file_src, self.file_idx, _ = cached_blend(weights, self.size, cache_dir, group,
-                                                           f"files of {plan.name} ({split})")
+            self.file_src, self.file_idx, _ = cached_blend(
+                weights, self.size, cache_dir, group, f"files of {plan.name} ({split})"
+            )
 
     def __len__(self) -> int:
         return self.size
@@ -90,18 +102,28 @@ class SourceStream:
 class Located:
     phase: int
     source: str
-    source_sample: int     # k in the source's stream
-    phase_sample: int      # t within the phase
+    source_sample: int  # k in the source's stream
+    phase_sample: int  # t within the phase
 
 
 class PhasedDataset:
     """Map-style: len() global samples; [g] -> dict of numpy arrays (tokens, labels, ...)."""
 
-    def __init__(self, plan: DataPlan, cache_dir: Optional[str], group=None, tokenizer=None,
-                 eod_mask_loss: bool = False, reset_position_ids: bool = False):
+    def __init__(
+        self,
+        plan: DataPlan,
+        cache_dir: str | None,
+        group=None,
+        tokenizer=None,
+        eod_mask_loss: bool = False,
+        reset_position_ids: bool = False,
+    ):
         self.plan = plan
-        self.streams = {name: SourceStream(sp, plan.seq_length, plan.seed, cache_dir, group)
-                        for name, sp in plan.sources.items() if sp.demand > 0}
+        self.streams = {
+            name: SourceStream(sp, plan.seq_length, plan.seed, cache_dir, group)
+            for name, sp in plan.sources.items()
+            if sp.demand > 0
+        }
         self.phase_arrays = []
         self.cursors: list[dict[str, int]] = []
         used = {name: 0 for name in self.streams}
@@ -109,15 +131,14 @@ class PhasedDataset:
             src, idx, counts = cached_blend(p.weights, p.num_samples, cache_dir, group, f"phase {p.name}")
             self.phase_arrays.append((src, idx))
             self.cursors.append(dict(used))
-            for s, c in zip(p.sources, counts.tolist()):
+            for s, c in zip(p.sources, counts.tolist(), strict=True):
                 used[s] += c
                 if used[s] > self.streams[s].size:  # the surplus sizing makes this impossible
                     raise RuntimeError(f"source {s}: phases ask {used[s]} samples, {self.streams[s].size} built")
         self.starts = [p.start for p in plan.phases]
         self.source_ids = {name: sp.index for name, sp in plan.sources.items()}
         self.tokenizer = tokenizer
-        needs_fim = any(p.fim_rate > 0 and any(plan.sources[s].kind == "code" for s in p.sources)
-                        for p in plan.phases)
+        needs_fim = any(p.fim_rate > 0 and any(plan.sources[s].kind == "code" for s in p.sources) for p in plan.phases)
         self.fim = None
         if needs_fim:
             if tokenizer is None:
@@ -149,23 +170,36 @@ class PhasedDataset:
         report = None
         phase = self.plan.phases[loc.phase]
         if self.fim is not None and stream.kind == "code" and phase.fim_rate > 0:
-            tokens, report = self.fim.apply(tokens, parts, phase.fim_rate, phase.fim_spm_rate, loc.phase,
-                                            stream.keys[f])
+            tokens, report = self.fim.apply(
+                tokens, parts, phase.fim_rate, phase.fim_spm_rate, loc.phase, stream.keys[f]
+            )
         return tokens, parts, loc, report
 
     def __getitem__(self, g: int) -> dict:
         tokens, parts, loc, report = self.raw(int(g))
         lengths = [p.length for p in (parts if report is None else report)]
-        out = make_sample(tokens, lengths, eod=self.eod, pad=self.pad,
-                          eod_mask_loss=self.eod_mask_loss, reset_position_ids=self.reset_position_ids)
+        out = make_sample(
+            tokens,
+            lengths,
+            eod=self.eod,
+            pad=self.pad,
+            eod_mask_loss=self.eod_mask_loss,
+            reset_position_ids=self.reset_position_ids,
+        )
         out["source_id"] = np.int64(self.source_ids[loc.source])
         out["phase_id"] = np.int64(loc.phase)
         out["sample_id"] = np.int64(g)
         return out
 
 
-def make_sample(text: np.ndarray, piece_lengths, eod: Optional[int], pad: Optional[int],
-                eod_mask_loss: bool = False, reset_position_ids: bool = False) -> dict:
+def make_sample(
+    text: np.ndarray,
+    piece_lengths,
+    eod: int | None,
+    pad: int | None,
+    eod_mask_loss: bool = False,
+    reset_position_ids: bool = False,
+) -> dict:
     """Training arrays from S+1 tokens: inputs, labels, loss mask, positions, document segments.
 
     A new document segment starts at each piece boundary (where the sample crosses into the next

@@ -13,11 +13,11 @@ Train/valid split: per file, document-level, deterministic: a fixed-seed permuta
 documents, the first round(valid_fraction x N) held out (nested as the fraction grows; the same
 for every training seed, so changing data.seed never leaks validation documents into training).
 """
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 
@@ -34,12 +34,12 @@ log = get_logger("megacrystal.data.plan")
 @dataclass
 class FilePlan:
     prefix: str
-    weight: float                      # within its source, normalised
-    train_documents: np.ndarray        # int32 sequence ids
+    weight: float  # within its source, normalised
+    train_documents: np.ndarray  # int32 sequence ids
     valid_documents: np.ndarray
     train_tokens: int
     valid_tokens: int
-    demand: int = 0                    # samples its GPT index is built for
+    demand: int = 0  # samples its GPT index is built for
     epochs: int = 0
 
     @property
@@ -50,10 +50,10 @@ class FilePlan:
 @dataclass
 class SourcePlan:
     name: str
-    index: int                         # source_id in batches (config order)
+    index: int  # source_id in batches (config order)
     kind: str
-    language: Optional[str]
-    files: list[FilePlan]              # files with training tokens only
+    language: str | None
+    files: list[FilePlan]  # files with training tokens only
     optional: bool = False
     demand: int = 0
 
@@ -70,12 +70,12 @@ class SourcePlan:
 class PhasePlan:
     name: str
     index: int
-    start: int                         # first global sample
+    start: int  # first global sample
     num_samples: int
     steps: int
-    sources: list[str]                 # active sources, in blend order
-    weights: np.ndarray                # normalised, same order
-    requested: dict[str, float]        # the config's weights, normalised over all listed sources
+    sources: list[str]  # active sources, in blend order
+    weights: np.ndarray  # normalised, same order
+    requested: dict[str, float]  # the config's weights, normalised over all listed sources
     fim_rate: float
     fim_spm_rate: float
     config: PhaseConfig = field(repr=False, default=None)
@@ -121,7 +121,7 @@ def split_documents(num_documents: int, valid_fraction: float) -> tuple[np.ndarr
     all_ids = np.arange(num_documents, dtype=np.int32)
     if valid_fraction <= 0 or num_documents < 2:
         return all_ids, all_ids[:0]
-    k = min(num_documents - 1, max(1, int(round(valid_fraction * num_documents))))
+    k = min(num_documents - 1, max(1, round(valid_fraction * num_documents)))
     perm = np.random.default_rng(SPLIT_SEED).permutation(num_documents)
     valid = np.sort(perm[:k]).astype(np.int32)
     train = np.sort(perm[k:]).astype(np.int32)
@@ -156,7 +156,7 @@ def _open_files(cfg: Config, name: str) -> list[FilePlan]:
     if files:
         if sum(weights) <= 0:
             raise ConfigError(f"{where}data.sources.{name}.weights: the files with tokens all have weight 0")
-        for f, w in zip(files, normalize(weights).tolist()):
+        for f, w in zip(files, normalize(weights).tolist(), strict=True):
             f.weight = w
     return files
 
@@ -184,7 +184,8 @@ def make_plan(cfg: Config) -> DataPlan:
                     raise ConfigError(
                         f"{where}data.phases[{i}] ({ph.name}).blend.{s}: weight {w} but source {s!r} has no "
                         f"training tokens (prefixes {d.sources[s].prefixes}); give it weight 0, add data, or mark "
-                        f"it `optional: true` to leave it out of the blend")
+                        f"it `optional: true` to leave it out of the blend"
+                    )
                 log.info(f"phase {ph.name}: optional source {s} is empty; its weight {w} is left out of the blend")
                 continue
             active.append(s)
@@ -193,25 +194,39 @@ def make_plan(cfg: Config) -> DataPlan:
             raise ConfigError(f"{where}data.phases[{i}] ({ph.name}).blend: no source with weight > 0 has tokens")
         steps = phase_steps(ph, d.seq_length, t.global_batch_size)
         n = steps * t.global_batch_size
-        phases.append(PhasePlan(ph.name, i, start, n, steps, active, normalize(weights),
-                                {s: w / total_w for s, w in ph.blend.items()}, ph.fim_rate, ph.fim_spm_rate, ph))
+        phases.append(
+            PhasePlan(
+                ph.name,
+                i,
+                start,
+                n,
+                steps,
+                active,
+                normalize(weights),
+                {s: w / total_w for s, w in ph.blend.items()},
+                ph.fim_rate,
+                ph.fim_spm_rate,
+                ph,
+            )
+        )
         start += n
 
     _check_tokenizer(cfg, phases, sources, where)
     if d.backend == "dali":
         from .dali import require_dali
+
         try:
             require_dali()
         except ImportError as e:
             raise ConfigError(f"{where}{e}") from None
     for p in phases:
-        for s, size in zip(p.sources, source_sizes(p.weights, p.num_samples, d.surplus)):
+        for s, size in zip(p.sources, source_sizes(p.weights, p.num_samples, d.surplus), strict=True):
             sources[s].demand += size
     for s in sources.values():
         if s.demand == 0:
             continue
         file_sizes = source_sizes([f.weight for f in s.files], s.demand, d.surplus) if len(s.files) > 1 else [s.demand]
-        for f, n in zip(s.files, file_sizes):
+        for f, n in zip(s.files, file_sizes, strict=True):
             f.demand = n
             f.epochs = num_epochs(f.train_tokens, n, d.seq_length)
             if f.epochs > d.max_epochs:
@@ -220,9 +235,11 @@ def make_plan(cfg: Config) -> DataPlan:
                     f"{where}data.sources.{s.name}: {f.prefix} would be read {f.epochs} times ({n} samples of "
                     f"{d.seq_length + 1} tokens from {f.train_tokens} training tokens, for phases {used}), more "
                     f"than data.max_epochs={d.max_epochs}; lower its weight or the phase lengths, add data, or "
-                    f"raise data.max_epochs")
-    return DataPlan(d.seq_length, t.global_batch_size, d.seed, sources, phases, d.valid_fraction, d.surplus,
-                    d.max_epochs)
+                    f"raise data.max_epochs"
+                )
+    return DataPlan(
+        d.seq_length, t.global_batch_size, d.seed, sources, phases, d.valid_fraction, d.surplus, d.max_epochs
+    )
 
 
 def _check_tokenizer(cfg: Config, phases: list[PhasePlan], sources: dict, where: str) -> None:
@@ -231,23 +248,30 @@ def _check_tokenizer(cfg: Config, phases: list[PhasePlan], sources: dict, where:
     if not cfg.data.tokenizer_model:
         if fim:
             p = fim[0]
-            raise ConfigError(f"{where}data.tokenizer_model: not set, but data.phases[{p.index}] ({p.name}) has "
-                              f"fim_rate {p.fim_rate} on a code source; FIM needs the tokenizer")
+            raise ConfigError(
+                f"{where}data.tokenizer_model: not set, but data.phases[{p.index}] ({p.name}) has "
+                f"fim_rate {p.fim_rate} on a code source; FIM needs the tokenizer"
+            )
         return
     from ..tokenizer import load_tokenizer
     from .fim import FIM_TOKENS
+
     try:
         tok = load_tokenizer(cfg.data.tokenizer_type, cfg.data.tokenizer_model)
     except ValueError as e:
         raise ConfigError(f"{where}data.tokenizer_model: {e}") from None
     if cfg.model.vocab_size is not None and tok.vocab_size > cfg.model.vocab_size:
-        raise ConfigError(f"{where}model.vocab_size: {cfg.model.vocab_size} is smaller than the tokenizer's "
-                          f"{tok.vocab_size} ({cfg.data.tokenizer_model})")
+        raise ConfigError(
+            f"{where}model.vocab_size: {cfg.model.vocab_size} is smaller than the tokenizer's "
+            f"{tok.vocab_size} ({cfg.data.tokenizer_model})"
+        )
     if not fim:
         return
     p = fim[0]
     missing = [n for n in FIM_TOKENS if n not in tok.special]
     if missing:
-        raise ConfigError(f"{where}data.tokenizer_model: {cfg.data.tokenizer_model} has no "
-                          f"{', '.join('<' + m + '>' for m in missing)} token, needed by data.phases[{p.index}] "
-                          f"({p.name}) fim_rate {p.fim_rate}")
+        raise ConfigError(
+            f"{where}data.tokenizer_model: {cfg.data.tokenizer_model} has no "
+            f"{', '.join('<' + m + '>' for m in missing)} token, needed by data.phases[{p.index}] "
+            f"({p.name}) fim_rate {p.fim_rate}"
+        )

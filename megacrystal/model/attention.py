@@ -9,11 +9,12 @@ Backends (`model.attention_backend`):
   math   the reference: explicit fp32 scores and softmax.
   auto   flash when it imports and the tensors are bf16/fp16 on CUDA, else sdpa. Logged once.
 """
+
 from __future__ import annotations
 
 import functools
 import weakref
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +30,7 @@ def _expand_kv(k: torch.Tensor, v: torch.Tensor, hq: int) -> tuple[torch.Tensor,
     return k, v
 
 
-def _mask(s: int, segment_ids: Optional[torch.Tensor], device) -> torch.Tensor:
+def _mask(s: int, segment_ids: torch.Tensor | None, device) -> torch.Tensor:
     """Boolean [b or 1, 1, s, s]: True where attention is allowed."""
     causal = torch.ones(s, s, dtype=torch.bool, device=device).tril()
     if segment_ids is None:
@@ -38,7 +39,7 @@ def _mask(s: int, segment_ids: Optional[torch.Tensor], device) -> torch.Tensor:
     return (causal[None] & same)[:, None]
 
 
-def attention_math(q, k, v, scale: float, segment_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+def attention_math(q, k, v, scale: float, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
     """q [b, s, hq, d], k/v [b, s, hk, d] -> [b, s, hq, d]; fp32 scores and softmax."""
     k, v = _expand_kv(k, v, q.shape[2])
     qf, kf, vf = (t.transpose(1, 2).float() for t in (q, k, v))
@@ -48,14 +49,15 @@ def attention_math(q, k, v, scale: float, segment_ids: Optional[torch.Tensor] = 
     return torch.matmul(p, vf).transpose(1, 2).to(q.dtype)
 
 
-def attention_sdpa(q, k, v, scale: float, segment_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+def attention_sdpa(q, k, v, scale: float, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
     gqa = k.shape[2] != q.shape[2]
     qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
     if segment_ids is None:
         o = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, scale=scale, enable_gqa=gqa)
     else:
-        o = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=_mask(q.shape[1], segment_ids, q.device),
-                                           scale=scale, enable_gqa=gqa)
+        o = F.scaled_dot_product_attention(
+            qt, kt, vt, attn_mask=_mask(q.shape[1], segment_ids, q.device), scale=scale, enable_gqa=gqa
+        )
     return o.transpose(1, 2)
 
 
@@ -91,12 +93,12 @@ def varlen_math(q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale=None, causal=Tr
     """The varlen contract of flash-attn in plain torch (q [total, hq, d], k/v [total, hk, d]); the
     reference the cu_seqlens plumbing is tested against on CPU."""
     out = torch.empty_like(q)
-    for a, e in zip(cu_q[:-1].tolist(), cu_q[1:].tolist()):
+    for a, e in zip(cu_q[:-1].tolist(), cu_q[1:].tolist(), strict=True):
         out[a:e] = attention_math(q[None, a:e], k[None, a:e], v[None, a:e], softmax_scale)[0]
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def flash_module():
     """(name, module) of flash-attn 3 or 2 when importable, else None."""
     for name in ("flash_attn_interface", "flash_attn"):
@@ -110,11 +112,12 @@ def flash_module():
 
 
 def _first(out):
-    return out[0] if isinstance(out, tuple) else out      # some flash-attn 3 versions return (out, lse)
+    return out[0] if isinstance(out, tuple) else out  # some flash-attn 3 versions return (out, lse)
 
 
-def attention_varlen(q, k, v, scale: float, segment_ids: Optional[torch.Tensor], dense: Callable,
-                     varlen: Callable) -> torch.Tensor:
+def attention_varlen(
+    q, k, v, scale: float, segment_ids: torch.Tensor | None, dense: Callable, varlen: Callable
+) -> torch.Tensor:
     """Causal attention through flash-attn style kernels: `dense(q, k, v, softmax_scale=, causal=)` on
     [b, s, h, d], or with document masking `varlen(q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale=,
     causal=)` on the flattened tokens."""
@@ -127,11 +130,13 @@ def attention_varlen(q, k, v, scale: float, segment_ids: Optional[torch.Tensor],
     return o.reshape(b, s, hq, d)
 
 
-def attention_flash(q, k, v, scale: float, segment_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+def attention_flash(q, k, v, scale: float, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
     found = flash_module()
     if found is None:
-        raise RuntimeError("model.attention_backend=flash: neither flash_attn_interface (FA3) nor flash_attn (FA2) "
-                           "imports; install flash-attn or use sdpa")
+        raise RuntimeError(
+            "model.attention_backend=flash: neither flash_attn_interface (FA3) nor flash_attn (FA2) "
+            "imports; install flash-attn or use sdpa"
+        )
     _, fa = found
     return attention_varlen(q, k, v, scale, segment_ids, fa.flash_attn_func, fa.flash_attn_varlen_func)
 
@@ -139,19 +144,21 @@ def attention_flash(q, k, v, scale: float, segment_ids: Optional[torch.Tensor] =
 BACKENDS: dict[str, Callable] = {"math": attention_math, "sdpa": attention_sdpa, "flash": attention_flash}
 
 
-def select_backend(requested: str, device: torch.device, dtype: Optional[torch.dtype] = None) -> str:
+def select_backend(requested: str, device: torch.device, dtype: torch.dtype | None = None) -> str:
     half = dtype in (torch.bfloat16, torch.float16)
     if requested == "auto":
         return "flash" if (device.type == "cuda" and half and flash_module() is not None) else "sdpa"
     if requested not in BACKENDS:
-        raise ValueError(f"model.attention_backend: {requested!r} is not a backend (expected auto or one of "
-                         f"{sorted(BACKENDS)})")
+        raise ValueError(
+            f"model.attention_backend: {requested!r} is not a backend (expected auto or one of {sorted(BACKENDS)})"
+        )
     if requested == "flash":
         if flash_module() is None:
             raise RuntimeError("model.attention_backend=flash: flash-attn is not importable here")
         if device.type != "cuda" or (dtype is not None and not half):
-            raise RuntimeError(f"model.attention_backend=flash: needs bf16/fp16 tensors on CUDA, got "
-                               f"{dtype} on {device.type}")
+            raise RuntimeError(
+                f"model.attention_backend=flash: needs bf16/fp16 tensors on CUDA, got {dtype} on {device.type}"
+            )
     return requested
 
 

@@ -17,9 +17,8 @@ exported with each q/k head's rows permuted (evens then odds), which makes the t
 Both layouts hold true shapes: padding (vocabulary rows, FFN inner size; see padding.py) is cut on
 export and restored, as zeros, on import.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 
@@ -42,13 +41,17 @@ class LayoutError(ValueError):
 
 # ----------------------------------------------------------------------------- tensor helpers
 
+
 def qkv_split(t: torch.Tensor, hq: int, hk: int, d: int):
     """Our grouped fused QKV (rows) -> q [hq*d, ...], k [hk*d, ...], v [hk*d, ...]."""
     g = hq // hk
     w = t.reshape(hk, g + 2, d, *t.shape[1:])
     rest = tuple(t.shape[1:])
-    return (w[:, :g].reshape((hq * d,) + rest), w[:, g].reshape((hk * d,) + rest),
-            w[:, g + 1].reshape((hk * d,) + rest))
+    return (
+        w[:, :g].reshape((hq * d,) + rest),
+        w[:, g].reshape((hk * d,) + rest),
+        w[:, g + 1].reshape((hk * d,) + rest),
+    )
 
 
 def qkv_join(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hq: int, hk: int, d: int) -> torch.Tensor:
@@ -88,10 +91,17 @@ def _get(tensors: dict, key: str, shape: tuple, where: str) -> torch.Tensor:
 
 
 def _check_used(tensors: dict, used: set, where: str) -> None:
-    extra = sorted(k for k in tensors if k not in used and not k.endswith(_IGNORED_SUFFIXES)
-                   and not (k.endswith(".attn.bias") and tensors[k].dim() == 4))   # GPT-2 causal-mask buffer
+    extra = sorted(
+        k
+        for k in tensors
+        if k not in used
+        and not k.endswith(_IGNORED_SUFFIXES)
+        and not (k.endswith(".attn.bias") and tensors[k].dim() == 4)
+    )  # GPT-2 causal-mask buffer
     if extra:
-        raise LayoutError(f"{where}: unexpected tensor {extra[0]!r}" + (f" (+{len(extra) - 1} more)" if len(extra) > 1 else ""))
+        raise LayoutError(
+            f"{where}: unexpected tensor {extra[0]!r}" + (f" (+{len(extra) - 1} more)" if len(extra) > 1 else "")
+        )
 
 
 def _need(cond: bool, fmt: str, what: str) -> None:
@@ -101,16 +111,26 @@ def _need(cond: bool, fmt: str, what: str) -> None:
 
 # ----------------------------------------------------------------------------- CrystalCoder
 
-def crystalcoder_config(cfg: ModelConfig, bos: Optional[int] = 1, eos: Optional[int] = 2) -> dict:
+
+def crystalcoder_config(cfg: ModelConfig, bos: int | None = 1, eos: int | None = 2) -> dict:
     fmt = "crystalcoder"
     _need(cfg.norm == "layernorm", fmt, f"the layout has LayerNorm with bias; model.norm={cfg.norm}")
     _need(cfg.bias, fmt, "the layout has biases on every linear but the head; model.bias=false")
-    _need(cfg.num_kv_heads == cfg.num_heads, fmt, f"the layout has no grouped-query attention; "
-          f"model.num_kv_heads={cfg.num_kv_heads} != num_heads={cfg.num_heads}")
+    _need(
+        cfg.num_kv_heads == cfg.num_heads,
+        fmt,
+        f"the layout has no grouped-query attention; "
+        f"model.num_kv_heads={cfg.num_kv_heads} != num_heads={cfg.num_heads}",
+    )
     rot = int(cfg.head_dim * cfg.rotary_fraction)
-    _need(rot == 0 or cfg.rotary_interleaved, fmt, "the layout rotates interleaved (GPT-J) pairs; "
-          "model.rotary_interleaved=false")
-    _need(cfg.rotary_base == 10000.0, fmt, f"the layout fixes the RoPE base at 10000; model.rotary_base={cfg.rotary_base}")
+    _need(
+        rot == 0 or cfg.rotary_interleaved,
+        fmt,
+        "the layout rotates interleaved (GPT-J) pairs; model.rotary_interleaved=false",
+    )
+    _need(
+        cfg.rotary_base == 10000.0, fmt, f"the layout fixes the RoPE base at 10000; model.rotary_base={cfg.rotary_base}"
+    )
     mup = bool(cfg.mup)
     return {
         "attn_pdrop": 0.0,
@@ -152,8 +172,12 @@ def to_crystalcoder(cfg: ModelConfig, sd: dict) -> dict[str, torch.Tensor]:
             out[h + theirs + ".bias"] = sd[p + ours + ".bias"]
         out[h + "attn.c_attn.weight"] = torch.cat(qkv_split(sd[p + "attn.qkv.weight"], hq, hk, d)).t()
         out[h + "attn.c_attn.bias"] = torch.cat(qkv_split(sd[p + "attn.qkv.bias"], hq, hk, d))
-        for ours, theirs in (("attn.proj", "attn.c_proj"), ("mlp.up", "mlp.c_fc"), ("mlp.gate", "mlp.c_fc2"),
-                             ("mlp.down", "mlp.c_proj")):
+        for ours, theirs in (
+            ("attn.proj", "attn.c_proj"),
+            ("mlp.up", "mlp.c_fc"),
+            ("mlp.gate", "mlp.c_fc2"),
+            ("mlp.down", "mlp.c_proj"),
+        ):
             out[h + theirs + ".weight"] = sd[p + ours + ".weight"].t()
             out[h + theirs + ".bias"] = sd[p + ours + ".bias"]
     out["transformer.ln_f.weight"] = sd["final_norm.weight"]
@@ -164,8 +188,12 @@ def to_crystalcoder(cfg: ModelConfig, sd: dict) -> dict[str, torch.Tensor]:
 
 
 def _neutral_mup(conf: dict) -> bool:
-    return (float(conf.get("mup_width_scale", 1.0)) == 1.0 and float(conf.get("mup_output_alpha", 1.0)) == 1.0
-            and float(conf.get("mup_embeddings_scale", 1.0)) == 1.0 and not conf.get("mup_scale_qk_dot_by_d", False))
+    return (
+        float(conf.get("mup_width_scale", 1.0)) == 1.0
+        and float(conf.get("mup_output_alpha", 1.0)) == 1.0
+        and float(conf.get("mup_embeddings_scale", 1.0)) == 1.0
+        and not conf.get("mup_scale_qk_dot_by_d", False)
+    )
 
 
 def _int(conf: dict, key: str, where: str) -> int:
@@ -191,12 +219,23 @@ def crystalcoder_to_model_config(conf: dict, where: str) -> ModelConfig:
     mup = not _neutral_mup(conf)
     width = float(conf.get("mup_width_scale", 1.0))
     cfg = ModelConfig(
-        family="crystal", num_layers=_int(conf, "n_layer", where), hidden_size=h, num_heads=heads,
-        num_kv_heads=heads, ffn_hidden_size=int(conf.get("n_inner") or 4 * h), vocab_size=_int(conf, "vocab_size", where),
-        max_seq_len=_int(conf, "n_positions", where), norm="layernorm",
-        norm_eps=float(conf.get("layer_norm_epsilon", 1e-5)), rotary_fraction=rot / d, rotary_interleaved=True,
-        rotary_base=10000.0, bias=True, tie_embeddings=bool(conf.get("tie_word_embeddings", True)), mup=mup,
-        mup_base_width=int(round(width * h)) if mup else None,
+        family="crystal",
+        num_layers=_int(conf, "n_layer", where),
+        hidden_size=h,
+        num_heads=heads,
+        num_kv_heads=heads,
+        ffn_hidden_size=int(conf.get("n_inner") or 4 * h),
+        vocab_size=_int(conf, "vocab_size", where),
+        max_seq_len=_int(conf, "n_positions", where),
+        norm="layernorm",
+        norm_eps=float(conf.get("layer_norm_epsilon", 1e-5)),
+        rotary_fraction=rot / d,
+        rotary_interleaved=True,
+        rotary_base=10000.0,
+        bias=True,
+        tie_embeddings=bool(conf.get("tie_word_embeddings", True)),
+        mup=mup,
+        mup_base_width=round(width * h) if mup else None,
         mup_embeddings_scale=float(conf.get("mup_embeddings_scale", 1.0)) if mup else 14.6,
         mup_output_alpha=float(conf.get("mup_output_alpha", 1.0)) if mup else 2.22,
         mup_scale_qk_dot_by_d=bool(conf.get("mup_scale_qk_dot_by_d", False)) if mup else True,
@@ -216,6 +255,7 @@ def from_crystalcoder(conf: dict, tensors: dict, where: str) -> tuple[ModelConfi
     def get(key, shape):
         used.add(key)
         return _get(tensors, key, shape, where)
+
     sd = {"embed.weight": get("transformer.wte.weight", (v, h))}
     for i in range(cfg.num_layers):
         p, t = f"layers.{i}.", f"transformer.h.{i}."
@@ -226,8 +266,12 @@ def from_crystalcoder(conf: dict, tensors: dict, where: str) -> tuple[ModelConfi
         b = get(t + "attn.c_attn.bias", (3 * h,))
         sd[p + "attn.qkv.weight"] = qkv_join(*w.split(h), hq, hq, d)
         sd[p + "attn.qkv.bias"] = qkv_join(*b.split(h), hq, hq, d)
-        for ours, theirs, shape in (("attn.proj", "attn.c_proj", (h, h)), ("mlp.up", "mlp.c_fc", (h, f)),
-                                    ("mlp.gate", "mlp.c_fc2", (h, f)), ("mlp.down", "mlp.c_proj", (f, h))):
+        for ours, theirs, shape in (
+            ("attn.proj", "attn.c_proj", (h, h)),
+            ("mlp.up", "mlp.c_fc", (h, f)),
+            ("mlp.gate", "mlp.c_fc2", (h, f)),
+            ("mlp.down", "mlp.c_proj", (f, h)),
+        ):
             sd[p + ours + ".weight"] = get(t + theirs + ".weight", shape).t()
             sd[p + ours + ".bias"] = get(t + theirs + ".bias", (shape[1],))
     sd["final_norm.weight"] = get("transformer.ln_f.weight", (h,))
@@ -235,18 +279,25 @@ def from_crystalcoder(conf: dict, tensors: dict, where: str) -> tuple[ModelConfi
     if not cfg.tie_embeddings:
         sd["head.weight"] = get("lm_head.weight", (v, h))
     else:
-        used.add("lm_head.weight")          # a tied copy some checkpoints carry
+        used.add("lm_head.weight")  # a tied copy some checkpoints carry
     _check_used(tensors, used, where)
     return cfg, _serial_shapes(cfg, sd)
 
 
 # ----------------------------------------------------------------------------- LLaMA
 
-def llama_config(cfg: ModelConfig, bos: Optional[int] = 1, eos: Optional[int] = 2, dtype: str = "float32") -> dict:
+
+def llama_config(cfg: ModelConfig, bos: int | None = 1, eos: int | None = 2, dtype: str = "float32") -> dict:
     fmt = "llama"
-    _need(cfg.norm == "rmsnorm", fmt, f"LlamaForCausalLM uses RMSNorm; model.norm={cfg.norm} (use --format crystalcoder)")
-    _need(cfg.rotary_fraction == 1.0, fmt, f"LlamaForCausalLM rotates the whole head; "
-          f"model.rotary_fraction={cfg.rotary_fraction} (use --format crystalcoder)")
+    _need(
+        cfg.norm == "rmsnorm", fmt, f"LlamaForCausalLM uses RMSNorm; model.norm={cfg.norm} (use --format crystalcoder)"
+    )
+    _need(
+        cfg.rotary_fraction == 1.0,
+        fmt,
+        f"LlamaForCausalLM rotates the whole head; "
+        f"model.rotary_fraction={cfg.rotary_fraction} (use --format crystalcoder)",
+    )
     _need(not cfg.mup, fmt, "LlamaForCausalLM has no muP scales (embedding, 1/d scores, logits); model.mup=true")
     return {
         "architectures": ["LlamaForCausalLM"],
@@ -307,29 +358,48 @@ def llama_to_model_config(conf: dict, where: str) -> ModelConfig:
     h, heads = _int(conf, "hidden_size", where), _int(conf, "num_attention_heads", where)
     kv = int(conf.get("num_key_value_heads") or heads)
     if h % heads or (conf.get("head_dim") not in (None, h // heads)):
-        raise LayoutError(f"{where}: head_dim={conf.get('head_dim')} must be hidden_size/num_attention_heads = "
-                          f"{h}/{heads}")
+        raise LayoutError(
+            f"{where}: head_dim={conf.get('head_dim')} must be hidden_size/num_attention_heads = {h}/{heads}"
+        )
     ab, mb = bool(conf.get("attention_bias", False)), bool(conf.get("mlp_bias", False))
     if ab != mb:
         raise LayoutError(f"{where}: attention_bias={ab} but mlp_bias={mb}; model.bias covers both")
     return ModelConfig(
-        family="llama", num_layers=_int(conf, "num_hidden_layers", where), hidden_size=h, num_heads=heads,
-        num_kv_heads=kv, ffn_hidden_size=_int(conf, "intermediate_size", where),
-        vocab_size=_int(conf, "vocab_size", where), max_seq_len=_int(conf, "max_position_embeddings", where),
-        norm="rmsnorm", norm_eps=float(conf.get("rms_norm_eps", 1e-6)), rotary_fraction=1.0,
-        rotary_interleaved=False, rotary_base=base, bias=ab, tie_embeddings=bool(conf.get("tie_word_embeddings", False)),
-        mup=False).resolve()
+        family="llama",
+        num_layers=_int(conf, "num_hidden_layers", where),
+        hidden_size=h,
+        num_heads=heads,
+        num_kv_heads=kv,
+        ffn_hidden_size=_int(conf, "intermediate_size", where),
+        vocab_size=_int(conf, "vocab_size", where),
+        max_seq_len=_int(conf, "max_position_embeddings", where),
+        norm="rmsnorm",
+        norm_eps=float(conf.get("rms_norm_eps", 1e-6)),
+        rotary_fraction=1.0,
+        rotary_interleaved=False,
+        rotary_base=base,
+        bias=ab,
+        tie_embeddings=bool(conf.get("tie_word_embeddings", False)),
+        mup=False,
+    ).resolve()
 
 
 def from_llama(conf: dict, tensors: dict, where: str) -> tuple[ModelConfig, dict]:
     cfg = llama_to_model_config(conf, where)
-    h, f, v, hq, hk, d = (cfg.hidden_size, cfg.ffn_hidden_size, cfg.vocab_size, cfg.num_heads, cfg.num_kv_heads,
-                          cfg.head_dim)
+    h, f, v, hq, hk, d = (
+        cfg.hidden_size,
+        cfg.ffn_hidden_size,
+        cfg.vocab_size,
+        cfg.num_heads,
+        cfg.num_kv_heads,
+        cfg.head_dim,
+    )
     used: set = set()
 
     def get(key, shape):
         used.add(key)
         return _get(tensors, key, shape, where)
+
     sd = {"embed.weight": get("model.embed_tokens.weight", (v, h))}
     names = ["weight"] + (["bias"] if cfg.bias else [])
     for i in range(cfg.num_layers):
@@ -337,8 +407,10 @@ def from_llama(conf: dict, tensors: dict, where: str) -> tuple[ModelConfig, dict
         sd[p + "norm1.weight"] = get(t + "input_layernorm.weight", (h,))
         sd[p + "norm2.weight"] = get(t + "post_attention_layernorm.weight", (h,))
         for n in names:
-            def shape(rows, cols):
+
+            def shape(rows, cols, n=n):
                 return (rows, cols) if n == "weight" else (rows,)
+
             q = get(f"{t}self_attn.q_proj.{n}", shape(hq * d, h))
             k = get(f"{t}self_attn.k_proj.{n}", shape(hk * d, h))
             vv = get(f"{t}self_attn.v_proj.{n}", shape(hk * d, h))

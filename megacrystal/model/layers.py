@@ -11,9 +11,8 @@ tensor-parallel ones with the same interface. Parameters carry init metadata rea
 Padded sizes are decided by the factory (`padded_vocab`, `padded_ffn`): the vocabulary and the FFN inner
 size are padded to a multiple of 64·tp, so each tensor-parallel shard is a multiple of 64.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 import torch.nn as nn
@@ -23,7 +22,7 @@ from ..ops.dispatch import op
 from .padding import pad_to, set_true_shape
 
 
-def mark(p: nn.Parameter, init: str, name: Optional[str] = None) -> nn.Parameter:
+def mark(p: nn.Parameter, init: str, name: str | None = None) -> nn.Parameter:
     p._mc_init = init
     if name is not None:
         p._mc_name = name
@@ -46,8 +45,9 @@ class Embedding(nn.Module):
     def __init__(self, vocab: int, padded_vocab: int, hidden: int):
         super().__init__()
         self.vocab_size, self.padded_vocab = vocab, padded_vocab
-        self.weight = set_true_shape(mark(nn.Parameter(torch.empty(padded_vocab, hidden)), "embedding"),
-                                     (vocab, hidden))
+        self.weight = set_true_shape(
+            mark(nn.Parameter(torch.empty(padded_vocab, hidden)), "embedding"), (vocab, hidden)
+        )
 
     def forward(self, tokens):
         return F.embedding(tokens, self.weight)
@@ -56,13 +56,14 @@ class Embedding(nn.Module):
 class Head(nn.Module):
     """Logits over the (padded) vocabulary; padded entries are -inf so they are never predicted."""
 
-    def __init__(self, vocab: int, padded_vocab: int, hidden: int, tied: Optional[Embedding]):
+    def __init__(self, vocab: int, padded_vocab: int, hidden: int, tied: Embedding | None):
         super().__init__()
         self.vocab_size, self.padded_vocab = vocab, padded_vocab
         self._tied = (tied,) if tied is not None else ()  # not a submodule: no duplicate state-dict key
         if tied is None:
-            self.weight = set_true_shape(mark(nn.Parameter(torch.empty(padded_vocab, hidden)), "hidden"),
-                                         (vocab, hidden))
+            self.weight = set_true_shape(
+                mark(nn.Parameter(torch.empty(padded_vocab, hidden)), "hidden"), (vocab, hidden)
+            )
 
     def head_weight(self):
         return self._tied[0].weight if self._tied else self.weight
@@ -70,12 +71,13 @@ class Head(nn.Module):
     def forward(self, h):
         logits = F.linear(h, self.head_weight())
         if self.padded_vocab > self.vocab_size:
-            logits[..., self.vocab_size:] = float("-inf")
+            logits[..., self.vocab_size :] = float("-inf")
         return logits
 
 
 class PaddedSizes:
     """The one place padded sizes are decided: multiples of 64 per tensor-parallel shard."""
+
     tp_size = 1
     vocab_multiple = 64
     ffn_multiple = 64
@@ -99,7 +101,7 @@ class SerialLayers(PaddedSizes):
     def embedding(self, vocab: int, hidden: int) -> nn.Module:
         return Embedding(vocab, self.padded_vocab(vocab), hidden)
 
-    def head(self, vocab: int, hidden: int, tied: Optional[nn.Module]) -> nn.Module:
+    def head(self, vocab: int, hidden: int, tied: nn.Module | None) -> nn.Module:
         return Head(vocab, self.padded_vocab(vocab), hidden, tied)
 
     def detached_tied_head(self, vocab: int, hidden: int) -> nn.Module:

@@ -6,6 +6,7 @@ with m = base_width / width (1 without muP). Init is seeded per parameter *name*
 parameter's true shape (padding, see padding.py, is zero), so any pipeline or tensor-parallel split of
 the model, and any amount of padding, draws exactly the values of the serial model.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -66,7 +67,7 @@ def param_groups(model: nn.Module, cfg: ModelConfig, weight_decay: float) -> lis
     """Optimizer groups with `lr_mult` (× the scheduled base LR) and weight decay."""
     m = cfg.width_mult
     groups = {"embedding": ([], 1.0, weight_decay), "no_decay": ([], 1.0, 0.0), "matrix": ([], m, weight_decay)}
-    for name, p in model.named_parameters():
+    for _name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         kind = getattr(p, "_mc_init", "")
@@ -76,5 +77,4 @@ def param_groups(model: nn.Module, cfg: ModelConfig, weight_decay: float) -> lis
             groups["no_decay"][0].append(p)
         else:
             groups["matrix"][0].append(p)
-    return [dict(params=ps, lr_mult=lr_mult, weight_decay=wd, name=n)
-            for n, (ps, lr_mult, wd) in groups.items() if ps]
+    return [dict(params=ps, lr_mult=lr_mult, weight_decay=wd, name=n) for n, (ps, lr_mult, wd) in groups.items() if ps]

@@ -11,10 +11,10 @@ Whatever moves weights between layouts (init, consolidation over tensor parallel
 Hugging Face export/import) goes through `refit`: a zero tensor of the target shape with the true
 block copied in. Values therefore never depend on how much padding a layout has.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 
@@ -50,12 +50,12 @@ def _beyond(t: torch.Tensor, true: tuple):
             yield t.narrow(d, n, t.shape[d] - n)
 
 
-def fit_problem(t: torch.Tensor, true: tuple, expected: Optional[tuple] = None) -> Optional[str]:
+def fit_problem(t: torch.Tensor, true: tuple, expected: tuple | None = None) -> str | None:
     """Why `t` cannot stand for a parameter whose meaningful block is `true` (None when it can): it must
     cover the block, and hold zeros beyond it. `expected` is the shape named in the message."""
     true = tuple(true)
     shape = tuple(t.shape)
-    if len(shape) != len(true) or any(a < b for a, b in zip(shape, true)):
+    if len(shape) != len(true) or any(a < b for a, b in zip(shape, true, strict=True)):
         return f"has shape {shape}, expected {tuple(expected or true)}"
     if shape != true and t.device.type != "meta" and any(bool(torch.count_nonzero(x)) for x in _beyond(t, true)):
         return f"has shape {shape} with non-zero values beyond its true shape {true} (padding must be zero)"
@@ -70,7 +70,7 @@ def true_part(t: torch.Tensor, true: tuple) -> torch.Tensor:
 def refit(t: torch.Tensor, true: tuple, target: tuple) -> torch.Tensor:
     """A tensor of shape `target`: `t`'s true block, zeros elsewhere. `t` itself when already that shape."""
     true, target = tuple(true), tuple(target)
-    if len(target) != len(true) or any(a < b for a, b in zip(target, true)):
+    if len(target) != len(true) or any(a < b for a, b in zip(target, true, strict=True)):
         raise ValueError(f"refit: target shape {target} does not hold the true shape {true}")
     problem = fit_problem(t, true, target)
     if problem:

@@ -8,6 +8,7 @@
 Padded tensors (vocabulary rows, FFN inner size; see padding.py) may carry any amount of zero padding
 beyond their true shape (a tensor-parallel run pads more); loading refits them to the serial model.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,11 +16,10 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Optional
 
 import torch
 
-from ..config import Config, ConfigError, DataConfig, ModelConfig, _coerce, validate_config
+from ..config import Config, ConfigError, DataConfig, ModelConfig, coerce, validate_config
 from .padding import fit_problem, refit_state
 
 FORMAT = "megacrystal-model"
@@ -39,14 +39,15 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def save_state_dict(path: Path, state_dict: dict[str, torch.Tensor], metadata: Optional[dict] = None) -> None:
+def save_state_dict(path: Path, state_dict: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
     """safetensors file written atomically (tensors copied to CPU, contiguous, unshared)."""
     from safetensors.torch import save
+
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
     _atomic_write_bytes(Path(path), save(tensors, metadata=metadata or {"format": "pt"}))
 
 
-def copy_tokenizer(src: Optional[str], out_dir: Path) -> Optional[Path]:
+def copy_tokenizer(src: str | None, out_dir: Path) -> Path | None:
     """Copy a tokenizer file into `out_dir` as tokenizer.json (HF) or tokenizer.model (SentencePiece)."""
     if src is None:
         return None
@@ -62,7 +63,7 @@ def copy_tokenizer(src: Optional[str], out_dir: Path) -> Optional[Path]:
     return dst
 
 
-def tokenizer_in(directory) -> Optional[str]:
+def tokenizer_in(directory) -> str | None:
     for name in TOKENIZER_FILES:
         p = Path(directory) / name
         if p.is_file():
@@ -70,8 +71,9 @@ def tokenizer_in(directory) -> Optional[str]:
     return None
 
 
-def save_model(directory, cfg: ModelConfig, state_dict: dict[str, torch.Tensor],
-               tokenizer_path: Optional[str] = None) -> Path:
+def save_model(
+    directory, cfg: ModelConfig, state_dict: dict[str, torch.Tensor], tokenizer_path: str | None = None
+) -> Path:
     cfg = cfg if cfg.num_heads is not None else cfg.resolve()
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
@@ -104,7 +106,7 @@ def read_model_config(directory) -> ModelConfig:
     if meta.get("version") != VERSION:
         raise ModelFormatError(f"{path}: format version {meta.get('version')!r}, this build reads {VERSION}")
     try:
-        cfg = _coerce(meta["model"], ModelConfig, "model", str(path)).resolve()
+        cfg = coerce(meta["model"], ModelConfig, "model", str(path)).resolve()
         validate_config(Config(model=cfg, data=DataConfig(seq_length=cfg.max_seq_len), source_file=str(path)))
     except ConfigError as e:
         raise ModelFormatError(str(e)) from None
@@ -114,6 +116,7 @@ def read_model_config(directory) -> ModelConfig:
 def load_model(directory) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """-> (resolved ModelConfig, state dict on CPU). Checks names and shapes against the config."""
     from safetensors.torch import load_file
+
     directory = find_model_dir(directory)
     cfg = read_model_config(directory)
     path = directory / MODEL_FILE
@@ -138,30 +141,37 @@ def find_model_dir(path) -> Path:
     for cand in cands:
         if (cand / CONFIG_FILE).is_file() and (cand / MODEL_FILE).is_file():
             return cand
-    raise ModelFormatError(f"{p}: no {MODEL_FILE} + {CONFIG_FILE} here, in {p / 'model'}, "
-                           f"or in the checkpoint a 'latest' marker names")
+    raise ModelFormatError(
+        f"{p}: no {MODEL_FILE} + {CONFIG_FILE} here, in {p / 'model'}, or in the checkpoint a 'latest' marker names"
+    )
 
 
 def check_state_dict(cfg: ModelConfig, sd: dict[str, torch.Tensor], where: str) -> None:
     """Names as the serial model's; each tensor covers its true shape, with only zeros beyond it."""
     from .transformer import serial_layout
+
     want = serial_layout(cfg)
     missing = sorted(set(want) - set(sd))
     extra = sorted(set(sd) - set(want))
     if missing:
-        raise ModelFormatError(f"{where}: missing tensor {missing[0]!r}" + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""))
+        raise ModelFormatError(
+            f"{where}: missing tensor {missing[0]!r}" + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
     if extra:
-        raise ModelFormatError(f"{where}: unexpected tensor {extra[0]!r} for this model config"
-                               + (f" (+{len(extra) - 1} more)" if len(extra) > 1 else ""))
+        raise ModelFormatError(
+            f"{where}: unexpected tensor {extra[0]!r} for this model config"
+            + (f" (+{len(extra) - 1} more)" if len(extra) > 1 else "")
+        )
     for k, (shape, true) in want.items():
         problem = fit_problem(sd[k], true, shape)
         if problem:
             raise ModelFormatError(f"{where}: tensor {k!r} {problem}")
 
 
-def build_model(cfg: ModelConfig, sd: dict[str, torch.Tensor], device="cpu", dtype: Optional[torch.dtype] = None):
+def build_model(cfg: ModelConfig, sd: dict[str, torch.Tensor], device="cpu", dtype: torch.dtype | None = None):
     """A serial `Transformer` holding these weights (eval mode)."""
     from .transformer import Transformer, serial_layout
+
     model = Transformer(cfg)
     model.load_state_dict(refit_state(sd, serial_layout(cfg)))
     model.to(device=device, dtype=dtype)

@@ -10,10 +10,11 @@ Linears, embedding, head and loss come from a `Layers` factory (serial or tensor
 model may hold only a range of layers (`pre_process` = has the embedding, `post_process` = has the
 final norm + head) so the pipeline can build one stage from the same code.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -103,8 +104,14 @@ class Block(nn.Module):
 class Transformer(nn.Module):
     """The whole model, or one pipeline stage of it (`layer_ids`, `pre_process`, `post_process`)."""
 
-    def __init__(self, cfg: ModelConfig, layers=None, layer_ids: Optional[Sequence[int]] = None,
-                 pre_process: bool = True, post_process: bool = True):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        layers=None,
+        layer_ids: Sequence[int] | None = None,
+        pre_process: bool = True,
+        post_process: bool = True,
+    ):
         super().__init__()
         cfg = cfg if cfg.num_heads is not None else cfg.resolve()
         self.cfg = cfg
@@ -128,9 +135,14 @@ class Transformer(nn.Module):
     def rope(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return rope_angles(position_ids, self.rot_dim, self.cfg.rotary_base)
 
-    def forward(self, tokens: Optional[torch.Tensor] = None, hidden: Optional[torch.Tensor] = None,
-                position_ids: Optional[torch.Tensor] = None, segment_ids: Optional[torch.Tensor] = None,
-                labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        tokens: torch.Tensor | None = None,
+        hidden: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        segment_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """First stage takes `tokens` [b, s]; later stages `hidden`. The last stage returns logits, or
         per-token fp32 losses [b, s] when `labels` is given; other stages return hidden states."""
         if self.pre_process:
@@ -141,8 +153,11 @@ class Transformer(nn.Module):
             device = tokens.device
         else:
             h = hidden
-            seq = labels.shape[1] if labels is not None else (
-                position_ids.shape[-1] if position_ids is not None else None)
+            seq = (
+                labels.shape[1]
+                if labels is not None
+                else (position_ids.shape[-1] if position_ids is not None else None)
+            )
             device = h.device
         if position_ids is None:
             if seq is None:

@@ -3,6 +3,7 @@
 Besides the whole op, the two pieces a vocab-parallel loss is built from (see triton_cross_entropy.py
 for the recipe), in plain torch with the same signatures as the Triton ones.
 """
+
 from __future__ import annotations
 
 import torch
@@ -16,8 +17,7 @@ def cross_entropy_reference(logits: torch.Tensor, labels: torch.Tensor, ignore_i
     return loss.view(labels.shape)
 
 
-def ce_stats_reference(logits: torch.Tensor, labels: torch.Tensor, vocab_start: int = 0,
-                       ignore_index: int = -100):
+def ce_stats_reference(logits: torch.Tensor, labels: torch.Tensor, vocab_start: int = 0, ignore_index: int = -100):
     """logits [rows, V_local] holding global ids [vocab_start, vocab_start+V_local) -> fp32 (row max,
     Σ exp(x − max), target logit where the label falls in this block else 0)."""
     x = logits.float()
@@ -30,8 +30,14 @@ def ce_stats_reference(logits: torch.Tensor, labels: torch.Tensor, vocab_start: 
     return mx, se, torch.where(here, tgt, torch.zeros_like(tgt))
 
 
-def ce_grad_reference(logits: torch.Tensor, labels: torch.Tensor, lse: torch.Tensor, dloss: torch.Tensor,
-                      vocab_start: int = 0, ignore_index: int = -100) -> torch.Tensor:
+def ce_grad_reference(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    lse: torch.Tensor,
+    dloss: torch.Tensor,
+    vocab_start: int = 0,
+    ignore_index: int = -100,
+) -> torch.Tensor:
     """(softmax − onehot(label)) · dloss over this block, in the logits' dtype; 0 rows at ignore_index."""
     p = torch.exp(logits.float() - lse[:, None])
     local = labels - vocab_start

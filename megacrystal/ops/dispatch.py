@@ -4,12 +4,13 @@ plain-torch reference. `impl` is the config's `model.kernels`: auto | triton | t
 before triton is imported) -- that is how the tests check them without a GPU.
 The norm may instead use apex's fused kernel (`model.use_apex_norm`) on CUDA when apex imports.
 The choice is logged once per (op, implementation, device)."""
+
 from __future__ import annotations
 
 import functools
 import importlib
 import os
-from typing import Callable
+from collections.abc import Callable
 
 from ..log import say_once
 
@@ -19,8 +20,10 @@ OPS: dict[str, tuple[str, str]] = {
     "rotary": ("megacrystal.ops.rotary:rotary_reference", "megacrystal.ops.triton_rotary:rotary_triton"),
     "qkv_rotary": ("megacrystal.ops.rotary:qkv_rotary_reference", "megacrystal.ops.triton_rotary:qkv_rotary_triton"),
     "swiglu": ("megacrystal.ops.swiglu:swiglu_reference", "megacrystal.ops.triton_swiglu:swiglu_triton"),
-    "cross_entropy": ("megacrystal.ops.cross_entropy:cross_entropy_reference",
-                      "megacrystal.ops.triton_cross_entropy:cross_entropy_triton"),
+    "cross_entropy": (
+        "megacrystal.ops.cross_entropy:cross_entropy_reference",
+        "megacrystal.ops.triton_cross_entropy:cross_entropy_triton",
+    ),
 }
 APEX_NORM = "megacrystal.ops.norm:norm_apex"
 
@@ -39,10 +42,11 @@ def _load(spec: str, quiet: bool = False) -> Callable | None:
     return _cache[spec]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def triton_available() -> bool:
     try:
         import triton  # noqa: F401
+
         return True
     except ImportError:
         return False
@@ -64,14 +68,17 @@ def resolve(name: str, impl: str, device_type: str, apex: bool = False) -> tuple
     want_triton = impl == "triton" or (impl == "auto" and device_type == "cuda")
     if want_triton:
         if impl == "triton" and device_type != "cuda" and not _interpreting():
-            raise RuntimeError(f"model.kernels=triton on {device_type}: compiled Triton needs CUDA; on CPU set "
-                               f"TRITON_INTERPRET=1 (before triton is imported) or use model.kernels=torch/auto")
+            raise RuntimeError(
+                f"model.kernels=triton on {device_type}: compiled Triton needs CUDA; on CPU set "
+                f"TRITON_INTERPRET=1 (before triton is imported) or use model.kernels=torch/auto"
+            )
         fn = _load(tri_spec) if triton_available() else None
         if fn is not None:
             return "triton", fn
         if impl == "triton":
-            raise RuntimeError(f"model.kernels=triton but the Triton {name} kernel is unavailable "
-                               f"(is the `triton` package installed?)")
+            raise RuntimeError(
+                f"model.kernels=triton but the Triton {name} kernel is unavailable (is the `triton` package installed?)"
+            )
     return "torch", _load(ref_spec)
 
 
@@ -80,4 +87,5 @@ def op(name: str, impl: str = "auto", apex: bool = False) -> Callable:
         which, fn = resolve(name, impl, x.device.type, apex)
         say_once(f"op-{name}-{which}-{x.device.type}", f"{name}: {which} kernel on {x.device.type}")
         return fn(x, *args, **kwargs)
+
     return call

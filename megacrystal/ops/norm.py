@@ -1,14 +1,14 @@
 """LayerNorm (weight+bias) and RMSNorm (weight): one entry point, `norm(x, weight, bias, eps, rms)`."""
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
 
-def norm_reference(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], eps: float,
-                   rms: bool) -> torch.Tensor:
+def norm_reference(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float, rms: bool
+) -> torch.Tensor:
     """fp32 statistics, output in x's dtype."""
     xf = x.float()
     if rms:
@@ -20,10 +20,10 @@ def norm_reference(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
     return y.to(x.dtype)
 
 
-def norm_apex(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], eps: float,
-              rms: bool) -> torch.Tensor:
+def norm_apex(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float, rms: bool) -> torch.Tensor:
     """apex's fused CUDA norm (used only with `model.use_apex_norm` and apex importable)."""
     from apex.normalization.fused_layer_norm import fused_layer_norm_affine, fused_rms_norm_affine
+
     shape = (x.shape[-1],)
     if rms:
         y = fused_rms_norm_affine(x, weight, shape, eps)

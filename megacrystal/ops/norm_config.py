@@ -9,6 +9,7 @@ bf16, 16384 rows, hidden 2048 and 4096 -- see kernels/bench/NOTES.md. What matte
   dw/db row per program with 1-2 programs per SM.
 Other hidden sizes use the same rules, not measured. Each kernel also accepts an explicit config (the sweep).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,16 +19,16 @@ import triton
 
 @dataclass(frozen=True)
 class FwdConfig:
-    rows: int = 1          # rows per program, held together in registers as [rows, next_pow2(N)]
+    rows: int = 1  # rows per program, held together in registers as [rows, next_pow2(N)]
     warps: int = 8
 
 
 @dataclass(frozen=True)
 class BwdConfig:
-    tile: int = 1          # rows per loop step ([tile, next_pow2(N)] loaded at once)
-    stages: int = 4        # software-pipelining depth of the row loop (1 = none)
+    tile: int = 1  # rows per loop step ([tile, next_pow2(N)] loaded at once)
+    stages: int = 4  # software-pipelining depth of the row loop (1 = none)
     warps: int = 8
-    per_sm: int = 1        # target programs per SM (each writes one fp32 partial row of dw/db)
+    per_sm: int = 1  # target programs per SM (each writes one fp32 partial row of dw/db)
 
     def plan(self, rows: int, sms: int) -> tuple[int, int]:
         """-> (tile, iters): rows per program = tile * iters, a power of two, chosen so that there are

@@ -3,6 +3,7 @@
 `cos`/`sin` have shape [seq, rot/2] (one angle per rotated pair); dims past `rot` pass through.
 Interleaved (Crystal, GPT-J): pairs are (0,1), (2,3), ...; rotate-half (LLaMA): pairs (i, i+rot/2).
 """
+
 from __future__ import annotations
 
 import torch
@@ -31,16 +32,18 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: 
     return torch.cat((out.to(x.dtype), xp), dim=-1)
 
 
-def rotary_reference(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                     interleaved: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def rotary_reference(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """q: [b, s, hq, d], k: [b, s, hk, d]; cos/sin [s, rot/2] or [b, s, rot/2]."""
     if cos.shape[-1] == 0:
         return q, k
     return _rotate(q, cos, sin, interleaved), _rotate(k, cos, sin, interleaved)
 
 
-def qkv_rotary_reference(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                         interleaved: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def qkv_rotary_reference(
+    qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The fused QKV projection's output [b, s, hk, g+2, d] (per KV head: g query heads, k, v) -> q [b, s, hk*g, d],
     k and v [b, s, hk, d], q and k rotated; v contiguous (what the attention kernels take)."""
     b, s, hk, g2, d = qkv.shape

@@ -1,4 +1,5 @@
 """SwiGLU gate: `up * silu(gate)` (Crystal: out = W_down(W_up(x) * silu(W_gate(x))))."""
+
 from __future__ import annotations
 
 import torch

@@ -21,10 +21,10 @@ Vocab-parallel use (each tensor-parallel rank holds a vocabulary shard starting 
 `cross_entropy.ce_stats_reference` / `ce_grad_reference` are the plain-torch twins of the two pieces
 with the same signatures (for CPU runs without the interpreter).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import triton
@@ -35,12 +35,24 @@ from .triton_util import check_device, rows2d
 
 
 @triton.jit
-def _ce_stats(L, LABELS, MAX, SUMEXP, TGT, stride_l, V, vocab_start, ignore_index,
-              N_CHUNKS: tl.constexpr, BLOCK_V: tl.constexpr, STAGES: tl.constexpr):
+def _ce_stats(
+    L,
+    LABELS,
+    MAX,
+    SUMEXP,
+    TGT,
+    stride_l,
+    V,
+    vocab_start,
+    ignore_index,
+    N_CHUNKS: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    STAGES: tl.constexpr,
+):
     row = tl.program_id(0).to(tl.int64)
     base = L + row * stride_l
     cols = tl.arange(0, BLOCK_V)
-    m = tl.full([BLOCK_V], float("-inf"), tl.float32)   # per-lane running max and sum (one reduce at the end)
+    m = tl.full([BLOCK_V], float("-inf"), tl.float32)  # per-lane running max and sum (one reduce at the end)
     s = tl.zeros([BLOCK_V], dtype=tl.float32)
     for c in tl.range(0, N_CHUNKS, num_stages=STAGES):
         idx = c * BLOCK_V + cols
@@ -63,8 +75,21 @@ def _ce_stats(L, LABELS, MAX, SUMEXP, TGT, stride_l, V, vocab_start, ignore_inde
 
 
 @triton.jit
-def _ce_grad(L, LABELS, LSE, DLOSS, DL, stride_l, stride_dl, V, vocab_start, ignore_index,
-             N_CHUNKS: tl.constexpr, BLOCK_V: tl.constexpr, STAGES: tl.constexpr):
+def _ce_grad(
+    L,
+    LABELS,
+    LSE,
+    DLOSS,
+    DL,
+    stride_l,
+    stride_dl,
+    V,
+    vocab_start,
+    ignore_index,
+    N_CHUNKS: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    STAGES: tl.constexpr,
+):
     row = tl.program_id(0).to(tl.int64)
     label = tl.load(LABELS + row)
     lse = tl.load(LSE + row)
@@ -83,9 +108,9 @@ def _ce_grad(L, LABELS, LSE, DLOSS, DL, stride_l, stride_dl, V, vocab_start, ign
 
 @dataclass(frozen=True)
 class CEConfig:
-    block_v: int = 4096     # vocabulary columns per step
+    block_v: int = 4096  # vocabulary columns per step
     warps: int = 8
-    stages: int = 1         # software-pipelining depth of the chunk loop (1 = none)
+    stages: int = 1  # software-pipelining depth of the chunk loop (1 = none)
 
 
 # measured on an H200 (8192 x 32032 bf16, kernels/bench/NOTES.md): stats 62% of copy bandwidth with 8 warps
@@ -99,8 +124,13 @@ def _chunks(v: int, cfg: CEConfig) -> tuple[int, int, int]:
     return bv, triton.cdiv(v, bv), max(1, min(cfg.warps, bv // 256))
 
 
-def ce_stats(logits: torch.Tensor, labels: torch.Tensor, vocab_start: int = 0, ignore_index: int = -100,
-             cfg: Optional[CEConfig] = None):
+def ce_stats(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    vocab_start: int = 0,
+    ignore_index: int = -100,
+    cfg: CEConfig | None = None,
+):
     """logits [rows, V_local] (unit last stride), labels [rows] global ids -> fp32 (max, sumexp, target)."""
     check_device(logits)
     rows, v = logits.shape
@@ -111,14 +141,34 @@ def ce_stats(logits: torch.Tensor, labels: torch.Tensor, vocab_start: int = 0, i
     if rows:
         cfg = cfg or STATS_CONFIG
         bv, nc, w = _chunks(v, cfg)
-        _ce_stats[(rows,)](logits, labels.contiguous(), mx, se, tg, logits.stride(0), v, vocab_start, ignore_index,
-                           N_CHUNKS=nc, BLOCK_V=bv, STAGES=cfg.stages, num_warps=w)
+        _ce_stats[(rows,)](
+            logits,
+            labels.contiguous(),
+            mx,
+            se,
+            tg,
+            logits.stride(0),
+            v,
+            vocab_start,
+            ignore_index,
+            N_CHUNKS=nc,
+            BLOCK_V=bv,
+            STAGES=cfg.stages,
+            num_warps=w,
+        )
     return mx, se, tg
 
 
-def ce_grad(logits: torch.Tensor, labels: torch.Tensor, lse: torch.Tensor, dloss: torch.Tensor,
-            vocab_start: int = 0, ignore_index: int = -100, out: torch.Tensor | None = None,
-            cfg: Optional[CEConfig] = None) -> torch.Tensor:
+def ce_grad(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    lse: torch.Tensor,
+    dloss: torch.Tensor,
+    vocab_start: int = 0,
+    ignore_index: int = -100,
+    out: torch.Tensor | None = None,
+    cfg: CEConfig | None = None,
+) -> torch.Tensor:
     """d loss / d logits for a [rows, V_local] block, in the logits' dtype (`out` may be `logits` itself)."""
     check_device(logits)
     rows, v = logits.shape
@@ -126,9 +176,22 @@ def ce_grad(logits: torch.Tensor, labels: torch.Tensor, lse: torch.Tensor, dloss
     if rows:
         cfg = cfg or GRAD_CONFIG
         bv, nc, w = _chunks(v, cfg)
-        _ce_grad[(rows,)](logits, labels.contiguous(), lse.contiguous(), dloss.float().contiguous(), out,
-                          logits.stride(0), out.stride(0), v, vocab_start, ignore_index,
-                          N_CHUNKS=nc, BLOCK_V=bv, STAGES=cfg.stages, num_warps=w)
+        _ce_grad[(rows,)](
+            logits,
+            labels.contiguous(),
+            lse.contiguous(),
+            dloss.float().contiguous(),
+            out,
+            logits.stride(0),
+            out.stride(0),
+            v,
+            vocab_start,
+            ignore_index,
+            N_CHUNKS=nc,
+            BLOCK_V=bv,
+            STAGES=cfg.stages,
+            num_warps=w,
+        )
     return out
 
 

@@ -9,9 +9,8 @@ second small kernel sums the partial rows straight into the weight's dtype (no a
 Inputs bf16/fp16/fp32 are upcast right after loading; outputs are stored in the input's dtype.
 Launch shapes come from `norm_config.py` (measured on an H200), overridable per call for the tuner.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 import triton
@@ -22,8 +21,23 @@ from .triton_util import block, check_device, rows2d, sm_count
 
 
 @triton.jit
-def _norm_fwd(X, Y, W, B, MEAN, RSTD, stride_x, stride_y, M, N, eps,
-              RMS: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr, ROWS: tl.constexpr):
+def _norm_fwd(
+    X,
+    Y,
+    W,
+    B,
+    MEAN,
+    RSTD,
+    stride_x,
+    stride_y,
+    M,
+    N,
+    eps,
+    RMS: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    BLOCK: tl.constexpr,
+    ROWS: tl.constexpr,
+):
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK)
     live = rows < M
@@ -48,9 +62,27 @@ def _norm_fwd(X, Y, W, B, MEAN, RSTD, stride_x, stride_y, M, N, eps,
 
 
 @triton.jit
-def _norm_bwd(X, W, DY, DX, MEAN, RSTD, DW, DB, stride_x, stride_dy, stride_dx, M, N,
-              TILE: tl.constexpr, ITERS: tl.constexpr, STAGES: tl.constexpr,
-              RMS: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
+def _norm_bwd(
+    X,
+    W,
+    DY,
+    DX,
+    MEAN,
+    RSTD,
+    DW,
+    DB,
+    stride_x,
+    stride_dy,
+    stride_dx,
+    M,
+    N,
+    TILE: tl.constexpr,
+    ITERS: tl.constexpr,
+    STAGES: tl.constexpr,
+    RMS: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     cmask = cols < N
@@ -60,7 +92,7 @@ def _norm_bwd(X, W, DY, DX, MEAN, RSTD, DW, DB, stride_x, stride_dy, stride_dx, 
     first = pid.to(tl.int64) * (TILE * ITERS)
     for it in tl.range(0, ITERS, num_stages=STAGES):
         rows = first + it * TILE + tl.arange(0, TILE)
-        live = rows < M                      # the last programs may run past the end
+        live = rows < M  # the last programs may run past the end
         mask = live[:, None] & cmask[None, :]
         x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         dy = tl.load(DY + rows[:, None] * stride_dy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
@@ -86,8 +118,9 @@ def _norm_bwd(X, W, DY, DX, MEAN, RSTD, DW, DB, stride_x, stride_dy, stride_dx, 
 
 
 @triton.jit
-def _sum_partials(PW, PB, OW, OB, P, N, HAS_BIAS: tl.constexpr, CHUNKS: tl.constexpr,
-                  BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+def _sum_partials(
+    PW, PB, OW, OB, P, N, HAS_BIAS: tl.constexpr, CHUNKS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr
+):
     """OW[n] = sum_p PW[p, n] (and OB from PB), stored in OW's dtype."""
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cmask = cols < N
@@ -104,8 +137,14 @@ def _sum_partials(PW, PB, OW, OB, P, N, HAS_BIAS: tl.constexpr, CHUNKS: tl.const
         tl.store(OB + cols, tl.sum(ab, axis=0).to(OB.dtype.element_ty), mask=cmask)
 
 
-def norm_forward(x2: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], eps: float, rms: bool,
-                 cfg: Optional[FwdConfig] = None):
+def norm_forward(
+    x2: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    eps: float,
+    rms: bool,
+    cfg: FwdConfig | None = None,
+):
     """x2 [rows, N] (unit last stride) -> (y, mean, rstd); mean is empty for RMSNorm."""
     m, n = x2.shape
     y = torch.empty((m, n), dtype=x2.dtype, device=x2.device)
@@ -115,13 +154,27 @@ def norm_forward(x2: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     if m:
         cfg = cfg or fwd_config(n, x2.element_size())
         _norm_fwd[(triton.cdiv(m, cfg.rows),)](
-            x2, y, weight, bias if bias is not None else weight, mean if not rms else rstd, rstd,
-            x2.stride(0), y.stride(0), m, n, eps, RMS=rms, HAS_BIAS=bias is not None, BLOCK=blk, ROWS=cfg.rows,
-            num_warps=cfg.warps)
+            x2,
+            y,
+            weight,
+            bias if bias is not None else weight,
+            mean if not rms else rstd,
+            rstd,
+            x2.stride(0),
+            y.stride(0),
+            m,
+            n,
+            eps,
+            RMS=rms,
+            HAS_BIAS=bias is not None,
+            BLOCK=blk,
+            ROWS=cfg.rows,
+            num_warps=cfg.warps,
+        )
     return y, mean, rstd
 
 
-def norm_backward(dy2, x2, weight, bias, mean, rstd, rms: bool, cfg: Optional[BwdConfig] = None):
+def norm_backward(dy2, x2, weight, bias, mean, rstd, rms: bool, cfg: BwdConfig | None = None):
     """-> (dx [rows, N] in x's dtype, dw in weight's dtype, db in bias's dtype or None)."""
     m, n = x2.shape
     dy2 = dy2 if dy2.stride(-1) == 1 else dy2.contiguous()
@@ -135,19 +188,47 @@ def norm_backward(dy2, x2, weight, bias, mean, rstd, rms: bool, cfg: Optional[Bw
     db_part = torch.empty((progs, n), dtype=torch.float32, device=x2.device) if has_bias else dw_part
     blk = block(n)
     if m:
-        _norm_bwd[(progs,)](x2, weight, dy2, dx, mean if not rms else rstd, rstd, dw_part, db_part,
-                            x2.stride(0), dy2.stride(0), dx.stride(0), m, n,
-                            TILE=tile, ITERS=iters, STAGES=cfg.stages, RMS=rms, HAS_BIAS=has_bias, BLOCK=blk,
-                            num_warps=cfg.warps)
+        _norm_bwd[(progs,)](
+            x2,
+            weight,
+            dy2,
+            dx,
+            mean if not rms else rstd,
+            rstd,
+            dw_part,
+            db_part,
+            x2.stride(0),
+            dy2.stride(0),
+            dx.stride(0),
+            m,
+            n,
+            TILE=tile,
+            ITERS=iters,
+            STAGES=cfg.stages,
+            RMS=rms,
+            HAS_BIAS=has_bias,
+            BLOCK=blk,
+            num_warps=cfg.warps,
+        )
     else:
         dw_part.zero_()
         db_part.zero_()
     dw = torch.empty_like(weight)
     db = torch.empty_like(bias) if has_bias else None
     bp, bn = 32, 64
-    _sum_partials[(triton.cdiv(n, bn),)](dw_part, db_part, dw, db if has_bias else dw, progs, n,
-                                        HAS_BIAS=has_bias, CHUNKS=triton.cdiv(progs, bp), BLOCK_P=bp, BLOCK_N=bn,
-                                        num_warps=4)
+    _sum_partials[(triton.cdiv(n, bn),)](
+        dw_part,
+        db_part,
+        dw,
+        db if has_bias else dw,
+        progs,
+        n,
+        HAS_BIAS=has_bias,
+        CHUNKS=triton.cdiv(progs, bp),
+        BLOCK_P=bp,
+        BLOCK_N=bn,
+        num_warps=4,
+    )
     return dx, dw, db
 
 
@@ -168,7 +249,8 @@ class NormFunction(torch.autograd.Function):
         return dx.view(dy.shape), dw, db, None, None
 
 
-def norm_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], eps: float,
-                rms: bool) -> torch.Tensor:
+def norm_triton(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float, rms: bool
+) -> torch.Tensor:
     """Same contract as `norm.norm_reference`: fp32 statistics, output in x's dtype."""
     return NormFunction.apply(x, weight, bias, eps, rms)

@@ -13,9 +13,8 @@ Two entry points over one kernel:
   one pass; its backward writes the packed d(qkv) from dq, dk, dv in one pass too (rotating back), in place
   of autograd's three slice/select backwards (each a zero-filled full-size buffer plus a copy, then adds).
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 import triton
@@ -42,8 +41,9 @@ def _load_pairs(X, off, hm, ROT, ROT_HALF, INTERLEAVED: tl.constexpr, BLOCK_H: t
 
 
 @triton.jit
-def _store_pairs(Y, off, hm, ROT, ROT_HALF, x1, x2, c, s,
-                 INTERLEAVED: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr):
+def _store_pairs(
+    Y, off, hm, ROT, ROT_HALF, x1, x2, c, s, INTERLEAVED: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr
+):
     y1 = x1 * c - x2 * s
     y2 = x2 * c + x1 * s
     if INTERLEAVED:
@@ -58,13 +58,54 @@ def _store_pairs(Y, off, hm, ROT, ROT_HALF, x1, x2, c, s,
 
 
 @triton.jit
-def _rotary(Q, K, V, OQ, OK, OV, COS, SIN,
-            sq_b, sq_s, sq_g, sq_h, sk_b, sk_s, sk_h, sv_b, sv_s, sv_h,
-            soq_b, soq_s, soq_g, soq_h, sok_b, sok_s, sok_h, sov_b, sov_s, sov_h, sc_b, sc_s,
-            S, HQ, HK, G, D, ROT, ROT_HALF, sign,
-            INTERLEAVED: tl.constexpr, COPY_REST: tl.constexpr, COPY_V: tl.constexpr,
-            BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
-            BLOCK_D: tl.constexpr):
+def _rotary(
+    Q,
+    K,
+    V,
+    OQ,
+    OK,
+    OV,
+    COS,
+    SIN,
+    sq_b,
+    sq_s,
+    sq_g,
+    sq_h,
+    sk_b,
+    sk_s,
+    sk_h,
+    sv_b,
+    sv_s,
+    sv_h,
+    soq_b,
+    soq_s,
+    soq_g,
+    soq_h,
+    sok_b,
+    sok_s,
+    sok_h,
+    sov_b,
+    sov_s,
+    sov_h,
+    sc_b,
+    sc_s,
+    S,
+    HQ,
+    HK,
+    G,
+    D,
+    ROT,
+    ROT_HALF,
+    sign,
+    INTERLEAVED: tl.constexpr,
+    COPY_REST: tl.constexpr,
+    COPY_V: tl.constexpr,
+    BLOCK_HQ: tl.constexpr,
+    BLOCK_HK: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     """One token per program: its q and k heads (and v, copied, when COPY_V). Query head h lives at
     (h // G) * s_g + (h % G) * s_h (G query heads per KV group: the fused-QKV layout; plain [.., h, d] tensors
     pass s_g = G * s_h). Every load is issued before the first store (the compiler may not move loads past
@@ -130,8 +171,9 @@ def _angles(cos: torch.Tensor, sin: torch.Tensor, d: int):
     return cos, sin, sc, half
 
 
-def _launch(q5, k, v, oq5, ok, ov, cos, sin, sc, half, interleaved: bool, inverse: bool, copy_rest: bool,
-            warps: Optional[int]) -> None:
+def _launch(
+    q5, k, v, oq5, ok, ov, cos, sin, sc, half, interleaved: bool, inverse: bool, copy_rest: bool, warps: int | None
+) -> None:
     """q5/oq5: [b, s, groups, g, d] views; k, ok: [b, s, hk, d]; v, ov: [b, s, hk, d] or None."""
     bsz, seq, groups, g, d = q5.shape
     hq, hk = groups * g, k.shape[2]
@@ -145,19 +187,66 @@ def _launch(q5, k, v, oq5, ok, ov, cos, sin, sc, half, interleaved: bool, invers
     vs = v.stride() if copy_v else (0, 0, 0, 1)
     ovs = ov.stride() if copy_v else (0, 0, 0, 1)
     _rotary[(bsz * seq,)](
-        q5, k, v if copy_v else k, oq5, ok, ov if copy_v else ok, cos, sin,
-        q5.stride(0), q5.stride(1), q5.stride(2), q5.stride(3), k.stride(0), k.stride(1), k.stride(2),
-        vs[0], vs[1], vs[2],
-        oq5.stride(0), oq5.stride(1), oq5.stride(2), oq5.stride(3), ok.stride(0), ok.stride(1), ok.stride(2),
-        ovs[0], ovs[1], ovs[2], sc[0], sc[1],
-        seq, hq, hk, g, d, 2 * half, half, -1.0 if inverse else 1.0,
-        INTERLEAVED=interleaved, COPY_REST=copy_rest, COPY_V=copy_v, BLOCK_HQ=bhq, BLOCK_HK=bhk, BLOCK_R=br,
-        BLOCK_P=bp, BLOCK_D=bd, num_warps=warps or TUNED_WARPS.get((interleaved, copy_rest)) or _warps(elems))
+        q5,
+        k,
+        v if copy_v else k,
+        oq5,
+        ok,
+        ov if copy_v else ok,
+        cos,
+        sin,
+        q5.stride(0),
+        q5.stride(1),
+        q5.stride(2),
+        q5.stride(3),
+        k.stride(0),
+        k.stride(1),
+        k.stride(2),
+        vs[0],
+        vs[1],
+        vs[2],
+        oq5.stride(0),
+        oq5.stride(1),
+        oq5.stride(2),
+        oq5.stride(3),
+        ok.stride(0),
+        ok.stride(1),
+        ok.stride(2),
+        ovs[0],
+        ovs[1],
+        ovs[2],
+        sc[0],
+        sc[1],
+        seq,
+        hq,
+        hk,
+        g,
+        d,
+        2 * half,
+        half,
+        -1.0 if inverse else 1.0,
+        INTERLEAVED=interleaved,
+        COPY_REST=copy_rest,
+        COPY_V=copy_v,
+        BLOCK_HQ=bhq,
+        BLOCK_HK=bhk,
+        BLOCK_R=br,
+        BLOCK_P=bp,
+        BLOCK_D=bd,
+        num_warps=warps or TUNED_WARPS.get((interleaved, copy_rest)) or _warps(elems),
+    )
 
 
-def rotary_apply(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool,
-                 inverse: bool = False, inplace: bool = False,
-                 warps: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+def rotary_apply(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    interleaved: bool,
+    inverse: bool = False,
+    inplace: bool = False,
+    warps: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotation of q [b,s,hq,d] and k [b,s,hk,d]; `inverse` rotates by -angle. Out of place by default (new
     contiguous tensors, pass-through dims copied); `inplace` rewrites only the rotated dims of q and k
     (which may be strided views, e.g. of a fused QKV buffer, with a unit last stride)."""
@@ -171,13 +260,28 @@ def rotary_apply(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch
     else:
         oq = torch.empty((bsz, seq, hq, d), dtype=q.dtype, device=q.device)
         ok = torch.empty(k.shape, dtype=k.dtype, device=k.device)
-    _launch(q.unsqueeze(2), k, None, oq.unsqueeze(2), ok, None, cos, sin, sc, half, interleaved, inverse,
-            not inplace and d > 2 * half, warps)
+    _launch(
+        q.unsqueeze(2),
+        k,
+        None,
+        oq.unsqueeze(2),
+        ok,
+        None,
+        cos,
+        sin,
+        sc,
+        half,
+        interleaved,
+        inverse,
+        not inplace and d > 2 * half,
+        warps,
+    )
     return oq, ok
 
 
-def qkv_split_rotary(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool,
-                     warps: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def qkv_split_rotary(
+    qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool, warps: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """qkv [b, s, hk, g+2, d] (unit last stride) -> contiguous q [b, s, hk*g, d] and k [b, s, hk, d] rotated,
     v [b, s, hk, d] copied; one pass over qkv."""
     bsz, seq, hk, g2, d = qkv.shape
@@ -186,13 +290,34 @@ def qkv_split_rotary(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, in
     q = torch.empty((bsz, seq, hk * g, d), dtype=qkv.dtype, device=qkv.device)
     k = torch.empty((bsz, seq, hk, d), dtype=qkv.dtype, device=qkv.device)
     v = torch.empty((bsz, seq, hk, d), dtype=qkv.dtype, device=qkv.device)
-    _launch(qkv[:, :, :, :g], qkv[:, :, :, g], qkv[:, :, :, g + 1], q.view(bsz, seq, hk, g, d), k, v,
-            cos, sin, sc, half, interleaved, False, d > 2 * half, warps)
+    _launch(
+        qkv[:, :, :, :g],
+        qkv[:, :, :, g],
+        qkv[:, :, :, g + 1],
+        q.view(bsz, seq, hk, g, d),
+        k,
+        v,
+        cos,
+        sin,
+        sc,
+        half,
+        interleaved,
+        False,
+        d > 2 * half,
+        warps,
+    )
     return q, k, v
 
 
-def qkv_pack_unrotary(dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                      interleaved: bool, warps: Optional[int] = None) -> torch.Tensor:
+def qkv_pack_unrotary(
+    dq: torch.Tensor,
+    dk: torch.Tensor,
+    dv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    interleaved: bool,
+    warps: int | None = None,
+) -> torch.Tensor:
     """The backward of `qkv_split_rotary`: dq [b,s,hk*g,d], dk, dv [b,s,hk,d] -> d(qkv) [b,s,hk,g+2,d], dq and dk
     rotated back; one pass, every element of d(qkv) written."""
     dq, dk, dv = _unit_last(dq), _unit_last(dk), _unit_last(dv)
@@ -203,8 +328,22 @@ def qkv_pack_unrotary(dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, cos:
     out = torch.empty((bsz, seq, hk, g + 2, d), dtype=dq.dtype, device=dq.device)
     # dq's head h = group * g + slot: as a [b, s, hk, g, d] view (strides from dq, which may be non-contiguous)
     dq5 = dq.as_strided((bsz, seq, hk, g, d), (dq.stride(0), dq.stride(1), g * dq.stride(2), dq.stride(2), 1))
-    _launch(dq5, dk, dv, out[:, :, :, :g], out[:, :, :, g], out[:, :, :, g + 1], cos, sin, sc, half, interleaved,
-            True, d > 2 * half, warps)
+    _launch(
+        dq5,
+        dk,
+        dv,
+        out[:, :, :, :g],
+        out[:, :, :, g],
+        out[:, :, :, g + 1],
+        cos,
+        sin,
+        sc,
+        half,
+        interleaved,
+        True,
+        d > 2 * half,
+        warps,
+    )
     return out
 
 
@@ -223,8 +362,9 @@ class RotaryFunction(torch.autograd.Function):
         return gq, gk, None, None, None
 
 
-def rotary_triton(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                  interleaved: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def rotary_triton(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as `rotary.rotary_reference` (no gradient flows to cos/sin)."""
     if cos.shape[-1] == 0:
         return q, k
@@ -247,15 +387,16 @@ class QKVRotaryFunction(torch.autograd.Function):
         cos, sin = ctx.saved_tensors
         b, s, hk, g2, d = ctx.shape
         like = next(t for t in (dq, dk, dv) if t is not None)
-        zeros = lambda h: torch.zeros((b, s, h, d), dtype=ctx.dtype, device=like.device)  # noqa: E731
+        zeros = lambda h: torch.zeros((b, s, h, d), dtype=ctx.dtype, device=like.device)
         dq = dq if dq is not None else zeros(hk * (g2 - 2))
         dk = dk if dk is not None else zeros(hk)
         dv = dv if dv is not None else zeros(hk)
         return qkv_pack_unrotary(dq, dk, dv, cos, sin, ctx.interleaved), None, None, None
 
 
-def qkv_rotary_triton(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                      interleaved: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def qkv_rotary_triton(
+    qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Same contract as `rotary.qkv_rotary_reference` (no gradient flows to cos/sin)."""
     if cos.dim() == 3 and cos.shape[0] != qkv.shape[0]:
         cos, sin = cos.expand(qkv.shape[0], -1, -1), sin.expand(qkv.shape[0], -1, -1)

@@ -4,6 +4,7 @@ Backward recomputes silu from the saved inputs: d_up = dy·silu(g),
 d_gate = dy·up·σ(g)·(1 + g·(1 − σ(g))). The up/gate biases are left to the linears (cuBLAS epilogues
 fuse them already), so this kernel's contract is exactly the reference's.
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Small helpers shared by the Triton kernels: launch sizes and the CPU/interpreter check."""
+
 from __future__ import annotations
 
 import os
@@ -16,8 +17,10 @@ def check_device(*tensors: torch.Tensor) -> None:
     set before triton is imported)."""
     for t in tensors:
         if t.device.type != "cuda" and not interpreting():
-            raise RuntimeError(f"Triton kernel called on a {t.device.type} tensor; compiled Triton needs CUDA "
-                               f"(on CPU set TRITON_INTERPRET=1 before importing triton, or use model.kernels=torch)")
+            raise RuntimeError(
+                f"Triton kernel called on a {t.device.type} tensor; compiled Triton needs CUDA "
+                f"(on CPU set TRITON_INTERPRET=1 before importing triton, or use model.kernels=torch)"
+            )
 
 
 def block(n: int, cap: int = 1 << 16) -> int:

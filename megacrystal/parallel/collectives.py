@@ -5,9 +5,8 @@ a fused collective (older gloo has no reduce-scatter, nor all-gather into one te
 result is produced from all_reduce / all_gather lists; `FORCE_FALLBACK` makes tests take that path.
 Async calls return an object with `.wait()`.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 import torch.distributed as dist
@@ -16,7 +15,7 @@ from ..log import say_once
 from .state import Group
 
 FORCE_FALLBACK = False
-_unsupported: set[tuple[str, str]] = set()     # (collective, backend) seen to raise "not supported"
+_unsupported: set[tuple[str, str]] = set()  # (collective, backend) seen to raise "not supported"
 
 
 class _Done:
@@ -51,8 +50,10 @@ def _native(name: str, group: Group) -> bool:
 
 def _mark_unsupported(name: str, group: Group, err: Exception) -> None:
     _unsupported.add((name, _backend(group)))
-    say_once(f"fallback-{name}-{_backend(group)}",
-             f"{name} unsupported on {_backend(group)} ({str(err).splitlines()[0][:80]}); using a fallback")
+    say_once(
+        f"fallback-{name}-{_backend(group)}",
+        f"{name} unsupported on {_backend(group)} ({str(err).splitlines()[0][:80]}); using a fallback",
+    )
 
 
 def _is_unsupported(err: Exception, group: Group) -> bool:
@@ -60,7 +61,8 @@ def _is_unsupported(err: Exception, group: Group) -> bool:
     collective (its messages vary by version and device); elsewhere only an explicit one counts."""
     msg = str(err).lower()
     return _backend(group) == "gloo" or any(
-        w in msg for w in ("not supported", "unsupported", "does not support", "not implemented"))
+        w in msg for w in ("not supported", "unsupported", "does not support", "not implemented")
+    )
 
 
 _MISSING = object()
@@ -103,8 +105,14 @@ def reduce_scatter_flat(out: torch.Tensor, inp: torch.Tensor, group: Group, asyn
         if out.data_ptr() != inp.data_ptr():
             out.copy_(inp[:n])
         return _Done() if async_op else None
-    work = _try_native("reduce_scatter", getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor,
-                       out, inp, group, async_op)
+    work = _try_native(
+        "reduce_scatter",
+        getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor,
+        out,
+        inp,
+        group,
+        async_op,
+    )
     if work is not _MISSING:
         return work
     # fallback: all-reduce the whole input in place, keep our slice
@@ -112,8 +120,9 @@ def reduce_scatter_flat(out: torch.Tensor, inp: torch.Tensor, group: Group, asyn
     work = dist.all_reduce(inp, group=group.pg, async_op=async_op)
 
     def take():
-        if out.data_ptr() != inp[lo:lo + n].data_ptr():
-            out.copy_(inp[lo:lo + n])
+        if out.data_ptr() != inp[lo : lo + n].data_ptr():
+            out.copy_(inp[lo : lo + n])
+
     if async_op:
         return _Then(work, take)
     take()
@@ -129,8 +138,9 @@ def all_gather_flat(out: torch.Tensor, inp: torch.Tensor, group: Group, async_op
         if out.data_ptr() != inp.data_ptr():
             out.copy_(inp)
         return _Done() if async_op else None
-    work = _try_native("all_gather", getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor,
-                       out, inp, group, async_op)
+    work = _try_native(
+        "all_gather", getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor, out, inp, group, async_op
+    )
     if work is not _MISSING:
         return work
     pieces = list(out.split(n))
@@ -157,7 +167,7 @@ def reduce_scatter_dim(x: torch.Tensor, dim: int, group: Group) -> torch.Tensor:
         raise ValueError(f"reduce_scatter along dim {dim}: size {x.shape[dim]} is not divisible by {group.size}")
     moved = x.movedim(dim, 0).contiguous()
     if moved.data_ptr() == x.data_ptr():
-        moved = moved.clone()          # the fallback reduces in place: never touch the caller's tensor
+        moved = moved.clone()  # the fallback reduces in place: never touch the caller's tensor
     out = torch.empty((moved.shape[0] // group.size,) + tuple(moved.shape[1:]), dtype=x.dtype, device=x.device)
     reduce_scatter_flat(out.view(-1), moved.view(-1), group)
     return out.movedim(0, dim).contiguous()
@@ -170,7 +180,7 @@ def split_dim(x: torch.Tensor, dim: int, group: Group) -> torch.Tensor:
     return x.chunk(group.size, dim)[group.rank].contiguous()
 
 
-def wait_all(works: list[Optional[object]]) -> None:
+def wait_all(works: list[object | None]) -> None:
     for w in works:
         if w is not None:
             w.wait()

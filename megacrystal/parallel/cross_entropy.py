@@ -11,6 +11,7 @@ Triton kernels stream over the vocabulary, and the torch twins are run on chunks
 `chunk_elements` logits, so an fp32 copy of the whole batch's logits never exists. Padded vocabulary
 entries carry -inf logits from the head and get probability 0.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,10 +32,13 @@ def _pieces(impl: str, device_type: str):
     want_triton = impl == "triton" or (impl == "auto" and device_type == "cuda")
     if want_triton:
         if impl == "triton" and device_type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
-            raise RuntimeError("model.kernels=triton on cpu: set TRITON_INTERPRET=1 (before triton is imported) "
-                               "or use model.kernels=torch/auto")
+            raise RuntimeError(
+                "model.kernels=triton on cpu: set TRITON_INTERPRET=1 (before triton is imported) "
+                "or use model.kernels=torch/auto"
+            )
         try:
             from ..ops.triton_cross_entropy import ce_grad, ce_stats
+
             return "triton", ce_stats, ce_grad, False
         except ImportError as e:
             if impl == "triton":
@@ -55,7 +59,9 @@ class _VocabParallelCE(torch.autograd.Function):
         lab = labels.reshape(-1).to(flat.device)
         n, start = flat.shape[0], group.rank * V
         name, stats, grad_fn, chunked = _pieces(impl, flat.device.type)
-        say_once(f"vp-ce-{name}-{flat.device.type}", f"vocab-parallel cross-entropy: {name} pieces on {flat.device.type}")
+        say_once(
+            f"vp-ce-{name}-{flat.device.type}", f"vocab-parallel cross-entropy: {name} pieces on {flat.device.type}"
+        )
         rows = max(1, chunk_elements // max(V, 1)) if chunked else max(n, 1)
         m = torch.empty(n, dtype=torch.float32, device=flat.device)
         st = torch.empty(2, n, dtype=torch.float32, device=flat.device)
@@ -82,8 +88,9 @@ class _VocabParallelCE(torch.autograd.Function):
         return grad.view_as(logits), None, None, None, None
 
 
-def vocab_parallel_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, group: Group,
-                                 chunk_elements: int = 1 << 24, impl: str = "auto") -> torch.Tensor:
+def vocab_parallel_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, group: Group, chunk_elements: int = 1 << 24, impl: str = "auto"
+) -> torch.Tensor:
     """logits [..., V/tp] (this rank's vocabulary slice), labels [...] global ids (-100: ignored)
     -> fp32 per-token loss [...], the same on every tp rank."""
     return _VocabParallelCE.apply(logits, labels, group, int(chunk_elements), impl)

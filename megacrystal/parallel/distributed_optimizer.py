@@ -10,18 +10,20 @@ Memory per parameter on a rank, with bf16 parameters: 2 (param) + 4 (fp32 grad) 
 master + exp_avg + exp_avg_sq), against 2 + 4 + 12 for the replicated optimizer. With fp32
 parameters the master is the parameter buffer itself: 4 + 4 + 8/dp.
 """
+
 from __future__ import annotations
 
 import torch
 
-from ..train.optimizer import adamw_
+from ..optim.adamw import adamw_
 from . import collectives as C
-from .data import GradBuffers
+from .grad_buffers import GradBuffers
 
 
 class DistributedOptimizer:
-    def __init__(self, buffers: GradBuffers, groups: list[dict], beta1: float = 0.9, beta2: float = 0.95,
-                 eps: float = 1e-9):
+    def __init__(
+        self, buffers: GradBuffers, groups: list[dict], beta1: float = 0.9, beta2: float = 0.95, eps: float = 1e-9
+    ):
         if buffers.param_buffer is None or not buffers.distributed:
             raise ValueError("DistributedOptimizer needs GradBuffers(distributed=True, contiguous_params=True)")
         self.buf = buffers
@@ -32,19 +34,31 @@ class DistributedOptimizer:
         group_of = {}
         self.groups = []
         for gi, g in enumerate(groups):
-            self.groups.append(dict(name=g.get("name", ""), lr_mult=float(g.get("lr_mult", 1.0)),
-                                    weight_decay=float(g.get("weight_decay", 0.0)),
-                                    master=[], grad=[], exp_avg=[], exp_avg_sq=[]))
+            self.groups.append(
+                dict(
+                    name=g.get("name", ""),
+                    lr_mult=float(g.get("lr_mult", 1.0)),
+                    weight_decay=float(g.get("weight_decay", 0.0)),
+                    master=[],
+                    grad=[],
+                    exp_avg=[],
+                    exp_avg_sq=[],
+                )
+            )
             for p in g["params"]:
                 group_of[id(p)] = gi
-        self.shards = []      # per bucket: dict(lo, hi, master, exp_avg, exp_avg_sq)
+        self.shards = []  # per bucket: dict(lo, hi, master, exp_avg, exp_avg_sq)
         for b in buffers.buckets:
             lo, hi = buffers.shard_range(b)
             n = hi - lo
             master = pbuf[lo:hi].float() if self.separate_master else pbuf[lo:hi]
-            shard = dict(lo=lo, hi=hi, master=master,
-                         exp_avg=torch.zeros(n, dtype=torch.float32, device=pbuf.device),
-                         exp_avg_sq=torch.zeros(n, dtype=torch.float32, device=pbuf.device))
+            shard = dict(
+                lo=lo,
+                hi=hi,
+                master=master,
+                exp_avg=torch.zeros(n, dtype=torch.float32, device=pbuf.device),
+                exp_avg_sq=torch.zeros(n, dtype=torch.float32, device=pbuf.device),
+            )
             self.shards.append(shard)
             for p in b.params:
                 a = max(lo, buffers.offset[id(p)])
@@ -54,18 +68,27 @@ class DistributedOptimizer:
                 if id(p) not in group_of:
                     raise ValueError(f"parameter {buffers.names.get(id(p), '?')} is in no optimizer group")
                 g = self.groups[group_of[id(p)]]
-                g["master"].append(master[a - lo:z - lo])
+                g["master"].append(master[a - lo : z - lo])
                 g["grad"].append(buffers.grad_buffer[a:z])
-                g["exp_avg"].append(shard["exp_avg"][a - lo:z - lo])
-                g["exp_avg_sq"].append(shard["exp_avg_sq"][a - lo:z - lo])
+                g["exp_avg"].append(shard["exp_avg"][a - lo : z - lo])
+                g["exp_avg_sq"].append(shard["exp_avg_sq"][a - lo : z - lo])
 
     @torch.no_grad()
     def step(self, lr: float) -> None:
         self.step_count += 1
         for g in self.groups:
-            adamw_(g["master"], g["grad"], g["exp_avg"], g["exp_avg_sq"], step=self.step_count,
-                   lr=lr * g["lr_mult"], beta1=self.beta1, beta2=self.beta2, eps=self.eps,
-                   weight_decay=g["weight_decay"])
+            adamw_(
+                g["master"],
+                g["grad"],
+                g["exp_avg"],
+                g["exp_avg_sq"],
+                step=self.step_count,
+                lr=lr * g["lr_mult"],
+                beta1=self.beta1,
+                beta2=self.beta2,
+                eps=self.eps,
+                weight_decay=g["weight_decay"],
+            )
         self.gather_params()
 
     @torch.no_grad()
@@ -73,11 +96,14 @@ class DistributedOptimizer:
         """Write the master shards into the parameter buffer and all-gather it over dp."""
         pbuf = self.buf.param_buffer
         works = []
-        for b, s in zip(self.buf.buckets, self.shards):
+        for b, s in zip(self.buf.buckets, self.shards, strict=True):
             if self.separate_master:
-                pbuf[s["lo"]:s["hi"]].copy_(s["master"])
-            works.append(C.all_gather_flat(pbuf[b.start:b.start + b.size], pbuf[s["lo"]:s["hi"]],
-                                           self.buf.grid.dp, async_op=True))
+                pbuf[s["lo"] : s["hi"]].copy_(s["master"])
+            works.append(
+                C.all_gather_flat(
+                    pbuf[b.start : b.start + b.size], pbuf[s["lo"] : s["hi"]], self.buf.grid.dp, async_op=True
+                )
+            )
         C.wait_all(works)
 
     @torch.no_grad()
@@ -85,11 +111,14 @@ class DistributedOptimizer:
         """After the parameters were overwritten: masters <- this rank's slice of the parameters."""
         if self.separate_master:
             for s in self.shards:
-                s["master"].copy_(self.buf.param_buffer[s["lo"]:s["hi"]].float())
+                s["master"].copy_(self.buf.param_buffer[s["lo"] : s["hi"]].float())
 
     def layout(self) -> dict:
-        return dict(dp=self.buf.grid.dp_size, dp_rank=self.buf.grid.dp_rank,
-                    buckets=[(b.start, b.size) for b in self.buf.buckets])
+        return dict(
+            dp=self.buf.grid.dp_size,
+            dp_rank=self.buf.grid.dp_rank,
+            buckets=[(b.start, b.size) for b in self.buf.buckets],
+        )
 
     def state_dict(self) -> dict:
         shards = []
@@ -105,9 +134,11 @@ class DistributedOptimizer:
         if sd.get("kind") != "distributed-adamw":
             raise ValueError(f"optimizer state: expected kind 'distributed-adamw', got {sd.get('kind')!r}")
         if sd["layout"] != self.layout():
-            raise ValueError(f"optimizer state: saved for shard layout {sd['layout']}, this run has "
-                             f"{self.layout()} (same parallel config and model needed to resume a shard)")
-        for s, d in zip(self.shards, sd["shards"]):
+            raise ValueError(
+                f"optimizer state: saved for shard layout {sd['layout']}, this run has "
+                f"{self.layout()} (same parallel config and model needed to resume a shard)"
+            )
+        for s, d in zip(self.shards, sd["shards"], strict=True):
             s["exp_avg"].copy_(d["exp_avg"])
             s["exp_avg_sq"].copy_(d["exp_avg_sq"])
             if self.separate_master:

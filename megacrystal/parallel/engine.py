@@ -12,24 +12,24 @@ position_ids, segment_ids. The loss is sum(loss * mask) / sum(mask) over the glo
 gradient is exactly that of the serial model on the whole batch: every micro-batch's loss is
 divided by the global token count before backward, and dp gradients are summed.
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import Optional
 
 import torch
 import torch.distributed as dist
 
-from ..config import Config, ConfigError, validate_config
+from ..config import Config, validate_config
 from ..model.layers import SerialLayers
 from ..model.mup import init_parameters, param_groups
 from ..model.padding import fit_problem, full_shape, refit, true_part, true_shape
 from ..model.transformer import count_parameters, serial_layout
-from ..train.optimizer import AdamW
+from ..optim.adamw import AdamW
 from . import collectives as C
-from . import schedules
-from .data import GradBuffers
+from . import pipeline_schedules as schedules
 from .distributed_optimizer import DistributedOptimizer
+from .grad_buffers import GradBuffers
 from .pipeline import P2P, build_chunks, tied_embedding_params
 from .state import Grid, build_grid
 from .tensor import RNGStreams, TensorParallelLayers
@@ -38,7 +38,7 @@ FORMAT = "megacrystal-engine/1"
 
 
 class Engine:
-    def __init__(self, cfg: Config, device: Optional[torch.device] = None, grid: Optional[Grid] = None):
+    def __init__(self, cfg: Config, device: torch.device | None = None, grid: Grid | None = None):
         if cfg.model.num_heads is None:
             cfg.model = cfg.model.resolve()
         self.cfg = cfg
@@ -55,16 +55,22 @@ class Engine:
             self.chunks = build_chunks(cfg.model, self.layers, g)
         for m in self.chunks:
             init_parameters(m, cfg.model, cfg.train.seed)
-        if self.sp:      # everything replicated over tp sees a slice of the sequence: partial grads
+        if self.sp:  # everything replicated over tp sees a slice of the sequence: partial grads
             for m in self.chunks:
                 for p in m.parameters():
                     if not hasattr(p, "_mc_shard"):
                         p._mc_sequence_parallel = True
         named = [(n, p) for m in self.chunks for n, p in m.named_parameters()]
         self._names = {id(p): n for n, p in named}
-        self.buffers = GradBuffers(named, g, par.bucket_size_mb, distributed=par.distributed_optimizer,
-                                   overlap=par.overlap_grad_reduce, contiguous_params=par.distributed_optimizer,
-                                   tied=tied_embedding_params(self.chunks, cfg.model, g))
+        self.buffers = GradBuffers(
+            named,
+            g,
+            par.bucket_size_mb,
+            distributed=par.distributed_optimizer,
+            overlap=par.overlap_grad_reduce,
+            contiguous_params=par.distributed_optimizer,
+            tied=tied_embedding_params(self.chunks, cfg.model, g),
+        )
         groups = self._param_groups()
         o = cfg.optim
         if par.distributed_optimizer:
@@ -73,7 +79,7 @@ class Engine:
             self.optimizer = AdamW(groups, o.beta1, o.beta2, o.eps, names=self._names)
         self.rng = RNGStreams(cfg.train.seed, g.tp_rank, self.device)
         P2P.connect(g, self.device)
-        self.trace: Optional[list] = None          # set to a list to record compute intervals
+        self.trace: list | None = None  # set to a list to record compute intervals
         self._batches: list = []
         self._loss_acc = None
         self._scale = 1.0
@@ -96,7 +102,7 @@ class Engine:
         """The model's parameters at their true sizes (padding not counted)."""
         return count_parameters(self.cfg.model)
 
-    def _check_batches(self, micro_batches) -> Optional[str]:
+    def _check_batches(self, micro_batches) -> str | None:
         """The first problem with this rank's micro-batches, or None."""
         if not isinstance(micro_batches, (list, tuple)) or not micro_batches:
             return "micro_batches: expected a non-empty list of dicts"
@@ -135,8 +141,10 @@ class Engine:
         if self.sp and s % g.tp_size:
             return f"micro_batches: sequence length {s} is not divisible by tp={g.tp_size} (sequence parallel)"
         if g.vpp_size > 1 and len(micro_batches) % g.pp_size:
-            return (f"micro_batches: interleaved 1F1B needs the number of micro-batches "
-                    f"({len(micro_batches)}) divisible by pp={g.pp_size}")
+            return (
+                f"micro_batches: interleaved 1F1B needs the number of micro-batches "
+                f"({len(micro_batches)}) divisible by pp={g.pp_size}"
+            )
         return None
 
     def _prepare(self, micro_batches) -> float:
@@ -153,13 +161,15 @@ class Engine:
             raise ValueError(f"Engine: {err}")
         if t[0].item() > 0:
             raise ValueError(f"Engine: {int(t[0].item())} rank(s) reported invalid micro-batches (see their error)")
-        self._batches = [{k: (v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
-                          for k, v in b.items()} for b in micro_batches]
+        self._batches = [
+            {k: (v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in b.items()}
+            for b in micro_batches
+        ]
         for b in self._batches:
             b["loss_mask"] = b["loss_mask"].float()
         return float(t[1].item())
 
-    def _forward(self, chunk: int, mb: int, x: Optional[torch.Tensor]):
+    def _forward(self, chunk: int, mb: int, x: torch.Tensor | None):
         m, b = self.chunks[chunk], self._batches[mb]
         kw = dict(position_ids=b.get("position_ids"), segment_ids=b.get("segment_ids"), labels=b["labels"])
         out = m(tokens=b["tokens"], **kw) if m.pre_process else m(hidden=x, **kw)
@@ -227,9 +237,11 @@ class Engine:
     @torch.no_grad()
     def load_state_dict(self, sd: dict) -> None:
         if not isinstance(sd, dict) or sd.get("format") != FORMAT:
-            raise ValueError(f"engine state: expected format {FORMAT!r}, got {sd.get('format') if isinstance(sd, dict) else sd!r}")
+            raise ValueError(
+                f"engine state: expected format {FORMAT!r}, got {sd.get('format') if isinstance(sd, dict) else sd!r}"
+            )
         mine, saved = self._layout(), dict(sd.get("layout") or {})
-        if not self.cfg.parallel.distributed_optimizer:     # replicas are identical: any dp rank's state will do
+        if not self.cfg.parallel.distributed_optimizer:  # replicas are identical: any dp rank's state will do
             mine.pop("dp_rank")
             saved.pop("dp_rank", None)
         if saved != mine:
@@ -248,9 +260,15 @@ class Engine:
 
     def _layout(self) -> dict:
         g = self.grid
-        return dict(g.layout(), world=g.world_size, tp_rank=g.tp_rank, pp_rank=g.pp_rank,
-                    dp_rank=g.dp_rank, distributed_optimizer=bool(self.cfg.parallel.distributed_optimizer),
-                    precision=self.cfg.train.precision)
+        return dict(
+            g.layout(),
+            world=g.world_size,
+            tp_rank=g.tp_rank,
+            pp_rank=g.pp_rank,
+            dp_rank=g.dp_rank,
+            distributed_optimizer=bool(self.cfg.parallel.distributed_optimizer),
+            precision=self.cfg.train.precision,
+        )
 
     # ------------------------------------------------------------------ consolidated weights
 
@@ -259,7 +277,7 @@ class Engine:
         return {n: shape for n, (shape, _) in serial_layout(self.cfg.model).items()}
 
     @torch.no_grad()
-    def full_model_state(self) -> Optional[dict]:
+    def full_model_state(self) -> dict | None:
         """The whole model under serial names and shapes (vocabulary and FFN padded as in the serial
         model), gathered over tp and pp onto global rank 0 as CPU tensors; None on the other ranks."""
         g = self.grid
@@ -295,7 +313,7 @@ class Engine:
         return {n: local[n].to("cpu", copy=True) for n in serial}
 
     @torch.no_grad()
-    def load_full_model_state(self, sd: Optional[dict]) -> None:
+    def load_full_model_state(self, sd: dict | None) -> None:
         """Set the weights from a serial-named state dict (as `full_model_state` returns). Give it on
         every rank, or on rank 0 only (then it is broadcast). The optimizer's fp32 masters follow;
         its moments are left as they are."""
@@ -313,9 +331,10 @@ class Engine:
         missing = sorted(set(layout) - set(sd))
         extra = sorted(set(sd) - set(layout))
         if missing or extra:
-            raise ValueError(f"load_full_model_state: keys differ from the model's (missing {missing[:5]}, "
-                             f"unexpected {extra[:5]})")
-        for n, (shape, true) in layout.items():         # every rank checks every tensor: none is left waiting
+            raise ValueError(
+                f"load_full_model_state: keys differ from the model's (missing {missing[:5]}, unexpected {extra[:5]})"
+            )
+        for n, (shape, true) in layout.items():  # every rank checks every tensor: none is left waiting
             problem = fit_problem(sd[n], true, shape)
             if problem:
                 raise ValueError(f"load_full_model_state: {n} {problem}")

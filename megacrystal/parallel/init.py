@@ -8,6 +8,7 @@ one-line error instead of hanging in a collective; picks NCCL on CUDA and gloo o
 (`parallel.backend` may force one); puts the process on cuda:LOCAL_RANK. Without WORLD_SIZE (a
 plain `python` run) it is a world of one and no process group is created.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,8 +41,10 @@ def pick_device(cfg: Config, local_rank: int) -> torch.device:
         return torch.device("cpu")
     n = torch.cuda.device_count()
     if local_rank >= n:
-        raise ConfigError(f"environment LOCAL_RANK={local_rank}: only {n} CUDA device(s) on this node "
-                          f"(start at most {n} processes per node)")
+        raise ConfigError(
+            f"environment LOCAL_RANK={local_rank}: only {n} CUDA device(s) on this node "
+            f"(start at most {n} processes per node)"
+        )
     return torch.device("cuda", local_rank)
 
 

@@ -12,10 +12,10 @@ the last rank to the first, for interleaving). Activations travel on one tag and
 another, and within one batch activation ops come first, so two ranks that are each other's next
 and previous (pp=2) pair their messages in the same order on every backend.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -67,13 +67,18 @@ class P2P:
     def __init__(self, grid: Grid, shape: tuple, dtype: torch.dtype, device: torch.device):
         self.grid, self.shape, self.dtype, self.device = grid, tuple(shape), dtype, device
         self.bytes_sent = 0
-        self.trace: Optional[list] = None       # a list: record ("C", t0, t1) of each exchange
+        self.trace: list | None = None  # a list: record ("C", t0, t1) of each exchange
 
     def _buffer(self) -> torch.Tensor:
         return torch.empty(self.shape, dtype=self.dtype, device=self.device)
 
-    def communicate(self, send_next: Optional[torch.Tensor] = None, send_prev: Optional[torch.Tensor] = None,
-                    recv_prev: bool = False, recv_next: bool = False):
+    def communicate(
+        self,
+        send_next: torch.Tensor | None = None,
+        send_prev: torch.Tensor | None = None,
+        recv_prev: bool = False,
+        recv_next: bool = False,
+    ):
         """One batch of transfers; returns (tensor from prev, tensor from next), received ones
         marked requires_grad when they are activations."""
         g = self.grid

@@ -7,6 +7,7 @@ Every step is `Engine.train_step` on random tokens drawn from a fixed seed (the 
 whatever the grid, split over dp ranks), so the losses printed by a 1-process run and a torchrun run
 of the same config agree to rounding. Rank 0 prints one JSON line per step and writes all of them to --out.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,8 @@ def synthetic_batch(step: int, global_batch: int, seq: int, vocab: int, seed: in
 def split_for_rank(batch: dict, dp_rank: int, dp: int, micro_batch: int) -> list[dict]:
     """This dp rank's contiguous share of the global batch, cut into micro-batches."""
     n = batch["tokens"].shape[0] // dp
-    mine = {k: v[dp_rank * n:(dp_rank + 1) * n] for k, v in batch.items()}
-    return [{k: v[i:i + micro_batch] for k, v in mine.items()} for i in range(0, n, micro_batch)]
+    mine = {k: v[dp_rank * n : (dp_rank + 1) * n] for k, v in batch.items()}
+    return [{k: v[i : i + micro_batch] for k, v in mine.items()} for i in range(0, n, micro_batch)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,8 +58,14 @@ def main(argv: list[str] | None = None) -> int:
         batch = synthetic_batch(step, t.global_batch_size, cfg.data.seq_length, m.vocab_size, t.seed)
         t0 = time.perf_counter()
         out = engine.train_step(split_for_rank(batch, grid.dp_rank, grid.dp_size, t.micro_batch_size), args.lr)
-        rec = dict(step=step, loss=out["loss"], grad_norm=out["grad_norm"], seconds=time.perf_counter() - t0,
-                   layout=grid.layout(), world=grid.world_size)
+        rec = dict(
+            step=step,
+            loss=out["loss"],
+            grad_norm=out["grad_norm"],
+            seconds=time.perf_counter() - t0,
+            layout=grid.layout(),
+            world=grid.world_size,
+        )
         records.append(rec)
         if grid.rank == 0:
             print(json.dumps(rec), flush=True)

@@ -14,11 +14,11 @@ Groups (all created on every rank, in one fixed order, before anything else talk
     world      everything
 A group of one rank gets no process group at all: collectives on it are no-ops.
 """
+
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -32,10 +32,11 @@ ORDERS = {"tp-dp-pp": ("pp", "dp", "tp"), "tp-pp-dp": ("dp", "pp", "tp")}
 @dataclass
 class Group:
     """One process group as seen from this rank: its members (global ranks) and our index in it."""
+
     name: str
     ranks: list[int]
-    rank: int                                  # index of this process in `ranks`
-    pg: Optional[object] = None                # torch ProcessGroup; None when size == 1
+    rank: int  # index of this process in `ranks`
+    pg: object | None = None  # torch ProcessGroup; None when size == 1
 
     @property
     def size(self) -> int:
@@ -57,7 +58,7 @@ class Grid:
     mp: Group
     embedding: Group
     world: Group
-    backend: Optional[str] = None
+    backend: str | None = None
     all_groups: list = field(default_factory=list, repr=False)
 
     # the names a trainer reads
@@ -106,8 +107,10 @@ class Grid:
         return dict(tp=self.tp_size, pp=self.pp_size, dp=self.dp_size, vpp=self.vpp_size, order=self.order)
 
     def describe(self) -> str:
-        return (f"rank {self.rank}/{self.world_size}: tp {self.tp_rank}/{self.tp_size} "
-                f"pp {self.pp_rank}/{self.pp_size} dp {self.dp_rank}/{self.dp_size} (order {self.order})")
+        return (
+            f"rank {self.rank}/{self.world_size}: tp {self.tp_rank}/{self.tp_size} "
+            f"pp {self.pp_rank}/{self.pp_size} dp {self.dp_rank}/{self.dp_size} (order {self.order})"
+        )
 
 
 def rank_layout(world_size: int, tp: int, pp: int, order: str) -> dict[str, torch.Tensor]:
@@ -123,7 +126,7 @@ def rank_layout(world_size: int, tp: int, pp: int, order: str) -> dict[str, torc
 
 def group_ranks(world_size: int, tp: int, pp: int, order: str) -> dict[str, list[list[int]]]:
     """Every group of every kind, as lists of global ranks, in the creation order."""
-    g = rank_layout(world_size, tp, pp, order)          # [pp, dp, tp]
+    g = rank_layout(world_size, tp, pp, order)  # [pp, dp, tp]
     P, D, T = g.shape
     out = {
         "tp": [g[p, d, :].tolist() for p in range(P) for d in range(D)],
@@ -137,7 +140,7 @@ def group_ranks(world_size: int, tp: int, pp: int, order: str) -> dict[str, list
 
 # Subgroups made here, destroyed by `destroy()` before the default group.
 _created: list = []
-_current: Optional[Grid] = None
+_current: Grid | None = None
 _meetings = 0
 
 
@@ -147,7 +150,7 @@ def _new_group(ranks: list[int]):
     return pg
 
 
-def build_grid(cfg: Config, world_size: Optional[int] = None, rank: Optional[int] = None) -> Grid:
+def build_grid(cfg: Config, world_size: int | None = None, rank: int | None = None) -> Grid:
     """Validate `cfg` against the world, then create every group. Without an initialised default
     group the world must be 1 (a plain single-process run)."""
     global _current
@@ -156,14 +159,20 @@ def build_grid(cfg: Config, world_size: Optional[int] = None, rank: Optional[int
         world_size = dist.get_world_size() if initialised else 1
     if rank is None:
         rank = dist.get_rank() if initialised else 0
-    validate_config(cfg, world_size)                  # every rule, before any collective
+    validate_config(cfg, world_size)  # every rule, before any collective
     par = cfg.parallel
     if world_size > 1 and not initialised:
-        raise ConfigError(f"parallel: world size {world_size} needs torch.distributed to be initialised "
-                          f"first (use megacrystal.parallel.init.init_distributed)")
-    if _current is not None and _current.world_size == world_size and _current.rank == rank and \
-            _current.layout() == dict(tp=par.tp, pp=par.pp, dp=world_size // (par.tp * par.pp),
-                                      vpp=par.vpp, order=par.order):
+        raise ConfigError(
+            f"parallel: world size {world_size} needs torch.distributed to be initialised "
+            f"first (use megacrystal.parallel.init.init_distributed)"
+        )
+    if (
+        _current is not None
+        and _current.world_size == world_size
+        and _current.rank == rank
+        and _current.layout()
+        == dict(tp=par.tp, pp=par.pp, dp=world_size // (par.tp * par.pp), vpp=par.vpp, order=par.order)
+    ):
         return _current
     all_groups = group_ranks(world_size, par.tp, par.pp, par.order)
     mine: dict[str, Group] = {}
@@ -174,13 +183,25 @@ def build_grid(cfg: Config, world_size: Optional[int] = None, rank: Optional[int
             if rank in ranks:
                 mine[kind] = Group(kind, ranks, ranks.index(rank), pg)
         if kind == "embedding" and "embedding" not in mine:
-            mine["embedding"] = Group("embedding", [rank], 0, None)   # a middle stage: not a member
+            mine["embedding"] = Group("embedding", [rank], 0, None)  # a middle stage: not a member
     world = Group("world", list(range(world_size)), rank, dist.group.WORLD if world_size > 1 else None)
-    grid = Grid(world_size=world_size, rank=rank, tp_size=par.tp, pp_size=par.pp,
-                dp_size=world_size // (par.tp * par.pp), vpp_size=par.vpp, order=par.order,
-                tp=mine["tp"], pp=mine["pp"], dp=mine["dp"], mp=mine["mp"], embedding=mine["embedding"],
-                world=world, backend=dist.get_backend() if initialised else None,
-                all_groups=[g for g in (mine["tp"], mine["pp"], mine["dp"], mine["mp"], mine["embedding"])])
+    grid = Grid(
+        world_size=world_size,
+        rank=rank,
+        tp_size=par.tp,
+        pp_size=par.pp,
+        dp_size=world_size // (par.tp * par.pp),
+        vpp_size=par.vpp,
+        order=par.order,
+        tp=mine["tp"],
+        pp=mine["pp"],
+        dp=mine["dp"],
+        mp=mine["mp"],
+        embedding=mine["embedding"],
+        world=world,
+        backend=dist.get_backend() if initialised else None,
+        all_groups=[g for g in (mine["tp"], mine["pp"], mine["dp"], mine["mp"], mine["embedding"])],
+    )
     _current = grid
     return grid
 
@@ -188,10 +209,11 @@ def build_grid(cfg: Config, world_size: Optional[int] = None, rank: Optional[int
 def init_distributed(cfg: Config, timeout_s: float = 1800.0):
     """`parallel.init.init_distributed` (here too, for callers that only import the state module)."""
     from .init import init_distributed as init
+
     return init(cfg, timeout_s)
 
 
-def current() -> Optional[Grid]:
+def current() -> Grid | None:
     """The grid built last in this process (None before `build_grid`)."""
     return _current
 
@@ -213,7 +235,7 @@ def _meet(timeout_s: float) -> None:
         store.add(key, 1)
         while store.add(key, 0) < world and time.monotonic() < deadline:
             time.sleep(0.005)
-    except Exception:            # a store that went away: tear down anyway, never hang
+    except Exception:  # a store that went away: tear down anyway, never hang
         pass
 
 

@@ -18,10 +18,10 @@ vocabulary and the FFN inner size are zero-padded to a multiple of 64·tp (`Padd
 parameters also carry `_mc_true_shape` (model/padding.py), which consolidation refits to the serial
 padding.
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -33,8 +33,8 @@ from . import collectives as C
 from .cross_entropy import vocab_parallel_cross_entropy
 from .state import Grid, Group
 
-
 # --------------------------------------------------------------------------- autograd mappings
+
 
 class _CopyToTP(torch.autograd.Function):
     """Identity forward; all-reduce of the input gradient over tp (each rank saw part of the output)."""
@@ -58,7 +58,7 @@ class _ReduceFromTP(torch.autograd.Function):
     def forward(ctx, x, group):
         out = x.contiguous()
         if out is x:
-            ctx.mark_dirty(out)          # reduced in place
+            ctx.mark_dirty(out)  # reduced in place
         C.all_reduce(out, group)
         return out
 
@@ -109,13 +109,14 @@ def reduce_scatter_seq(x, group: Group):
     return x if group.size == 1 else _ReduceScatterSeq.apply(x, group)
 
 
-def gather_vocab(logits: torch.Tensor, group: Group, vocab_size: Optional[int] = None) -> torch.Tensor:
+def gather_vocab(logits: torch.Tensor, group: Group, vocab_size: int | None = None) -> torch.Tensor:
     """Full logits from vocab-sharded ones (no autograd), optionally cut to the true vocabulary."""
     full = C.all_gather_dim(logits.contiguous(), logits.ndim - 1, group)
     return full[..., :vocab_size] if vocab_size is not None else full
 
 
 # --------------------------------------------------------------------------- sharding metadata
+
 
 def _shard(p: nn.Parameter, full_shape: tuple, dim: int, group: Group) -> nn.Parameter:
     size, rank = group.size, group.rank
@@ -127,6 +128,7 @@ def _shard(p: nn.Parameter, full_shape: tuple, dim: int, group: Group) -> nn.Par
 
 # --------------------------------------------------------------------------- layers
 
+
 class ColumnParallelLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool, init: str, group: Group, sp: bool):
         super().__init__()
@@ -134,10 +136,10 @@ class ColumnParallelLinear(nn.Module):
             raise ValueError(f"column-parallel linear: {out_features} outputs not divisible by tp={group.size}")
         local = out_features // group.size
         self.group, self.sp = group, sp
-        self.weight = _shard(mark(nn.Parameter(torch.empty(local, in_features)), init),
-                             (out_features, in_features), 0, group)
-        self.bias = _shard(mark(nn.Parameter(torch.zeros(local)), "zeros"), (out_features,), 0, group) \
-            if bias else None
+        self.weight = _shard(
+            mark(nn.Parameter(torch.empty(local, in_features)), init), (out_features, in_features), 0, group
+        )
+        self.bias = _shard(mark(nn.Parameter(torch.zeros(local)), "zeros"), (out_features,), 0, group) if bias else None
 
     def forward(self, x):
         x = gather_seq(x, self.group) if self.sp else copy_to_tp(x, self.group)
@@ -150,8 +152,12 @@ class RowParallelLinear(nn.Module):
         if in_features % group.size:
             raise ValueError(f"row-parallel linear: {in_features} inputs not divisible by tp={group.size}")
         self.group, self.sp = group, sp
-        self.weight = _shard(mark(nn.Parameter(torch.empty(out_features, in_features // group.size)), init),
-                             (out_features, in_features), 1, group)
+        self.weight = _shard(
+            mark(nn.Parameter(torch.empty(out_features, in_features // group.size)), init),
+            (out_features, in_features),
+            1,
+            group,
+        )
         self.bias = mark(nn.Parameter(torch.zeros(out_features)), "zeros") if bias else None
         if self.bias is not None and sp:
             self.bias._mc_sequence_parallel = True
@@ -171,8 +177,9 @@ class VocabParallelEmbedding(nn.Module):
         self.group, self.sp = group, sp
         local = padded_vocab // group.size
         self.start = group.rank * local
-        self.weight = _shard(mark(nn.Parameter(torch.empty(local, hidden)), "embedding"),
-                             (padded_vocab, hidden), 0, group)
+        self.weight = _shard(
+            mark(nn.Parameter(torch.empty(local, hidden)), "embedding"), (padded_vocab, hidden), 0, group
+        )
         set_true_shape(self.weight, (vocab, hidden))
 
     def forward(self, tokens):
@@ -189,8 +196,9 @@ class VocabParallelEmbedding(nn.Module):
 class VocabParallelHead(nn.Module):
     """This rank's slice of the logits; padded vocabulary entries are -inf (never predicted)."""
 
-    def __init__(self, vocab: int, padded_vocab: int, hidden: int, tied: Optional[VocabParallelEmbedding],
-                 group: Group, sp: bool):
+    def __init__(
+        self, vocab: int, padded_vocab: int, hidden: int, tied: VocabParallelEmbedding | None, group: Group, sp: bool
+    ):
         super().__init__()
         self.vocab_size, self.padded_vocab = vocab, padded_vocab
         self.group, self.sp = group, sp
@@ -198,8 +206,9 @@ class VocabParallelHead(nn.Module):
         self.start = group.rank * local
         self._tied = (tied,) if tied is not None else ()
         if tied is None:
-            self.weight = _shard(mark(nn.Parameter(torch.empty(local, hidden)), "hidden"),
-                                 (padded_vocab, hidden), 0, group)
+            self.weight = _shard(
+                mark(nn.Parameter(torch.empty(local, hidden)), "hidden"), (padded_vocab, hidden), 0, group
+            )
             set_true_shape(self.weight, (vocab, hidden))
 
     def head_weight(self):
@@ -210,7 +219,7 @@ class VocabParallelHead(nn.Module):
         logits = F.linear(h, self.head_weight())
         first_pad = self.vocab_size - self.start
         if first_pad < logits.shape[-1]:
-            logits[..., max(first_pad, 0):] = float("-inf")
+            logits[..., max(first_pad, 0) :] = float("-inf")
         return logits
 
 
@@ -234,7 +243,7 @@ class TensorParallelLayers(PaddedSizes):
     def embedding(self, vocab: int, hidden: int) -> nn.Module:
         return VocabParallelEmbedding(vocab, self.padded_vocab(vocab), hidden, self.group, self.sp)
 
-    def head(self, vocab: int, hidden: int, tied: Optional[nn.Module]) -> nn.Module:
+    def head(self, vocab: int, hidden: int, tied: nn.Module | None) -> nn.Module:
         return VocabParallelHead(vocab, self.padded_vocab(vocab), hidden, tied, self.group, self.sp)
 
     def detached_tied_head(self, vocab: int, hidden: int) -> nn.Module:
@@ -249,6 +258,7 @@ class TensorParallelLayers(PaddedSizes):
 
 
 # --------------------------------------------------------------------------- RNG streams
+
 
 class RNGStreams:
     """Named random streams: "default" (same on every tp rank: replicated / sequence-parallel

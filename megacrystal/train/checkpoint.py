@@ -9,13 +9,13 @@
 A checkpoint is written into `step_X.tmp/` and renamed once every rank has finished, so an
 interrupted save never looks complete and never replaces the previous one.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import shutil
 from pathlib import Path
-from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -36,7 +36,7 @@ def checkpoint_root(out_dir: str) -> Path:
     return Path(out_dir) / "checkpoints"
 
 
-def latest_checkpoint(out_dir: str) -> Optional[Path]:
+def latest_checkpoint(out_dir: str) -> Path | None:
     root = checkpoint_root(out_dir)
     marker = root / "latest"
     if not marker.is_file():
@@ -56,8 +56,15 @@ def _shard_name(grid) -> str:
     return f"shard_tp{grid.tp_rank}_pp{grid.pp_rank}_dp{grid.dp_rank}.pt"
 
 
-def save_checkpoint(out_dir: str, step: int, engine, trainer_state: dict, cfg_dict: dict,
-                    tokenizer_path: Optional[str], distributed_optimizer: bool) -> Path:
+def save_checkpoint(
+    out_dir: str,
+    step: int,
+    engine,
+    trainer_state: dict,
+    cfg_dict: dict,
+    tokenizer_path: str | None,
+    distributed_optimizer: bool,
+) -> Path:
     grid = engine.grid
     root = checkpoint_root(out_dir)
     name = f"step_{step:08d}"
@@ -73,9 +80,15 @@ def save_checkpoint(out_dir: str, step: int, engine, trainer_state: dict, cfg_di
     full = engine.full_model_state()  # collective: every rank takes part
     if rank0:
         from ..model.serialization import save_model
+
         save_model(tmp / "model", engine.cfg.model, full, tokenizer_path=tokenizer_path)
-        meta = dict(step=step, layout=_layout(grid), distributed_optimizer=distributed_optimizer,
-                    config=cfg_dict, **trainer_state)
+        meta = dict(
+            step=step,
+            layout=_layout(grid),
+            distributed_optimizer=distributed_optimizer,
+            config=cfg_dict,
+            **trainer_state,
+        )
         (tmp / "trainer.json").write_text(json.dumps(meta, indent=1))
     _barrier()
     if rank0:
@@ -103,7 +116,8 @@ def load_checkpoint(path: Path, engine, distributed_optimizer: bool) -> dict:
             f"{meta_path}: written with layout {meta.get('layout')} distributed_optimizer="
             f"{meta.get('distributed_optimizer')}, this run has {_layout(grid)} distributed_optimizer="
             f"{distributed_optimizer}; resume with the same parallel layout (or start a new out_dir and load "
-            f"the weights with `megacrystal import-hf`/model init from {path / 'model'})")
+            f"the weights with `megacrystal import-hf`/model init from {path / 'model'})"
+        )
     if distributed_optimizer:
         shard = path / _shard_name(grid)
     else:

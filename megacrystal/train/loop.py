@@ -5,6 +5,7 @@ engine runs forward/backward over the pipeline schedule, reduces gradients and s
 Rank 0 writes metrics.jsonl + TensorBoard; checkpoints hold every rank's shard, the loader state
 (so a resume gets exactly the next samples, also mid-phase) and a consolidated model.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,8 +18,8 @@ import torch.distributed as dist
 from ..config import Config
 from ..log import get_logger
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .lr_schedule import Schedule
 from .metrics import MetricsWriter, flops_per_token, peak_flops
-from .schedule import Schedule
 
 log = get_logger("megacrystal.train")
 
@@ -61,11 +62,13 @@ def train(cfg: Config) -> dict:
     if rank0:
         out_dir.mkdir(parents=True, exist_ok=True)
         import yaml
+
         (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     world = dist.group.WORLD if dist.is_initialized() else None
-    plan, loader, valid = build_data(cfg, grid.dp_rank, grid.dp_size, group=world,
-                                     with_validation=t.eval_interval > 0, plan=data_plan)
+    plan, loader, valid = build_data(
+        cfg, grid.dp_rank, grid.dp_size, group=world, with_validation=t.eval_interval > 0, plan=data_plan
+    )
     schedule = Schedule([p.config for p in plan.phases], [p.steps for p in plan.phases])
     total_steps = min(schedule.total_steps, t.max_steps) if t.max_steps else schedule.total_steps
     engine = Engine(cfg, device)
@@ -90,15 +93,28 @@ def train(cfg: Config) -> dict:
     peak, peak_src = peak_flops(device, t.precision)
     world_size = dist.get_world_size() if dist.is_initialized() else 1
     if rank0:
-        log.info(f"training {engine.num_parameters() / 1e6:.2f} M parameters, steps {step}..{total_steps}, "
-                 f"phases {[(p.name, p.steps) for p in plan.phases]}, grid tp={grid.tp_size} pp={grid.pp_size} "
-                 f"dp={grid.dp_size}, device {device}, MFU peak: {peak_src}")
+        log.info(
+            f"training {engine.num_parameters() / 1e6:.2f} M parameters, steps {step}..{total_steps}, "
+            f"phases {[(p.name, p.steps) for p in plan.phases]}, grid tp={grid.tp_size} pp={grid.pp_size} "
+            f"dp={grid.dp_size}, device {device}, MFU peak: {peak_src}"
+        )
 
     def save(at_step):
-        state = dict(loader=loader.state_dict(), tokens=tokens_seen, phase=schedule.span(max(at_step - 1, 0)).name,
-                     samples_per_source={n: int(c) for n, c in zip(source_names, counts.tolist())})
-        save_checkpoint(str(out_dir), at_step, engine, state, cfg.to_dict(),
-                        cfg.data.tokenizer_model, cfg.parallel.distributed_optimizer)
+        state = dict(
+            loader=loader.state_dict(),
+            tokens=tokens_seen,
+            phase=schedule.span(max(at_step - 1, 0)).name,
+            samples_per_source={n: int(c) for n, c in zip(source_names, counts.tolist(), strict=True)},
+        )
+        save_checkpoint(
+            str(out_dir),
+            at_step,
+            engine,
+            state,
+            cfg.to_dict(),
+            cfg.data.tokenizer_model,
+            cfg.parallel.distributed_optimizer,
+        )
 
     record: dict = {}
     it = iter(loader)
@@ -118,9 +134,18 @@ def train(cfg: Config) -> dict:
         step += 1
         tokens_seen += step_tokens
         tps = step_tokens / dt
-        record = dict(step=step, phase=span.name, loss=out["loss"], lr=lr, grad_norm=out["grad_norm"],
-                      tokens=tokens_seen, samples_per_source={n: int(c) for n, c in zip(source_names, counts.tolist())},
-                      tokens_per_s=tps, mfu=(fpt * tps / (peak * world_size)) if peak else 0.0, step_time_s=dt)
+        record = dict(
+            step=step,
+            phase=span.name,
+            loss=out["loss"],
+            lr=lr,
+            grad_norm=out["grad_norm"],
+            tokens=tokens_seen,
+            samples_per_source={n: int(c) for n, c in zip(source_names, counts.tolist(), strict=True)},
+            tokens_per_s=tps,
+            mfu=(fpt * tps / (peak * world_size)) if peak else 0.0,
+            step_time_s=dt,
+        )
         if not math.isfinite(out["loss"]):
             raise FloatingPointError(f"step {step}: loss is {out['loss']} (phase {span.name}, lr {lr:.3g})")
         if t.eval_interval and valid and (step % t.eval_interval == 0 or step == total_steps):
@@ -129,8 +154,10 @@ def train(cfg: Config) -> dict:
             metrics.write(record)
             if rank0:
                 extra = "".join(f" valid[{k}] {v:.3f}" for k, v in record.get("valid_loss", {}).items())
-                log.info(f"step {step}/{total_steps} [{span.name}] loss {out['loss']:.4f} lr {lr:.3e} "
-                         f"grad_norm {out['grad_norm']:.3f} {tps:,.0f} tok/s mfu {record['mfu']:.3f}{extra}")
+                log.info(
+                    f"step {step}/{total_steps} [{span.name}] loss {out['loss']:.4f} lr {lr:.3e} "
+                    f"grad_norm {out['grad_norm']:.3f} {tps:,.0f} tok/s mfu {record['mfu']:.3f}{extra}"
+                )
         if t.save_interval and step % t.save_interval == 0 and step < total_steps:
             save(step)
     if step > 0 and (ckpt is None or step > meta["step"]):

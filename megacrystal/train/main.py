@@ -1,5 +1,6 @@
 """`megacrystal train --config C.yaml [dotted.key=value ...]`, also
 `torchrun --nproc-per-node N -m megacrystal.train --config C.yaml [overrides]`."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,6 +17,7 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(a.config, a.overrides)
         from .loop import train
+
         train(cfg)
     except ConfigError as e:
         print(f"megacrystal train: {e}", file=sys.stderr)
@@ -23,6 +25,7 @@ def main(argv=None) -> int:
     finally:
         try:
             from ..parallel.state import destroy
+
             destroy()
         except ImportError:
             pass

@@ -4,6 +4,7 @@ MFU counts model FLOPs per token as 6·N (N = non-embedding parameters + the out
 attention 12·layers·hidden·seq (causal: half of 12·L·h·s is skipped by the kernels, but the common
 convention — PaLM, Megatron — counts it whole), over the device's peak dense rate.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,7 +39,7 @@ def measure_cpu_peak(dtype=torch.float32, n: int = 1024, reps: int = 3, trials: 
         t = time.perf_counter()
         for _ in range(reps):
             torch.matmul(a, b)
-        best = max(best, 2 * n ** 3 * reps / (time.perf_counter() - t))
+        best = max(best, 2 * n**3 * reps / (time.perf_counter() - t))
     return best
 
 
@@ -66,6 +67,7 @@ class MetricsWriter:
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
+
                 self._tb = SummaryWriter(os.path.join(out_dir, "tensorboard"))
             except ImportError as e:
                 get_logger().warning(f"tensorboard not available ({e}); writing metrics.jsonl only")

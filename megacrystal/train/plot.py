@@ -1,5 +1,6 @@
 """`megacrystal plot --run DIR`: an SVG of a run's metrics.jsonl (loss, LR, grad norm, throughput),
 phase boundaries marked. No plotting library needed."""
+
 from __future__ import annotations
 
 import argparse
@@ -27,9 +28,11 @@ def read_metrics(run_dir: str) -> list[dict]:
 
 def _panel(rows, key, title, ox, oy) -> list[str]:
     pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
-    out = [f'<g transform="translate({ox},{oy})">',
-           f'<rect x="{PAD}" y="10" width="{W - PAD - 10}" height="{H - PAD}" fill="none" stroke="#999"/>',
-           f'<text x="{W / 2}" y="8" text-anchor="middle" font-size="12">{title}</text>']
+    out = [
+        f'<g transform="translate({ox},{oy})">',
+        f'<rect x="{PAD}" y="10" width="{W - PAD - 10}" height="{H - PAD}" fill="none" stroke="#999"/>',
+        f'<text x="{W / 2}" y="8" text-anchor="middle" font-size="12">{title}</text>',
+    ]
     if pts:
         xs, ys = [p[0] for p in pts], [p[1] for p in pts]
         x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
@@ -39,9 +42,11 @@ def _panel(rows, key, title, ox, oy) -> list[str]:
         prev = None
         for r in rows:  # phase boundaries
             if prev is not None and r.get("phase") != prev:
-                out.append(f'<line x1="{fx(r["step"]):.1f}" x2="{fx(r["step"]):.1f}" y1="10" y2="{H - PAD + 10}" '
-                           f'stroke="#c33" stroke-dasharray="4 3"/><text x="{fx(r["step"]) + 3:.1f}" y="22" '
-                           f'font-size="10" fill="#c33">{r.get("phase")}</text>')
+                out.append(
+                    f'<line x1="{fx(r["step"]):.1f}" x2="{fx(r["step"]):.1f}" y1="10" y2="{H - PAD + 10}" '
+                    f'stroke="#c33" stroke-dasharray="4 3"/><text x="{fx(r["step"]) + 3:.1f}" y="22" '
+                    f'font-size="10" fill="#c33">{r.get("phase")}</text>'
+                )
             prev = r.get("phase")
         path = " ".join(f"{'M' if i == 0 else 'L'}{fx(x):.1f},{fy(y):.1f}" for i, (x, y) in enumerate(pts))
         out.append(f'<path d="{path}" fill="none" stroke="#1f77b4" stroke-width="1.5"/>')
@@ -56,8 +61,10 @@ def _panel(rows, key, title, ox, oy) -> list[str]:
 def plot_run(run_dir: str, output: str | None = None) -> str:
     rows = read_metrics(run_dir)
     out = Path(output or Path(run_dir) / "metrics.svg")
-    body = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * W}" height="{2 * H}" font-family="sans-serif">',
-            '<rect width="100%" height="100%" fill="white"/>']
+    body = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * W}" height="{2 * H}" font-family="sans-serif">',
+        '<rect width="100%" height="100%" fill="white"/>',
+    ]
     for i, (key, title) in enumerate(PANELS):
         body += _panel(rows, key, title, (i % 2) * W, (i // 2) * H)
     body.append("</svg>")

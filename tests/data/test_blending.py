@@ -1,4 +1,5 @@
 """Greedy blending equals megatron-core's and keeps every prefix within one sample of the weights."""
+
 import numpy as np
 import pytest
 from hypothesis import given, settings

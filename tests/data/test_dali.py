@@ -1,4 +1,5 @@
 """The DALI backend gives the torch backend's batches (CPU pipeline, device_id=None)."""
+
 import pytest
 import torch
 
@@ -16,8 +17,8 @@ def test_dali_batches_equal_torch_batches(corpus, tmp_path):
     dali.load_state_dict({"step": 0})
     got = list(dali)
     assert len(got) == len(ref)
-    for a, b in zip(got, ref):
-        for x, y in zip(a, b):
+    for a, b in zip(got, ref, strict=True):
+        for x, y in zip(a, b, strict=True):
             assert x.keys() == y.keys()
             for k in x:
                 if torch.is_tensor(x[k]):
@@ -28,12 +29,14 @@ def test_dali_batches_equal_torch_batches(corpus, tmp_path):
 
 def test_missing_dali_is_a_clear_error(monkeypatch, corpus, tmp_path):
     import builtins
+
     real = builtins.__import__
 
     def no_dali(name, *a, **k):
         if name.startswith("nvidia.dali") or name == "nvidia":
             raise ImportError("No module named 'nvidia.dali'")
         return real(name, *a, **k)
+
     monkeypatch.setattr(builtins, "__import__", no_dali)
     cfg = make_config(corpus, tmp_path)
     _, loader, _ = build_data(cfg, with_validation=False)
@@ -42,6 +45,7 @@ def test_missing_dali_is_a_clear_error(monkeypatch, corpus, tmp_path):
         next(iter(dali))
     from megacrystal.config import ConfigError
     from megacrystal.data.plan import make_plan
+
     cfg.data.backend = "dali"
     with pytest.raises(ConfigError, match=r"data\.backend: dali needs NVIDIA DALI"):
         make_plan(cfg)

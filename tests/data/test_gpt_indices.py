@@ -1,4 +1,5 @@
 """GPT document/sample/shuffle indices equal megatron-core 0.16.1's, native and numpy paths."""
+
 import numpy as np
 import pytest
 
@@ -11,14 +12,14 @@ from .conftest import write_random
 
 # (documents, max doc length, seq_length, samples, seed, split subset)
 MATRIX = [
-    (50, 40, 16, 100, 1, False),      # 2 epochs, final epoch separated
-    (50, 40, 16, 1000, 2, True),      # many epochs
-    (200, 100, 64, 57, 3, False),     # less than one epoch
-    (7, 12, 8, 500, 4, True),         # tiny corpus, 38 epochs
+    (50, 40, 16, 100, 1, False),  # 2 epochs, final epoch separated
+    (50, 40, 16, 1000, 2, True),  # many epochs
+    (200, 100, 64, 57, 3, False),  # less than one epoch
+    (7, 12, 8, 500, 4, True),  # tiny corpus, 38 epochs
     (1000, 300, 128, 20000, 5, False),
     (30, 60, 32, 33, 6, True),
-    (40, 30, 16, 140, 7, False),      # final epoch large enough: not separated
-    (300, 5, 2, 999, 8, False),       # seq_length 2, short documents
+    (40, 30, 16, 140, 7, False),  # final epoch large enough: not separated
+    (300, 5, 2, 999, 8, False),  # seq_length 2, short documents
 ]
 
 
@@ -31,7 +32,7 @@ def test_arrays_equal_megatron_core(tmp_path, n_docs, max_len, seq, samples, see
         docs = docs[np.random.default_rng(seed).random(n_docs) < 0.7]
     ref = oracle.gpt_arrays(prefix, docs, seq, samples, seed, str(tmp_path / "mcore"))
     ours = G.build_indices(ds.sequence_lengths, docs, seq, samples, seed)
-    for name, a, b in zip(("document", "sample", "shuffle"), ref, ours):
+    for name, a, b in zip(("document", "sample", "shuffle"), ref, ours, strict=True):
         assert a.dtype == b.dtype, name
         np.testing.assert_array_equal(a, b, err_msg=name)
 
@@ -56,7 +57,7 @@ def test_numpy_fallback_gives_the_same_arrays(tmp_path, monkeypatch):
     fast = G.build_indices(sizes, docs, 24, 700, 9)
     monkeypatch.setattr(native, "get", lambda: None)
     slow = G.build_indices(sizes, docs, 24, 700, 9)
-    for a, b in zip(fast, slow):
+    for a, b in zip(fast, slow, strict=True):
         np.testing.assert_array_equal(a, b)
         assert a.dtype == b.dtype
 
@@ -87,7 +88,7 @@ def test_sample_reads_consecutive_overlapping_windows(tmp_path):
     for k in range(len(ix)):
         tokens, parts = ix.sample(int(order[k]))  # unshuffled sample k
         assert len(tokens) == 17 and sum(p.length for p in parts) == 17
-        np.testing.assert_array_equal(tokens, flat[16 * k:16 * k + 17])
+        np.testing.assert_array_equal(tokens, flat[16 * k : 16 * k + 17])
 
 
 def test_sample_index_options_and_empty_documents_vs_megatron_core():
@@ -95,6 +96,7 @@ def test_sample_index_options_and_empty_documents_vs_megatron_core():
     native and numpy paths (cases where megatron-core's own assertion fails are skipped)."""
     oracle.require()
     from megatron.core.datasets import helpers
+
     rng = np.random.default_rng(0)
     compared = 0
     for trial in range(120):

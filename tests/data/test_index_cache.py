@@ -1,4 +1,5 @@
 """The .npy index cache: hit, foreign/stale detection, rank 0 builds on real gloo ranks."""
+
 import json
 import os
 
@@ -18,6 +19,7 @@ def _build_counter(path, value=7):
         with open(path, "a") as f:
             f.write("x")
         return {"a": np.arange(10, dtype=np.int32) * value, "b": np.ones((3, 2))}, {"value": value}
+
     return build
 
 
@@ -85,6 +87,7 @@ def _rank_fn(rank, world, cache_dir, prefix, marker_dir):
     def build():
         open(os.path.join(marker_dir, f"built-by-{rank}"), "w").close()
         return {"a": np.arange(5, dtype=np.int64) + 1}, {}
+
     arrays, _ = index_cache.cached("t", {"x": 1}, build, cache_dir)
     ix = GPTIndex(IndexedDataset(prefix), np.arange(40), 8, 100, 3, cache_dir=cache_dir)
     return int(arrays["a"].sum()), np.asarray(ix.shuffle_index).tolist(), type(ix.sample_index).__name__
@@ -93,6 +96,7 @@ def _rank_fn(rank, world, cache_dir, prefix, marker_dir):
 def _failing_rank_fn(rank, world, cache_dir):
     def build():
         raise RuntimeError("disk full")
+
     try:
         index_cache.cached("t", {"x": 2}, build, cache_dir)
     except Exception as e:

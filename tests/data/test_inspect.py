@@ -1,4 +1,5 @@
 """`megacrystal data-inspect` on examples/demo.yaml over a demo-shaped local corpus."""
+
 import json
 import os
 import subprocess
@@ -38,13 +39,28 @@ def test_demo_config_both_phases_within_one_sample(demo_cwd, monkeypatch, capsys
 
 def test_cli_table_and_decode(demo_cwd):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    r = subprocess.run([sys.executable, "-m", "megacrystal.cli", "data-inspect", "--config",
-                        str(ROOT / "examples/demo.yaml"), "--decode", "1"], cwd=demo_cwd, env=env,
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "megacrystal.cli",
+            "data-inspect",
+            "--config",
+            str(ROOT / "examples/demo.yaml"),
+            "--decode",
+            "1",
+        ],
+        cwd=demo_cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert "phase language:" in r.stdout and "phase code:" in r.stdout
     # --decode shows the first sample of each phase; phase 2 starts after phase 1's steps x global batch
     import yaml
+
     demo = yaml.safe_load((ROOT / "examples/demo.yaml").read_text())
     first_of_phase2 = demo["data"]["phases"][0]["steps"] * demo["train"]["global_batch_size"]
     assert "--- sample 0 (" in r.stdout and f"--- sample {first_of_phase2} (" in r.stdout
@@ -52,9 +68,16 @@ def test_cli_table_and_decode(demo_cwd):
 
 def test_missing_data_is_one_clear_line(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    r = subprocess.run([sys.executable, "-m", "megacrystal.cli", "data-inspect", "--config",
-                        str(ROOT / "examples/crystal_7b.yaml")], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "megacrystal.cli", "data-inspect", "--config", str(ROOT / "examples/crystal_7b.yaml")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines()[-1].startswith(
-        "megacrystal data-inspect: ") and "data.sources.slimpajama_commoncrawl.prefixes[0]" in r.stderr
+    assert (
+        r.stderr.strip().splitlines()[-1].startswith("megacrystal data-inspect: ")
+        and "data.sources.slimpajama_commoncrawl.prefixes[0]" in r.stderr
+    )

@@ -1,4 +1,7 @@
 """The step loader: resume at any step, worker-count invariance, DP sharding, validation sets."""
+
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -41,7 +44,9 @@ def test_batch_contents(data):
     for s in steps:
         for m in s:  # cu_seqlens: document starts over the flattened batch, from segment_ids
             seg = m["segment_ids"]
-            starts = [b * 64 + i for b in range(seg.shape[0]) for i in range(64) if i == 0 or seg[b, i] != seg[b, i - 1]]
+            starts = [
+                b * 64 + i for b in range(seg.shape[0]) for i in range(64) if i == 0 or seg[b, i] != seg[b, i - 1]
+            ]
             assert m["cu_seqlens"].tolist() == starts + [seg.numel()]
             assert m["max_seqlen"] == max(np.diff(starts + [seg.numel()]))
             if cfg.model.document_mask:
@@ -65,29 +70,32 @@ def test_resume_yields_the_same_following_batches(data, stop):
     resumed.load_state_dict(state)
     rest = [_flat(s) for s in resumed]
     assert len(rest) == len(full) - stop
-    for a, b in zip(rest, full[stop:]):
-        for x, y in zip(a, b):
+    for a, b in zip(rest, full[stop:], strict=True):
+        for x, y in zip(a, b, strict=True):
             _same(x, y)
 
 
 @settings(max_examples=25, deadline=None)
-@given(stop=st.integers(0, 12), layout=st.sampled_from([(1, 1), (1, 2), (2, 1), (2, 2), (4, 1), (1, 4)]),
-       rank_pick=st.integers(0, 3))
+@given(
+    stop=st.integers(0, 12),
+    layout=st.sampled_from([(1, 1), (1, 2), (2, 1), (2, 2), (4, 1), (1, 4)]),
+    rank_pick=st.integers(0, 3),
+)
 def test_resume_property_any_step_any_layout(data, stop, layout, rank_pick):
     cfg, (plan, loader, _) = data
     dp, mbs = layout
     rank = rank_pick % dp
     full = list(StepLoader(loader.dataset, rank, dp, mbs, 8))
     first = StepLoader(loader.dataset, rank, dp, mbs, 8)
-    for _, __ in zip(range(stop), first):
-        pass
+    consumed = list(itertools.islice(first, stop))
+    assert len(consumed) == stop
     resumed = StepLoader(loader.dataset, rank, dp, mbs, 8)
     resumed.load_state_dict(first.state_dict())
     rest = list(resumed)
     assert len(rest) == len(full) - stop
-    for a, b in zip(rest, full[stop:]):
+    for a, b in zip(rest, full[stop:], strict=True):
         assert [m["sample_id"].tolist() for m in a] == [m["sample_id"].tolist() for m in b]
-        for x, y in zip(a, b):
+        for x, y in zip(a, b, strict=True):
             assert torch.equal(x["tokens"], y["tokens"]) and torch.equal(x["loss_mask"], y["loss_mask"])
 
 
@@ -97,8 +105,8 @@ def test_identical_batches_whatever_the_number_of_workers(data):
     par = StepLoader(loader.dataset, 0, 1, 2, 8, num_workers=2)
     par.load_state_dict({"step": 3})
     got = [_flat(s) for s in par]
-    for a, b in zip(got, ref[3:]):
-        for x, y in zip(a, b):
+    for a, b in zip(got, ref[3:], strict=True):
+        for x, y in zip(a, b, strict=True):
             _same(x, y)
 
 
@@ -132,8 +140,8 @@ def test_validation_per_source(data):
     a = [_flat(s) for s in v.batches(2, 0, 1, 2, 8)]
     b = [_flat(s) for s in v.batches(2, 0, 1, 2, 8)]
     assert len(a) == 2 and all(int(mb["source_id"][0]) == plan.sources["prose"].index for s in a for mb in s)
-    for x, y in zip(a, b):
-        for p, q in zip(x, y):
+    for x, y in zip(a, b, strict=True):
+        for p, q in zip(x, y, strict=True):
             _same(p, q)
 
 
@@ -146,8 +154,8 @@ def test_pinned_batches_on_cuda(data):
     for workers in (0, 2):
         got = list(StepLoader(loader.dataset, 0, 1, 2, 8, num_workers=workers, pin_memory=True))
         assert got[0][0]["tokens"].is_pinned()
-        for a, b in zip(got, ref):
-            for x, y in zip(a, b):
+        for a, b in zip(got, ref, strict=True):
+            for x, y in zip(a, b, strict=True):
                 _same(x, y)
 
 
@@ -168,7 +176,9 @@ def test_position_ids_restart_at_documents_with_document_mask(corpus, tmp_path):
 
 
 def test_eod_mask_loss(corpus, tmp_path, tokenizer):
-    cfg = make_config(corpus, tmp_path, eod_mask_loss=True, phases=[{"name": "p", "steps": 2, "blend": {"snippets": 1}}])
+    cfg = make_config(
+        corpus, tmp_path, eod_mask_loss=True, phases=[{"name": "p", "steps": 2, "blend": {"snippets": 1}}]
+    )
     _, loader, _ = build_data(cfg, with_validation=False)
     n_eod = 0
     for step in loader:

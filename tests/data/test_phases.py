@@ -1,4 +1,5 @@
 """Phase schedule: lengths, continuation of a source across phases, realised weights, plan errors."""
+
 import numpy as np
 import pytest
 
@@ -10,9 +11,14 @@ from .conftest import make_config, write_random
 
 
 def test_phase_lengths_in_steps_and_tokens(corpus, tmp_path):
-    cfg = make_config(corpus, tmp_path, phases=[
-        {"name": "a", "steps": 3, "blend": {"prose": 1}},
-        {"name": "b", "tokens": 64 * 8 * 4 + 1, "blend": {"code": 1}}])  # a bit over 4 steps -> 5
+    cfg = make_config(
+        corpus,
+        tmp_path,
+        phases=[
+            {"name": "a", "steps": 3, "blend": {"prose": 1}},
+            {"name": "b", "tokens": 64 * 8 * 4 + 1, "blend": {"code": 1}},
+        ],
+    )  # a bit over 4 steps -> 5
     plan = make_plan(cfg)
     assert [(p.start, p.num_samples, p.steps) for p in plan.phases] == [(0, 24, 3), (24, 40, 5)]
     assert plan.phase_of_step(2).name == "a" and plan.phase_of_step(3).name == "b"
@@ -38,14 +44,13 @@ def test_realised_weights_within_one_sample(corpus, tmp_path, tokenizer):
     cfg = make_config(corpus, tmp_path)
     plan = make_plan(cfg)
     ds = PhasedDataset(plan, None, tokenizer=tokenizer)
-    for p, (src, _) in zip(plan.phases, ds.phase_arrays):
+    for p, (src, _) in zip(plan.phases, ds.phase_arrays, strict=True):
         counts = np.bincount(src, minlength=len(p.sources))
         assert np.all(np.abs(counts - p.weights * p.num_samples) < 1.0)
 
 
 def test_too_many_epochs_is_a_config_error(corpus, tmp_path):
-    cfg = make_config(corpus, tmp_path, max_epochs=2,
-                      phases=[{"name": "long", "steps": 400, "blend": {"prose": 1}}])
+    cfg = make_config(corpus, tmp_path, max_epochs=2, phases=[{"name": "long", "steps": 400, "blend": {"prose": 1}}])
     with pytest.raises(ConfigError, match=r"data\.sources\.prose: .* would be read \d+ times .*data\.max_epochs=2"):
         make_plan(cfg)
 
@@ -57,7 +62,9 @@ def test_empty_source(corpus, tmp_path):
     cfg = make_config(corpus, tmp_path, phases=phases)
     cfg.data.sources["void"] = type(cfg.data.sources["prose"])(prefixes=[empty])
     cfg.data.phases[0].blend["void"] = 0.5
-    with pytest.raises(ConfigError, match=r"data\.phases\[0\] \(p\)\.blend\.void: weight 0\.5 but source 'void' has no"):
+    with pytest.raises(
+        ConfigError, match=r"data\.phases\[0\] \(p\)\.blend\.void: weight 0\.5 but source 'void' has no"
+    ):
         make_plan(cfg)
     cfg.data.sources["void"].optional = True
     plan = make_plan(cfg)
@@ -94,5 +101,7 @@ def test_file_weights_inside_a_source(corpus, tmp_path):
 
 def test_fim_needs_a_tokenizer_with_fim_tokens(corpus, tmp_path):
     cfg = make_config(corpus, tmp_path, tokenizer_model=None)
-    with pytest.raises(ConfigError, match=r"data\.tokenizer_model: not set, but data\.phases\[1\] \(code\) has fim_rate"):
+    with pytest.raises(
+        ConfigError, match=r"data\.tokenizer_model: not set, but data\.phases\[1\] \(code\) has fim_rate"
+    ):
         make_plan(cfg)

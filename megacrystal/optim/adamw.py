@@ -4,10 +4,11 @@
     p <- p - lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)
 the same arithmetic as torch.optim.AdamW. Groups carry `lr_mult` (muP) and `weight_decay`; the
 scheduled base LR is passed to `step`. Gradients are read from `p.main_grad` (the fp32 gradient
-buffer of `parallel.data`) when present, else `p.grad`. When parameters are bf16 the optimizer keeps
+buffer of `parallel.grad_buffers`) when present, else `p.grad`. When parameters are bf16 the optimizer keeps
 an fp32 master copy and writes the rounded result back; fp32 parameters are their own masters.
 The distributed optimizer (`parallel.distributed_optimizer`) runs the same `adamw_` on its shards.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,8 +17,19 @@ import torch
 
 
 @torch.no_grad()
-def adamw_(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list, *, step: int, lr: float,
-           beta1: float, beta2: float, eps: float, weight_decay: float) -> None:
+def adamw_(
+    params: list,
+    grads: list,
+    exp_avgs: list,
+    exp_avg_sqs: list,
+    *,
+    step: int,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+) -> None:
     """One in-place AdamW update of fp32 tensors (lists of equal length; views are fine)."""
     if not params:
         return
@@ -26,8 +38,8 @@ def adamw_(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list, *, step
     torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
     torch._foreach_mul_(exp_avg_sqs, beta2)
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1.0 - beta2)
-    bc1 = 1.0 - beta1 ** step
-    bc2 = 1.0 - beta2 ** step
+    bc1 = 1.0 - beta1**step
+    bc2 = 1.0 - beta2**step
     denom = torch._foreach_sqrt(exp_avg_sqs)
     torch._foreach_div_(denom, math.sqrt(bc2))
     torch._foreach_add_(denom, eps)
@@ -46,8 +58,9 @@ def grad_of(p: torch.Tensor) -> torch.Tensor:
 class AdamW:
     """The plain (replicated) optimizer: every rank updates all of its parameters."""
 
-    def __init__(self, groups: list[dict], beta1: float = 0.9, beta2: float = 0.95, eps: float = 1e-9,
-                 names: dict | None = None):
+    def __init__(
+        self, groups: list[dict], beta1: float = 0.9, beta2: float = 0.95, eps: float = 1e-9, names: dict | None = None
+    ):
         """`groups`: [{params, lr_mult, weight_decay, name}] (e.g. `mup.param_groups`);
         `names`: id(param) -> name, for a name-keyed state dict."""
         self.beta1, self.beta2, self.eps = beta1, beta2, eps
@@ -56,21 +69,36 @@ class AdamW:
         for g in groups:
             params = list(g["params"])
             masters = [p if p.dtype == torch.float32 else p.detach().float().clone() for p in params]
-            self.groups.append(dict(name=g.get("name", ""), lr_mult=float(g.get("lr_mult", 1.0)),
-                                    weight_decay=float(g.get("weight_decay", 0.0)), params=params,
-                                    masters=masters,
-                                    exp_avg=[torch.zeros_like(m) for m in masters],
-                                    exp_avg_sq=[torch.zeros_like(m) for m in masters]))
+            self.groups.append(
+                dict(
+                    name=g.get("name", ""),
+                    lr_mult=float(g.get("lr_mult", 1.0)),
+                    weight_decay=float(g.get("weight_decay", 0.0)),
+                    params=params,
+                    masters=masters,
+                    exp_avg=[torch.zeros_like(m) for m in masters],
+                    exp_avg_sq=[torch.zeros_like(m) for m in masters],
+                )
+            )
         self.names = names or {}
 
     @torch.no_grad()
     def step(self, lr: float) -> None:
         self.step_count += 1
         for g in self.groups:
-            adamw_(g["masters"], [grad_of(p) for p in g["params"]], g["exp_avg"], g["exp_avg_sq"],
-                   step=self.step_count, lr=lr * g["lr_mult"], beta1=self.beta1, beta2=self.beta2,
-                   eps=self.eps, weight_decay=g["weight_decay"])
-            copies = [(p, m) for p, m in zip(g["params"], g["masters"]) if p is not m]
+            adamw_(
+                g["masters"],
+                [grad_of(p) for p in g["params"]],
+                g["exp_avg"],
+                g["exp_avg_sq"],
+                step=self.step_count,
+                lr=lr * g["lr_mult"],
+                beta1=self.beta1,
+                beta2=self.beta2,
+                eps=self.eps,
+                weight_decay=g["weight_decay"],
+            )
+            copies = [(p, m) for p, m in zip(g["params"], g["masters"], strict=True) if p is not m]
             if copies:
                 torch._foreach_copy_([p for p, _ in copies], [m for _, m in copies])
 
@@ -78,7 +106,7 @@ class AdamW:
     def reload_masters(self) -> None:
         """After parameters were overwritten (loading weights): masters <- parameters."""
         for g in self.groups:
-            for p, m in zip(g["params"], g["masters"]):
+            for p, m in zip(g["params"], g["masters"], strict=True):
                 if p is not m:
                     m.copy_(p.float())
 
@@ -88,7 +116,7 @@ class AdamW:
     def state_dict(self) -> dict:
         state = {}
         for gi, g in enumerate(self.groups):
-            for i, (p, m) in enumerate(zip(g["params"], g["masters"])):
+            for i, (p, m) in enumerate(zip(g["params"], g["masters"], strict=True)):
                 s = dict(exp_avg=g["exp_avg"][i], exp_avg_sq=g["exp_avg_sq"][i])
                 if p is not m:
                     s["master"] = m
@@ -101,15 +129,16 @@ class AdamW:
             raise ValueError(f"optimizer state: expected kind 'adamw', got {sd.get('kind')!r}")
         state = sd["state"]
         for gi, g in enumerate(self.groups):
-            for i, (p, m) in enumerate(zip(g["params"], g["masters"])):
+            for i, (p, m) in enumerate(zip(g["params"], g["masters"], strict=True)):
                 key = self._key(p, gi, i)
                 if key not in state:
                     raise ValueError(f"optimizer state: no entry for parameter {key!r}")
                 s = state[key]
                 for k, dst in (("exp_avg", g["exp_avg"][i]), ("exp_avg_sq", g["exp_avg_sq"][i])):
                     if tuple(s[k].shape) != tuple(dst.shape):
-                        raise ValueError(f"optimizer state: {key}.{k} has shape {tuple(s[k].shape)}, "
-                                         f"expected {tuple(dst.shape)}")
+                        raise ValueError(
+                            f"optimizer state: {key}.{k} has shape {tuple(s[k].shape)}, expected {tuple(dst.shape)}"
+                        )
                     dst.copy_(s[k])
                 if p is not m:
                     m.copy_(s["master"] if "master" in s else p.float())

@@ -11,11 +11,12 @@ Interleaved 1F1B: each rank holds vpp chunks; micro-batches advance in groups of
 0, 1, ... (forward) and back (backward), with 2*(pp-r-1) + (vpp-1)*pp warm-up forwards, which cuts
 the bubble from (pp-1)/(m+pp-1) to (pp-1)/(vpp*m+pp-1). Needs m % pp == 0.
 """
+
 from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 from torch.autograd import Variable
@@ -24,7 +25,7 @@ from .pipeline import P2P
 from .state import Grid
 
 
-def release(t: Optional[torch.Tensor]) -> None:
+def release(t: torch.Tensor | None) -> None:
     """Free an activation's storage after it was sent; its grad_fn stays for the backward."""
     if t is not None and t.grad_fn is not None and t._base is None and t.numel() > 1:
         t.data = torch.empty((1,), device=t.device, dtype=t.dtype)
@@ -33,12 +34,12 @@ def release(t: Optional[torch.Tensor]) -> None:
 class Steps:
     """The compute of a schedule, timed when `trace` is a list: (kind, chunk, mb, t0, t1)."""
 
-    def __init__(self, forward: Callable, trace: Optional[list] = None, sync: Optional[Callable] = None):
+    def __init__(self, forward: Callable, trace: list | None = None, sync: Callable | None = None):
         self._forward = forward
         self.trace = trace
         self.sync = sync or (lambda: None)
 
-    def forward(self, chunk: int, mb: int, x: Optional[torch.Tensor]) -> torch.Tensor:
+    def forward(self, chunk: int, mb: int, x: torch.Tensor | None) -> torch.Tensor:
         t0 = time.perf_counter() if self.trace is not None else 0.0
         y = self._forward(chunk, mb, x)
         if self.trace is not None:
@@ -46,15 +47,22 @@ class Steps:
             self.trace.append(("F", chunk, mb, t0, time.perf_counter()))
         return y
 
-    def backward(self, chunk: int, mb: int, x: Optional[torch.Tensor], y: torch.Tensor,
-                 gy: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    def backward(
+        self, chunk: int, mb: int, x: torch.Tensor | None, y: torch.Tensor, gy: torch.Tensor | None
+    ) -> torch.Tensor | None:
         t0 = time.perf_counter() if self.trace is not None else 0.0
         if gy is None:
-            torch.autograd.backward(y)                       # the scalar loss of the last stage
+            torch.autograd.backward(y)  # the scalar loss of the last stage
         else:
             Variable._execution_engine.run_backward(
-                tensors=(y,), grad_tensors=(gy,), keep_graph=False, create_graph=False,
-                inputs=(), allow_unreachable=True, accumulate_grad=True)
+                tensors=(y,),
+                grad_tensors=(gy,),
+                keep_graph=False,
+                create_graph=False,
+                inputs=(),
+                allow_unreachable=True,
+                accumulate_grad=True,
+            )
         gx = x.grad if x is not None else None
         if self.trace is not None:
             self.sync()
@@ -158,14 +166,14 @@ def interleaved_one_f_one_b(steps: Steps, p2p: P2P, grid: Grid, num_microbatches
             inputs[c].append(None)
         y = steps.forward(c, mb_of(k), inputs[c][-1])
         outputs[c].append(y)
-        return None if (last_rank and c == v - 1) else y   # the last virtual stage sends nothing
+        return None if (last_rank and c == v - 1) else y  # the last virtual stage sends nothing
 
     def backward_k(k: int):
         c = chunk_of(k, False)
         if last_rank and c == v - 1:
             out_grads[c].append(None)
         gx = steps.backward(c, mb_of(k), inputs[c].pop(0), outputs[c].pop(0), out_grads[c].pop(0))
-        return None if (first_rank and c == 0) else gx      # the first virtual stage sends nothing
+        return None if (first_rank and c == 0) else gx  # the first virtual stage sends nothing
 
     # warm-up: forwards only
     if not first_rank:

@@ -10,6 +10,7 @@ Memory per GPU (bytes), Megatron's accounting:
 Time: FLOPs/token · tokens / (gpus · peak · assumed MFU), plus the pipeline bubble (p−1)/(v·m+p−1).
 These are estimates to choose a layout, not measurements.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,11 +44,24 @@ def estimate(cfg, tp: int, pp: int, dp: int, vpp: int, gpu: str, mfu: float = 0.
     tokens = cfg.train.global_batch_size * s
     ideal = flops_per_token(m, s) * tokens / (mp * dp * GPUS[gpu]["peak"] * mfu)
     step = ideal / (1 - bubble)
-    return dict(tp=tp, pp=pp, dp=dp, vpp=vpp, memory_gb=round(total / 1e9, 1),
-                fits=total < 0.92 * GPUS[gpu]["mem"], bubble=round(bubble, 3),
-                step_s=round(step, 2), tokens_per_s=round(tokens / step), parts_gb=dict(
-                    weights=round(weights / 1e9, 1), grads=round(grads / 1e9, 1), optimizer=round(optim / 1e9, 1),
-                    activations=round(acts / 1e9, 1), logits=round(logits / 1e9, 1)))
+    return dict(
+        tp=tp,
+        pp=pp,
+        dp=dp,
+        vpp=vpp,
+        memory_gb=round(total / 1e9, 1),
+        fits=total < 0.92 * GPUS[gpu]["mem"],
+        bubble=round(bubble, 3),
+        step_s=round(step, 2),
+        tokens_per_s=round(tokens / step),
+        parts_gb=dict(
+            weights=round(weights / 1e9, 1),
+            grads=round(grads / 1e9, 1),
+            optimizer=round(optim / 1e9, 1),
+            activations=round(acts / 1e9, 1),
+            logits=round(logits / 1e9, 1),
+        ),
+    )
 
 
 def plan(cfg, gpus: int, gpu: str) -> list[dict]:
@@ -56,7 +70,7 @@ def plan(cfg, gpus: int, gpu: str) -> list[dict]:
         for pp in (1, 2, 4, 8, 16):
             if gpus % (tp * pp):
                 continue
-            for vpp in ((1, 2) if pp > 1 else (1,)):
+            for vpp in (1, 2) if pp > 1 else (1,):
                 trial = copy.deepcopy(cfg)
                 trial.parallel.tp, trial.parallel.pp, trial.parallel.vpp, trial.parallel.dp = tp, pp, vpp, None
                 try:
@@ -89,10 +103,16 @@ def main(argv=None) -> int:
     if a.json:
         print(json.dumps(rows, indent=1))
         return 0
-    print(f"{count_parameters(cfg.model) / 1e9:.2f} B parameters, seq {cfg.data.seq_length}, global batch "
-          f"{cfg.train.global_batch_size}, {a.gpus}x {a.gpu} (estimates; assumed MFU 45%)")
-    print(f"{'tp':>3} {'pp':>3} {'vpp':>3} {'dp':>5} {'GB/GPU':>7} {'fits':>5} {'bubble':>7} {'step s':>8} {'tok/s':>11}")
+    print(
+        f"{count_parameters(cfg.model) / 1e9:.2f} B parameters, seq {cfg.data.seq_length}, global batch "
+        f"{cfg.train.global_batch_size}, {a.gpus}x {a.gpu} (estimates; assumed MFU 45%)"
+    )
+    print(
+        f"{'tp':>3} {'pp':>3} {'vpp':>3} {'dp':>5} {'GB/GPU':>7} {'fits':>5} {'bubble':>7} {'step s':>8} {'tok/s':>11}"
+    )
     for r in rows[:15]:
-        print(f"{r['tp']:>3} {r['pp']:>3} {r['vpp']:>3} {r['dp']:>5} {r['memory_gb']:>7} {str(r['fits']):>5} "
-              f"{r['bubble']:>7} {r['step_s']:>8} {r['tokens_per_s']:>11}")
+        print(
+            f"{r['tp']:>3} {r['pp']:>3} {r['vpp']:>3} {r['dp']:>5} {r['memory_gb']:>7} {r['fits']!s:>5} "
+            f"{r['bubble']:>7} {r['step_s']:>8} {r['tokens_per_s']:>11}"
+        )
     return 0

@@ -5,11 +5,12 @@ Each phase has its own warmup (linear from 0), peak `lr`, `min_lr`, `decay_style
 exceed the phase, in which case the phase stops part-way down its decay, as Crystal's phase 1 did).
 After the decay the LR stays at `min_lr`. The LR is the base LR; muP groups multiply it.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from ..config import PhaseConfig
 
@@ -18,7 +19,7 @@ from ..config import PhaseConfig
 class PhaseSpan:
     index: int
     name: str
-    start_step: int   # global step where the phase begins
+    start_step: int  # global step where the phase begins
     steps: int
 
 
@@ -49,7 +50,7 @@ class Schedule:
         self.phases = list(phases)
         self.spans: list[PhaseSpan] = []
         start = 0
-        for i, (ph, n) in enumerate(zip(phases, steps_per_phase)):
+        for i, (ph, n) in enumerate(zip(phases, steps_per_phase, strict=True)):
             self.spans.append(PhaseSpan(i, ph.name, start, int(n)))
             start += int(n)
         self.total_steps = start

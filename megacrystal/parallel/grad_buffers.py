@@ -18,11 +18,11 @@ Gradients of tied-embedding copies (first and last pipeline stage) go in buckets
 are summed over the embedding group before the dp reduction (their shards would not line up after
 it). Sequence-parallel gradients are summed over tp afterwards (tp ranks share one layout).
 """
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -34,19 +34,26 @@ from .state import Grid
 @dataclass
 class Bucket:
     index: int
-    start: int                    # offset of the bucket in the buffers
-    size: int                     # elements, padded
+    start: int  # offset of the bucket in the buffers
+    size: int  # elements, padded
     params: list = field(default_factory=list)
-    deferred: bool = False        # tied-embedding bucket: reduced after the embedding-group sum
+    deferred: bool = False  # tied-embedding bucket: reduced after the embedding-group sum
     pending: int = 0
-    work: Optional[object] = None
+    work: object | None = None
     launched: bool = False
 
 
 class GradBuffers:
-    def __init__(self, named_params: list[tuple[str, nn.Parameter]], grid: Grid, bucket_size_mb: float = 25.0,
-                 distributed: bool = False, overlap: bool = True, contiguous_params: bool = False,
-                 tied: Optional[list] = None):
+    def __init__(
+        self,
+        named_params: list[tuple[str, nn.Parameter]],
+        grid: Grid,
+        bucket_size_mb: float = 25.0,
+        distributed: bool = False,
+        overlap: bool = True,
+        contiguous_params: bool = False,
+        tied: list | None = None,
+    ):
         self.grid = grid
         self.distributed = distributed
         self.overlap = overlap
@@ -54,7 +61,7 @@ class GradBuffers:
         self.params = [p for _, p in named_params]
         tied_ids = {id(p) for p in (tied or [])}
         pad = grid.dp_size * 64 if distributed else 64
-        cap = max(1, int(bucket_size_mb * 2 ** 20 / 4))
+        cap = max(1, int(bucket_size_mb * 2**20 / 4))
         device = self.params[0].device if self.params else torch.device("cpu")
 
         self.buckets: list[Bucket] = []
@@ -98,9 +105,9 @@ class GradBuffers:
             for p in b.params:
                 self.bucket_of[id(p)] = b
                 lo = self.offset[id(p)]
-                p.main_grad = self.grad_buffer[lo:lo + p.numel()].view(p.shape)
+                p.main_grad = self.grad_buffer[lo : lo + p.numel()].view(p.shape)
                 if self.param_buffer is not None:
-                    view = self.param_buffer[lo:lo + p.numel()].view(p.shape)
+                    view = self.param_buffer[lo : lo + p.numel()].view(p.shape)
                     view.copy_(p.data)
                     p.data = view
                 p.grad = p.main_grad if p.dtype == torch.float32 else None
@@ -129,7 +136,7 @@ class GradBuffers:
             self._launch(b)
 
     def bucket_grad(self, b: Bucket) -> torch.Tensor:
-        return self.grad_buffer[b.start:b.start + b.size]
+        return self.grad_buffer[b.start : b.start + b.size]
 
     def shard_range(self, b: Bucket) -> tuple[int, int]:
         """[lo, hi) in buffer offsets of this dp rank's slice of bucket `b` (the whole bucket if plain)."""
@@ -173,7 +180,7 @@ class GradBuffers:
             return
         flat = torch.cat([g.reshape(-1) for g in grads])
         C.all_reduce(flat, self.grid.tp)
-        for g, v in zip(grads, flat.split([g.numel() for g in grads])):
+        for g, v in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
             g.copy_(v.view_as(g))
 
     # ------------------------------------------------------------------ norm and clipping
@@ -183,9 +190,7 @@ class GradBuffers:
         over tp count on tp rank 0 only; the last stage's copy of a tied embedding never does."""
         if getattr(p, "_mc_tied_copy", False):
             return False
-        if self.grid.tp_rank > 0 and not hasattr(p, "_mc_shard"):
-            return False
-        return True
+        return not (self.grid.tp_rank > 0 and not hasattr(p, "_mc_shard"))
 
     def grad_norm(self) -> float:
         """Global L2 norm of the gradient (after reduction), each element counted once."""

@@ -1,0 +1,158 @@
+"""Every rule a config must meet that can be checked without a process group (and, given the world
+size, the grid rules). Each failure is one `ConfigError` line naming the field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .schema import Config, ConfigError, _where
+
+
+def _check(cond: bool, cfg: Config, msg: str) -> None:
+    if not cond:
+        raise ConfigError(_where(cfg.source_file, msg))
+
+
+def _choice(cfg: Config, path: str, value: Any, choices) -> None:
+    _check(value in choices, cfg, f"{path}: expected one of {sorted(choices)}, got {value!r}")
+
+
+def validate_config(cfg: Config, world_size: int | None = None) -> None:
+    """Every rule that can be checked without a process group. `world_size` adds the grid rules."""
+    m, par, d, t, o = cfg.model, cfg.parallel, cfg.data, cfg.train, cfg.optim
+    if m.num_heads is None:  # not resolved yet
+        cfg.model = m = m.resolve()
+    for k in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "ffn_hidden_size", "vocab_size", "max_seq_len"):
+        _check(getattr(m, k) > 0, cfg, f"model.{k}: expected a positive integer, got {getattr(m, k)}")
+    _check(
+        m.hidden_size % m.num_heads == 0,
+        cfg,
+        f"model.hidden_size: {m.hidden_size} is not divisible by model.num_heads={m.num_heads}",
+    )
+    _check(
+        m.num_heads % m.num_kv_heads == 0,
+        cfg,
+        f"model.num_kv_heads: {m.num_kv_heads} must divide model.num_heads={m.num_heads}",
+    )
+    _choice(cfg, "model.norm", m.norm, {"layernorm", "rmsnorm"})
+    _check(0.0 <= m.rotary_fraction <= 1.0, cfg, f"model.rotary_fraction: expected 0..1, got {m.rotary_fraction}")
+    rot = int(m.head_dim * m.rotary_fraction)
+    _check(
+        rot % 2 == 0,
+        cfg,
+        f"model.rotary_fraction: {m.rotary_fraction} of head_dim {m.head_dim} "
+        f"gives {rot} rotated dims; expected an even number",
+    )
+    _choice(cfg, "model.kernels", m.kernels, {"auto", "triton", "torch"})
+    _choice(cfg, "model.attention_backend", m.attention_backend, {"auto", "flash", "sdpa", "math"})
+
+    for k in ("tp", "pp", "vpp"):
+        _check(getattr(par, k) >= 1, cfg, f"parallel.{k}: expected >= 1, got {getattr(par, k)}")
+    _choice(cfg, "parallel.order", par.order, {"tp-dp-pp", "tp-pp-dp"})
+    _choice(cfg, "parallel.backend", par.backend, {"auto", "gloo", "nccl"})
+    _check(
+        m.num_heads % par.tp == 0, cfg, f"parallel.tp: model.num_heads={m.num_heads} is not divisible by tp={par.tp}"
+    )
+    _check(
+        m.num_kv_heads % par.tp == 0,
+        cfg,
+        f"parallel.tp: model.num_kv_heads={m.num_kv_heads} is not divisible by tp={par.tp}",
+    )
+    _check(
+        m.num_layers % (par.pp * par.vpp) == 0,
+        cfg,
+        f"parallel.pp: model.num_layers={m.num_layers} is not divisible by pp*vpp={par.pp * par.vpp}",
+    )
+    _check(not (par.sequence_parallel and par.tp == 1), cfg, "parallel.sequence_parallel: needs parallel.tp > 1")
+    _check(not (par.vpp > 1 and par.pp == 1), cfg, "parallel.vpp: needs parallel.pp > 1")
+    _check(par.dp is None or par.dp >= 1, cfg, f"parallel.dp: expected >= 1 (or unset), got {par.dp}")
+    _check(par.bucket_size_mb > 0, cfg, f"parallel.bucket_size_mb: expected > 0, got {par.bucket_size_mb}")
+    _check(
+        not par.sequence_parallel or d.seq_length % par.tp == 0,
+        cfg,
+        f"parallel.sequence_parallel: data.seq_length={d.seq_length} is not divisible by tp={par.tp}",
+    )
+
+    _choice(cfg, "train.precision", t.precision, {"fp32", "bf16"})
+    _choice(cfg, "train.device", t.device, {"auto", "cpu", "cuda"})
+    _check(t.micro_batch_size >= 1, cfg, f"train.micro_batch_size: expected >= 1, got {t.micro_batch_size}")
+    _check(t.global_batch_size >= 1, cfg, f"train.global_batch_size: expected >= 1, got {t.global_batch_size}")
+    _check(t.log_interval >= 1, cfg, f"train.log_interval: expected >= 1, got {t.log_interval}")
+    _check(t.save_interval >= 0, cfg, f"train.save_interval: expected >= 0, got {t.save_interval}")
+    _choice(cfg, "optim.name", o.name, {"adamw"})
+    _choice(cfg, "log.level", cfg.log.level, {"DEBUG", "INFO", "WARNING", "ERROR"})
+    _check(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, cfg, "optim.beta1/beta2: expected values in [0, 1)")
+
+    _check(d.seq_length >= 1, cfg, f"data.seq_length: expected >= 1, got {d.seq_length}")
+    _check(
+        d.seq_length <= m.max_seq_len, cfg, f"data.seq_length: {d.seq_length} exceeds model.max_seq_len={m.max_seq_len}"
+    )
+    _choice(cfg, "data.tokenizer_type", d.tokenizer_type, {"HuggingFaceTokenizer", "SentencePieceTokenizer"})
+    _choice(cfg, "data.backend", d.backend, {"torch", "dali"})
+    _check(0.0 <= d.valid_fraction < 1.0, cfg, f"data.valid_fraction: expected 0..1, got {d.valid_fraction}")
+    _check(d.max_epochs >= 1, cfg, f"data.max_epochs: expected >= 1, got {d.max_epochs}")
+    _check(0.0 <= d.surplus < 1.0, cfg, f"data.surplus: expected 0..1, got {d.surplus}")
+    _check(d.num_workers >= 0, cfg, f"data.num_workers: expected >= 0, got {d.num_workers}")
+    _check(d.seq_length >= 2, cfg, f"data.seq_length: expected >= 2, got {d.seq_length}")
+    for name, src in d.sources.items():
+        _choice(cfg, f"data.sources.{name}.kind", src.kind, {"nl", "code"})
+        _check(len(src.prefixes) > 0, cfg, f"data.sources.{name}.prefixes: expected at least one indexed-file prefix")
+        if src.weights is not None:
+            _check(
+                len(src.weights) == len(src.prefixes),
+                cfg,
+                f"data.sources.{name}.weights: {len(src.weights)} weights for {len(src.prefixes)} prefixes",
+            )
+            _check(
+                all(w >= 0 for w in src.weights) and sum(src.weights) > 0,
+                cfg,
+                f"data.sources.{name}.weights: expected non-negative weights with a positive sum",
+            )
+    names = set()
+    for i, ph in enumerate(d.phases):
+        where = f"data.phases[{i}]"
+        _check(ph.name not in names, cfg, f"{where}.name: duplicate phase name {ph.name!r}")
+        names.add(ph.name)
+        _check((ph.tokens is None) != (ph.steps is None), cfg, f"{where}: give exactly one of tokens or steps")
+        _check((ph.tokens or ph.steps or 0) > 0, cfg, f"{where}: length must be positive")
+        _check(len(ph.blend) > 0, cfg, f"{where}.blend: expected at least one source")
+        for s, w in ph.blend.items():
+            _check(s in d.sources, cfg, f"{where}.blend: unknown source {s!r} (sources: {sorted(d.sources)})")
+            _check(w >= 0, cfg, f"{where}.blend.{s}: expected a non-negative weight, got {w}")
+        _check(sum(ph.blend.values()) > 0, cfg, f"{where}.blend: weights sum to 0")
+        _check(0.0 <= ph.fim_rate <= 1.0, cfg, f"{where}.fim_rate: expected 0..1, got {ph.fim_rate}")
+        _check(0.0 <= ph.fim_spm_rate <= 1.0, cfg, f"{where}.fim_spm_rate: expected 0..1, got {ph.fim_spm_rate}")
+        _choice(cfg, f"{where}.decay_style", ph.decay_style, {"linear", "cosine", "constant"})
+        _check(ph.lr >= 0 and ph.min_lr >= 0, cfg, f"{where}.lr/min_lr: expected non-negative")
+        _check(ph.warmup_steps >= 0, cfg, f"{where}.warmup_steps: expected >= 0")
+
+    if world_size is not None:
+        validate_world(cfg, world_size)
+
+
+def validate_world(cfg: Config, world_size: int) -> int:
+    """Grid rules against the launched world; returns dp."""
+    par, t = cfg.parallel, cfg.train
+    mp = par.tp * par.pp
+    _check(
+        world_size % mp == 0,
+        cfg,
+        f"parallel: world size {world_size} is not divisible by tp*pp={mp} (tp={par.tp}, pp={par.pp})",
+    )
+    dp = world_size // mp
+    if par.dp is not None:
+        _check(par.dp == dp, cfg, f"parallel.dp: {par.dp} but world size {world_size} / (tp*pp={mp}) = {dp}")
+    _check(
+        t.global_batch_size % (t.micro_batch_size * dp) == 0,
+        cfg,
+        f"train.global_batch_size: {t.global_batch_size} is not divisible by "
+        f"micro_batch_size*dp = {t.micro_batch_size}*{dp}",
+    )
+    if par.vpp > 1:
+        nmb = t.global_batch_size // (t.micro_batch_size * dp)
+        _check(
+            nmb % par.pp == 0,
+            cfg,
+            f"parallel.vpp: interleaved 1F1B needs the number of micro-batches ({nmb}) divisible by pp={par.pp}",
+        )
+    return dp

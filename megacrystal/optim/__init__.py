@@ -1,0 +1,1 @@
+"""Optimizers: AdamW with fp32 masters (the ZeRO-1 variant lives in parallel/distributed_optimizer.py)."""
