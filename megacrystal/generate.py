@@ -24,14 +24,15 @@ def load_for_generation(
     checkpoint: str | None = None, hf: str | None = None, device: str = "cpu", dtype: torch.dtype | None = None
 ):
     """-> (model in eval mode, its ModelConfig, tokenizer or None)."""
-    from .model.serialization import build_model, find_model_dir, load_model, tokenizer_in
+    from .model.serialization import build_model
     from .tokenizer import load_tokenizer
+    from .train.checkpoint_io import checkpoint_tokenizer, load_model_state
 
     if (checkpoint is None) == (hf is None):
         raise ValueError("give exactly one of --checkpoint DIR or --hf DIR")
     if checkpoint is not None:
-        cfg, sd = load_model(checkpoint)
-        tok_path = tokenizer_in(find_model_dir(checkpoint))
+        cfg, sd = load_model_state(checkpoint)
+        tok_path = checkpoint_tokenizer(checkpoint)
     else:
         from .hf import hf_to_model
 

@@ -3,8 +3,8 @@
     megacrystal export-hf --checkpoint DIR --format {crystalcoder,llama} --output DIR [--dtype D]
     megacrystal import-hf --hf DIR --output DIR [--dtype D]
 
-A checkpoint here is the consolidated model directory of `model/serialization.py` (or a directory holding
-one as `model/`). The HF side is config.json + safetensors (one file, or shards + index above
+A checkpoint here is a training checkpoint (DCP, read offline by `train.checkpoint_io.load_model_state`;
+a run directory means its newest intact one) or a consolidated model directory of `model/serialization.py`. The HF side is config.json + safetensors (one file, or shards + index above
 --max-shard-size) + the tokenizer file and a tokenizer_config.json. Import also reads PyTorch
 `pytorch_model*.bin` files (weights only). Layouts: `model/hf_layouts.py`.
 """
@@ -23,13 +23,13 @@ from .model.serialization import (
     ModelFormatError,
     _atomic_write_bytes,
     copy_tokenizer,
-    find_model_dir,
-    load_model,
     read_json_object,
     save_model,
     save_state_dict,
     tokenizer_in,
 )
+from .train.checkpoint import CheckpointError
+from .train.checkpoint_io import checkpoint_tokenizer, load_model_state
 
 DTYPES = {"keep": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -174,9 +174,9 @@ def _cast(sd: dict, dtype: torch.dtype | None) -> dict:
 def export_hf(checkpoint, fmt: str, output, dtype: torch.dtype | None = None, max_shard_bytes: int = 5 * 2**30) -> Path:
     if fmt not in LAYOUTS:
         raise HFError(f"--format: expected one of {sorted(LAYOUTS)}, got {fmt!r}")
-    cfg, sd = load_model(checkpoint)
+    cfg, sd = load_model_state(checkpoint)
     make_config, convert, _ = LAYOUTS[fmt]
-    tok = tokenizer_in(find_model_dir(checkpoint))
+    tok = checkpoint_tokenizer(checkpoint)
     ids = tokenizer_ids(tok)
     sd = _cast(sd, dtype)
     try:
@@ -211,7 +211,7 @@ def _size(text: str) -> int:
 def _run(fn, prog: str) -> int:
     try:
         out = fn()
-    except (HFError, ModelFormatError, LayoutError) as e:
+    except (HFError, ModelFormatError, LayoutError, CheckpointError) as e:
         print(f"megacrystal {prog}: {e}", file=sys.stderr)
         return 1
     print(f"megacrystal {prog}: wrote {out}")
@@ -220,7 +220,7 @@ def _run(fn, prog: str) -> int:
 
 def export_main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="megacrystal export-hf", description="model directory -> HF directory")
-    ap.add_argument("--checkpoint", required=True, help="model directory (model.safetensors + model_config.json)")
+    ap.add_argument("--checkpoint", required=True, help="run dir, checkpoint dir, or model directory")
     ap.add_argument("--format", required=True, choices=sorted(LAYOUTS))
     ap.add_argument("--output", required=True)
     ap.add_argument("--dtype", default="keep", choices=sorted(DTYPES))

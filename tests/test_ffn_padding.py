@@ -12,6 +12,7 @@ from megacrystal.model.padding import fit_problem, full_shape, refit, refit_stat
 from megacrystal.model.serialization import ModelFormatError, build_model, load_model, save_model
 from megacrystal.model.transformer import Transformer, count_parameters, serial_layout
 from megacrystal.parallel.engine import Engine
+from megacrystal.train.checkpoint_io import load_model_state
 from tests.dist import run_ranks
 from tests.parallel_cases import LR, data, make_cfg, split
 
@@ -104,13 +105,13 @@ def test_padding_stays_zero_through_training_serial():
 
 
 def _tp_rank(rank, world, out_dir):
-    from megacrystal.train.checkpoint import save_checkpoint
+    from megacrystal.train.checkpoint_io import Checkpointer
 
     e, padded = _train_and_check_padding(["parallel.tp=2", "model.ffn_hidden_size=130"])  # tp2: 130 -> 256
     local = dict(e.chunks[0].named_parameters())["layers.0.mlp.up.weight"].shape
     batch = split(data(steps=1, seed=9)[0], 0, 1, 2)
     loss = e.eval_loss(batch)
-    save_checkpoint(out_dir, 3, e, {}, {}, None, distributed_optimizer=False)
+    Checkpointer(e, out_dir, async_save=False).save(3, {})
     return dict(padded=padded, local=tuple(local), loss=loss, state=e.full_model_state())
 
 
@@ -122,7 +123,7 @@ def test_tp2_padding_stays_zero_and_its_checkpoint_loads_serially(tmp_path):
     state = res[0]["state"]
     assert state["layers.0.mlp.up.weight"].shape == (192, 32)  # consolidated: serial padding
     assert state["layers.0.mlp.down.weight"].shape == (32, 192)
-    cfg, sd = load_model(tmp_path / "checkpoints")
+    cfg, sd = load_model_state(tmp_path / "checkpoints")  # the sharded checkpoint, read offline
     assert all(torch.equal(sd[k], v) for k, v in state.items())
     model = build_model(cfg, sd)
     loss_sum, tokens = 0.0, 0.0

@@ -3,6 +3,8 @@ size, the grid rules). Each failure is one `ConfigError` line naming the field."
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Any
 
 from .schema import Config, ConfigError, _where
@@ -126,8 +128,22 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
         _check(ph.lr >= 0 and ph.min_lr >= 0, cfg, f"{where}.lr/min_lr: expected non-negative")
         _check(ph.warmup_steps >= 0, cfg, f"{where}.warmup_steps: expected >= 0")
 
+    _validate_checkpointing(cfg)
     if world_size is not None:
         validate_world(cfg, world_size)
+
+
+def _validate_checkpointing(cfg: Config) -> None:
+    t = cfg.train
+    _check(
+        t.resume == "auto" or bool(re.fullmatch(r"step_\d{8,}", t.resume)) or os.sep in t.resume,
+        cfg,
+        f"train.resume: expected auto, a checkpoint name like step_00001200, or a checkpoint path; got {t.resume!r}",
+    )
+    _check(t.keep_checkpoints >= 0, cfg, f"train.keep_checkpoints: expected >= 0, got {t.keep_checkpoints}")
+    _check(t.keep_every >= 0, cfg, f"train.keep_every: expected >= 0, got {t.keep_every}")
+    if t.init_from is not None:
+        _check(os.path.isdir(t.init_from), cfg, f"train.init_from: {t.init_from} is not a directory")
 
 
 def validate_world(cfg: Config, world_size: int) -> int:

@@ -2,8 +2,9 @@
 
 Each step: the loader gives this DP rank's micro-batches, the schedule the phase's base LR, the
 engine runs forward/backward over the pipeline schedule, reduces gradients and steps the optimizer.
-Rank 0 writes metrics.jsonl + TensorBoard; checkpoints hold every rank's shard, the loader state
-(so a resume gets exactly the next samples, also mid-phase) and a consolidated model.
+Rank 0 writes metrics.jsonl + TensorBoard; checkpoints (train/checkpoint_io.py) hold every rank's pieces
+of the model and optimizer in a layout-independent form, the loader state (so a resume gets exactly
+the next samples, also mid-phase, on any layout) and the counters.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import torch.distributed as dist
 
 from ..config import Config
 from ..log import get_logger
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint_files import find_resume_point
+from .checkpoint_io import Checkpointer, save_consolidated
+from .init_from import init_from
 from .lr_schedule import Schedule
 from .metrics import MetricsWriter, flops_per_token, peak_flops
 
@@ -76,13 +79,18 @@ def train(cfg: Config) -> dict:
     source_names = plan.source_names
     counts = torch.zeros(len(source_names), dtype=torch.float64)
     step, tokens_seen = 0, 0
-    ckpt = latest_checkpoint(str(out_dir))
+    ckptr = Checkpointer(engine, str(out_dir), t.async_save, cfg.data.tokenizer_model)
+    ckptr.keep, ckptr.keep_every = t.keep_checkpoints, t.keep_every
+    ckpt, meta = find_resume_point(out_dir, t.resume, ckptr.group), None
     if ckpt is not None:
-        meta = load_checkpoint(ckpt, engine, cfg.parallel.distributed_optimizer)
+        meta = ckptr.load(ckpt)
+        ckptr.protect = (ckpt,)
         loader.load_state_dict(meta["loader"])
         step, tokens_seen = meta["step"], meta["tokens"]
         counts = torch.tensor([meta["samples_per_source"].get(n, 0) for n in source_names], dtype=torch.float64)
         log.info(f"resumed from {ckpt} at step {step} (phase {schedule.span(step).name})")
+    elif t.init_from:
+        log.info(init_from(engine, t.init_from, t.init_optimizer, ckptr.group))
     loader.total_steps = total_steps
 
     metrics = MetricsWriter(str(out_dir), enabled=rank0, tensorboard=cfg.log.tensorboard)
@@ -106,15 +114,7 @@ def train(cfg: Config) -> dict:
             phase=schedule.span(max(at_step - 1, 0)).name,
             samples_per_source={n: int(c) for n, c in zip(source_names, counts.tolist(), strict=True)},
         )
-        save_checkpoint(
-            str(out_dir),
-            at_step,
-            engine,
-            state,
-            cfg.to_dict(),
-            cfg.data.tokenizer_model,
-            cfg.parallel.distributed_optimizer,
-        )
+        ckptr.save(at_step, state, cfg.to_dict())
 
     record: dict = {}
     it = iter(loader)
@@ -160,7 +160,10 @@ def train(cfg: Config) -> dict:
                 )
         if t.save_interval and step % t.save_interval == 0 and step < total_steps:
             save(step)
-    if step > 0 and (ckpt is None or step > meta["step"]):
+    if step > 0 and (meta is None or step > meta["step"]):
         save(step)
+    ckptr.close()
+    if t.save_consolidated and rank0:
+        log.info(f"wrote {save_consolidated(out_dir, cfg.data.tokenizer_model)}")
     metrics.close()
     return record

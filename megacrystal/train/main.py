@@ -24,6 +24,9 @@ def main(argv=None) -> int:
         return 2
     finally:
         try:
+            from .checkpoint_io import finish_pending
+
+            finish_pending()  # a checkpoint still being written completes before the groups go
             from ..parallel.state import destroy
 
             destroy()

@@ -73,21 +73,32 @@ class MetricsWriter:
                 get_logger().warning(f"tensorboard not available ({e}); writing metrics.jsonl only")
 
     def truncate_after(self, step: int) -> None:
-        """On resume: drop lines of steps after the checkpoint, so the file stays one line per step."""
+        """On resume at `step`: lines of later steps (the run after that checkpoint, now replayed) move
+        to `metrics.superseded.jsonl` (appended, never lost), so metrics.jsonl stays one line per step."""
         if not self.enabled or not self.path.exists():
             return
         self._f.close()
-        keep = []
+        keep, later = [], []
         for line in self.path.read_text().splitlines():
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError:
+                later.append(line)  # a torn last line of a killed run: kept aside as well
                 continue
-            if rec.get("step", 0) <= step:
-                keep.append(line)
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(x + "\n" for x in keep))
-        os.replace(tmp, self.path)
+            (keep if rec.get("step", 0) <= step else later).append(line)
+        if later:
+            side = self.path.with_name("metrics.superseded.jsonl")
+            with open(side, "a") as f:
+                f.write(json.dumps({"superseded_by_resume_at_step": step, "time": time.time()}) + "\n")
+                f.write("".join(x + "\n" for x in later))
+                f.flush()
+                os.fsync(f.fileno())
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            with open(tmp, "w") as f:
+                f.write("".join(x + "\n" for x in keep))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
         self._f = open(self.path, "a", buffering=1)
 
     def write(self, record: dict) -> None:

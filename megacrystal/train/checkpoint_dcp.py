@@ -1,0 +1,166 @@
+"""torch.distributed.checkpoint (DCP) glue: planners over rectangular pieces, and a reader that
+never runs pickled code.
+
+State handed to DCP is `{key: Pieces}`: a tensor's global (true) shape and the rectangles this rank
+holds (`checkpoint_layout.Piece`). The planners only turn pieces into DCP's own `WriteItem`s /
+`ReadItem`s (`create_read_items_for_chunk_list` does the resharding arithmetic) and find a piece again
+by its offsets; DCP's default global planning, deduplication of replicated pieces, metadata and
+FileSystemWriter/Reader do the rest. Tensor data is read with `torch.load(weights_only=True)` by DCP;
+the `.metadata` file, which DCP pickles, is read here with an unpickler that admits only DCP's
+metadata classes and plain containers (a tampered file raises instead of running code).
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from dataclasses import dataclass
+
+import torch
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, DefaultSavePlanner
+from torch.distributed.checkpoint.metadata import (
+    ChunkStorageMetadata,
+    Metadata,
+    MetadataIndex,
+    StorageMeta,
+    TensorProperties,
+)
+from torch.distributed.checkpoint.planner import LoadPlan, SavePlan, TensorWriteData, WriteItem, WriteItemType
+from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
+
+from .checkpoint_layout import Piece
+
+
+@dataclass
+class Pieces:
+    """One checkpoint tensor as this rank sees it."""
+
+    shape: tuple
+    pieces: list[Piece]
+
+    def find(self, index: MetadataIndex) -> torch.Tensor:
+        if index.index is not None and index.index < len(self.pieces):
+            p = self.pieces[index.index]
+            if tuple(p.offsets) == tuple(index.offset):
+                return p.tensor
+        for p in self.pieces:
+            if tuple(p.offsets) == tuple(index.offset):
+                return p.tensor
+        raise KeyError(f"{index.fqn}: no piece at {tuple(index.offset)}")
+
+
+class PieceSavePlanner(DefaultSavePlanner):
+    def __init__(self):
+        super().__init__(flatten_state_dict=False, flatten_sharded_tensors=False)
+
+    def set_up_planner(self, state_dict, storage_meta: StorageMeta | None = None, is_coordinator: bool = False):
+        self.state_dict = state_dict
+        self.is_coordinator = is_coordinator
+
+    def create_local_plan(self) -> SavePlan:
+        items = []
+        for key, obj in self.state_dict.items():
+            for p in obj.pieces:
+                t = p.tensor
+                items.append(
+                    WriteItem(
+                        index=MetadataIndex(key, torch.Size(p.offsets)),
+                        type=WriteItemType.SHARD,
+                        tensor_data=TensorWriteData(
+                            chunk=ChunkStorageMetadata(offsets=torch.Size(p.offsets), sizes=t.size()),
+                            properties=TensorProperties(dtype=t.dtype),
+                            size=torch.Size(obj.shape),
+                        ),
+                    )
+                )
+        self.plan = SavePlan(items)
+        return self.plan
+
+    def lookup_object(self, index: MetadataIndex):
+        return self.state_dict[index.fqn].find(index)
+
+
+class PieceLoadPlanner(DefaultLoadPlanner):
+    def __init__(self):
+        super().__init__(flatten_state_dict=False, flatten_sharded_tensors=False)
+
+    def set_up_planner(self, state_dict, metadata: Metadata | None = None, is_coordinator: bool = False):
+        self.state_dict = state_dict
+        self.original_state_dict = state_dict
+        self.metadata = metadata
+        self.is_coordinator = is_coordinator
+
+    def create_local_plan(self) -> LoadPlan:
+        md_all = self.metadata.state_dict_metadata
+        requests = []
+        for key, obj in self.state_dict.items():
+            md = md_all.get(key)
+            if md is None or not hasattr(md, "size"):
+                raise KeyError(f"tensor {key!r} is not in the checkpoint")
+            if tuple(md.size) != tuple(obj.shape):
+                raise ValueError(
+                    f"tensor {key!r} has shape {tuple(md.size)} in the checkpoint, this model has {obj.shape}"
+                )
+            chunks = [ChunkStorageMetadata(torch.Size(p.offsets), p.tensor.size()) for p in obj.pieces]
+            requests += create_read_items_for_chunk_list(key, md, chunks)
+        return LoadPlan(requests)
+
+    def lookup_tensor(self, index: MetadataIndex) -> torch.Tensor:
+        return self.state_dict[index.fqn].find(index)
+
+
+# ----------------------------------------------------------------------------- metadata without code
+
+_ALLOWED = {
+    ("torch.distributed.checkpoint.metadata", None),  # Metadata, TensorStorageMetadata, chunks, enums
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch.serialization", "_get_layout"),  # torch.strided by name
+    ("torch", "Size"),
+    ("pathlib", "PosixPath"),  # StorageMeta.checkpoint_id
+    ("pathlib", "WindowsPath"),
+    ("collections", "OrderedDict"),
+} | {
+    ("torch", str(dt).removeprefix("torch."))
+    for dt in (
+        torch.float32,
+        torch.float64,
+        torch.bfloat16,
+        torch.float16,
+        torch.int64,
+        torch.int32,
+        torch.uint8,
+        torch.bool,
+    )
+}
+
+
+class MetadataError(ValueError):
+    """`.metadata` refers to something other than DCP's metadata classes."""
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) in _ALLOWED or (module, None) in _ALLOWED:
+            return super().find_class(module, name)
+        raise MetadataError(f"refers to {module}.{name}, which is not checkpoint metadata")
+
+
+def read_metadata_safely(data: bytes) -> Metadata:
+    md = _SafeUnpickler(io.BytesIO(data)).load()
+    if not isinstance(md, Metadata):
+        raise MetadataError(f"holds a {type(md).__name__}, expected DCP Metadata")
+    return md
+
+
+class SafeFileSystemReader(FileSystemReader):
+    """FileSystemReader whose `.metadata` is unpickled with an allow-list (see `_ALLOWED`)."""
+
+    def read_metadata(self, *args, **kwargs) -> Metadata:
+        path = self._get_metadata_path(kwargs.get("rank"))
+        with self.fs.create_stream(path, "rb") as f:
+            md = read_metadata_safely(f.read())
+        if getattr(md, "storage_meta", None) is None:
+            md.storage_meta = StorageMeta()
+        md.storage_meta.load_id = self.load_id
+        return md

@@ -1,0 +1,54 @@
+"""`train.init_from`: start a new run from existing weights, on any layout.
+
+PATH may be a DCP checkpoint (or a run / `checkpoints/` directory: its newest intact checkpoint), a
+consolidated model directory (`model.safetensors` + `model_config.json`, e.g. an old-format
+checkpoint's `model/`), or a Hugging Face directory in the crystalcoder or llama layout. From a DCP
+checkpoint every rank reads only its pieces, and with `train.init_optimizer: true` (default) also
+the Adam moments and step count; the others hold weights only. The run's step, schedule and data
+cursor start at 0 either way (that is what makes it a new run, e.g. phase 2 on a new cluster).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..hf import HFError, hf_to_model
+from ..log import get_logger
+from ..model.serialization import CONFIG_FILE, ModelFormatError, load_model
+from .checkpoint import MANIFEST, TRAINER, CheckpointError
+from .checkpoint_files import verify
+from .checkpoint_io import load_engine_state, resolve_checkpoint
+
+
+def _kind(p: Path) -> str:
+    if (p / CONFIG_FILE).is_file() or ((p / "model" / CONFIG_FILE).is_file() and not (p / MANIFEST).is_file()):
+        return "model"
+    if (p / "config.json").is_file() and not (p / TRAINER).is_file():
+        return "hf"
+    return "dcp"
+
+
+def init_from(engine, path, with_optimizer: bool = True, group=None) -> str:
+    """Load weights (and optionally optimizer state) from `path` into `engine`; collective.
+    Returns a one-line description for the log."""
+    p = Path(path)
+    kind = _kind(p)
+    if kind == "dcp":
+        ckpt = resolve_checkpoint(p)
+        problem = verify(ckpt, group)
+        if problem:
+            raise CheckpointError(f"{problem} (train.init_from)")
+        meta = load_engine_state(engine, ckpt, group, with_optimizer, check_precision=False, restore_rng=False)
+        what = "weights + optimizer state" if with_optimizer else "weights"
+        return f"initialised from {ckpt} (step {meta.get('step')}, {what})"
+    try:
+        if kind == "hf":
+            _, sd, _ = hf_to_model(p)
+        else:
+            _, sd = load_model(p)
+        engine.load_full_model_state(sd)
+    except (HFError, ModelFormatError, ValueError) as e:
+        raise CheckpointError(f"{p}: cannot initialise from it ({e})") from None
+    if with_optimizer:
+        get_logger().info(f"{p} holds no optimizer state: weights only (Adam moments start at zero)")
+    return f"initialised from {p} ({'HF directory' if kind == 'hf' else 'consolidated model'}, weights)"
