@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import io
 import pickle
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, DefaultSavePlanner
+from torch.distributed.checkpoint.filesystem import FileSystem
 from torch.distributed.checkpoint.metadata import (
     ChunkStorageMetadata,
     Metadata,
@@ -110,6 +112,21 @@ class PieceLoadPlanner(DefaultLoadPlanner):
         return self.state_dict[index.fqn].find(index)
 
 
+def root_causes(e: BaseException) -> list[BaseException]:
+    """The exceptions inside a DCP CheckpointException (one per failed rank), else [e]."""
+    failures = getattr(e, "failures", None)
+    if isinstance(failures, dict) and failures:
+        return [f[0] if isinstance(f, tuple) else f for f in failures.values()]
+    return [e]
+
+
+def one_line(e: BaseException) -> str:
+    """`Type: first line of the message` of the first root cause."""
+    x = root_causes(e)[0]
+    msg = str(x).strip().splitlines()
+    return f"{type(x).__name__}: {msg[0][:300] if msg else ''}"
+
+
 # ----------------------------------------------------------------------------- metadata without code
 
 _ALLOWED = {
@@ -164,3 +181,56 @@ class SafeFileSystemReader(FileSystemReader):
             md.storage_meta = StorageMeta()
         md.storage_meta.load_id = self.load_id
         return md
+
+
+# ----------------------------------------------------------------------------- writes that keep their errors
+
+
+class _Watched:
+    """A file whose write errors are recorded before they propagate: torch.save's zip writer turns an
+    OSError (ENOSPC) into `RuntimeError: ... unexpected pos`, losing the errno; the record keeps it."""
+
+    def __init__(self, f, errors: list):
+        self._f, self._errors = f, errors
+
+    def _call(self, name, *args):
+        try:
+            return getattr(self._f, name)(*args)
+        except OSError as e:
+            self._errors.append(e)
+            raise
+
+    def write(self, b):
+        return self._call("write", b)
+
+    def flush(self):
+        return self._call("flush")
+
+    def close(self):
+        return self._call("close")
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
+class _WatchedFileSystem(FileSystem):
+    def __init__(self, errors: list):
+        self.errors = errors
+
+    @contextmanager
+    def create_stream(self, path, mode):
+        try:
+            with super().create_stream(path, mode) as f:
+                yield _Watched(f, self.errors) if "w" in mode else f
+        except OSError as e:  # also what the final flush on close meets
+            self.errors.append(e)
+            raise
+
+
+class WatchedFileSystemWriter(FileSystemWriter):
+    """DCP's FileSystemWriter; `self.errors` lists the OSErrors its writes met."""
+
+    def __init__(self, path, **kw):
+        super().__init__(path, **kw)
+        self.errors: list = []
+        self.fs = _WatchedFileSystem(self.errors)

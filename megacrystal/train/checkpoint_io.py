@@ -32,7 +32,7 @@ import torch.distributed.checkpoint as dcp
 
 from ..log import get_logger
 from .checkpoint import FORMAT, MANIFEST, TRAINER, VERSION, CheckpointError, CheckpointSpaceError, step_name
-from .checkpoint_dcp import Pieces, PieceSavePlanner
+from .checkpoint_dcp import Pieces, PieceSavePlanner, WatchedFileSystemWriter, one_line, root_causes
 from .checkpoint_files import (
     apply_retention,
     atomic_write,
@@ -66,7 +66,7 @@ def finish_pending() -> None:
     for ck in list(_LIVE):
         try:
             ck.close()
-        except Exception as e:
+        except (Exception, dcp.api.CheckpointException) as e:
             get_logger().error(f"checkpoint save failed: {e}")
 
 
@@ -188,19 +188,20 @@ class Checkpointer:
             tmp.mkdir()
         _barrier(group)
         problem = None
+        writer = WatchedFileSystemWriter(tmp, sync_files=True, overwrite=False)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 dcp.save(
                     staged,
-                    storage_writer=dcp.FileSystemWriter(tmp, sync_files=True, overwrite=False),
+                    storage_writer=writer,
                     planner=PieceSavePlanner(),
                     process_group=group,
                     no_dist=group is None,
                 )
             mine = {p.name: file_crc(p) for p in tmp.glob(f"__{self.rank}_*.distcp")}
-        except Exception as e:  # every rank reaches the agreement below
-            problem, mine = _describe(e, tmp, int(total.item())), {}
+        except (Exception, dcp.api.CheckpointException) as e:  # every rank reaches the agreement below
+            problem, mine = _describe(e, tmp, int(total.item()), writer.errors), {}
         every = [(problem, mine)]
         if group is not None:
             every = [None] * dist.get_world_size(group)
@@ -210,7 +211,7 @@ class Checkpointer:
             try:
                 files = {k: v for _, m in every for k, v in m.items()}
                 self._commit(tmp, final, meta, files)
-            except Exception as e:
+            except (Exception, dcp.api.CheckpointException) as e:
                 problem = _describe(e, tmp, int(total.item()))
         if group is not None:
             verdict = [problem]
@@ -252,9 +253,9 @@ class Checkpointer:
         return load_engine_state(self.engine, Path(path), self.group, with_optimizer, check_precision)
 
 
-def _describe(e: Exception, tmp: Path, total: int) -> str:
+def _describe(e: BaseException, tmp: Path, total: int, recorded: tuple = ()) -> str:
     """One line for a failed save; a full disk names the path, the bytes needed and free."""
-    errs = [e, *getattr(e, "failures", {}).values()] if hasattr(e, "failures") else [e]
+    errs = [*recorded, *root_causes(e), e]
     seen = set()
     while errs:
         x = errs.pop()
@@ -271,6 +272,4 @@ def _describe(e: Exception, tmp: Path, total: int) -> str:
                 f"{free / 2**20:.1f} MiB free); the partial write was removed, earlier checkpoints are kept"
             )
         errs += [x.__cause__, x.__context__]
-        if hasattr(x, "failures"):
-            errs += list(x.failures.values())
-    return f"{tmp}: save failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    return f"{tmp}: save failed ({one_line(e)})"

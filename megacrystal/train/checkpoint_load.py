@@ -17,7 +17,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from .checkpoint import TRAINER, CheckpointError
-from .checkpoint_dcp import PieceLoadPlanner, Pieces, SafeFileSystemReader
+from .checkpoint_dcp import PieceLoadPlanner, Pieces, SafeFileSystemReader, one_line
 from .checkpoint_files import trainer_meta
 from .checkpoint_layout import MODEL, global_shapes, local_pieces, model_dict, rng_pieces
 
@@ -65,9 +65,8 @@ def load_engine_state(
                 process_group=group,
                 no_dist=group is None,
             )
-    except Exception as e:
-        msg = str(e).replace("\n", " ")
-        raise CheckpointError(f"{path}: cannot load ({type(e).__name__}: {msg[:400]})") from None
+    except (Exception, dcp.api.CheckpointException) as e:
+        raise CheckpointError(f"{path}: cannot load ({one_line(e)})") from None
     _after_load(engine)
     if with_optimizer:
         engine.optimizer.step_count = int(meta.get("optimizer_step", meta.get("step", 0)))

@@ -19,10 +19,10 @@ import torch.distributed.checkpoint as dcp
 from ..config import ConfigError, ModelConfig
 from ..config.loading import coerce
 from ..model.padding import refit
-from ..model.serialization import CONFIG_FILE, find_model_dir, load_model, save_model, tokenizer_in
+from ..model.serialization import CONFIG_FILE, ModelFormatError, find_model_dir, load_model, save_model, tokenizer_in
 from ..model.transformer import serial_layout
 from .checkpoint import MANIFEST, TRAINER, CheckpointError
-from .checkpoint_dcp import PieceLoadPlanner, Pieces, SafeFileSystemReader
+from .checkpoint_dcp import PieceLoadPlanner, Pieces, SafeFileSystemReader, one_line
 from .checkpoint_files import find_resume_point, trainer_meta, verify
 from .checkpoint_layout import MODEL, Piece
 
@@ -41,15 +41,25 @@ def resolve_checkpoint(path) -> Path:
     raise CheckpointError(f"{p}: no checkpoint here (expected a step_N directory, checkpoints/ or a run directory)")
 
 
+def _consolidated(p: Path, dtype):
+    cfg, sd = load_model(p)
+    return cfg, ({k: v.to(dtype) for k, v in sd.items()} if dtype is not None else sd)
+
+
 def load_model_state(path, dtype: torch.dtype | None = None):
     """(resolved ModelConfig, serial state dict on CPU) from a DCP checkpoint, a run or `checkpoints/`
     directory (its newest intact checkpoint), or a consolidated model directory. Offline: no process
     group. Checksums are verified. `dtype`: default the run's parameter dtype (bf16 runs give bf16)."""
     p = Path(path)
     if (p / CONFIG_FILE).is_file() or ((p / "model" / CONFIG_FILE).is_file() and not (p / MANIFEST).is_file()):
-        cfg, sd = load_model(p)
-        return cfg, ({k: v.to(dtype) for k, v in sd.items()} if dtype is not None else sd)
-    ckpt = resolve_checkpoint(p)
+        return _consolidated(p, dtype)
+    try:
+        ckpt = resolve_checkpoint(p)
+    except CheckpointError as e:
+        try:  # no DCP checkpoint: a consolidated model a `latest` marker leads to (the old format's model/)
+            return _consolidated(p, dtype)
+        except ModelFormatError:
+            raise e from None
     problem = verify(ckpt)
     if problem:
         raise CheckpointError(problem)
@@ -64,8 +74,8 @@ def load_model_state(path, dtype: torch.dtype | None = None):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             dcp.load(state, storage_reader=SafeFileSystemReader(ckpt), planner=PieceLoadPlanner(), no_dist=True)
-    except Exception as e:
-        raise CheckpointError(f"{ckpt}: cannot load ({type(e).__name__}: {str(e).splitlines()[0][:300]})") from None
+    except (Exception, dcp.api.CheckpointException) as e:
+        raise CheckpointError(f"{ckpt}: cannot load ({one_line(e)})") from None
     out_dtype = dtype or (torch.bfloat16 if meta.get("precision") == "bf16" else torch.float32)
     sd = {}
     for n, (shape, true) in layout.items():
