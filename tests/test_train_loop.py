@@ -210,3 +210,28 @@ def test_a_tokenizer_larger_than_the_vocabulary_fails_fast(data_dir, tmp_path, c
     assert train_cli(["--config", str(cfg), "model.vocab_size=100"]) == 2
     assert "model.vocab_size: 100 is smaller than the tokenizer's" in capsys.readouterr().err
     assert not (tmp_path / "small_vocab" / "checkpoints").exists()
+
+
+def test_retention_fallback_past_a_damaged_checkpoint_and_init_from(data_dir, tmp_path):
+    run = tmp_path / "run"
+    cfg = run_config(data_dir, run, save_interval=1, keep_checkpoints=2)
+    assert train_cli(["--config", str(cfg), "train.max_steps=4"]) == 0
+    root = run / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step_00000003", "step_00000004"]
+    shard = root / "step_00000004" / "__0_0.distcp"
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 3] ^= 0x01
+    shard.write_bytes(bytes(raw))
+    first = read_metrics(run)
+    assert train_cli(["--config", str(cfg), "train.max_steps=4"]) == 0  # falls back to step 3, replays step 4
+    assert [r["step"] for r in read_metrics(run)] == [1, 2, 3, 4]
+    assert read_metrics(run)[3]["loss"] == first[3]["loss"]  # the replay is the same step
+    side = [json.loads(x) for x in (run / "metrics.superseded.jsonl").read_text().splitlines()]
+    assert side[0]["superseded_by_resume_at_step"] == 3 and side[1] == first[3]  # moved, not lost
+    names = sorted(p.name for p in root.iterdir())
+    assert names == ["latest", "step_00000003", "step_00000004", "step_00000004.replaced-1"]
+    new = tmp_path / "new"
+    ncfg = run_config(data_dir, new, init_from=str(run), init_optimizer=False)
+    assert train_cli(["--config", str(ncfg), "train.max_steps=1"]) == 0
+    # a new run (step 1, same first batch) from the trained weights: lower loss than the fresh start
+    assert read_metrics(new)[0]["step"] == 1 and read_metrics(new)[0]["loss"] < first[0]["loss"] - 0.1
