@@ -183,7 +183,7 @@ def render(s: dict) -> str:
     for name, v in s["sources"].items():
         epochs = max((f["epochs_built"] for f in v["files"]), default=0)
         lines.append(
-            f"  {name:<18}{v['kind']:<6}{v['train_tokens']:>14,} train tokens, {v['samples_built']:>9} "
+            f"  {name:<26}{v['kind']:<6}{v['train_tokens']:>16,} train tokens, {v['samples_built']:>9} "
             f"samples built, up to {epochs} epochs, {len(v['files'])} file(s)"
         )
     return "\n".join(lines)
