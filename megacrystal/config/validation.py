@@ -168,8 +168,9 @@ def _validate_blend(cfg: Config, i: int) -> None:
         _check(
             any(e.replay is None and e.fim_rate is None and d.sources[k].fim for k, e in entries.items()),
             cfg,
-            f"{where}.fim_rate: {ph.fim_rate} but no source of its blend opts in to FIM; FIM applies only to "
-            f"sources with `fim: true` (or give a blend entry its own fim_rate)",
+            f"{where}.fim_rate: {ph.fim_rate} but no source of its blend opts in to FIM; the phase's fim_rate "
+            f"applies only to sources with `fim: true` and no fim_rate of their own in the blend (`kind: code` "
+            f"alone no longer means FIM)",
         )
     _check(
         ph.save_interval is None or ph.save_interval >= 0,

@@ -183,3 +183,27 @@ def test_replay_config_errors(corpus, tmp_path, entry, message):
     phases = [dict(REPLAY_PHASES[0]), dict(REPLAY_PHASES[1], blend={"prose": 0.5, "again": entry})]
     with pytest.raises(ConfigError, match=message):
         make_config(corpus, tmp_path, phases=phases)
+
+
+def test_validation_sets_only_for_sources_a_phase_validates(corpus, tmp_path):
+    from megacrystal.data.loader import build_validation
+
+    phases = [dict(p, valid_sources=["prose"]) for p in REPLAY_PHASES]
+    cfg = make_config(corpus, tmp_path, phases=phases, valid_fraction=0.2)
+    assert set(build_validation(make_plan(cfg), str(tmp_path / "cache"))) == {"prose"}
+    phases[1] = dict(REPLAY_PHASES[1])  # a phase without valid_sources validates every source
+    cfg = make_config(corpus, tmp_path, phases=phases, valid_fraction=0.2)
+    assert set(build_validation(make_plan(cfg), str(tmp_path / "cache"))) == {"prose", "code", "snippets"}
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("abc", r"blend\.code: expected a number, got 'abc'"),
+        ({"weight": 1, "fim": 0.5}, r"unknown field 'data\.phases\[0\]\.blend\.code\.fim'"),
+        ({"weight": 1, "fim_rate": 1.5}, r"blend\.code\.fim_rate: expected 0\.\.1, got 1\.5"),
+    ],
+)
+def test_blend_entry_errors_name_the_field(corpus, tmp_path, value, message):
+    with pytest.raises(ConfigError, match=message):
+        make_config(corpus, tmp_path, phases=[{"name": "p", "steps": 2, "blend": {"code": value}}])
