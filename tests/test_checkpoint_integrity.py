@@ -289,3 +289,24 @@ def test_kill_9_during_async_saves_leaves_only_intact_checkpoints(tmp_path):
         assert verify(root / (root / "latest").read_text()) is None
         assert find_resume_point(out) is not None  # and the next start resumes from one
     assert hits >= 3, f"only {hits} of 4 kills landed inside a write"
+
+
+def test_every_checkpoint_read_in_the_package_is_weights_only():
+    """No torch.load without weights_only=True and no bare pickle.load anywhere in megacrystal/ (DCP's
+    tensor reads are weights_only; its metadata goes through the allow-list unpickler)."""
+    import re
+
+    bad = []
+    for path in (ROOT / "megacrystal").rglob("*.py"):
+        text = path.read_text()
+        for m in re.finditer(r"torch\.load\(", text):
+            depth, i = 1, m.end()
+            while depth and i < len(text):
+                depth += {"(": 1, ")": -1}.get(text[i], 0)
+                i += 1
+            call = text[m.start() : i]
+            if "weights_only=True" not in call:
+                bad.append(f"{path.relative_to(ROOT)}: {call}")
+        for m in re.finditer(r"pickle\.loads?\(", text):
+            bad.append(f"{path.relative_to(ROOT)}: {m.group(0)}")
+    assert not bad, bad

@@ -111,7 +111,7 @@ def read_metrics(out_dir: Path) -> list[dict]:
 
 def test_two_phases_metrics_checkpoint_and_export(data_dir, tmp_path):
     out = tmp_path / "run"
-    assert train_cli(["--config", str(run_config(data_dir, out))]) == 0
+    assert train_cli(["--config", str(run_config(data_dir, out)), "train.save_consolidated=true"]) == 0
     rows = read_metrics(out)
     assert [r["step"] for r in rows] == list(range(1, 9))
     assert [r["phase"] for r in rows] == ["language"] * 4 + ["code"] * 4
@@ -131,6 +131,12 @@ def test_two_phases_metrics_checkpoint_and_export(data_dir, tmp_path):
     assert (out / "checkpoints" / "latest").read_text() == "step_00000008"
     assert (ckpt / "manifest.json").is_file() and (ckpt / "trainer.json").is_file()
     assert not (ckpt / "model").exists()  # nobody gathers the model to save; export-hf reads the shards
+    from megacrystal.model.serialization import load_model
+    from megacrystal.train.checkpoint_io import load_model_state
+
+    _, consolidated = load_model(out / "model")  # train.save_consolidated: written once, at the end
+    _, sharded = load_model_state(ckpt)
+    assert all(torch.equal(consolidated[k], v) for k, v in sharded.items())
     from megacrystal.cli import main
 
     assert (
