@@ -15,6 +15,7 @@ MB/s: checkpoint bytes / load time (read + copy into the engine + all-gather of 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -25,13 +26,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.parallel_bench_util import record, spawn
 
-# demo: examples/demo.yaml's model (tiny preset, 4096 vocabulary). "1b-ish": the crystal-1b layer shape
-# (hidden 2048, 16 heads, ffn 5461, vocabulary 32032) with 4 of its 24 layers, 0.27 B parameters: its fp32
-# weights, gradients, Adam and async staging on 4 ranks (~10 GB) is what a 24 GiB box shared with other
-# jobs holds safely; the full 1.3 B model would need ~30 GB.
+# demo: examples/demo.yaml's model (tiny preset, 4096 vocabulary). "1b-ish": the crystal-1b shapes (hidden
+# 2048, 16 heads, ffn 5461, vocabulary 32032) with 2 of its 24 layers (pp2 needs an even count), 0.17 B
+# parameters. A 4-layer version (0.27 B) took ~5 GB per rank here (engine, gradients, staging, DCP read
+# buffers) and was OOM-killed on this 24 GiB box shared with other jobs.
 SHAPES = {
     "demo": ["model.preset=tiny", "model.vocab_size=4096", "model.max_seq_len=128"],
-    "1b-ish": ["model.preset=crystal-1b", "model.num_layers=4"],
+    "1b-ish": ["model.preset=crystal-1b", "model.num_layers=2"],
 }
 LAYOUT_A = ["parallel.tp=2", "parallel.distributed_optimizer=true"]
 LAYOUT_B = ["parallel.pp=2", "parallel.distributed_optimizer=true"]
@@ -73,6 +74,7 @@ def _save_side(shape, out, ckpt) -> dict:
     res = dict(params=engine.num_parameters())
     sync = Checkpointer(engine, f"{out}/sync", async_save=False)
     res["sync_save_s"] = _timed(lambda: sync.save(1, {}))
+    sync._cache.clear()  # one set of staging buffers at a time
     asy = Checkpointer(engine, f"{out}/async", async_save=True, group=sync.group)
     for i, key in enumerate(("async_first", "async_steady")):
         dist.barrier()
@@ -162,7 +164,8 @@ def main(argv=None) -> int:
         )
     if not args.no_record:
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-        path = record(f"checkpoint-cpu-{stamp}", dict(description=__doc__.split("\n\n", 1)[0], results=rows))
+        payload = dict(description=__doc__.split("\n\n", 1)[0], load_avg=os.getloadavg(), results=rows)
+        path = record(f"checkpoint-cpu-{stamp}", payload)
         print(f"recorded {path}")
     return 0
 
