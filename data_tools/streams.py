@@ -51,6 +51,7 @@ class ZstdFrames:
         self._frame_size: int | None = None
         self._buf = bytearray()
         self._eof = False
+        self._error: DamagedInput | None = None
 
     def _fill(self, need: int) -> None:
         while len(self._in) < need:
@@ -115,8 +116,16 @@ class ZstdFrames:
             self._at += len(chunk)
 
     def read(self, n: int) -> bytes:
-        while len(self._buf) < n and not self._eof:
-            self._step()
+        """Up to n bytes; b"" at the verified end. Bytes decoded before damage come first, the error next."""
+        if self._error is not None and not self._buf:
+            raise self._error
+        while len(self._buf) < n and not self._eof and self._error is None:
+            try:
+                self._step()
+            except DamagedInput as e:
+                if not self._buf:
+                    raise
+                self._error = e
         out = bytes(self._buf[:n])
         del self._buf[:n]
         return out
@@ -128,15 +137,31 @@ class ZstdFrames:
 class GzipChecked:
     """`read(n)` of a gzip stream whose decoder errors become `DamagedInput` (with the compressed offset)."""
 
+    PIECE = 1 << 16
+
     def __init__(self, raw, path: str):
         self.raw, self.path = raw, path
         self._f = gzip.GzipFile(fileobj=raw, mode="rb")
+        self._error: DamagedInput | None = None
 
     def read(self, n: int) -> bytes:
-        try:
-            return self._f.read(n)
-        except (OSError, EOFError, zlib.error) as e:
-            raise DamagedInput(self.path, f"compressed byte ~{self.raw.tell()}", f"gzip: {e}") from None
+        """Up to n bytes; b"" at the verified end. Bytes decoded before damage come first, the error next."""
+        if self._error is not None:
+            raise self._error
+        parts, got = [], 0
+        while got < n:
+            try:
+                piece = self._f.read(min(self.PIECE, n - got))
+            except (OSError, EOFError, zlib.error) as e:
+                self._error = DamagedInput(self.path, f"compressed byte ~{self.raw.tell()}", f"gzip: {e}")
+                if not parts:
+                    raise self._error from None
+                break
+            if not piece:
+                break
+            parts.append(piece)
+            got += len(piece)
+        return b"".join(parts)
 
     def close(self) -> None:
         self._f.close()
