@@ -40,7 +40,7 @@ from .megatron_flags import add_megatron_flags, refusal
 from .output_lock import OutputLock
 from .readers import CHUNK_BYTES, iter_tasks, verify_file
 from .streams import DamagedInput
-from .workers import Terminated, stop_pool, terminate_on_signals
+from .workers import Terminated, kill_workers, on_signals, stop_pool
 
 
 class PreprocessError(RuntimeError):
@@ -214,9 +214,19 @@ def preprocess(
             next_log = (docs // log_interval + 1) * log_interval
 
     pool = None
+    stop: list[int] = []  # the signal that asked this run to stop
+
+    def on_signal(signum: int) -> None:
+        if pool is None:  # no executor whose locks an exception could leave held
+            raise Terminated(signum)
+        if stop:  # a second signal: stop now (the next run on the prefix removes the *.tmp)
+            kill_workers(pool)
+            os._exit(128 + signum)
+        stop.append(signum)  # raised as Terminated once the task in hand returns (about a second)
+
     saved_env = {k: os.environ.get(k) for k in ("TOKENIZERS_PARALLELISM", "RAYON_NUM_THREADS")}
     try:
-        with terminate_on_signals(), OutputLock(output_prefix, writers.tmp_names()) as lock:
+        with on_signals(on_signal), OutputLock(output_prefix, writers.tmp_names()) as lock:
             clean = False
             try:
                 tasks = iter_tasks(files, chunk_bytes=chunk_bytes, admit=admit if skip_bad_files else None)
@@ -233,16 +243,20 @@ def preprocess(
                     )
                     window: deque = deque()
                     for task in tasks:
+                        if stop:
+                            raise Terminated(stop[0])
                         window.append(pool.submit(run_task, task))
                         if len(window) >= 2 * workers + 1:
                             consume(window.popleft().result())
-                    while window:
+                    while window and not stop:
                         consume(window.popleft().result())
+                if stop:
+                    raise Terminated(stop[0])
                 writers.finish()  # publishes: every input was read to its verified end
                 clean = True
             finally:
                 if pool is not None:
-                    stop_pool(pool, kill=not clean)  # on failure the workers are killed, not waited for
+                    stop_pool(pool)  # queued tasks are cancelled, the ones running finish (about a second)
                     set_parent_encoder(None)
                 if not clean:
                     writers.abort()

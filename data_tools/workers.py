@@ -1,8 +1,14 @@
 """Worker processes tied to the parent's life, and a parent that cleans up when it is signalled.
 
-    with terminate_on_signals():            # SIGTERM/SIGHUP -> Terminated (a SystemExit), so cleanup runs
-        pool = ...(initializer=worker_init) # each worker: die_with_parent(), SIGINT/SIGTERM left to the parent
-        stop_pool(pool, kill=True)          # on any failure: kill the workers now, then reap them
+    with on_signals(callback):          # SIGTERM/SIGHUP/SIGINT -> callback(signum) in the main thread
+        pool = ...(initializer=...)     # each worker: die_with_parent(), worker_signals()
+        stop_pool(pool)                 # cancel queued tasks, let the running ones return, reap
+
+The callback must not raise while a ProcessPoolExecutor is in use (an exception inside submit() or
+result() can leave its locks held), and workers must not be killed while the pool runs (a worker
+killed while sending a result leaves the pool's reader thread blocked on a half message forever):
+preprocess.py records the signal and raises `Terminated` when the task in hand returns; only a
+second signal kills the workers and exits at once.
 
 A worker asks the kernel to SIGKILL it when the parent dies (Linux prctl(PR_SET_PDEATHSIG)), so a
 SIGKILLed parent leaves no orphan; where that is not available a watchdog thread polls the parent
@@ -58,14 +64,14 @@ def worker_signals() -> None:
 
 
 @contextlib.contextmanager
-def terminate_on_signals(signals=(signal.SIGTERM, signal.SIGHUP)):
-    """Turn the signals into `Terminated` in the main thread for the duration (no-op in other threads)."""
+def on_signals(callback, signals=(signal.SIGTERM, signal.SIGHUP, signal.SIGINT)):
+    """Call `callback(signum)` on the signals, in the main thread, for the duration (no-op in other threads)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum, frame):
-        raise Terminated(signum)
+        callback(signum)
 
     saved = {s: signal.signal(s, handler) for s in signals}
     try:
@@ -75,13 +81,18 @@ def terminate_on_signals(signals=(signal.SIGTERM, signal.SIGHUP)):
             signal.signal(s, h)
 
 
-def stop_pool(pool, kill: bool, timeout: float = 30.0) -> None:
-    """Shut a ProcessPoolExecutor down; with `kill`, SIGKILL its workers first (their work is discarded)."""
+def kill_workers(pool) -> list:
+    """SIGKILL every worker of a ProcessPoolExecutor (their work is discarded); returns the processes."""
     procs = list((getattr(pool, "_processes", None) or {}).values())
-    if kill:
-        for p in procs:
-            with contextlib.suppress(Exception):
-                p.kill()
+    for p in procs:
+        with contextlib.suppress(Exception):
+            p.kill()
+    return procs
+
+
+def stop_pool(pool, timeout: float = 60.0) -> None:
+    """Shut a ProcessPoolExecutor down: queued tasks are cancelled, running ones finish, workers are reaped."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
     pool.shutdown(wait=True, cancel_futures=True)
     for p in procs:
         p.join(timeout)
