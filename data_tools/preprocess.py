@@ -31,13 +31,12 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-from megacrystal.data.indexed import IndexedDatasetWriter, merge
-
 from .code_tree import MAX_FILE_BYTES
 from .encode import Encoder, init_worker, run_task, set_parent_encoder
 from .inputs import expand_inputs
 from .megatron_flags import add_megatron_flags, refusal
 from .output_lock import OutputLock
+from .output_writers import OutputWriters, output_prefix_for
 from .readers import CHUNK_BYTES, iter_tasks, verify_file
 from .streams import DamagedInput
 from .workers import Terminated, kill_workers, on_signals, stop_pool
@@ -45,10 +44,6 @@ from .workers import Terminated, kill_workers, on_signals, stop_pool
 
 class PreprocessError(RuntimeError):
     """Preprocessing failed; the message says where. Nothing already written was replaced."""
-
-
-def output_prefix_for(prefix: str, key: str) -> str:
-    return f"{prefix}_{key}_document"
 
 
 def _progress(total_bytes: int, enabled: bool):
@@ -69,57 +64,6 @@ def _progress(total_bytes: int, enabled: bool):
         dynamic_ncols=True,
         mininterval=0.5,
     )
-
-
-class _Writers:
-    """One IndexedDatasetWriter per (partition, key); partitions are contiguous and finalized in order."""
-
-    def __init__(self, prefix: str, keys: Sequence[str], dtype, partitions: int):
-        self.prefix, self.keys, self.dtype, self.partitions = prefix, list(keys), dtype, partitions
-        self.current = -1
-        self.open: dict = {}
-        self.done: list[int] = []
-
-    def _name(self, part: int, key: str) -> str:
-        if self.partitions == 1:
-            return output_prefix_for(self.prefix, key)
-        return output_prefix_for(f"{self.prefix}_{part}", key)
-
-    def tmp_names(self) -> list[str]:
-        parts = [self._name(p, k) for p in range(self.partitions) for k in self.keys]
-        if self.partitions > 1:
-            parts += [output_prefix_for(self.prefix, k) for k in self.keys]
-        return [f"{p}{ext}.tmp" for p in parts for ext in (".bin", ".idx")] + [f"{self.prefix}_summary.json.tmp"]
-
-    def to_partition(self, part: int) -> None:
-        while self.current < part:
-            self._finalize_current()
-            self.current += 1
-            self.open = {k: IndexedDatasetWriter(self._name(self.current, k), dtype=self.dtype) for k in self.keys}
-
-    def _finalize_current(self) -> None:
-        for w in self.open.values():
-            w.finalize(publish=False)  # published together once all input was read
-        self.done += list(self.open.values())
-        self.open = {}
-
-    def write(self, arrays: dict) -> None:
-        for k, (flat, lengths) in arrays.items():
-            self.open[k].add_documents(flat, lengths)
-
-    def finish(self) -> None:
-        self.to_partition(self.partitions - 1)
-        self._finalize_current()
-        for w in self.done:
-            w.publish()
-        if self.partitions > 1:
-            for k in self.keys:
-                merge([self._name(p, k) for p in range(self.partitions)], output_prefix_for(self.prefix, k))
-
-    def abort(self) -> None:
-        for w in [*self.done, *self.open.values()]:
-            w.abort()
-        self.open, self.done = {}, []
 
 
 def preprocess(
@@ -172,7 +116,7 @@ def preprocess(
     parent = os.path.dirname(os.path.abspath(output_prefix))
     os.makedirs(parent, exist_ok=True)
 
-    writers = _Writers(output_prefix, keys, dtype, partitions)
+    writers = OutputWriters(output_prefix, keys, dtype, partitions)
     bad_files: list[dict] = []
 
     def admit(path: str, fmt: str) -> bool:
@@ -215,14 +159,15 @@ def preprocess(
 
     pool = None
     stop: list[int] = []  # the signal that asked this run to stop
+    publishing = False
 
     def on_signal(signum: int) -> None:
-        if pool is None:  # no executor whose locks an exception could leave held
-            raise Terminated(signum)
-        if stop:  # a second signal: stop now (the next run on the prefix removes the *.tmp)
+        if stop and pool is not None:  # a second signal: stop now (the next run removes the *.tmp)
             kill_workers(pool)
             os._exit(128 + signum)
-        stop.append(signum)  # raised as Terminated once the task in hand returns (about a second)
+        if pool is None and not publishing:  # no executor whose locks an exception could leave held
+            raise Terminated(signum)
+        stop.append(signum)  # raised once the task in hand returns (about a second); ignored while publishing
 
     saved_env = {k: os.environ.get(k) for k in ("TOKENIZERS_PARALLELISM", "RAYON_NUM_THREADS")}
     try:
@@ -252,6 +197,7 @@ def preprocess(
                         consume(window.popleft().result())
                 if stop:
                     raise Terminated(stop[0])
+                publishing = True  # a signal now lets the renames finish
                 writers.finish()  # publishes: every input was read to its verified end
                 clean = True
             finally:
