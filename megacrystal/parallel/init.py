@@ -81,5 +81,15 @@ def init_distributed(cfg: Config, timeout_s: float | None = None) -> tuple[Grid,
         timeout = timedelta(seconds=cfg.parallel.timeout_s if timeout_s is None else timeout_s)
         dist.init_process_group(backend, rank=rank, world_size=world, timeout=timeout, **kw)
     grid = build_grid(cfg)
-    get_logger("megacrystal.parallel").info(f"{grid.describe()} backend {grid.backend or 'none'} device {device}")
+    log = get_logger("megacrystal.parallel")
+    log.info(f"{grid.describe()} backend {grid.backend or 'none'} device {device}")
+    if (
+        rank == 0
+        and _env_int("TORCHELASTIC_MAX_RESTARTS", 0) > 0
+        and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    ):
+        log.warning(
+            "torchrun --max-restarts with its shared rendezvous store: restarted workers can read the previous "
+            "round's addresses and fail to connect; launch torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1"
+        )
     return grid, device
