@@ -20,6 +20,7 @@ from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .finite import SkipCounter, ensure_finite
 from .lr_schedule import Schedule
 from .metrics import MetricsWriter, flops_per_token, peak_flops
+from .phase_policy import phase_validation, save_due
 from .preemption import StopRequested, StopSignals
 from .watchdog import StepWatchdog
 
@@ -172,7 +173,7 @@ def _train(cfg: Config, stop: StopSignals, dog: StepWatchdog) -> dict:
             skipped_steps=skips.total + out["skipped"],
         )
         if t.eval_interval and valid and (step % t.eval_interval == 0 or step == total_steps):
-            record["valid_loss"] = evaluate(engine, valid, cfg, grid)
+            record["valid_loss"] = evaluate(engine, phase_validation(valid, schedule.phases[span.index]), cfg, grid)
         if step % t.log_interval == 0 or step == total_steps or out["skipped"]:
             metrics.write(record)
             if rank0 and out["skipped"]:
@@ -187,7 +188,7 @@ def _train(cfg: Config, stop: StopSignals, dog: StepWatchdog) -> dict:
                     f"grad_norm {out['grad_norm']:.3f} {tps:,.0f} tok/s mfu {record['mfu']:.3f}{extra}"
                 )
         skips.record(out["skipped"], step, span.name, out["loss"], out["grad_norm"])  # raises: too many in a row
-        if t.save_interval and step % t.save_interval == 0 and step < total_steps:
+        if save_due(step, span, schedule.phases[span.index], t.save_interval) and step < total_steps:
             save(step)
         if step < total_steps and stop.agreed(grid, device):  # every rank, the same step
             if step > last_saved:
