@@ -151,3 +151,40 @@ def test_compare_refuses_other_tokenizers_and_validation_sets(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and word in err[0] and bad in err[0]
     assert not (tmp_path / "no" / "compare.json").exists()
+
+
+def test_a_finished_run_is_reused_and_a_started_one_keeps_its_config(study_dir, capsys):
+    from megacrystal.study.jobs import Job
+
+    run = study_dir / "reuse" / "seed1"
+    job = Job("v/seed1", run, study_dir / "c.yaml", 12, ["--max-samples", "4"])
+    job.plan()
+    assert [s[3] for s in job.steps] == ["train", "eval"] and job.status == "todo"
+    ckpt = run / "checkpoints" / "step_00000006"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer.json").write_text(json.dumps({"step": 6}))
+    (run / "checkpoints" / "latest").write_text("step_00000006")
+    job.plan()
+    assert [s[3] for s in job.steps] == ["train", "eval"]  # resumes: the trainer continues from step 6
+    ckpt = run / "checkpoints" / "step_00000012"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer.json").write_text(json.dumps({"step": 12}))
+    (run / "checkpoints" / "latest").write_text("step_00000012")
+    job.plan()
+    assert (
+        [s[3] for s in job.steps] == ["eval"]
+        and job.status == "trained"
+        and job.steps[0][-2:] == ["--max-samples", "4"]
+    )
+    job.eval_file.parent.mkdir()
+    job.eval_file.write_text("{}")
+    job.plan()
+    assert job.steps == [] and job.status == "done"
+    # a run that has started is never silently given another config
+    study = study_dir / "study.yaml"
+    assert main(["study", "--config", str(study), "--dry-run"]) == 0
+    (study_dir / "runs" / "study" / "mixed" / "seed1").mkdir(parents=True)
+    capsys.readouterr()
+    assert main(["study", "--config", str(study), "--dry-run", "data.phases.0.steps=3"]) == 2
+    err = capsys.readouterr().err
+    assert "configs/mixed" in err and "different config" in err

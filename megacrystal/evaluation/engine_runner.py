@@ -91,19 +91,23 @@ class EvalRunner:
     # ------------------------------------------------------------------ generation
 
     @torch.no_grad()
-    def next_token(self, ids: list[int]) -> int:
-        """The argmax next token after `ids` (the last max_seq_len of them)."""
+    def logits(self, ids: list[int]) -> torch.Tensor:
+        """Next-token logits [vocab] after `ids` (the last max_seq_len of them), whole on every tp rank."""
         if self.grid.pp_size > 1:
             raise ValueError("generation needs parallel pp=1 (use tp and data-parallel ranks)")
         model = self.engine.chunks[0]
         model.eval()
         x = torch.tensor([list(ids)[-self.max_seq_len :]], device=self.device)
-        logits = model(tokens=x)[0, -1:]
+        out = model(tokens=x)[0, -1:]
         if self.grid.tp_size > 1:
             from ..parallel.tensor import gather_vocab
 
-            logits = gather_vocab(logits, self.grid.tp, self.vocab_size)
-        return int(logits[0, : self.vocab_size].float().argmax())
+            out = gather_vocab(out, self.grid.tp, self.vocab_size)
+        return out[0, : self.vocab_size].float()
+
+    def next_token(self, ids: list[int]) -> int:
+        """The greedy (argmax) next token after `ids`."""
+        return int(self.logits(ids).argmax())
 
     def map(self, items: list, fn, progress=None) -> list:
         """[fn(x) for x in items], each data-parallel replica doing every dp-th item; the results are
