@@ -188,3 +188,50 @@ def test_a_finished_run_is_reused_and_a_started_one_keeps_its_config(study_dir, 
     assert main(["study", "--config", str(study), "--dry-run", "data.phases.0.steps=3"]) == 2
     err = capsys.readouterr().err
     assert "configs/mixed" in err and "different config" in err
+
+
+def test_study_trains_evaluates_compares_and_reuses(study_dir, capsys):
+    """The whole command, shortened: 2 variants x 1 seed, 2 + 2 steps, in 2 parallel processes."""
+    out = study_dir / "runs" / "e2e"
+    spec = {
+        "base": "base.yaml",
+        "out_dir": str(out),
+        "variants": ["crystal", "mixed"],
+        "seeds": [3],
+        "overrides": [
+            "data.phases.0.steps=2",
+            "data.phases.1.steps=2",
+            "train.eval_interval=2",
+            "log.tensorboard=false",
+        ],
+        "eval_args": [
+            "--max-samples",
+            "4",
+            "--fim-examples",
+            "2",
+            "--completion-examples",
+            "2",
+            "--max-new-tokens",
+            "4",
+        ],
+        "jobs": 2,
+        "job_timeout_s": 600,
+    }
+    (study_dir / "e2e.yaml").write_text(yaml.safe_dump(spec))
+    assert main(["study", "--config", str(study_dir / "e2e.yaml")]) == 0
+    record = json.loads((out / "study.json").read_text())
+    assert record["parallel_jobs"] == 2 and {r["status"] for r in record["runs"].values()} == {"done"}
+    rows = {
+        v: json.loads((out / v / "seed3" / "metrics.jsonl").read_text().splitlines()[-1]) for v in ("crystal", "mixed")
+    }
+    assert rows["crystal"]["step"] == rows["mixed"]["step"] == 4
+    assert rows["crystal"]["samples_per_source"] == rows["mixed"]["samples_per_source"]  # what training really read
+    for v in ("crystal", "mixed"):
+        rep = json.loads((out / v / "seed3" / "eval" / "step_00000004.json").read_text())
+        assert set(rep["losses"]) == {"prose_a", "prose_b", "code_a", "code_b"}
+    table = (out / "compare" / "compare.md").read_text()
+    assert "| crystal | 1 |" in table and "| mixed | 1 |" in table
+    logs = {v: (out / v / "seed3" / "study.log").stat().st_size for v in ("crystal", "mixed")}
+    assert main(["study", "--config", str(study_dir / "e2e.yaml")]) == 0  # everything reused
+    assert {v: (out / v / "seed3" / "study.log").stat().st_size for v in logs} == logs
+    assert "2 already done, 0 to run" in capsys.readouterr().err
