@@ -159,22 +159,22 @@ def test_a_finished_run_is_reused_and_a_started_one_keeps_its_config(study_dir, 
     run = study_dir / "reuse" / "seed1"
     job = Job("v/seed1", run, study_dir / "c.yaml", 12, ["--max-samples", "4"])
     job.plan()
-    assert [s[3] for s in job.steps] == ["train", "eval"] and job.status == "todo"
+    assert [w for w, _ in job.steps] == ["train", "eval"] and job.status == "todo"
     ckpt = run / "checkpoints" / "step_00000006"
     ckpt.mkdir(parents=True)
     (ckpt / "trainer.json").write_text(json.dumps({"step": 6}))
     (run / "checkpoints" / "latest").write_text("step_00000006")
     job.plan()
-    assert [s[3] for s in job.steps] == ["train", "eval"]  # resumes: the trainer continues from step 6
+    assert [w for w, _ in job.steps] == ["train", "eval"]  # resumes: the trainer continues from step 6
     ckpt = run / "checkpoints" / "step_00000012"
     ckpt.mkdir(parents=True)
     (ckpt / "trainer.json").write_text(json.dumps({"step": 12}))
     (run / "checkpoints" / "latest").write_text("step_00000012")
     job.plan()
     assert (
-        [s[3] for s in job.steps] == ["eval"]
+        [w for w, _ in job.steps] == ["eval"]
         and job.status == "trained"
-        and job.steps[0][-2:] == ["--max-samples", "4"]
+        and job.steps[0][1][-2:] == ["--max-samples", "4"]
     )
     job.eval_file.parent.mkdir()
     job.eval_file.write_text("{}")

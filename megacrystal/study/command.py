@@ -70,7 +70,7 @@ def prepare(spec, cli_overrides: list[str], need_data: bool = True):
             d["data"]["cache_dir"] = d["data"].get("cache_dir") or str(out / "index_cache")
             cfg_path = out / "configs" / f"{v}_seed{seed}.yaml"
             _write_if_changed(cfg_path, yaml.safe_dump(d, sort_keys=False), run_dir)
-            jobs.append(Job(f"{v}/seed{seed}", run_dir, cfg_path, total, list(spec.eval_args)))
+            jobs.append(Job(f"{v}/seed{seed}", run_dir, cfg_path, total, list(spec.eval_args), list(spec.launcher)))
     return base, variants, jobs
 
 

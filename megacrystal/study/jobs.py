@@ -24,10 +24,11 @@ class Job:
     config: Path
     total_steps: int
     eval_args: list
+    launcher: list = field(default_factory=list)  # e.g. [torchrun, --nproc-per-node, 8]; default this python
     status: str = "todo"  # todo | trained | done | failed
     seconds: float = 0.0
     error: str | None = None
-    steps: list = field(default_factory=list)  # argv lists still to run
+    steps: list = field(default_factory=list)  # (what, argv) still to run: what is "train" or "eval"
 
     def trained_step(self) -> int | None:
         marker = self.run_dir / "checkpoints" / "latest"
@@ -45,15 +46,16 @@ class Job:
 
     def plan(self) -> None:
         """Decide what is left to do."""
-        cli = [sys.executable, "-m", "megacrystal.cli"]
+        cli = [*(self.launcher or [sys.executable]), "-m", "megacrystal.cli"]
         self.steps = []
         if self.trained_step() != self.total_steps:
-            self.steps.append([*cli, "train", "--config", str(self.config)])
+            self.steps.append(("train", [*cli, "train", "--config", str(self.config)]))
         if not self.eval_file.is_file():
-            self.steps.append([*cli, "eval", "--checkpoint", str(self.run_dir), "--no-progress", *self.eval_args])
-        self.status = (
-            "done" if not self.steps else ("trained" if len(self.steps) == 1 and "eval" in self.steps[0] else "todo")
-        )
+            self.steps.append(
+                ("eval", [*cli, "eval", "--checkpoint", str(self.run_dir), "--no-progress", *self.eval_args])
+            )
+        whats = [w for w, _ in self.steps]
+        self.status = "done" if not whats else ("trained" if whats == ["eval"] else "todo")
 
 
 def run_jobs(jobs: list[Job], n: int, threads: int, timeout_s: float, log=print) -> None:
@@ -69,12 +71,12 @@ def run_jobs(jobs: list[Job], n: int, threads: int, timeout_s: float, log=print)
     def start(job: Job, t0: float):
         job.run_dir.mkdir(parents=True, exist_ok=True)
         logf = open(job.run_dir / "study.log", "a")
-        argv = job.steps.pop(0)
+        what, argv = job.steps.pop(0)
         logf.write(f"\n$ {' '.join(argv)}\n")
         logf.flush()
         proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         running[proc.pid] = (job, proc, t0, logf)
-        log(f"study: {job.name}: {argv[3]} (pid {proc.pid})")
+        log(f"study: {job.name}: {what} (pid {proc.pid})")
 
     while pending or running:
         while pending and len(running) < n:

@@ -32,6 +32,7 @@ class StudySpec:
     jobs: int | str = "auto"
     threads_per_job: int = 1
     job_timeout_s: float = 3600.0
+    launcher: list = field(default_factory=list)
     source_file: str | None = None
 
     def num_jobs(self) -> int:
@@ -62,7 +63,7 @@ def read_spec(path: str, overrides: list[str] | None = None) -> StudySpec:
         raise ConfigError(f"{path}: unknown field {unknown[0]!r} (fields: {sorted(known)})")
     if "base" not in data:
         raise ConfigError(f"{path}: base: expected the run config the variants start from")
-    for k in ("variants", "seeds", "overrides", "eval_args"):
+    for k in ("variants", "seeds", "overrides", "eval_args", "launcher"):
         if k in data and not isinstance(data[k], list):
             raise ConfigError(f"{path}: {k}: expected a list, got {data[k]!r}")
     bad = [v for v in data.get("variants", VARIANTS) if v not in VARIANTS]
@@ -74,6 +75,7 @@ def read_spec(path: str, overrides: list[str] | None = None) -> StudySpec:
     spec.base = str((p.parent / spec.base) if not Path(spec.base).is_absolute() else Path(spec.base))
     spec.overrides = [str(o) for o in spec.overrides]
     spec.eval_args = [str(o) for o in spec.eval_args]
+    spec.launcher = [str(o) for o in spec.launcher]
     if spec.jobs != "auto" and (not isinstance(spec.jobs, int) or spec.jobs < 1):
         raise ConfigError(f"{path}: jobs: expected 'auto' or a positive integer, got {spec.jobs!r}")
     return spec
