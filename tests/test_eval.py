@@ -114,3 +114,13 @@ def test_eval_refuses_bad_input_in_one_line(tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nowhere" in err[0]
+
+
+def test_harness_option_without_the_harness_module_is_one_line(tmp_path, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("megacrystal.evaluation.harness") is not None:
+        pytest.skip("the lm-evaluation-harness bridge is installed; its own tests cover --harness")
+    assert main(["eval", "--checkpoint", str(tmp_path), "--harness", "hellaswag"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--harness" in err[0]
