@@ -13,6 +13,8 @@ pp = 1 (each replica decodes its share of the documents; tensor-parallel ranks d
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.distributed as dist
 
@@ -48,7 +50,7 @@ class EvalRunner:
             ),
         )
         self.grid, self.device = init_distributed(cfg)
-        self.engine = Engine(cfg, self.device, self.grid)
+        self.engine = Engine(cfg, self.device, self.grid, for_training=False)
         self.engine.load_full_model_state(state_dict)
         self.cfg = cfg
         self.micro_batch_size = micro_batch_size
@@ -129,8 +131,6 @@ class EvalRunner:
 
 
 def _env_world() -> int:
-    import os
-
     try:
         return int(os.environ.get("WORLD_SIZE", "1") or 1)
     except ValueError:
