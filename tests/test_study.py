@@ -40,8 +40,8 @@ def study_dir(tmp_path_factory):
                 "prose_a": src("prose_a", "nl"),
                 "prose_b": src("prose_b", "nl"),
                 "extra": src("empty", "nl", optional=True),
-                "code_a": src("code_a", "code"),
-                "code_b": src("code_b", "code"),
+                "code_a": src("code_a", "code", fim=True),
+                "code_b": src("code_b", "code", fim=True),
             },
             "phases": [
                 {
@@ -94,16 +94,23 @@ def test_variants_have_equal_tokens_per_source_by_data_inspect(study_dir, capsys
     for v in ("mixed", "sequential", "reversed"):
         assert totals[v] == totals["crystal"], v
     # what makes each variant itself
-    assert [x[:3] for x in shapes["crystal"]] == [("language", 7, 0.0), ("code", 5, 0.9)]
-    assert [x[:3] for x in shapes["reversed"]] == [("code", 5, 0.9), ("language", 7, 0.0)]
-    (mixed,) = shapes["mixed"]
-    code = {n: c for n, c in totals["crystal"][1].items() if n.startswith("code")}
+    assert [x[:2] for x in shapes["crystal"]] == [("language", 7), ("code", 5)]
+    assert [x[:2] for x in shapes["reversed"]] == [("code", 5), ("language", 7)]
+    assert [x[:2] for x in shapes["mixed"]] == [("mixed", 12)]
+    # every source's expected FIM samples are the same too (crystal: 0.9 of its phase-2 code samples)
+    from megacrystal.config import load_config
+    from megacrystal.study.variants import source_totals
+
+    fims = {}
+    for v in ("crystal", "mixed", "sequential", "reversed"):
+        cfg = load_config(str(configs / f"{v}.yaml"))
+        fims[v] = {k: round(f, 6) for k, (_, f) in source_totals(cfg.data.phases, 4).items()}
     crystal = _inspect(configs / "crystal.yaml", capsys)
-    code_2 = sum(x["samples"] for n, x in crystal["phases"][1]["sources"].items() if n.startswith("code")) * 32
-    assert mixed[2] == pytest.approx(0.9 * code_2 / sum(code.values()))  # the same FIM share of code
+    for src in ("code_a", "code_b"):
+        assert fims["crystal"][src] == pytest.approx(0.9 * crystal["phases"][1]["sources"][src]["samples"])
+    assert fims["mixed"] == fims["sequential"] == fims["reversed"] == fims["crystal"]
     seq = shapes["sequential"]
-    assert seq[0][3] == ["prose_a", "prose_b"] and seq[0][2] == 0.0
-    assert seq[1][3] == ["code_a", "code_b"] and seq[1][2] == pytest.approx(mixed[2])
+    assert seq[0][3] == ["prose_a", "prose_b"] and seq[1][3] == ["code_a", "code_b"]
     # one config per seed, differing in the seeds and the run directory only
     a = yaml.safe_load((configs / "mixed_seed1.yaml").read_text())
     b = yaml.safe_load((configs / "mixed_seed2.yaml").read_text())
@@ -183,11 +190,13 @@ def test_a_finished_run_is_reused_and_a_started_one_keeps_its_config(study_dir, 
     # a run that has started is never silently given another config
     study = study_dir / "study.yaml"
     assert main(["study", "--config", str(study), "--dry-run"]) == 0
-    (study_dir / "runs" / "study" / "mixed" / "seed1").mkdir(parents=True)
+    started = study_dir / "runs" / "study" / "mixed" / "seed1"
+    started.mkdir(parents=True)
+    (started / "metrics.jsonl").write_text("")
     capsys.readouterr()
     assert main(["study", "--config", str(study), "--dry-run", "data.phases.0.steps=3"]) == 2
     err = capsys.readouterr().err
-    assert "configs/mixed" in err and "different config" in err
+    assert "configs/mixed_seed1.yaml" in err and "different config" in err
 
 
 def test_study_trains_evaluates_compares_and_reuses(study_dir, capsys):

@@ -29,9 +29,13 @@ from .variants import source_totals, variant_config
 log = get_logger("megacrystal.study")
 
 
-def _write_if_changed(path: Path, text: str, run_dir: Path) -> None:
-    """Write a run config; refuse to change the config of a run that already started."""
-    if path.is_file() and path.read_text() != text and run_dir.exists():
+def _started(run_dir: Path | None) -> bool:
+    return run_dir is not None and ((run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists())
+
+
+def _write_if_changed(path: Path, text: str, run_dir: Path | None) -> None:
+    """Write a run config; refuse to change the config of a run that has started."""
+    if path.is_file() and path.read_text() != text and _started(run_dir):
         raise ConfigError(
             f"{path}: the study now gives this run a different config, but {run_dir} was trained with the "
             f"old one; use another out_dir (or move {run_dir} away) to start over"
@@ -60,7 +64,7 @@ def prepare(spec, cli_overrides: list[str], need_data: bool = True):
         vcfg = variant_config(base, v, plan)
         vcfg.train.out_dir = str(out / v)
         variants[v] = vcfg
-        _write_if_changed(out / "configs" / f"{v}.yaml", yaml.safe_dump(vcfg.to_dict(), sort_keys=False), out / v)
+        _write_if_changed(out / "configs" / f"{v}.yaml", yaml.safe_dump(vcfg.to_dict(), sort_keys=False), None)
         total = sum(p.steps for p in vcfg.data.phases)
         for seed in spec.seeds:
             d = vcfg.to_dict()
@@ -78,10 +82,17 @@ def describe(variants: dict) -> str:
     lines = []
     for v, cfg in variants.items():
         g = cfg.train.global_batch_size
+        parts = []
+        for p in cfg.data.phases:
+            tot = source_totals([p], g)
+            fim = sum(f for _, f in tot.values()) / max(1, sum(n for n, _ in tot.values()))
+            parts.append(f"{p.name} {p.steps} steps (FIM {fim:.1%} of samples)")
+        lines.append(f"{v:<11} " + ", ".join(parts))
         tot = source_totals(cfg.data.phases, g)
-        phases = ", ".join(f"{p.name} {p.steps} steps fim {p.fim_rate:.3f}" for p in cfg.data.phases)
-        lines.append(f"{v:<11} {phases}")
-        lines.append("            samples per source: " + ", ".join(f"{s} {n}" for s, n in sorted(tot.items())))
+        lines.append(
+            "            samples (FIM) per source: "
+            + ", ".join(f"{s} {n} ({f:.0f})" for s, (n, f) in sorted(tot.items()))
+        )
     return "\n".join(lines)
 
 
