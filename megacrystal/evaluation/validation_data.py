@@ -61,8 +61,7 @@ def from_config(cfg) -> EvalData:
         raise ConfigError(f"{where}data.valid_fraction: 0, so the config has no validation split to evaluate on")
     cfg = copy.deepcopy(cfg)
     for ph in cfg.data.phases:  # every source with held-out documents, whichever a phase validates in training
-        if hasattr(ph, "valid_sources"):
-            ph.valid_sources = None
+        ph.valid_sources = None
     plan = make_plan(cfg)
     plan.seed = EVAL_SEED  # the same held-out samples whatever the run's data.seed
     tok = load_tokenizer(d.tokenizer_type, d.tokenizer_model) if d.tokenizer_model else None
