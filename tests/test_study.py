@@ -148,7 +148,7 @@ def test_compare_refuses_other_tokenizers_and_validation_sets(tmp_path, capsys):
     capsys.readouterr()
     assert main(["compare", a, same, "--output", str(tmp_path / "ok"), "--format", ""]) == 0
     table = capsys.readouterr().out
-    assert "| a | 1 |" in table and "| same | 1 |" in table
+    assert "| a | 1 | eval |" in table and "| same | 1 | eval |" in table
     summary = json.loads((tmp_path / "ok" / "compare.json").read_text())
     assert (
         summary["groups"]["a"]["valid_loss"]["prose"]["mean"] == json.loads(open(a).read())["losses"]["prose"]["loss"]
@@ -239,7 +239,7 @@ def test_study_trains_evaluates_compares_and_reuses(study_dir, capsys):
         rep = json.loads((out / v / "seed3" / "eval" / "step_00000004.json").read_text())
         assert set(rep["losses"]) == {"prose_a", "prose_b", "code_a", "code_b"}
     table = (out / "compare" / "compare.md").read_text()
-    assert "| crystal | 1 |" in table and "| mixed | 1 |" in table
+    assert "| crystal | 1 | eval |" in table and "| mixed | 1 | eval |" in table
     logs = {v: (out / v / "seed3" / "study.log").stat().st_size for v in ("crystal", "mixed")}
     assert main(["study", "--config", str(study_dir / "e2e.yaml")]) == 0  # everything reused
     assert {v: (out / v / "seed3" / "study.log").stat().st_size for v in logs} == logs

@@ -7,6 +7,9 @@ is one) or an eval JSON. Runs named `seedN` are grouped under their parent direc
 spread over the seeds); other runs are their own group. Inputs measured with different tokenizers or on
 different validation sets are refused: their losses are not comparable.
 
+Final per-source losses come from the eval report (all held-out samples) or, without one, from the last
+validation in metrics.jsonl (train.eval_iters batches); the "loss from" column says which.
+
 Writes DIR/compare.json, DIR/compare.md (the table printed on the console) and DIR/valid_loss.svg/png
 (per-source validation loss vs tokens, one panel per source, phase boundaries marked; needs
 matplotlib: pip install 'megacrystal[plot]').
@@ -173,7 +176,8 @@ def summarize(records: list[RunRecord]) -> dict:
     sources = sorted({s for r in records for s in r.final_losses()})
     out = {"sources": sources, "groups": {}}
     for label, rs in groups.items():
-        g = {"runs": [r.path for r in rs], "valid_loss": {}, "tokens": {}, "scores": {}}
+        kinds = sorted({"eval" if r.report and r.report.get("losses") else "training" for r in rs})
+        g = {"runs": [r.path for r in rs], "loss_from": "+".join(kinds), "valid_loss": {}, "tokens": {}, "scores": {}}
         for s in sources:
             g["valid_loss"][s] = _stats([r.final_losses().get(s) for r in rs])
             g["tokens"][s] = _stats([r.tokens_per_source().get(s) for r in rs])
@@ -198,10 +202,10 @@ def render_table(summary: dict) -> str:
         ("completion_exact_match", "next-line EM"),
         ("completion_edit_similarity", "next-line ES"),
     ]
-    head = ["run", "seeds", *[f"loss {s}" for s in srcs], *[t for _, t in score_cols]]
+    head = ["run", "seeds", "loss from", *[f"loss {s}" for s in srcs], *[t for _, t in score_cols]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, g in summary["groups"].items():
-        cells = [label, str(len(g["runs"]))]
+        cells = [label, str(len(g["runs"])), g["loss_from"]]
         cells += [_cell(g["valid_loss"][s]) for s in srcs]
         cells += [_cell(g["scores"].get(k)) for k, _ in score_cols]
         lines.append("| " + " | ".join(cells) + " |")
