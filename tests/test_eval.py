@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from megacrystal.cli import main
 from megacrystal.data.indexed import write_documents
 from megacrystal.evaluation.completion_scoring import score_completion
+from megacrystal.evaluation.decoding import one_at_a_time
 from megacrystal.evaluation.documents import sample_code_documents
 from megacrystal.evaluation.fim_scoring import score_fim
 from megacrystal.evaluation.text_metrics import edit_similarity, levenshtein, line_scores
@@ -45,8 +46,8 @@ def test_edit_similarity_and_line_scores():
 def test_fim_exact_match_is_one_for_a_model_that_knows_the_middle_and_zero_for_one_that_never_fills(tok, code_file):
     docs = sample_code_documents([("code", code_file, np.arange(len(CODE_DOCS)))], tok, 8, seed=3)
     assert len(docs) == len(CODE_DOCS)  # every document has >= 3 non-blank lines
-    good = score_fim(docs, tok, LookupModel(tok, CODE_DOCS), max_seq_len=128, max_new_tokens=24, seed=3)
-    bad = score_fim(docs, tok, SilentModel(tok), max_seq_len=128, max_new_tokens=24, seed=3)
+    good = score_fim(docs, tok, one_at_a_time(LookupModel(tok, CODE_DOCS)), max_seq_len=128, max_new_tokens=24, seed=3)
+    bad = score_fim(docs, tok, one_at_a_time(SilentModel(tok)), max_seq_len=128, max_new_tokens=24, seed=3)
     for mode in ("psm", "spm"):
         assert good[mode]["n"] == len(CODE_DOCS)
         assert good[mode]["exact_match"] == 1.0 and good[mode]["edit_similarity"] == 1.0
@@ -58,8 +59,10 @@ def test_fim_exact_match_is_one_for_a_model_that_knows_the_middle_and_zero_for_o
 
 def test_completion_exact_match_one_and_zero(tok, code_file):
     docs = sample_code_documents([("code", code_file, np.arange(len(CODE_DOCS)))], tok, 8, seed=5)
-    good = score_completion(docs, tok, LookupModel(tok, CODE_DOCS), max_seq_len=128, max_new_tokens=24, seed=5)
-    bad = score_completion(docs, tok, SilentModel(tok), max_seq_len=128, max_new_tokens=24, seed=5)
+    good = score_completion(
+        docs, tok, one_at_a_time(LookupModel(tok, CODE_DOCS)), max_seq_len=128, max_new_tokens=24, seed=5
+    )
+    bad = score_completion(docs, tok, one_at_a_time(SilentModel(tok)), max_seq_len=128, max_new_tokens=24, seed=5)
     assert good["n"] == len(CODE_DOCS) and good["exact_match"] == 1.0
     assert bad["exact_match"] == 0.0
 
@@ -124,3 +127,20 @@ def test_harness_option_without_the_harness_module_is_one_line(tmp_path, capsys)
     assert main(["eval", "--checkpoint", str(tmp_path), "--harness", "hellaswag"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--harness" in err[0]
+
+
+def test_batched_decoding_reads_each_sequence_at_its_own_end():
+    """Right padding is exact under causal attention: a batch of prompts of different lengths gives
+    each one's logits alone (fp32; 1e-5 as the other engine-vs-serial checks)."""
+    from megacrystal.evaluation.engine_runner import EvalRunner
+
+    cfg, model = tiny_model(seed=3, vocab_size=300, max_seq_len=32)
+    runner = EvalRunner(cfg, model.state_dict(), micro_batch_size=2, precision="fp32", device="cpu")
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(0, 300, (n,), generator=g).tolist() for n in (5, 17, 1, 32)]
+    batched = runner.last_logits(prompts).double()
+    with torch.no_grad():
+        for i, p in enumerate(prompts):
+            alone = model(torch.tensor([p]))[0, -1, : cfg.vocab_size].double()
+            assert float((batched[i] - alone).norm() / alone.norm()) <= 1e-5, i
+    assert runner.next_tokens(prompts) == batched.argmax(-1).tolist()

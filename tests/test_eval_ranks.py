@@ -57,7 +57,7 @@ def _on_ranks(rank, world, layouts):
             s, c = r.loss(samples[i : i + r.global_batch])
             total, count = total + s, count + c
         logits = r.logits(prompt).double() if pp == 1 else None
-        spread = r.map(list(range(7)), lambda x, r=r: (x * x, r.grid.dp_rank)) if pp == 1 else None
+        spread = r.map(list(range(7)), lambda xs, r=r: [(x * x, r.grid.dp_rank) for x in xs], 2) if pp == 1 else None
         out.append(dict(layout=(tp, pp), loss=total / count, count=count, logits=logits, spread=spread))
     return out
 

@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0, help="document sample and scored lines")
     ap.add_argument("--tp", type=int, default=1)
     ap.add_argument("--pp", type=int, default=1)
-    ap.add_argument("--micro-batch-size", type=int, default=8)
+    ap.add_argument("--micro-batch-size", type=int, default=8, help="samples per forward for the losses")
+    ap.add_argument("--generation-batch-size", type=int, default=16, help="prompts decoded together")
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="auto: bf16 on GPU")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--output", help="JSON path (default RUN/eval/step_N.json for a run's checkpoint)")
@@ -190,11 +191,12 @@ def evaluate(a) -> dict | None:
         report["fim"] = score_fim(
             docs,
             tok,
-            runner.next_token,
+            runner.next_tokens,
             runner.max_seq_len,
             a.max_new_tokens,
             a.seed,
             a.fim_examples,
+            batch_size=a.generation_batch_size,
             mapper=runner.map,
             progress=bar.update,
         )
@@ -204,11 +206,12 @@ def evaluate(a) -> dict | None:
         report["completion"] = score_completion(
             docs,
             tok,
-            runner.next_token,
+            runner.next_tokens,
             runner.max_seq_len,
             a.max_new_tokens,
             a.seed,
             a.completion_examples,
+            batch_size=a.generation_batch_size,
             mapper=runner.map,
             progress=bar.update,
         )

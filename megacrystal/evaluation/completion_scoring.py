@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .decoding import greedy
+from .decoding import greedy_batch
 from .documents import CodeDocument, pick_line, spread_tasks
-from .fim_scoring import _loop, summarize
+from .fim_scoring import local_map, summarize
 from .text_metrics import line_scores
 
 COMPLETION_SALT = 11
@@ -31,11 +31,12 @@ def completion_prompt(tok, prefix: str, budget: int) -> list[int]:
 def score_completion(
     docs: list[CodeDocument],
     tok,
-    next_token,
+    next_tokens,
     max_seq_len: int,
     max_new_tokens: int = 32,
     seed: int = 0,
     examples: int | None = None,
+    batch_size: int = 16,
     mapper=None,
     progress=None,
 ) -> dict:
@@ -56,13 +57,13 @@ def score_completion(
 
     tasks = spread_tasks(docs, len(docs) if examples is None else examples, make)
 
-    def run(task):
-        prefix, target = task.prefix, task.target
-        new = greedy(next_token, completion_prompt(tok, prefix, budget), max_new_tokens, [tok.eod], tok.decode, True)
-        pred = tok.decode(new)
-        return dict(line_scores(pred, target), prediction=pred)
+    def run(batch):
+        prompts = [completion_prompt(tok, t.prefix, budget) for t in batch]
+        news = greedy_batch(next_tokens, prompts, max_new_tokens, [tok.eod], tok.decode, stop_at_newline=True)
+        preds = [tok.decode(n) for n in news]
+        return [dict(line_scores(p, t.target), prediction=p) for t, p in zip(batch, preds, strict=True)]
 
-    results = mapper(tasks, run, progress) if mapper else _loop(tasks, run, progress)
+    results = (mapper or local_map)(tasks, run, batch_size, progress)
     out = summarize(results)
     out["examples"] = [
         dict(

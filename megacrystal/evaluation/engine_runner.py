@@ -3,8 +3,8 @@ loaded with consolidated weights, asked only for forward passes.
 
     runner = EvalRunner(model_cfg, state_dict, tp=1, pp=1, micro_batch_size=8, precision="fp32", device="auto")
     loss_sum, tokens = runner.loss(samples)        # token-summed masked loss over the global batch
-    next_id = runner.next_token(ids)               # greedy next token (tp gathers the vocabulary shards)
-    results = runner.map(tasks, fn)                # work split over data-parallel replicas, gathered
+    ids = runner.next_tokens(batch)                # greedy next tokens (tp gathers the vocabulary shards)
+    results = runner.map(tasks, fn, batch_size)    # batches split over data-parallel replicas, gathered
 
 Launched by torchrun it uses the world torchrun gives (dp = world / (tp x pp)); otherwise it is a
 world of one. The loss is the engine's `eval_loss`, i.e. exactly the training loss; generation needs
@@ -94,32 +94,52 @@ class EvalRunner:
 
     @torch.no_grad()
     def logits(self, ids: list[int]) -> torch.Tensor:
-        """Next-token logits [vocab] after `ids` (the last max_seq_len of them), whole on every tp rank."""
+        """Next-token logits [vocab] after `ids`, whole on every tp rank."""
+        return self.last_logits([ids])[0]
+
+    @torch.no_grad()
+    def last_logits(self, batch: list[list[int]]) -> torch.Tensor:
+        """Next-token logits [len(batch), vocab] after each sequence (each at most max_seq_len long):
+        one forward over the batch right-padded to its longest sequence (causal attention: a position
+        never sees the padding after it)."""
         if self.grid.pp_size > 1:
             raise ValueError("generation needs parallel pp=1 (use tp and data-parallel ranks)")
+        lengths = [len(x) for x in batch]
+        if min(lengths) < 1 or max(lengths) > self.max_seq_len:
+            raise ValueError(
+                f"generation: sequence lengths {min(lengths)}..{max(lengths)}, expected 1..{self.max_seq_len}"
+            )
+        width = max(lengths)
+        x = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, ids in enumerate(batch):
+            x[i, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
         model = self.engine.chunks[0]
         model.eval()
-        x = torch.tensor([list(ids)[-self.max_seq_len :]], device=self.device)
-        out = model(tokens=x)[0, -1:]
+        out = model(tokens=x.to(self.device))
+        last = out[torch.arange(len(batch), device=out.device), torch.as_tensor(lengths, device=out.device) - 1]
         if self.grid.tp_size > 1:
             from ..parallel.tensor import gather_vocab
 
-            out = gather_vocab(out, self.grid.tp, self.vocab_size)
-        return out[0, : self.vocab_size].float()
+            last = gather_vocab(last, self.grid.tp, self.vocab_size)
+        return last[:, : self.vocab_size].float()
 
-    def next_token(self, ids: list[int]) -> int:
-        """The greedy (argmax) next token after `ids`."""
-        return int(self.logits(ids).argmax())
+    def next_tokens(self, batch: list[list[int]]) -> list[int]:
+        """The greedy (argmax) next token after each sequence."""
+        return self.last_logits(batch).argmax(dim=-1).tolist()
 
-    def map(self, items: list, fn, progress=None) -> list:
-        """[fn(x) for x in items], each data-parallel replica doing every dp-th item; the results are
-        gathered on every rank. `progress(n)` is called as items finish (rank 0 only)."""
+    def map(self, items: list, fn, batch_size: int = 16, progress=None) -> list:
+        """fn over `items` in batches (fn: list -> list of results), each data-parallel replica taking
+        every dp-th item; the results are gathered on every rank, in order. `progress(n)` is called as
+        items finish (rank 0 only)."""
         g = self.grid
+        mine = list(range(g.dp_rank, len(items), g.dp_size))
         local = {}
-        for i in range(g.dp_rank, len(items), g.dp_size):
-            local[i] = fn(items[i])
+        for k in range(0, len(mine), batch_size):
+            idx = mine[k : k + batch_size]
+            for i, r in zip(idx, fn([items[i] for i in idx]), strict=True):
+                local[i] = r
             if progress is not None and self.is_main:
-                progress(g.dp_size)
+                progress(len(idx) * g.dp_size)
         if g.world_size == 1:
             return [local[i] for i in range(len(items))]
         everyone = [None] * g.world_size

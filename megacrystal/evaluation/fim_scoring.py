@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .decoding import greedy
+from .decoding import greedy_batch
 from .documents import CodeDocument, pick_line, spread_tasks
 from .text_metrics import line_scores
 
@@ -70,18 +70,20 @@ def fim_token_problem(tok) -> str | None:
 def score_fim(
     docs: list[CodeDocument],
     tok,
-    next_token,
+    next_tokens,
     max_seq_len: int,
     max_new_tokens: int = 32,
     seed: int = 0,
     examples: int | None = None,
     modes=MODES,
+    batch_size: int = 16,
     mapper=None,
     progress=None,
 ) -> dict:
     """{mode: {exact_match, edit_similarity, n}, "examples": [...]}: `examples` lines (default one per
-    document) spread over the documents (several lines of a document when there are fewer documents). `next_token(ids) -> id` is the model; `mapper(items, fn, progress)` may spread the
-    work over ranks (default: a plain loop)."""
+    document) spread over the documents (several lines of a document when there are fewer documents).
+    `next_tokens(batch of id lists) -> ids` is the model (greedy); `mapper(items, fn, batch_size,
+    progress)` may spread the work over ranks (default: batches in this process)."""
     problem = fim_token_problem(tok)
     if problem:
         raise ValueError(problem)
@@ -93,14 +95,13 @@ def score_fim(
     stops = [tok.eod] + [v for k, v in tok.special.items() if k.startswith("fim_")]
     jobs = [(t, m) for t in tasks for m in modes]
 
-    def run(job):
-        task, mode = job
-        prompt = fim_prompt(tok, task.prefix, task.suffix, mode, budget)
-        new = greedy(next_token, prompt, max_new_tokens, stops, tok.decode, stop_at_newline=True)
-        pred = tok.decode(new)
-        return dict(line_scores(pred, task.middle), prediction=pred)
+    def run(batch):
+        prompts = [fim_prompt(tok, t.prefix, t.suffix, mode, budget) for t, mode in batch]
+        news = greedy_batch(next_tokens, prompts, max_new_tokens, stops, tok.decode, stop_at_newline=True)
+        preds = [tok.decode(n) for n in news]
+        return [dict(line_scores(p, t.middle), prediction=p) for (t, _), p in zip(batch, preds, strict=True)]
 
-    results = mapper(jobs, run, progress) if mapper else _loop(jobs, run, progress)
+    results = (mapper or local_map)(jobs, run, batch_size, progress)
     out: dict = {}
     for mode in modes:
         rs = [r for (_, m), r in zip(jobs, results, strict=True) if m == mode]
@@ -129,10 +130,12 @@ def summarize(rs: list[dict]) -> dict:
     }
 
 
-def _loop(items, fn, progress):
+def local_map(items: list, fn, batch_size: int, progress=None) -> list:
+    """fn over `items` in batches (fn takes a list, returns a list of the same length)."""
     out = []
-    for x in items:
-        out.append(fn(x))
+    for i in range(0, len(items), batch_size):
+        chunk = items[i : i + batch_size]
+        out.extend(fn(chunk))
         if progress is not None:
-            progress(1)
+            progress(len(chunk))
     return out

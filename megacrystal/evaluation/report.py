@@ -60,13 +60,13 @@ def render(report: dict) -> str:
                 v = fim[mode]
                 lines.append(
                     f"  FIM {mode.upper()}: exact match {_fmt(v['exact_match'], '.3f')}, edit similarity "
-                    f"{_fmt(v['edit_similarity'], '.3f')} over {v['n']} documents"
+                    f"{_fmt(v['edit_similarity'], '.3f')} over {v['n']} lines"
                 )
     comp = report.get("completion")
     if comp:
         lines.append(
             f"  completion (next line): exact match {_fmt(comp['exact_match'], '.3f')}, edit similarity "
-            f"{_fmt(comp['edit_similarity'], '.3f')} over {comp['n']} documents"
+            f"{_fmt(comp['edit_similarity'], '.3f')} over {comp['n']} lines"
         )
     lines.append(f"  ({report.get('elapsed_s', 0):.1f} s)")
     return "\n".join(lines)
