@@ -132,8 +132,8 @@ def _default_output(a, loaded) -> Path | None:
     return None
 
 
-def evaluate(a) -> dict | None:
-    """Run the evaluation; returns the report on rank 0 (None elsewhere)."""
+def evaluate(a, loaded=None) -> dict | None:
+    """Run the evaluation (of `loaded`, else of --checkpoint); returns the report on rank 0 (None elsewhere)."""
     import torch
 
     from ..model.transformer import count_parameters
@@ -145,7 +145,7 @@ def evaluate(a) -> dict | None:
     from .validation_data import tokenizer_fingerprint
 
     t0 = time.perf_counter()
-    loaded = load_for_eval(a.checkpoint)
+    loaded = loaded or load_for_eval(a.checkpoint)
     tok = load_tokenizer(None, loaded.tokenizer_path) if loaded.tokenizer_path else None
     if tok is None and (a.fim_examples or a.completion_examples):
         raise ValueError(f"{a.checkpoint}: no tokenizer saved with the model (needed for FIM/completion)")
@@ -246,10 +246,15 @@ def main(argv=None) -> int:
     from .report import render, write_json
 
     try:
-        out = _default_output(a, load_for_eval(a.checkpoint)) if not a.output else Path(a.output)
+        if a.output and Path(a.output).exists() and not a.force:
+            raise ValueError(
+                f"{a.output}: exists (an earlier evaluation); pass --force to replace it or --output elsewhere"
+            )
+        loaded = load_for_eval(a.checkpoint)
+        out = _default_output(a, loaded)
         if out is not None and out.exists() and not a.force:
             raise ValueError(f"{out}: exists (an earlier evaluation); pass --force to replace it or --output elsewhere")
-        report = evaluate(a)
+        report = evaluate(a, loaded)
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"megacrystal eval: {e}", file=sys.stderr)
         return 2
