@@ -40,7 +40,11 @@ FORMAT = "megacrystal-engine/1"
 
 
 class Engine:
-    def __init__(self, cfg: Config, device: torch.device | None = None, grid: Grid | None = None):
+    def __init__(
+        self, cfg: Config, device: torch.device | None = None, grid: Grid | None = None, for_training: bool = True
+    ):
+        """`for_training=False`: forward passes only (eval_loss, evaluation), no gradient buffers or
+        optimizer state allocated."""
         if cfg.model.num_heads is None:
             cfg.model = cfg.model.resolve()
         self.cfg = cfg
@@ -64,6 +68,18 @@ class Engine:
                         p._mc_sequence_parallel = True
         named = [(n, p) for m in self.chunks for n, p in m.named_parameters()]
         self._names = {id(p): n for n, p in named}
+        self.buffers = self.optimizer = None
+        if for_training:
+            self._build_training_state(named)
+        self.rng = RNGStreams(cfg.train.seed, g.tp_rank, self.device)
+        P2P.connect(g, self.device)
+        self.trace: list | None = None  # set to a list to record compute intervals
+        self._batches: list = []
+        self._loss_acc = None
+        self._scale = 1.0
+
+    def _build_training_state(self, named: list) -> None:
+        par, g = self.cfg.parallel, self.grid
         self.buffers = GradBuffers(
             named,
             g,
@@ -71,20 +87,14 @@ class Engine:
             distributed=par.distributed_optimizer,
             overlap=par.overlap_grad_reduce,
             contiguous_params=par.distributed_optimizer,
-            tied=tied_embedding_params(self.chunks, cfg.model, g),
+            tied=tied_embedding_params(self.chunks, self.cfg.model, g),
         )
         groups = self._param_groups()
-        o = cfg.optim
+        o = self.cfg.optim
         if par.distributed_optimizer:
             self.optimizer = DistributedOptimizer(self.buffers, groups, o.beta1, o.beta2, o.eps)
         else:
             self.optimizer = AdamW(groups, o.beta1, o.beta2, o.eps, names=self._names)
-        self.rng = RNGStreams(cfg.train.seed, g.tp_rank, self.device)
-        P2P.connect(g, self.device)
-        self.trace: list | None = None  # set to a list to record compute intervals
-        self._batches: list = []
-        self._loss_acc = None
-        self._scale = 1.0
 
     # ------------------------------------------------------------------ helpers
 
@@ -351,7 +361,8 @@ class Engine:
                 full = refit(sd[key], true_shape(p), full_shape(p))
                 shard = p._mc_shard(full) if hasattr(p, "_mc_shard") else full
                 p.copy_(shard.to(device=p.device, dtype=p.dtype))
-        self.optimizer.reload_masters()
+        if self.optimizer is not None:
+            self.optimizer.reload_masters()
 
 
 @contextlib.contextmanager
