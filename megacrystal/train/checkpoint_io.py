@@ -96,7 +96,8 @@ class Checkpointer:
         self.root = Path(out_dir) / "checkpoints"
         self.async_save = async_save
         self.tokenizer_path = tokenizer_path
-        self.group = checkpoint_group() if group == "new" else group
+        timeout = float(getattr(engine.cfg.parallel, "timeout_s", 1800.0) or 1800.0)
+        self.group = checkpoint_group(timeout) if group == "new" else group  # bounded like every other group
         self.rank = _rank(self.group)
         self.protect: tuple = ()  # paths retention never removes (the checkpoint resumed from)
         self.keep, self.keep_every = 0, 0
