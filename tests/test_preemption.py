@@ -146,7 +146,9 @@ def test_a_rank_killed_under_torchrun_max_restarts_resumes_from_the_last_checkpo
     out = tmp_path / "kill9"
     cfg = run_config(data_dir, out, save_interval=3, eval_interval=0)
     proc = Proc(["--config", str(cfg)], torchrun=2, restarts=1)
-    proc.wait_for(lambda: logged_steps(out) >= 4, "step 4")
+    # checkpoints are written in the background: kill once step 3's is committed (`latest` names it)
+    committed = out / "checkpoints" / "latest"
+    proc.wait_for(lambda: logged_steps(out) >= 4 and committed.exists(), "step 4 and step 3's checkpoint")
     os.kill(proc.workers()[1], signal.SIGKILL)
     assert proc.finish() == 0, proc.err[-3000:]
     resumed = [x for x in proc.lines if "resumed from" in x]
