@@ -2,7 +2,8 @@
 
 The native build is optional at install time: with no compiler or CMake the package still
 installs and the data layer uses its numpy fallback (it says so once in the log).
-CUDA kernels are built by the same CMake project when `nvcc` is found (MEGACRYSTAL_CUDA=0 disables).
+The CUDA kernels (kernels/cuda/) are built by the same CMake project only when asked:
+MEGACRYSTAL_CUDA=1 pip install -e . (or afterwards: python -m megacrystal.cuda_build).
 """
 
 import os
@@ -44,7 +45,7 @@ class CMakeBuild(build_ext):
                 f"-DMEGACRYSTAL_NATIVE_OUTPUT_DIR={out.parent}",
                 f"-DMEGACRYSTAL_NATIVE_OUTPUT_NAME={out.name}",
                 "-DCMAKE_BUILD_TYPE=Release",
-                f"-DMEGACRYSTAL_CUDA={os.environ.get('MEGACRYSTAL_CUDA', 'AUTO')}",
+                f"-DMEGACRYSTAL_CUDA={os.environ.get('MEGACRYSTAL_CUDA', '0')}",
             ]
             subprocess.run(args, cwd=build_dir, check=True)
             subprocess.run([cmake, "--build", ".", "--parallel", str(os.cpu_count() or 2)], cwd=build_dir, check=True)

@@ -93,6 +93,7 @@ class ModelConfig:
     attention_backend: str = "auto"  # auto | flash | sdpa | math
     use_apex_norm: bool = False
     document_mask: bool = False  # attention does not cross EOD boundaries
+    grad_accum_fusion: str = "auto"  # auto | on | off | torch | cuda (weight grad GEMM into fp32 main_grad)
 
     def resolve(self) -> ModelConfig:
         """Fill unset fields from the preset (sizes) and the family (traits)."""
@@ -204,6 +205,7 @@ class OptimConfig:
     eps: float = 1e-9
     weight_decay: float = 0.1
     clip_grad: float = 1.0
+    impl: str = "auto"  # auto | torch | cuda (fused AdamW kernel over the flat buffers)
 
 
 @dataclass

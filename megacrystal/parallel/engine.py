@@ -21,11 +21,14 @@ import torch
 import torch.distributed as dist
 
 from ..config import Config, validate_config
+from ..cuda_select import resolve_grad_accum_fusion, resolve_optim_impl
+from ..model import wgrad_fusion
 from ..model.layers import SerialLayers
 from ..model.mup import init_parameters, param_groups
 from ..model.padding import fit_problem, full_shape, refit, true_part, true_shape
 from ..model.transformer import count_parameters, serial_layout
 from ..optim.adamw import AdamW
+from ..optim.fused_adamw import FusedAdamW
 from . import collectives as C
 from . import pipeline_schedules as schedules
 from .distributed_optimizer import DistributedOptimizer
@@ -62,18 +65,24 @@ class Engine:
                         p._mc_sequence_parallel = True
         named = [(n, p) for m in self.chunks for n, p in m.named_parameters()]
         self._names = {id(p): n for n, p in named}
+        self.optim_impl = resolve_optim_impl(cfg.optim.impl, self.device)
         self.buffers = GradBuffers(
             named,
             g,
             par.bucket_size_mb,
             distributed=par.distributed_optimizer,
             overlap=par.overlap_grad_reduce,
-            contiguous_params=par.distributed_optimizer,
+            contiguous_params=par.distributed_optimizer or self.optim_impl == "cuda",
             tied=tied_embedding_params(self.chunks, cfg.model, g),
         )
+        self.wgrad_fusion = resolve_grad_accum_fusion(cfg.model.grad_accum_fusion, self.device, self.dtype)
+        if self.wgrad_fusion != "off":
+            wgrad_fusion.enable(self.chunks, self.wgrad_fusion)
         groups = self._param_groups()
         o = cfg.optim
-        if par.distributed_optimizer:
+        if self.optim_impl == "cuda":
+            self.optimizer = FusedAdamW(self.buffers, groups, o.beta1, o.beta2, o.eps, names=self._names)
+        elif par.distributed_optimizer:
             self.optimizer = DistributedOptimizer(self.buffers, groups, o.beta1, o.beta2, o.eps)
         else:
             self.optimizer = AdamW(groups, o.beta1, o.beta2, o.eps, names=self._names)
@@ -212,7 +221,10 @@ class Engine:
         if self.sp:
             self.buffers.allreduce_sequence_parallel()
         norm = self.buffers.grad_norm()
-        self.buffers.clip_(norm, self.cfg.optim.clip_grad)
+        if getattr(self.optimizer, "folds_clip", False):  # the fused step multiplies by the coefficient
+            self.optimizer.clip_coef = self.buffers.clip_coef(norm, self.cfg.optim.clip_grad)
+        else:
+            self.buffers.clip_(norm, self.cfg.optim.clip_grad)
         self.optimizer.step(lr)
         loss = self._global_loss_sum() / max(tokens, 1.0)
         self._batches = []
