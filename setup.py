@@ -76,12 +76,14 @@ setup(
         "tensorboard>=2.14",
         "psutil>=5.9",
     ],
+    # Each extra installs the package it names and only that (the table in docs/kernels.md, checked by
+    # tests/test_extras.py). NVIDIA apex is not on PyPI (the registry's `apex` is an unrelated web toolkit)
+    # and flash-attn 2 is a source build against the local CUDA torch: both are recipes, not extras.
     extras_require={
         "triton": ["triton>=3.2"],
-        "flash": ["flash-attn>=2.6"],
-        "apex": ["apex"],
+        "fa4": ["flash-attn-4>=4.0.0b36"],
         "dali": ["nvidia-dali-cuda130"],
-        "gpu": ["triton>=3.2", "flash-attn>=2.6"],
+        "gpu": ["triton>=3.2", "flash-attn-4>=4.0.0b36"],
         "dev": [
             "pytest>=7",
             "pytest-timeout",

@@ -36,6 +36,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "generate": ("megacrystal.generate", "main", "sample text from a checkpoint or HF directory"),
     "plot": ("megacrystal.train.plot", "main", "plot a run's metrics.jsonl"),
     "plan": ("megacrystal.cost_plan", "main", "memory/throughput plan for a config on N GPUs"),
+    "doctor": (
+        "megacrystal.doctor",
+        "main",
+        "what is installed, which kernel/backend/loader each op uses here and why",
+    ),
 }
 
 

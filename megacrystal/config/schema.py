@@ -90,7 +90,7 @@ class ModelConfig:
     init_std: float | None = None  # embeddings; hidden = init_std*sqrt(m) under muP
     recompute: bool = False  # activation checkpointing of each block
     kernels: str = "auto"  # auto | triton | torch
-    attention_backend: str = "auto"  # auto | flash | sdpa | math
+    attention_backend: str = "auto"  # auto | flash | fa2 | fa3 | fa4 | sdpa | math
     use_apex_norm: bool = False
     document_mask: bool = False  # attention does not cross EOD boundaries
     grad_accum_fusion: str = "auto"  # auto | on | off | torch | cuda (weight grad GEMM into fp32 main_grad)
