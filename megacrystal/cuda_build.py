@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -44,6 +45,18 @@ def find_cmake() -> str | None:
         return None
 
 
+def nvcc_version(nvcc: str) -> tuple[int, int]:
+    out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=True).stdout
+    m = re.search(r"release (\d+)\.(\d+)", out)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+def supported_archs(archs: str, version: tuple[int, int]) -> str:
+    """`archs` without the ones this nvcc cannot target (sm_100 needs CUDA 12.8)."""
+    keep = [a for a in archs.split(";") if a and not (int(a.rstrip("af")) >= 100 and version < (12, 8))]
+    return ";".join(keep)
+
+
 def build(out: Path, archs: str = DEFAULT_ARCHS, quiet: bool = False, extra: list[str] | None = None) -> Path:
     """Configure and build into `out`; returns the library's path. Raises RuntimeError naming what is missing."""
     nvcc, cmake = find_nvcc(), find_cmake()
@@ -51,6 +64,13 @@ def build(out: Path, archs: str = DEFAULT_ARCHS, quiet: bool = False, extra: lis
         raise RuntimeError("no nvcc (CUDA toolkit) found on PATH, $CUDA_HOME or /usr/local/cuda")
     if cmake is None:
         raise RuntimeError("no cmake found (pip install cmake)")
+    version = nvcc_version(nvcc)
+    usable = supported_archs(archs, version)
+    if usable != archs:
+        print(f"megacrystal cuda_build: nvcc {version[0]}.{version[1]} cannot build sm {archs}; building sm {usable}")
+    if not usable:
+        raise RuntimeError(f"nvcc {version[0]}.{version[1]} supports none of the asked architectures {archs}")
+    archs = usable
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     cfg = [

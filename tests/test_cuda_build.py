@@ -97,3 +97,9 @@ def test_config_fields_are_validated():
         make_cfg(["optim.impl=fast"])
     with pytest.raises(ConfigError, match="model.grad_accum_fusion: expected one of"):
         make_cfg(["model.grad_accum_fusion=always"])
+
+
+def test_architectures_follow_the_nvcc_version():
+    assert cuda_build.supported_archs("80;90;100", (13, 0)) == "80;90;100"
+    assert cuda_build.supported_archs("80;90;100", (12, 4)) == "80;90"  # sm_100 needs CUDA 12.8
+    assert cuda_build.supported_archs("100a", (12, 6)) == ""
