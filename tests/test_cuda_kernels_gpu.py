@@ -114,12 +114,13 @@ def test_fused_wgrad_equals_unfused(lib, shape):
     g = torch.Generator(device="cuda").manual_seed(0)
     dy = torch.randn(t, out, device="cuda", generator=g).to(torch.bfloat16)
     x = torch.randn(t, inp, device="cuda", generator=g).to(torch.bfloat16)
-    main = torch.randn(out, inp, device="cuda", generator=g)
+    # main_grad as a view at an odd offset of a larger buffer, as a parameter's slice of the gradient buffer
+    main = torch.randn(out * inp + 1, device="cuda", generator=g)[1:].view(out, inp)
     exact = main.double() + dy.double().t() @ x.double()
     unfused = main + (dy.t() @ x).float()  # the bf16 weight gradient, then the add
     scale = exact.abs().max().item()
     for impl in ("cuda", "torch"):
-        got = main.clone()
+        got = torch.empty(out * inp + 1, device="cuda")[1:].view(out, inp).copy_(main)  # 4-byte aligned only
         accumulate_wgrad(got, dy, x, impl)
         err = (got.double() - exact).abs().max().item()
         assert err <= 1e-5 * t**0.5 * scale, (impl, err)  # fp32 accumulation

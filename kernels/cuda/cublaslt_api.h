@@ -35,6 +35,10 @@ enum : int {
   DESC_TRANSA = 3,       // cublasLtMatmulDescAttributes_t
   DESC_TRANSB = 4,
   PREF_MAX_WORKSPACE = 1,  // cublasLtMatmulPreferenceAttributes_t CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES
+  PREF_MIN_ALIGN_A = 5,    // CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_{A,B,C,D}_BYTES (uint32_t, default 256)
+  PREF_MIN_ALIGN_B = 6,
+  PREF_MIN_ALIGN_C = 7,
+  PREF_MIN_ALIGN_D = 8,
 };
 
 typedef status_t (*create_fn)(handle_t*);

@@ -4,7 +4,9 @@
 //
 // Row-major main_grad[out, in] += dy[T, out]^T x[T, in]. In cuBLAS's column-major terms the same
 // memory is D[in, out] = X[in, T] * DY[out, T]^T + D: A = x (no transpose, ld in), B = dy (transposed,
-// ld out), C = D = main_grad (ld in). One plan (layouts + heuristic algorithm) is kept per shape.
+// ld out), C = D = main_grad (ld in). One plan (layouts + heuristic algorithm) is kept per shape and
+// per pointer alignment: a main_grad view sits at any parameter offset of the gradient buffer, so the
+// heuristic is told each pointer's real alignment (cuBLASLt otherwise assumes 256 bytes).
 #include <dlfcn.h>
 
 #include <cstdio>
@@ -42,7 +44,14 @@ struct Plan {
 
 Api g_api;
 std::mutex g_mutex;
-std::map<std::tuple<int64_t, int64_t, int64_t, uint64_t>, Plan> g_plans;
+std::map<std::tuple<int64_t, int64_t, int64_t, uint64_t, uint32_t, uint32_t, uint32_t>, Plan> g_plans;
+
+uint32_t alignment(const void* p) {  // the largest power of two <= 256 dividing the address
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  uint32_t r = 256;
+  while (r > 1 && (a % r) != 0) r >>= 1;
+  return r;
+}
 
 template <typename F>
 bool load(F& fn, const char* name) {
@@ -59,7 +68,8 @@ int status(const char* where, mclt::status_t s) {
   return 3;
 }
 
-int make_plan(int64_t T, int64_t out, int64_t in, uint64_t ws_bytes, Plan& p) {
+int make_plan(int64_t T, int64_t out, int64_t in, uint64_t ws_bytes, uint32_t al_x, uint32_t al_dy, uint32_t al_g,
+              Plan& p) {
   const int n = mclt::OP_N, t = mclt::OP_T;
   if (status("matmul desc", g_api.desc_create(&p.desc, mclt::COMPUTE_32F, mclt::R_32F)) ||
       status("transa", g_api.desc_set(p.desc, mclt::DESC_TRANSA, &n, sizeof(n))) ||
@@ -69,9 +79,15 @@ int make_plan(int64_t T, int64_t out, int64_t in, uint64_t ws_bytes, Plan& p) {
       status("layout main_grad", g_api.layout_create(&p.c, mclt::R_32F, in, out, in)))
     return 3;
   mclt::preference_t pref = nullptr;
-  if (status("preference", g_api.pref_create(&pref)) ||
-      status("preference workspace", g_api.pref_set(pref, mclt::PREF_MAX_WORKSPACE, &ws_bytes, sizeof(ws_bytes))))
+  if (status("preference", g_api.pref_create(&pref))) return 3;
+  if (status("preference workspace", g_api.pref_set(pref, mclt::PREF_MAX_WORKSPACE, &ws_bytes, sizeof(ws_bytes))) ||
+      status("alignment x", g_api.pref_set(pref, mclt::PREF_MIN_ALIGN_A, &al_x, sizeof(al_x))) ||
+      status("alignment dy", g_api.pref_set(pref, mclt::PREF_MIN_ALIGN_B, &al_dy, sizeof(al_dy))) ||
+      status("alignment main_grad", g_api.pref_set(pref, mclt::PREF_MIN_ALIGN_C, &al_g, sizeof(al_g))) ||
+      status("alignment main_grad", g_api.pref_set(pref, mclt::PREF_MIN_ALIGN_D, &al_g, sizeof(al_g)))) {
+    g_api.pref_destroy(pref);
     return 3;
+  }
   mclt::heuristic_t h;
   int found = 0;
   const int rc = status("heuristic", g_api.heuristic(g_api.handle, p.desc, p.a, p.b, p.c, p.c, pref, 1, &h, &found));
@@ -120,11 +136,12 @@ extern "C" int mc_wgrad_accum_bf16(float* main_grad, const void* dy, const void*
   Plan* plan;
   {
     std::lock_guard<std::mutex> lock(g_mutex);
-    auto key = std::make_tuple(tokens, out_features, in_features, workspace_bytes);
+    const uint32_t al_x = alignment(x), al_dy = alignment(dy), al_g = alignment(main_grad);
+    auto key = std::make_tuple(tokens, out_features, in_features, workspace_bytes, al_x, al_dy, al_g);
     auto it = g_plans.find(key);
     if (it == g_plans.end()) {
       Plan p;
-      if (const int rc = make_plan(tokens, out_features, in_features, workspace_bytes, p)) return rc;
+      if (const int rc = make_plan(tokens, out_features, in_features, workspace_bytes, al_x, al_dy, al_g, p)) return rc;
       it = g_plans.emplace(key, p).first;
     }
     plan = &it->second;
