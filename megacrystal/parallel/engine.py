@@ -1,7 +1,7 @@
 """The training engine: one model, wrapped in whatever tp x pp x dp grid the config asks for.
 
     engine = Engine(cfg, device)                      # after init_distributed (or a plain process)
-    out = engine.train_step(micro_batches, lr)        # {loss, grad_norm, tokens}
+    out = engine.train_step(micro_batches, lr)        # {loss, grad_norm, tokens, skipped}
     loss_sum, tokens = engine.eval_loss(micro_batches)
     engine.state_dict() / load_state_dict(sd)         # this rank's model + optimizer shard
     engine.full_model_state() / load_full_model_state(sd)   # serial-named, consolidated on rank 0
@@ -16,6 +16,7 @@ divided by the global token count before backward, and dp gradients are summed.
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 import torch.distributed as dist
@@ -27,12 +28,10 @@ from ..model.layers import SerialLayers
 from ..model.mup import init_parameters, param_groups
 from ..model.padding import fit_problem, full_shape, refit, true_part, true_shape
 from ..model.transformer import count_parameters, serial_layout
-from ..optim.adamw import AdamW
-from ..optim.fused_adamw import FusedAdamW
+from ..optim.factory import clip_and_step, make_optimizer
 from ..optim.loss_normalization import loss_denominator
 from . import collectives as C
 from . import pipeline_schedules as schedules
-from .distributed_optimizer import DistributedOptimizer
 from .grad_buffers import GradBuffers
 from .pipeline import P2P, build_chunks, tied_embedding_params
 from .state import Grid, build_grid
@@ -42,7 +41,11 @@ FORMAT = "megacrystal-engine/1"
 
 
 class Engine:
-    def __init__(self, cfg: Config, device: torch.device | None = None, grid: Grid | None = None):
+    def __init__(
+        self, cfg: Config, device: torch.device | None = None, grid: Grid | None = None, for_training: bool = True
+    ):
+        """`for_training=False`: forward passes only (eval_loss, evaluation), no gradient buffers or
+        optimizer state allocated."""
         if cfg.model.num_heads is None:
             cfg.model = cfg.model.resolve()
         self.cfg = cfg
@@ -66,7 +69,19 @@ class Engine:
                         p._mc_sequence_parallel = True
         named = [(n, p) for m in self.chunks for n, p in m.named_parameters()]
         self._names = {id(p): n for n, p in named}
-        self.optim_impl = resolve_optim_impl(cfg.optim.impl, self.device)
+        self.buffers = self.optimizer = None
+        if for_training:
+            self._build_training_state(named)
+        self.rng = RNGStreams(cfg.train.seed, g.tp_rank, self.device)
+        P2P.connect(g, self.device)
+        self.trace: list | None = None  # set to a list to record compute intervals
+        self._batches: list = []
+        self._loss_acc = None
+        self._scale = 1.0
+
+    def _build_training_state(self, named: list) -> None:
+        par, g = self.cfg.parallel, self.grid
+        self.optim_impl = resolve_optim_impl(self.cfg.optim.impl, self.device)
         self.buffers = GradBuffers(
             named,
             g,
@@ -74,25 +89,13 @@ class Engine:
             distributed=par.distributed_optimizer,
             overlap=par.overlap_grad_reduce,
             contiguous_params=par.distributed_optimizer or self.optim_impl == "cuda",
-            tied=tied_embedding_params(self.chunks, cfg.model, g),
+            tied=tied_embedding_params(self.chunks, self.cfg.model, g),
         )
-        self.wgrad_fusion = resolve_grad_accum_fusion(cfg.model.grad_accum_fusion, self.device, self.dtype)
+        self.wgrad_fusion = resolve_grad_accum_fusion(self.cfg.model.grad_accum_fusion, self.device, self.dtype)
         if self.wgrad_fusion != "off":
             wgrad_fusion.enable(self.chunks, self.wgrad_fusion)
         groups = self._param_groups()
-        o = cfg.optim
-        if self.optim_impl == "cuda":
-            self.optimizer = FusedAdamW(self.buffers, groups, o.beta1, o.beta2, o.eps, names=self._names)
-        elif par.distributed_optimizer:
-            self.optimizer = DistributedOptimizer(self.buffers, groups, o.beta1, o.beta2, o.eps)
-        else:
-            self.optimizer = AdamW(groups, o.beta1, o.beta2, o.eps, names=self._names)
-        self.rng = RNGStreams(cfg.train.seed, g.tp_rank, self.device)
-        P2P.connect(g, self.device)
-        self.trace: list | None = None  # set to a list to record compute intervals
-        self._batches: list = []
-        self._loss_acc = None
-        self._scale = 1.0
+        self.optimizer = make_optimizer(self.optim_impl, self.buffers, groups, self.cfg.optim, self._names)
 
     # ------------------------------------------------------------------ helpers
 
@@ -223,14 +226,14 @@ class Engine:
         if self.sp:
             self.buffers.allreduce_sequence_parallel()
         norm = self.buffers.grad_norm()
-        if getattr(self.optimizer, "folds_clip", False):  # the fused step multiplies by the coefficient
-            self.optimizer.clip_coef = self.buffers.clip_coef(norm, self.cfg.optim.clip_grad)
-        else:
-            self.buffers.clip_(norm, self.cfg.optim.clip_grad)
-        self.optimizer.step(lr)
         loss = self._global_loss_sum() / denom
+        # both are reduced over every rank that holds a part: all ranks take the same decision.
+        # A non-finite step changes no state (parameters, masters, moments, the optimizer's step count).
+        skipped = not (math.isfinite(norm) and math.isfinite(loss))
+        if not skipped:
+            clip_and_step(self.optimizer, self.buffers, norm, self.cfg.optim.clip_grad, lr)
         self._batches = []
-        return dict(loss=loss, grad_norm=norm, tokens=tokens)
+        return dict(loss=loss, grad_norm=norm, tokens=tokens, skipped=skipped)
 
     @torch.no_grad()
     def eval_loss(self, micro_batches: list[dict]) -> tuple[float, float]:
@@ -358,7 +361,8 @@ class Engine:
                 full = refit(sd[key], true_shape(p), full_shape(p))
                 shard = p._mc_shard(full) if hasattr(p, "_mc_shard") else full
                 p.copy_(shard.to(device=p.device, dtype=p.dtype))
-        self.optimizer.reload_masters()
+        if self.optimizer is not None:
+            self.optimizer.reload_masters()
 
 
 @contextlib.contextmanager
