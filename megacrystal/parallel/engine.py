@@ -1,7 +1,7 @@
 """The training engine: one model, wrapped in whatever tp x pp x dp grid the config asks for.
 
     engine = Engine(cfg, device)                      # after init_distributed (or a plain process)
-    out = engine.train_step(micro_batches, lr)        # {loss, grad_norm, tokens}
+    out = engine.train_step(micro_batches, lr)        # {loss, grad_norm, tokens, skipped}
     loss_sum, tokens = engine.eval_loss(micro_batches)
     engine.state_dict() / load_state_dict(sd)         # this rank's model + optimizer shard
     engine.full_model_state() / load_full_model_state(sd)   # serial-named, consolidated on rank 0
@@ -16,6 +16,7 @@ divided by the global token count before backward, and dp gradients are summed.
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 import torch.distributed as dist
@@ -224,11 +225,15 @@ class Engine:
         if self.sp:
             self.buffers.allreduce_sequence_parallel()
         norm = self.buffers.grad_norm()
-        self.buffers.clip_(norm, self.cfg.optim.clip_grad)
-        self.optimizer.step(lr)
         loss = self._global_loss_sum() / denom
+        # both are reduced over every rank that holds a part: all ranks take the same decision.
+        # A non-finite step changes no state (parameters, masters, moments, the optimizer's step count).
+        skipped = not (math.isfinite(norm) and math.isfinite(loss))
+        if not skipped:
+            self.buffers.clip_(norm, self.cfg.optim.clip_grad)
+            self.optimizer.step(lr)
         self._batches = []
-        return dict(loss=loss, grad_norm=norm, tokens=tokens)
+        return dict(loss=loss, grad_norm=norm, tokens=tokens, skipped=skipped)
 
     @torch.no_grad()
     def eval_loss(self, micro_batches: list[dict]) -> tuple[float, float]:
