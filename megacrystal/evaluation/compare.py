@@ -199,6 +199,7 @@ def render_table(summary: dict) -> str:
         ("fim_psm_exact_match", "FIM PSM EM"),
         ("fim_spm_exact_match", "FIM SPM EM"),
         ("fim_psm_edit_similarity", "FIM PSM ES"),
+        ("fim_spm_edit_similarity", "FIM SPM ES"),
         ("completion_exact_match", "next-line EM"),
         ("completion_edit_similarity", "next-line ES"),
     ]

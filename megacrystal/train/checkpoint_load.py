@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.distributed.checkpoint as dcp
 
+from ..parallel import collectives as C
 from .checkpoint import TRAINER, CheckpointError
 from .checkpoint_dcp import PieceLoadPlanner, Pieces, SafeFileSystemReader, one_line
 from .checkpoint_files import trainer_meta
@@ -81,6 +82,15 @@ def _after_load(engine) -> None:
     opt = engine.optimizer
     if hasattr(opt, "gather_params"):
         opt.gather_params()
+        return
+    if hasattr(opt, "shards"):  # the fused (CUDA) optimizer: same flat shards, no gather method of its own
+        buf = opt.buf
+        for b, sh in zip(buf.buckets, opt.shards, strict=True):
+            mine = buf.param_buffer[sh["lo"] : sh["hi"]]
+            if getattr(opt, "separate_master", False):
+                mine.copy_(sh["master"])
+            if buf.distributed:
+                C.all_gather_flat(buf.param_buffer[b.start : b.start + b.size], mine, buf.grid.dp)
         return
     for grp in opt.groups:
         for p, m in zip(grp["params"], grp["masters"], strict=True):
