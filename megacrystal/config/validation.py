@@ -18,10 +18,9 @@ def _choice(cfg: Config, path: str, value: Any, choices) -> None:
 
 
 def validate_config(cfg: Config, world_size: int | None = None) -> None:
-    """Every rule that can be checked without a process group. `world_size` adds the grid rules."""
-    m, par, d, t, o = cfg.model, cfg.parallel, cfg.data, cfg.train, cfg.optim
-    if m.num_heads is None:  # not resolved yet
-        cfg.model = m = m.resolve()
+    """Every rule that can be checked without a process group. `world_size` adds the grid rules.
+    Reads `cfg` only (an unresolved model config is checked as it would resolve)."""
+    m, par, d, t, o = cfg.model.resolve(), cfg.parallel, cfg.data, cfg.train, cfg.optim
     for k in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "ffn_hidden_size", "vocab_size", "max_seq_len"):
         _check(getattr(m, k) > 0, cfg, f"model.{k}: expected a positive integer, got {getattr(m, k)}")
     _check(
@@ -73,7 +72,7 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
         f"parallel.sequence_parallel: data.seq_length={d.seq_length} is not divisible by tp={par.tp}",
     )
 
-    _choice(cfg, "train.precision", t.precision, {"fp32", "bf16"})
+    _choice(cfg, "train.precision", t.precision, {"fp32", "bf16", "fp64"})
     _choice(cfg, "train.device", t.device, {"auto", "cpu", "cuda"})
     _check(t.micro_batch_size >= 1, cfg, f"train.micro_batch_size: expected >= 1, got {t.micro_batch_size}")
     _check(t.global_batch_size >= 1, cfg, f"train.global_batch_size: expected >= 1, got {t.global_batch_size}")

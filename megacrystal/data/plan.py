@@ -24,6 +24,7 @@ import numpy as np
 from ..config import Config, ConfigError, PhaseConfig
 from ..log import get_logger
 from .blended import normalize, source_sizes
+from .dali import require_dali
 from .gpt_dataset import num_epochs
 from .indexed import IndexedDataset, IndexedFileError
 
@@ -213,8 +214,6 @@ def make_plan(cfg: Config) -> DataPlan:
 
     _check_tokenizer(cfg, phases, sources, where)
     if d.backend == "dali":
-        from .dali import require_dali
-
         try:
             require_dali()
         except ImportError as e:

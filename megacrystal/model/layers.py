@@ -1,12 +1,8 @@
 """Swappable building blocks. The model asks a `Layers` factory for its linears, embedding,
 output head and loss; `SerialLayers` makes plain ones, `megacrystal.parallel.tensor` makes
-tensor-parallel ones with the same interface. Parameters carry init metadata read by `mup.init_parameters`:
-
-    p._mc_init   "embedding" | "hidden" | "output" | "ones" | "zeros"
-    p._mc_name   (optional) the name whose seed to use, e.g. a tied head copy uses "embed.weight"
-    p._mc_shard  (optional) callable: full tensor -> this rank's shard (tensor parallelism)
-    p._mc_full_shape (optional) the unsharded shape
-    p._mc_true_shape (optional) the meaningful shape; entries beyond it are zero padding (see padding.py)
+tensor-parallel ones with the same interface (`LayerFactory`, the Protocol both follow). Every
+parameter carries a `ParamSpec` (model/param_spec.py): how `mup.init_parameters` draws it, and, from
+the tensor-parallel factory, how it is sharded.
 
 Padded sizes are decided by the factory (`padded_vocab`, `padded_ffn`): the vocabulary and the FFN inner
 size are padded to a multiple of 64·tp, so each tensor-parallel shard is a multiple of 64.
@@ -20,12 +16,15 @@ import torch.nn.functional as F
 
 from ..ops.dispatch import op
 from .padding import pad_to, set_true_shape
+from .param_spec import param_spec
 
 
 def mark(p: nn.Parameter, init: str, name: str | None = None) -> nn.Parameter:
-    p._mc_init = init
+    """Record how `p` is initialised (and under which name's seed, when not its own)."""
+    spec = param_spec(p)
+    spec.init = init
     if name is not None:
-        p._mc_name = name
+        spec.seed_name = name
     return p
 
 
@@ -108,7 +107,7 @@ class SerialLayers(PaddedSizes):
         """A tied head on a stage without the embedding (pipeline): its own copy, seeded like the embedding."""
         h = Head(vocab, self.padded_vocab(vocab), hidden, None)
         mark(h.weight, "embedding", name="embed.weight")
-        h.weight._mc_tied_copy = True
+        param_spec(h.weight).tied_copy = True
         return h
 
     def cross_entropy(self, logits: torch.Tensor, labels: torch.Tensor, impl: str = "auto") -> torch.Tensor:

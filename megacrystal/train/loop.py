@@ -16,7 +16,11 @@ import torch
 import torch.distributed as dist
 
 from ..config import Config
+from ..data.loader import build_data
+from ..data.plan import make_plan
 from ..log import get_logger
+from ..parallel.engine import Engine
+from ..parallel.init import init_distributed
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .lr_schedule import Schedule
 from .metrics import MetricsWriter, flops_per_token, peak_flops
@@ -46,11 +50,6 @@ def evaluate(engine, valid: dict, cfg: Config, grid) -> dict:
 
 def train(cfg: Config) -> dict:
     """Run (or resume) the configured training; returns the last step's metrics."""
-    from ..data.loader import build_data
-    from ..data.plan import make_plan
-    from ..parallel.engine import Engine
-    from ..parallel.state import init_distributed
-
     get_logger().setLevel(cfg.log.level)
     # Everything that can be wrong with the data (files, tokenizer, vocabulary, FIM tokens) is found
     # before any process group exists, on every rank alike, so a bad file never leaves ranks waiting.

@@ -1,5 +1,6 @@
 """The step loader: resume at any step, worker-count invariance, DP sharding, validation sets."""
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -161,7 +162,7 @@ def test_pinned_batches_on_cuda(data):
 
 def test_position_ids_restart_at_documents_with_document_mask(corpus, tmp_path):
     cfg = make_config(corpus, tmp_path, phases=[{"name": "p", "steps": 3, "blend": {"snippets": 1}}])
-    cfg.model.document_mask = True
+    cfg.model = dataclasses.replace(cfg.model, document_mask=True)
     _, loader, _ = build_data(cfg, with_validation=False)
     most = 0
     for step in loader:
