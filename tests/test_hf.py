@@ -1,3 +1,5 @@
+"""Hugging Face export/import (CrystalCoder, LLaMA layouts): configs, weights and logits against references."""
+
 import json
 import math
 from pathlib import Path

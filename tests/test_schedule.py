@@ -1,3 +1,5 @@
+"""The LR schedule: Crystal's phase 1 decay, re-warmup between phases, constant style."""
+
 import itertools
 
 import pytest

@@ -82,7 +82,7 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
     _choice(cfg, "log.level", cfg.log.level, {"DEBUG", "INFO", "WARNING", "ERROR"})
     _check(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, cfg, "optim.beta1/beta2: expected values in [0, 1)")
 
-    _check(d.seq_length >= 1, cfg, f"data.seq_length: expected >= 1, got {d.seq_length}")
+    _check(d.seq_length >= 2, cfg, f"data.seq_length: expected >= 2, got {d.seq_length}")
     _check(
         d.seq_length <= m.max_seq_len, cfg, f"data.seq_length: {d.seq_length} exceeds model.max_seq_len={m.max_seq_len}"
     )
@@ -92,7 +92,6 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
     _check(d.max_epochs >= 1, cfg, f"data.max_epochs: expected >= 1, got {d.max_epochs}")
     _check(0.0 <= d.surplus < 1.0, cfg, f"data.surplus: expected 0..1, got {d.surplus}")
     _check(d.num_workers >= 0, cfg, f"data.num_workers: expected >= 0, got {d.num_workers}")
-    _check(d.seq_length >= 2, cfg, f"data.seq_length: expected >= 2, got {d.seq_length}")
     for name, src in d.sources.items():
         _choice(cfg, f"data.sources.{name}.kind", src.kind, {"nl", "code"})
         _check(len(src.prefixes) > 0, cfg, f"data.sources.{name}.prefixes: expected at least one indexed-file prefix")

@@ -106,9 +106,6 @@ class StepLoader:
         base = step * self.gbs + m * self.mbs * self.dp_size + self.dp_rank * self.mbs
         return list(range(base, base + self.mbs))
 
-    def step_ids(self, step: int) -> list[list[int]]:
-        return [self.micro_batch_ids(step, m) for m in range(self.num_microbatches)]
-
     # --- resume
     def state_dict(self) -> dict:
         return {

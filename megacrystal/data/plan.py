@@ -43,10 +43,6 @@ class FilePlan:
     demand: int = 0  # samples its GPT index is built for
     epochs: int = 0
 
-    @property
-    def dataset(self) -> IndexedDataset:
-        return IndexedDataset(self.prefix)
-
 
 @dataclass
 class SourcePlan:

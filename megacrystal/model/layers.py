@@ -10,6 +10,8 @@ size are padded to a multiple of 64·tp, so each tensor-parallel shard is a mult
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -17,6 +19,39 @@ import torch.nn.functional as F
 from ..ops.dispatch import op
 from .padding import pad_to, set_true_shape
 from .param_spec import param_spec
+
+
+class LayerFactory(Protocol):
+    """What the model asks its layer factory for. `SerialLayers` (here) and
+    `parallel.tensor.TensorParallelLayers` implement it; a new kind of parallelism is a new factory."""
+
+    tp_size: int  # how many ranks share each layer: the model builds 1/tp_size of the heads/features
+
+    def padded_vocab(self, vocab: int) -> int: ...
+
+    def padded_ffn(self, ffn: int) -> int: ...
+
+    def column(self, in_features: int, out_features: int, bias: bool, init: str = "hidden") -> nn.Module:
+        """A linear whose outputs may be split over ranks (QKV, FFN up/gate)."""
+        ...
+
+    def row(self, in_features: int, out_features: int, bias: bool, init: str = "output") -> nn.Module:
+        """A linear whose inputs may be split over ranks, outputs summed (attention out, FFN down)."""
+        ...
+
+    def embedding(self, vocab: int, hidden: int) -> nn.Module: ...
+
+    def head(self, vocab: int, hidden: int, tied: nn.Module | None) -> nn.Module:
+        """The output head; `tied`: the embedding whose weight it shares."""
+        ...
+
+    def detached_tied_head(self, vocab: int, hidden: int) -> nn.Module:
+        """A tied head on a pipeline stage without the embedding: its own copy, seeded like it."""
+        ...
+
+    def cross_entropy(self, logits: torch.Tensor, labels: torch.Tensor, impl: str = "auto") -> torch.Tensor:
+        """Per-token loss (fp32, or fp64 for fp64 logits); labels -100 are ignored."""
+        ...
 
 
 def mark(p: nn.Parameter, init: str, name: str | None = None) -> nn.Parameter:

@@ -25,7 +25,7 @@ from ..ops.dispatch import op
 from ..ops.precision import wide_dtype
 from ..ops.rotary import rope_angles
 from .attention import attention
-from .layers import SerialLayers, mark
+from .layers import LayerFactory, SerialLayers, mark
 from .padding import set_true_shape, true_shape
 
 
@@ -43,7 +43,7 @@ class Norm(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, layers):
+    def __init__(self, cfg: ModelConfig, layers: LayerFactory):
         super().__init__()
         tp = layers.tp_size
         self.head_dim = d = cfg.head_dim
@@ -71,7 +71,7 @@ class MLP(nn.Module):
     """down(up(x) * silu(gate(x))) with the inner size padded by zeros: padded up/gate rows give 0,
     silu(0)·0 = 0, and the padded down columns are 0, so neither the output nor any true gradient changes."""
 
-    def __init__(self, cfg: ModelConfig, layers):
+    def __init__(self, cfg: ModelConfig, layers: LayerFactory):
         super().__init__()
         h, f = cfg.hidden_size, cfg.ffn_hidden_size
         padded = layers.padded_ffn(f)
@@ -90,7 +90,7 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, layers):
+    def __init__(self, cfg: ModelConfig, layers: LayerFactory):
         super().__init__()
         self.norm1 = Norm(cfg)
         self.attn = Attention(cfg, layers)
@@ -108,7 +108,7 @@ class Transformer(nn.Module):
     def __init__(
         self,
         cfg: ModelConfig,
-        layers=None,
+        layers: LayerFactory | None = None,
         layer_ids: Sequence[int] | None = None,
         pre_process: bool = True,
         post_process: bool = True,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from ..config import ModelConfig
+from ..model.layers import LayerFactory
 from ..model.transformer import Transformer
 from .state import Grid
 
@@ -27,7 +28,7 @@ def chunk_layers(num_layers: int, pp: int, vpp: int, pp_rank: int, chunk: int) -
     return list(range(stage * per, (stage + 1) * per)), stage == 0, stage == n - 1
 
 
-def build_chunks(cfg: ModelConfig, layers, grid: Grid) -> list[Transformer]:
+def build_chunks(cfg: ModelConfig, layers: LayerFactory, grid: Grid) -> list[Transformer]:
     """This rank's model chunks (one per virtual stage), parameters uninitialised."""
     out = []
     for c in range(grid.vpp_size):

@@ -21,8 +21,6 @@ serial padding.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -108,12 +106,6 @@ def gather_seq(x, group: Group):
 
 def reduce_scatter_seq(x, group: Group):
     return x if group.size == 1 else _ReduceScatterSeq.apply(x, group)
-
-
-def gather_vocab(logits: torch.Tensor, group: Group, vocab_size: int | None = None) -> torch.Tensor:
-    """Full logits from vocab-sharded ones (no autograd), optionally cut to the true vocabulary."""
-    full = C.all_gather_dim(logits.contiguous(), logits.ndim - 1, group)
-    return full[..., :vocab_size] if vocab_size is not None else full
 
 
 # --------------------------------------------------------------------------- sharding metadata
@@ -254,42 +246,3 @@ class TensorParallelLayers(PaddedSizes):
 
     def cross_entropy(self, logits: torch.Tensor, labels: torch.Tensor, impl: str = "auto") -> torch.Tensor:
         return vocab_parallel_cross_entropy(logits, labels, self.group, self.ce_chunk_elements, impl)
-
-
-# --------------------------------------------------------------------------- RNG streams
-
-
-class RNGStreams:
-    """Named random streams: "default" (same on every tp rank: replicated / sequence-parallel
-    regions) and "model-parallel" (differs per tp rank: sharded regions). Crystal has no dropout;
-    this is the hook a dropout layer would fork into."""
-
-    def __init__(self, seed: int, tp_rank: int, device: torch.device):
-        self.device = torch.device(device)
-        self.states = {}
-        for name, s in (("default", seed), ("model-parallel", seed + 2718 + tp_rank)):
-            g = torch.Generator(device=self.device)
-            g.manual_seed(s)
-            self.states[name] = g
-
-    def generator(self, name: str = "model-parallel") -> torch.Generator:
-        return self.states[name]
-
-    @contextlib.contextmanager
-    def fork(self, name: str = "model-parallel"):
-        """Run the block with the global RNG of the device set to the named stream, then restore."""
-        g = self.states[name]
-        cuda = self.device.type == "cuda"
-        saved = torch.cuda.get_rng_state(self.device) if cuda else torch.get_rng_state()
-        if cuda:
-            torch.cuda.set_rng_state(g.get_state(), self.device)
-        else:
-            torch.set_rng_state(g.get_state())
-        try:
-            yield
-        finally:
-            g.set_state(torch.cuda.get_rng_state(self.device) if cuda else torch.get_rng_state())
-            if cuda:
-                torch.cuda.set_rng_state(saved, self.device)
-            else:
-                torch.set_rng_state(saved)
