@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ import torch
 import yaml
 
 from tests.data_helpers import session_dir, small_corpus, small_sp_model
+from tests.dist import torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -168,20 +168,14 @@ def test_torchrun_tensor_parallel_trains_the_same_model(data_dir, tmp_path):
     tp = tmp_path / "tp"
     cfg = run_config(data_dir, tp, precision="fp64")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
+    cmd = torchrun(
+        2,
         "megacrystal.train",
         "--config",
         str(cfg),
         "parallel.tp=2",
         "train.max_steps=3",
-    ]
+    )
     # own process group: on a timeout the workers go too, not only torchrun
     p = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True

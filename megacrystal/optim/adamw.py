@@ -58,7 +58,31 @@ def grad_of(p: torch.Tensor) -> torch.Tensor:
     return g.to(wide_dtype(p.dtype))
 
 
-class AdamW:
+class AdamWSteps:
+    """What both optimizers share: the hyper-parameters, the step count, and the update of one group
+    (`groups` entries carry lr_mult, weight_decay, exp_avg, exp_avg_sq)."""
+
+    beta1: float
+    beta2: float
+    eps: float
+    step_count: int
+
+    def _update(self, g: dict, masters: list, grads: list, lr: float) -> None:
+        adamw_(
+            masters,
+            grads,
+            g["exp_avg"],
+            g["exp_avg_sq"],
+            step=self.step_count,
+            lr=lr * g["lr_mult"],
+            beta1=self.beta1,
+            beta2=self.beta2,
+            eps=self.eps,
+            weight_decay=g["weight_decay"],
+        )
+
+
+class AdamW(AdamWSteps):
     """The plain (replicated) optimizer: every rank updates all of its parameters."""
 
     def __init__(
@@ -89,18 +113,7 @@ class AdamW:
     def step(self, lr: float) -> None:
         self.step_count += 1
         for g in self.groups:
-            adamw_(
-                g["masters"],
-                [grad_of(p) for p in g["params"]],
-                g["exp_avg"],
-                g["exp_avg_sq"],
-                step=self.step_count,
-                lr=lr * g["lr_mult"],
-                beta1=self.beta1,
-                beta2=self.beta2,
-                eps=self.eps,
-                weight_decay=g["weight_decay"],
-            )
+            self._update(g, g["masters"], [grad_of(p) for p in g["params"]], lr)
             copies = [(p, m) for p, m in zip(g["params"], g["masters"], strict=True) if p is not m]
             if copies:
                 torch._foreach_copy_([p for p, _ in copies], [m for _, m in copies])

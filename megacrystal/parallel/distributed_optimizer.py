@@ -16,12 +16,12 @@ from __future__ import annotations
 import torch
 
 from ..ops.precision import wide_dtype
-from ..optim.adamw import adamw_
+from ..optim.adamw import AdamWSteps
 from . import collectives as C
 from .grad_buffers import GradBuffers
 
 
-class DistributedOptimizer:
+class DistributedOptimizer(AdamWSteps):
     def __init__(
         self, buffers: GradBuffers, groups: list[dict], beta1: float = 0.9, beta2: float = 0.95, eps: float = 1e-9
     ):
@@ -79,18 +79,7 @@ class DistributedOptimizer:
     def step(self, lr: float) -> None:
         self.step_count += 1
         for g in self.groups:
-            adamw_(
-                g["master"],
-                g["grad"],
-                g["exp_avg"],
-                g["exp_avg_sq"],
-                step=self.step_count,
-                lr=lr * g["lr_mult"],
-                beta1=self.beta1,
-                beta2=self.beta2,
-                eps=self.eps,
-                weight_decay=g["weight_decay"],
-            )
+            self._update(g, g["master"], g["grad"], lr)
         self.gather_params()
 
     @torch.no_grad()
