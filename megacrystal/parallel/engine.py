@@ -27,6 +27,7 @@ from ..model.padding import fit_problem, full_shape, refit, true_part, true_shap
 from ..model.param_spec import param_spec
 from ..model.transformer import count_parameters, serial_layout
 from ..optim.adamw import AdamW
+from ..optim.loss_normalization import loss_denominator
 from . import collectives as C
 from . import pipeline_schedules as schedules
 from .distributed_optimizer import DistributedOptimizer
@@ -186,7 +187,8 @@ class Engine:
 
     def train_step(self, micro_batches: list[dict], lr: float) -> dict:
         batches, tokens = self._prepare(micro_batches)
-        step = self._step(batches, 1.0 / max(tokens, 1.0))
+        denom = loss_denominator(self.cfg.optim.loss_normalization, tokens, batches, self.grid.dp_size)
+        step = self._step(batches, 1.0 / denom)
         self.buffers.start_step(len(batches))
         for m in self.chunks:
             m.train()
@@ -197,7 +199,7 @@ class Engine:
         norm = self.buffers.grad_norm()
         self.buffers.clip_(norm, self.cfg.optim.clip_grad)
         self.optimizer.step(lr)
-        loss = self._global_loss_sum(step) / max(tokens, 1.0)
+        loss = self._global_loss_sum(step) / denom
         return dict(loss=loss, grad_norm=norm, tokens=tokens)
 
     @torch.no_grad()
