@@ -160,11 +160,14 @@ def differences(a: dict, b: dict, cfg) -> list[float]:
     return out + [tensor_error(k, a["state"][k], b["state"][k], cfg)[0] for k in sorted(b["state"])]
 
 
-def noise_floor(serial: list[str], batches: list[dict], ref: dict) -> float:
-    """The fp32 noise floor of the serial fp32 run `ref` of config `serial`: its largest difference from
-    the same run in fp64; at least one fp32 rounding step."""
-    exact = train([o for o in serial if not o.startswith("train.precision=")] + FP64, batches)
-    return max(max(differences(ref, exact, make_cfg(list(serial)).model)), FP32_EPS)
+def noise_floor(serial: tuple, batches: list[dict], refs: dict) -> float:
+    """The fp32 noise floor of the serial fp32 run `refs[serial]`: its largest difference from the same
+    run in fp64 (taken from `refs` when the matrix has it, else run and kept there); at least one fp32
+    rounding step."""
+    exact_key = tuple(FP64 + [o for o in serial if not o.startswith("train.precision=")])
+    if exact_key not in refs:
+        refs[exact_key] = train(list(exact_key), batches)
+    return max(max(differences(refs[serial], refs[exact_key], make_cfg(list(serial)).model)), FP32_EPS)
 
 
 def check_matrix(world: int, configs: list[list[str]], segments: bool = False, steps: int = STEPS) -> None:
@@ -183,7 +186,7 @@ def check_matrix(world: int, configs: list[list[str]], segments: bool = False, s
             refs[key] = train(list(key), batches)
         rtol = RTOL
         if "train.precision=fp32" in c:
-            floor = noise_floor(key, batches, refs[key])
+            floor = noise_floor(key, batches, refs)
             rtol = NOISE_FACTOR * floor
             print(f"{' '.join(c)}: fp32 noise floor {floor:.2e}, bound {rtol:.2e}")
         problems += compare(" ".join(c), refs[key], [r[i] for r in results], list(key), rtol)
