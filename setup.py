@@ -81,6 +81,7 @@ setup(
         "apex": ["apex"],
         "dali": ["nvidia-dali-cuda130"],
         "gpu": ["triton>=3.2", "flash-attn>=2.6"],
+        "plot": ["matplotlib>=3.7"],  # megacrystal compare / study plots
         "dev": [
             "pytest>=7",
             "pytest-timeout",

@@ -108,6 +108,12 @@ def reduce_scatter_seq(x, group: Group):
     return x if group.size == 1 else _ReduceScatterSeq.apply(x, group)
 
 
+def gather_vocab(logits: torch.Tensor, group: Group, vocab_size: int | None = None) -> torch.Tensor:
+    """Full logits from vocab-sharded ones (no autograd), optionally cut to the true vocabulary."""
+    full = C.all_gather_dim(logits.contiguous(), logits.ndim - 1, group)
+    return full[..., :vocab_size] if vocab_size is not None else full
+
+
 # --------------------------------------------------------------------------- sharding metadata
 
 
