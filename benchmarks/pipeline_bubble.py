@@ -47,7 +47,7 @@ class _Cost(torch.autograd.Function):
 def _rank(rank, world, vpp, work, steps):
     from megacrystal.config import load_config
     from megacrystal.parallel.engine import Engine
-    from megacrystal.parallel.pipeline import P2P
+    from megacrystal.parallel.p2p import P2P
 
     h, s = (64, 64) if work == "sleep" else (256, 128)  # sleep: the sleeps dominate; model: the arithmetic
     cfg = load_config(
@@ -81,7 +81,7 @@ def _rank(rank, world, vpp, work, steps):
     dist.barrier()
     t0 = time.perf_counter()
     for _ in range(50):
-        ring.communicate(send_next=x, recv_prev=True)
+        ring.send_forward(x, recv_prev=True)
     exchange_s = (time.perf_counter() - t0) / 50
     out = []
     for step in range(steps + 1):  # step 0 warms up

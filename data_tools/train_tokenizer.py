@@ -7,7 +7,7 @@ Lossless round trip: identity normalisation, no whitespace folding, no dummy pre
 fallback for unseen characters, whitespace-only pieces allowed (indentation), and the newline is
 a user-defined symbol: SentencePiece reads its training text a line at a time, so documents are
 fed line by line and "\n" is reserved as its own piece -- any SentencePiece runtime (ours,
-Megatron's) then keeps newlines. Crystal's specials (CRYSTAL.md §2) follow as user-defined symbols
+Megatron's) then keeps newlines. Crystal's specials (docs/recipe.md, Tokenizer and special tokens) follow as user-defined symbols
 (ids 3.. after <unk>=0, <s>=1, </s>=2 (EOD)). Output: DIR/tokenizer.model, DIR/tokenizer.vocab,
 DIR/tokenizer_summary.json.
 """

@@ -22,7 +22,7 @@ import os
 import re
 from collections.abc import Sequence
 
-# CRYSTAL.md §2, ids 32000.. in Crystal's tokenizer, in this order.
+# docs/recipe.md (Tokenizer and special tokens), ids 32000.. in Crystal's tokenizer, in this order.
 CRYSTAL_SPECIALS = [
     "fim_prefix",
     "fim_middle",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import pickle
+import sys
 import tempfile
 import traceback
 from datetime import timedelta
@@ -96,3 +97,18 @@ def run_ranks(fn, world_size: int, args: tuple = (), timeout: float = 300.0, env
         if errors:
             raise RuntimeError(f"{len(errors)} of {world_size} ranks failed\n" + "\n".join(errors))
         return results
+
+
+def torchrun(nproc: int, module: str, *args: str) -> list[str]:
+    """The command line of a torchrun launch of `python -m module args` with `nproc` processes here."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(nproc),
+        "-m",
+        module,
+        *args,
+    ]

@@ -9,6 +9,7 @@ import torch
 from megacrystal.config import ModelConfig
 from megacrystal.model.mup import init_parameters
 from megacrystal.model.padding import true_part, true_shape
+from megacrystal.model.param_spec import param_spec
 from megacrystal.model.transformer import Transformer
 from megacrystal.tokenizer import CRYSTAL_SPECIALS
 
@@ -49,6 +50,6 @@ def tiny_model(seed: int = 0, **overrides) -> tuple[ModelConfig, Transformer]:
     with torch.no_grad():  # make norms/biases non-trivial so a layout mix-up cannot hide; padding stays 0
         g = torch.Generator().manual_seed(seed + 1)
         for _name, p in model.named_parameters():
-            if getattr(p, "_mc_init", "") in ("ones", "zeros"):
+            if param_spec(p).init in ("ones", "zeros"):
                 true_part(p, true_shape(p)).add_(0.1 * torch.randn(true_shape(p), generator=g))
     return cfg, model.eval()

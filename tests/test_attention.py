@@ -1,3 +1,5 @@
+"""Attention backends: SDPA against the math reference, document masking, varlen plumbing (cu_seqlens)."""
+
 import math
 
 import pytest

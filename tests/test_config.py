@@ -1,3 +1,5 @@
+"""Config loading: family/preset defaults, overrides, and every bad value named by its field and file."""
+
 import pytest
 
 from megacrystal.config import ConfigError, load_config, validate_world

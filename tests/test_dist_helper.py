@@ -1,3 +1,5 @@
+"""The gloo rank helper itself (tests/dist.py): ranks run and reduce, a failing rank is reported."""
+
 import pytest
 import torch
 import torch.distributed as dist

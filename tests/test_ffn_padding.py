@@ -9,6 +9,7 @@ from megacrystal.config import ModelConfig
 from megacrystal.model.layers import PaddedSizes, SerialLayers
 from megacrystal.model.mup import init_parameters
 from megacrystal.model.padding import fit_problem, full_shape, refit, refit_state, true_part, true_shape
+from megacrystal.model.param_spec import param_spec
 from megacrystal.model.serialization import ModelFormatError, build_model, load_model, save_model
 from megacrystal.model.transformer import Transformer, count_parameters, serial_layout
 from megacrystal.parallel.engine import Engine
@@ -79,7 +80,7 @@ def _padding_mask(p: torch.Tensor) -> torch.Tensor:
     """True where this rank's piece of `p` is padding."""
     mask = torch.ones(full_shape(p), dtype=torch.bool)
     mask[tuple(slice(0, n) for n in true_shape(p))] = False
-    return p._mc_shard(mask) if hasattr(p, "_mc_shard") else mask
+    return param_spec(p).shard(mask)
 
 
 def _train_and_check_padding(overrides: list[str], steps: int = 3):

@@ -1,3 +1,5 @@
+"""Hugging Face export/import (CrystalCoder, LLaMA layouts): configs, weights and logits against references."""
+
 import json
 import math
 from pathlib import Path
@@ -109,7 +111,7 @@ def _layer_norm(x, w, b, eps):
 
 
 def crystalcoder_reference_logits(hf_dir: Path, ids: torch.Tensor) -> torch.Tensor:
-    """An independent CrystalCoder forward from the HF files alone (CRYSTAL.md §1): GPT-2-style modules
+    """An independent CrystalCoder forward from the HF files alone (docs/recipe.md, Model): GPT-2-style modules
     with Conv1D weights, LayerNorm, GPT-J rotary on `rotary_dim` dims, muP scales, tied head."""
     conf = json.loads((hf_dir / "config.json").read_text())
     W = load_file(str(hf_dir / "model.safetensors"))

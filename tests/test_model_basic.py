@@ -1,3 +1,5 @@
+"""The serial model: forward/backward, parameter counts, stages composing to the whole, padding, muP groups."""
+
 import pytest
 import torch
 

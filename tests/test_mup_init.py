@@ -1,4 +1,4 @@
-"""muP initialisation statistics (CRYSTAL.md §1): truncated normal at ±2σ with σ by parameter kind."""
+"""muP initialisation statistics (docs/recipe.md, Model): truncated normal at ±2σ with σ by parameter kind."""
 
 import math
 

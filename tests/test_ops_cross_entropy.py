@@ -1,3 +1,5 @@
+"""The cross-entropy op: Triton (interpreted on CPU) against the reference, and the vocab-parallel pieces."""
+
 import itertools
 
 import pytest

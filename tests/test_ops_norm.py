@@ -1,3 +1,5 @@
+"""The LayerNorm/RMSNorm op: Triton (interpreted on CPU) against the reference, strided input, dispatch."""
+
 import pytest
 import torch
 

@@ -1,3 +1,5 @@
+"""The rotary op: Triton (interpreted on CPU) against the reference, interleaved and rotate-half, fused QKV."""
+
 import pytest
 import torch
 

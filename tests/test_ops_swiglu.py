@@ -1,3 +1,5 @@
+"""The SwiGLU op: Triton (interpreted on CPU) against the reference."""
+
 import pytest
 import torch
 

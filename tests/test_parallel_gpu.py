@@ -10,8 +10,16 @@ from tests.parallel_cases import LR, data, make_cfg, split, state_problems
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 
-def _run(overrides, device, steps=3):
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    """Exact fp32 matmuls on the GPU for these comparisons; the process-wide flag is restored after."""
+    old = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def _run(overrides, device, steps=3):
     e = Engine(make_cfg(overrides), torch.device(device))
     losses = [e.train_step(split(b, 0, 1, 2), LR) for b in data(steps=steps)]
     return losses, e.full_model_state()

@@ -1,3 +1,5 @@
+"""`megacrystal plot` and `megacrystal plan`: panels, phase marks, the 7B memory plan, errors."""
+
 import json
 from pathlib import Path
 

@@ -1,3 +1,5 @@
+"""Preprocessing to .bin/.idx: documents equal the tokenizer's output for any worker count, bad lines, partitions."""
+
 import json
 import os
 import subprocess

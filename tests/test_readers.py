@@ -1,3 +1,5 @@
+"""Corpus readers: jsonl (plain/gz/zst) and parquet agree, bad lines skipped and counted, chunking."""
+
 import gzip
 import json
 import os

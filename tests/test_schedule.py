@@ -1,3 +1,5 @@
+"""The LR schedule: Crystal's phase 1 decay, re-warmup between phases, constant style."""
+
 import itertools
 
 import pytest
@@ -10,7 +12,7 @@ def test_crystal_phase1_stops_part_way_down_its_decay():
     p1 = PhaseConfig(name="p1", steps=79721, lr=0.012, min_lr=1.2408e-4, warmup_steps=86, decay_steps=294337)
     assert phase_lr(p1, 0, 79721) == pytest.approx(0.012 / 86)
     assert phase_lr(p1, 85, 79721) == pytest.approx(0.012)
-    assert phase_lr(p1, 79720, 79721) == pytest.approx(0.0088, abs=1e-4)  # CRYSTAL.md: "LR ≈ 0.0088 there"
+    assert phase_lr(p1, 79720, 79721) == pytest.approx(0.0088, abs=1e-4)  # docs/recipe.md: "LR ≈ 0.0088"
 
 
 def test_phases_rewarm_and_end_at_min_lr():

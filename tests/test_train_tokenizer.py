@@ -1,3 +1,5 @@
+"""SentencePiece BPE training with Crystal's special tokens: EOD, vocabulary, lossless round trips."""
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st

@@ -22,7 +22,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
-from bench_common import bench_ms, copy_bandwidth_gbps, machine, on_gpu, write_json
+from bench_common import bench_ms, copy_bandwidth_gbps, machine, on_gpu, table, write_json
+from graph_bench import graph_rows
 
 from megacrystal.ops import norm_config
 from megacrystal.ops import triton_cross_entropy as tce
@@ -257,56 +258,6 @@ def install(best: dict) -> None:
             tce.GRAD_CONFIG = r["cfg"]
 
 
-def graph_rows(copy: float, log) -> list[dict]:
-    """fwd+bwd through autograd replayed from a CUDA graph: the GPU time alone (no host launch overhead)."""
-    import bench_cases
-    import triton.testing
-
-    out, broken = [], False
-    for make in (bench_cases.norm_cases, bench_cases.rotary_cases, bench_cases.cross_entropy_cases):
-        for case in make(True, "cuda", False):
-            if "16384x4096" not in case.name and case.op not in ("rotary", "cross_entropy"):
-                continue
-            for prov, fn in case.providers.items():
-                if not (
-                    prov == "megacrystal-triton"
-                    or prov.startswith("torch-eager")
-                    or prov.startswith("liger")
-                    or (prov == "megacrystal-reference" and case.op != "layernorm" and case.op != "rmsnorm")
-                ):
-                    continue
-                row = dict(op=case.op, case=case.name, mode="fwd+bwd graph", provider=prov)
-                if broken:
-                    row["skipped"] = "an earlier capture failed"
-                    out.append(row)
-                    continue
-                try:
-                    args = case.make(True)
-                    with torch.no_grad():  # no autograd graph may outlive this call: its AccumulateGrad
-                        outs = fn(*args)  # nodes would sit on this stream, not the capture stream
-                    outs = outs if isinstance(outs, tuple) else (outs,)
-                    grads = [torch.rand_like(o) if o.dtype == torch.float32 else torch.randn_like(o) for o in outs]
-                    del outs
-                    leaves = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
-
-                    def step(fn=fn, args=args, grads=grads):
-                        o = fn(*args)
-                        torch.autograd.backward(o if isinstance(o, tuple) else (o,), grads)
-
-                    row["ms"] = float(
-                        triton.testing.do_bench_cudagraph(step, rep=40, grad_to_none=leaves, return_mode="median")
-                    )
-                    row["GBps"] = case.bytes["fwd+bwd"] / (row["ms"] * 1e-3) / 1e9
-                    row["pct_copy"] = 100 * row["GBps"] / copy
-                except Exception as e:  # a baseline that cannot be captured must not end the run
-                    row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:120]
-                    broken = "capture" in str(e).lower()  # a failed capture can poison the CUDA state
-                log(f"  graph {case.op} {case.name} {prov}: {row.get('ms', row.get('error'))}")
-                out.append(row)
-                torch.cuda.empty_cache()
-    return out
-
-
 def compact(sweep: list[dict], best: dict, e2e: list[dict], graphs: list[dict], copy: float) -> str:
     lines = [f"copy bandwidth {copy:.0f} GB/s", "-- sweep winners (op-level GPU work, % of copy) --"]
     for (op, key), r in sorted(best.items(), key=lambda kv: str(kv[0])):
@@ -381,8 +332,6 @@ def main(argv=None) -> int:
         import run_all
 
         info, copy2, e2e = run_all.run(["norm", "rotary", "cross_entropy"], quick=a.smoke, budget_s=a.budget_s, log=log)
-        from bench_common import table
-
         (Path(a.out) / "e2e-table.txt").parent.mkdir(parents=True, exist_ok=True)
         (Path(a.out) / "e2e-table.txt").write_text(table(e2e) + "\n")
         if on_gpu():

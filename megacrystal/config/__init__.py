@@ -6,7 +6,8 @@ Nothing here touches torch.distributed: a config is validated before any process
 
     schema.py      the dataclasses, family trait defaults, size presets
     loading.py     YAML + overrides -> Config (types checked per field)
-    validation.py  the rules, checked once per launch
+    validation.py  the rules, checked once per launch: every field rule when the config is loaded
+                   (`load_config`), the grid rules against the world before process groups exist
 """
 
 from .loading import apply_overrides, coerce, from_dict, load_config, parse_override
@@ -21,6 +22,7 @@ from .schema import (
     OptimConfig,
     ParallelConfig,
     PhaseConfig,
+    ResolvedModelConfig,
     SourceConfig,
     TrainConfig,
 )
@@ -37,6 +39,7 @@ __all__ = [
     "OptimConfig",
     "ParallelConfig",
     "PhaseConfig",
+    "ResolvedModelConfig",
     "SourceConfig",
     "TrainConfig",
     "apply_overrides",

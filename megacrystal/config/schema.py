@@ -95,8 +95,11 @@ class ModelConfig:
     document_mask: bool = False  # attention does not cross EOD boundaries
     grad_accum_fusion: str = "auto"  # auto | on | off | torch | cuda (weight grad GEMM into fp32 main_grad)
 
-    def resolve(self) -> ModelConfig:
-        """Fill unset fields from the preset (sizes) and the family (traits)."""
+    def resolve(self) -> ResolvedModelConfig:
+        """Fill unset fields from the preset (sizes) and the family (traits): a read-only copy. Done
+        once, when the config is loaded; a config that is already resolved is returned as it is."""
+        if isinstance(self, ResolvedModelConfig):
+            return self
         out = dataclasses.replace(self)
         if out.family not in FAMILY_DEFAULTS:
             raise ConfigError(f"model.family: expected one of {sorted(FAMILY_DEFAULTS)}, got {out.family!r}")
@@ -117,7 +120,7 @@ class ModelConfig:
         for k in ("num_layers", "hidden_size", "num_heads", "vocab_size", "max_seq_len"):
             if getattr(out, k) is None:
                 raise ConfigError(f"model.{k}: not set (give it, or a model.preset from {sorted(PRESETS)})")
-        return out
+        return ResolvedModelConfig(**{f.name: getattr(out, f.name) for f in dataclasses.fields(out)})
 
     @property
     def head_dim(self) -> int:
@@ -127,6 +130,25 @@ class ModelConfig:
     def width_mult(self) -> float:
         """muP width scale m = base_width / width (1.0 without muP)."""
         return self.mup_base_width / self.hidden_size if self.mup else 1.0
+
+
+@dataclass
+class ResolvedModelConfig(ModelConfig):
+    """A `ModelConfig` with every field filled in (`ModelConfig.resolve`), read-only: what the model,
+    the engine and the checkpoints read. Change a field with `dataclasses.replace(cfg, field=value)`."""
+
+    def __post_init__(self):
+        object.__setattr__(self, "_frozen", True)
+
+    def __setattr__(self, name, value):
+        if getattr(self, "_frozen", False):
+            raise dataclasses.FrozenInstanceError(
+                f"model.{name}: a resolved model config is read-only (use dataclasses.replace)"
+            )
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name):
+        raise dataclasses.FrozenInstanceError(f"model.{name}: a resolved model config is read-only")
 
 
 # --------------------------------------------------------------------------- parallel
@@ -242,7 +264,7 @@ class TrainConfig:
     micro_batch_size: int = 1
     global_batch_size: int = 8
     max_steps: int | None = None  # None: the sum of the phases' lengths
-    precision: str = "fp32"  # fp32 | bf16
+    precision: str = "fp32"  # fp32 | bf16 | fp64 (verification)
     seed: int = 1234
     out_dir: str = "runs/default"
     save_interval: int = 0  # 0: only at the end

@@ -20,10 +20,9 @@ def _choice(cfg: Config, path: str, value: Any, choices) -> None:
 
 
 def validate_config(cfg: Config, world_size: int | None = None) -> None:
-    """Every rule that can be checked without a process group. `world_size` adds the grid rules."""
-    m, par, d, t, o = cfg.model, cfg.parallel, cfg.data, cfg.train, cfg.optim
-    if m.num_heads is None:  # not resolved yet
-        cfg.model = m = m.resolve()
+    """Every rule that can be checked without a process group. `world_size` adds the grid rules.
+    Reads `cfg` only (an unresolved model config is checked as it would resolve)."""
+    m, par, d, t, o = cfg.model.resolve(), cfg.parallel, cfg.data, cfg.train, cfg.optim
     for k in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "ffn_hidden_size", "vocab_size", "max_seq_len"):
         _check(getattr(m, k) > 0, cfg, f"model.{k}: expected a positive integer, got {getattr(m, k)}")
     _check(
@@ -77,7 +76,7 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
         f"parallel.sequence_parallel: data.seq_length={d.seq_length} is not divisible by tp={par.tp}",
     )
 
-    _choice(cfg, "train.precision", t.precision, {"fp32", "bf16"})
+    _choice(cfg, "train.precision", t.precision, {"fp32", "bf16", "fp64"})
     _choice(cfg, "train.device", t.device, {"auto", "cpu", "cuda"})
     _check(t.micro_batch_size >= 1, cfg, f"train.micro_batch_size: expected >= 1, got {t.micro_batch_size}")
     _check(t.global_batch_size >= 1, cfg, f"train.global_batch_size: expected >= 1, got {t.global_batch_size}")
@@ -88,7 +87,7 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
     _choice(cfg, "log.level", cfg.log.level, {"DEBUG", "INFO", "WARNING", "ERROR"})
     _check(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, cfg, "optim.beta1/beta2: expected values in [0, 1)")
 
-    _check(d.seq_length >= 1, cfg, f"data.seq_length: expected >= 1, got {d.seq_length}")
+    _check(d.seq_length >= 2, cfg, f"data.seq_length: expected >= 2, got {d.seq_length}")
     _check(
         d.seq_length <= m.max_seq_len, cfg, f"data.seq_length: {d.seq_length} exceeds model.max_seq_len={m.max_seq_len}"
     )
@@ -98,7 +97,6 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
     _check(d.max_epochs >= 1, cfg, f"data.max_epochs: expected >= 1, got {d.max_epochs}")
     _check(0.0 <= d.surplus < 1.0, cfg, f"data.surplus: expected 0..1, got {d.surplus}")
     _check(d.num_workers >= 0, cfg, f"data.num_workers: expected >= 0, got {d.num_workers}")
-    _check(d.seq_length >= 2, cfg, f"data.seq_length: expected >= 2, got {d.seq_length}")
     for name, src in d.sources.items():
         _choice(cfg, f"data.sources.{name}.kind", src.kind, {"nl", "code"})
         _check(len(src.prefixes) > 0, cfg, f"data.sources.{name}.prefixes: expected at least one indexed-file prefix")

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .loader import SAMPLE_KEYS, finish_batch
+from .batch import SAMPLE_KEYS, finish_batch
 
 OUTPUTS = SAMPLE_KEYS + ("source_id", "phase_id", "sample_id")
 

@@ -1,4 +1,4 @@
-"""Fill-in-the-middle on the fly, per document piece, deterministic (CRYSTAL.md §3).
+"""Fill-in-the-middle on the fly, per document piece, deterministic (docs/recipe.md, FIM and packing).
 
 Each document piece of a code-source sample is transformed with probability `rate`. The draw is
 a hash of (seed, phase, file, occurrence, document): the occurrence is the piece's position in

@@ -216,13 +216,6 @@ class IndexedDatasetWriter:
         self._doc_ends.append(self._n + np.arange(1, len(lengths) + 1, dtype=np.int64))
         self._n += len(lengths)
 
-    def add_raw(self, bin_bytes: bytes, lengths: np.ndarray, doc_ends_relative: np.ndarray) -> None:
-        """Append a prepared chunk: bytes of the `.bin`, sequence lengths, document ends (relative)."""
-        self._bin.write(bin_bytes)
-        self._lengths.append(np.asarray(lengths, dtype=np.int32))
-        self._doc_ends.append(self._n + np.asarray(doc_ends_relative, dtype=np.int64))
-        self._n += len(lengths)
-
     def finalize(self, publish: bool = True) -> None:
         """Complete both files as `*.tmp` (fsynced); `publish` renames them into place (else call publish())."""
         if not self._closed:

@@ -26,36 +26,12 @@ from collections.abc import Iterator
 import numpy as np
 
 from ..log import get_logger, say_once
+from .batch import collate
+from .dali import dali_micro_batches
 from .phases import PhasedDataset, SourceStream, make_sample
 from .plan import DataPlan, make_plan
 
 log = get_logger("megacrystal.data.loader")
-SAMPLE_KEYS = ("tokens", "labels", "loss_mask", "position_ids", "segment_ids")
-
-
-def collate(samples: list[dict]) -> dict:
-    import torch
-
-    out = {k: torch.from_numpy(np.stack([s[k] for s in samples])) for k in SAMPLE_KEYS}
-    for k in ("source_id", "phase_id", "sample_id"):
-        out[k] = torch.tensor([int(s[k]) for s in samples], dtype=torch.int64)
-    return finish_batch(out)
-
-
-def finish_batch(mb: dict) -> dict:
-    """Add cu_seqlens (document boundaries over the flattened batch) and max_seqlen from segment_ids."""
-    import torch
-
-    seg = mb["segment_ids"]
-    b, s = seg.shape
-    # a document starts at position 0 of each sample and wherever the segment number changes
-    starts = torch.ones_like(seg, dtype=torch.bool)
-    starts[:, 1:] = seg[:, 1:] != seg[:, :-1]
-    pos = torch.nonzero(starts.reshape(-1)).reshape(-1).to(torch.int32)
-    cu = torch.cat([pos, torch.tensor([b * s], dtype=torch.int32, device=pos.device)])
-    mb["cu_seqlens"] = cu
-    mb["max_seqlen"] = int((cu[1:] - cu[:-1]).max())
-    return mb
 
 
 class _Samples:
@@ -130,9 +106,6 @@ class StepLoader:
         base = step * self.gbs + m * self.mbs * self.dp_size + self.dp_rank * self.mbs
         return list(range(base, base + self.mbs))
 
-    def step_ids(self, step: int) -> list[list[int]]:
-        return [self.micro_batch_ids(step, m) for m in range(self.num_microbatches)]
-
     # --- resume
     def state_dict(self) -> dict:
         return {
@@ -161,8 +134,6 @@ class StepLoader:
     def _micro_batches(self, start: int) -> Iterator[dict]:
         batches = _MicroBatchIds(self, start)
         if self.backend == "dali":
-            from .dali import dali_micro_batches
-
             yield from dali_micro_batches(self.dataset, batches, self.num_workers)
             return
         import torch

@@ -26,6 +26,7 @@ import numpy as np
 from ..config import Config, ConfigError, PhaseConfig
 from ..log import get_logger
 from .blended import normalize, source_sizes
+from .dali import require_dali
 from .entries import EntryPlan, resolve_entries
 from .gpt_dataset import num_epochs
 from .indexed import IndexedDataset, IndexedFileError
@@ -44,10 +45,6 @@ class FilePlan:
     valid_tokens: int
     demand: int = 0  # samples its GPT index is built for
     epochs: int = 0
-
-    @property
-    def dataset(self) -> IndexedDataset:
-        return IndexedDataset(self.prefix)
 
 
 @dataclass
@@ -216,8 +213,6 @@ def make_plan(cfg: Config) -> DataPlan:
 
     _check_tokenizer(cfg, phases, sources, where)
     if d.backend == "dali":
-        from .dali import require_dali
-
         try:
             require_dali()
         except ImportError as e:

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..log import say_once
+from ..ops.precision import widen
 from . import flash_backends as fb
 
 
@@ -44,7 +45,7 @@ def _mask(s: int, segment_ids: torch.Tensor | None, device) -> torch.Tensor:
 def attention_math(q, k, v, scale: float, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
     """q [b, s, hq, d], k/v [b, s, hk, d] -> [b, s, hq, d]; fp32 scores and softmax."""
     k, v = _expand_kv(k, v, q.shape[2])
-    qf, kf, vf = (t.transpose(1, 2).float() for t in (q, k, v))
+    qf, kf, vf = (widen(t.transpose(1, 2)) for t in (q, k, v))
     scores = torch.matmul(qf, kf.transpose(-1, -2)) * scale
     scores = scores.masked_fill(~_mask(q.shape[1], segment_ids, q.device), float("-inf"))
     p = torch.softmax(scores, dim=-1)

@@ -23,112 +23,43 @@ from __future__ import annotations
 import torch
 
 from ..config import ModelConfig
-from .padding import refit_state
-from .transformer import serial_layout
+from .hf_tensors import (
+    LayoutError,
+    check_used,
+    get_tensor,
+    interleaved_to_half,
+    need,
+    qkv_join,
+    qkv_split,
+    serial_shapes,
+    true_shapes,
+)
 
 CRYSTALCODER_AUTO_MAP = {
     "AutoConfig": "configuration_crystalcoder.CrystalCoderConfig",
     "AutoModel": "modeling_crystalcoder.CrystalCoderModel",
     "AutoModelForCausalLM": "modeling_crystalcoder.CrystalCoderLMHeadModel",
 }
-# buffers some HF checkpoints carry that are not parameters
-_IGNORED_SUFFIXES = (".attn.masked_bias", "rotary_emb.inv_freq")
-
-
-class LayoutError(ValueError):
-    """The model cannot be written in, or read from, a layout; the message says why."""
-
-
-# ----------------------------------------------------------------------------- tensor helpers
-
-
-def qkv_split(t: torch.Tensor, hq: int, hk: int, d: int):
-    """Our grouped fused QKV (rows) -> q [hq*d, ...], k [hk*d, ...], v [hk*d, ...]."""
-    g = hq // hk
-    w = t.reshape(hk, g + 2, d, *t.shape[1:])
-    rest = tuple(t.shape[1:])
-    return (
-        w[:, :g].reshape((hq * d,) + rest),
-        w[:, g].reshape((hk * d,) + rest),
-        w[:, g + 1].reshape((hk * d,) + rest),
-    )
-
-
-def qkv_join(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hq: int, hk: int, d: int) -> torch.Tensor:
-    g = hq // hk
-    rest = tuple(q.shape[1:])
-    parts = [q.reshape((hk, g, d) + rest), k.reshape((hk, 1, d) + rest), v.reshape((hk, 1, d) + rest)]
-    return torch.cat(parts, dim=1).reshape(((hq + 2 * hk) * d,) + rest)
-
-
-def interleaved_to_half(t: torch.Tensor, heads: int, d: int) -> torch.Tensor:
-    """Permute each head's rows (evens, then odds) so rotate-half RoPE equals interleaved RoPE."""
-    perm = torch.cat([torch.arange(0, d, 2), torch.arange(1, d, 2)])
-    rest = tuple(t.shape[1:])
-    return t.reshape((heads, d) + rest)[:, perm].reshape(t.shape)
-
-
-def _true_shapes(cfg: ModelConfig, sd: dict) -> dict:
-    """Our serial state dict with every padded tensor cut to its true shape."""
-    try:
-        return refit_state(sd, serial_layout(cfg), to_true=True)
-    except ValueError as e:
-        raise LayoutError(f"model state: {e}") from None
-
-
-def _serial_shapes(cfg: ModelConfig, sd: dict) -> dict:
-    """A state dict of true shapes padded (zeros) to the serial model's shapes."""
-    return {k: x.contiguous() for k, x in refit_state(sd, serial_layout(cfg)).items()}
-
-
-def _get(tensors: dict, key: str, shape: tuple, where: str) -> torch.Tensor:
-    if key not in tensors:
-        raise LayoutError(f"{where}: missing tensor {key!r}")
-    t = tensors[key]
-    if tuple(t.shape) != tuple(shape):
-        raise LayoutError(f"{where}: tensor {key!r} has shape {tuple(t.shape)}, expected {tuple(shape)}")
-    return t
-
-
-def _check_used(tensors: dict, used: set, where: str) -> None:
-    extra = sorted(
-        k
-        for k in tensors
-        if k not in used
-        and not k.endswith(_IGNORED_SUFFIXES)
-        and not (k.endswith(".attn.bias") and tensors[k].dim() == 4)
-    )  # GPT-2 causal-mask buffer
-    if extra:
-        raise LayoutError(
-            f"{where}: unexpected tensor {extra[0]!r}" + (f" (+{len(extra) - 1} more)" if len(extra) > 1 else "")
-        )
-
-
-def _need(cond: bool, fmt: str, what: str) -> None:
-    if not cond:
-        raise LayoutError(f"--format {fmt}: {what}")
-
-
 # ----------------------------------------------------------------------------- CrystalCoder
 
 
 def crystalcoder_config(cfg: ModelConfig, bos: int | None = 1, eos: int | None = 2) -> dict:
     fmt = "crystalcoder"
-    _need(cfg.norm == "layernorm", fmt, f"the layout has LayerNorm with bias; model.norm={cfg.norm}")
-    _need(cfg.bias, fmt, "the layout has biases on every linear but the head; model.bias=false")
-    _need(
+    need(cfg.norm == "layernorm", fmt, f"the layout has LayerNorm with bias; model.norm={cfg.norm}")
+    need(cfg.bias, fmt, "the layout has biases on every linear but the head; model.bias=false")
+    need(
         cfg.num_kv_heads == cfg.num_heads,
         fmt,
         f"the layout has no grouped-query attention; "
         f"model.num_kv_heads={cfg.num_kv_heads} != num_heads={cfg.num_heads}",
     )
     rot = int(cfg.head_dim * cfg.rotary_fraction)
-    _need(
+    need(
         rot == 0 or cfg.rotary_interleaved,
         fmt,
         "the layout rotates interleaved (GPT-J) pairs; model.rotary_interleaved=false",
     )
-    _need(
+    need(
         cfg.rotary_base == 10000.0, fmt, f"the layout fixes the RoPE base at 10000; model.rotary_base={cfg.rotary_base}"
     )
     mup = bool(cfg.mup)
@@ -163,7 +94,7 @@ def crystalcoder_config(cfg: ModelConfig, bos: int | None = 1, eos: int | None =
 
 def to_crystalcoder(cfg: ModelConfig, sd: dict) -> dict[str, torch.Tensor]:
     hq, hk, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    sd = _true_shapes(cfg, sd)
+    sd = true_shapes(cfg, sd)
     out = {"transformer.wte.weight": sd["embed.weight"]}
     for i in range(cfg.num_layers):
         p, h = f"layers.{i}.", f"transformer.h.{i}."
@@ -254,7 +185,7 @@ def from_crystalcoder(conf: dict, tensors: dict, where: str) -> tuple[ModelConfi
 
     def get(key, shape):
         used.add(key)
-        return _get(tensors, key, shape, where)
+        return get_tensor(tensors, key, shape, where)
 
     sd = {"embed.weight": get("transformer.wte.weight", (v, h))}
     for i in range(cfg.num_layers):
@@ -280,8 +211,8 @@ def from_crystalcoder(conf: dict, tensors: dict, where: str) -> tuple[ModelConfi
         sd["head.weight"] = get("lm_head.weight", (v, h))
     else:
         used.add("lm_head.weight")  # a tied copy some checkpoints carry
-    _check_used(tensors, used, where)
-    return cfg, _serial_shapes(cfg, sd)
+    check_used(tensors, used, where)
+    return cfg, serial_shapes(cfg, sd)
 
 
 # ----------------------------------------------------------------------------- LLaMA
@@ -289,16 +220,16 @@ def from_crystalcoder(conf: dict, tensors: dict, where: str) -> tuple[ModelConfi
 
 def llama_config(cfg: ModelConfig, bos: int | None = 1, eos: int | None = 2, dtype: str = "float32") -> dict:
     fmt = "llama"
-    _need(
+    need(
         cfg.norm == "rmsnorm", fmt, f"LlamaForCausalLM uses RMSNorm; model.norm={cfg.norm} (use --format crystalcoder)"
     )
-    _need(
+    need(
         cfg.rotary_fraction == 1.0,
         fmt,
         f"LlamaForCausalLM rotates the whole head; "
         f"model.rotary_fraction={cfg.rotary_fraction} (use --format crystalcoder)",
     )
-    _need(not cfg.mup, fmt, "LlamaForCausalLM has no muP scales (embedding, 1/d scores, logits); model.mup=true")
+    need(not cfg.mup, fmt, "LlamaForCausalLM has no muP scales (embedding, 1/d scores, logits); model.mup=true")
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -326,7 +257,7 @@ def llama_config(cfg: ModelConfig, bos: int | None = 1, eos: int | None = 2, dty
 
 def to_llama(cfg: ModelConfig, sd: dict) -> dict[str, torch.Tensor]:
     hq, hk, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    sd = _true_shapes(cfg, sd)
+    sd = true_shapes(cfg, sd)
     out = {"model.embed_tokens.weight": sd["embed.weight"]}
     names = ["weight"] + (["bias"] if cfg.bias else [])
     for i in range(cfg.num_layers):
@@ -398,7 +329,7 @@ def from_llama(conf: dict, tensors: dict, where: str) -> tuple[ModelConfig, dict
 
     def get(key, shape):
         used.add(key)
-        return _get(tensors, key, shape, where)
+        return get_tensor(tensors, key, shape, where)
 
     sd = {"embed.weight": get("model.embed_tokens.weight", (v, h))}
     names = ["weight"] + (["bias"] if cfg.bias else [])
@@ -424,8 +355,8 @@ def from_llama(conf: dict, tensors: dict, where: str) -> tuple[ModelConfig, dict
         sd["head.weight"] = get("lm_head.weight", (v, h))
     else:
         used.add("lm_head.weight")
-    _check_used(tensors, used, where)
-    return cfg, _serial_shapes(cfg, sd)
+    check_used(tensors, used, where)
+    return cfg, serial_shapes(cfg, sd)
 
 
 LAYOUTS = {

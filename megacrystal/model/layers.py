@@ -1,12 +1,8 @@
 """Swappable building blocks. The model asks a `Layers` factory for its linears, embedding,
 output head and loss; `SerialLayers` makes plain ones, `megacrystal.parallel.tensor` makes
-tensor-parallel ones with the same interface. Parameters carry init metadata read by `mup.init_parameters`:
-
-    p._mc_init   "embedding" | "hidden" | "output" | "ones" | "zeros"
-    p._mc_name   (optional) the name whose seed to use, e.g. a tied head copy uses "embed.weight"
-    p._mc_shard  (optional) callable: full tensor -> this rank's shard (tensor parallelism)
-    p._mc_full_shape (optional) the unsharded shape
-    p._mc_true_shape (optional) the meaningful shape; entries beyond it are zero padding (see padding.py)
+tensor-parallel ones with the same interface (`LayerFactory`, the Protocol both follow). Every
+parameter carries a `ParamSpec` (model/param_spec.py): how `mup.init_parameters` draws it, and, from
+the tensor-parallel factory, how it is sharded.
 
 Padded sizes are decided by the factory (`padded_vocab`, `padded_ffn`): the vocabulary and the FFN inner
 size are padded to a multiple of 64·tp, so each tensor-parallel shard is a multiple of 64.
@@ -14,19 +10,57 @@ size are padded to a multiple of 64·tp, so each tensor-parallel shard is a mult
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops.dispatch import op
 from .padding import pad_to, set_true_shape
+from .param_spec import param_spec
 from .wgrad_fusion import linear
 
 
+class LayerFactory(Protocol):
+    """What the model asks its layer factory for. `SerialLayers` (here) and
+    `parallel.tensor.TensorParallelLayers` implement it; a new kind of parallelism is a new factory."""
+
+    tp_size: int  # how many ranks share each layer: the model builds 1/tp_size of the heads/features
+
+    def padded_vocab(self, vocab: int) -> int: ...
+
+    def padded_ffn(self, ffn: int) -> int: ...
+
+    def column(self, in_features: int, out_features: int, bias: bool, init: str = "hidden") -> nn.Module:
+        """A linear whose outputs may be split over ranks (QKV, FFN up/gate)."""
+        ...
+
+    def row(self, in_features: int, out_features: int, bias: bool, init: str = "output") -> nn.Module:
+        """A linear whose inputs may be split over ranks, outputs summed (attention out, FFN down)."""
+        ...
+
+    def embedding(self, vocab: int, hidden: int) -> nn.Module: ...
+
+    def head(self, vocab: int, hidden: int, tied: nn.Module | None) -> nn.Module:
+        """The output head; `tied`: the embedding whose weight it shares."""
+        ...
+
+    def detached_tied_head(self, vocab: int, hidden: int) -> nn.Module:
+        """A tied head on a pipeline stage without the embedding: its own copy, seeded like it."""
+        ...
+
+    def cross_entropy(self, logits: torch.Tensor, labels: torch.Tensor, impl: str = "auto") -> torch.Tensor:
+        """Per-token loss (fp32, or fp64 for fp64 logits); labels -100 are ignored."""
+        ...
+
+
 def mark(p: nn.Parameter, init: str, name: str | None = None) -> nn.Parameter:
-    p._mc_init = init
+    """Record how `p` is initialised (and under which name's seed, when not its own)."""
+    spec = param_spec(p)
+    spec.init = init
     if name is not None:
-        p._mc_name = name
+        spec.seed_name = name
     return p
 
 
@@ -111,7 +145,7 @@ class SerialLayers(PaddedSizes):
         """A tied head on a stage without the embedding (pipeline): its own copy, seeded like the embedding."""
         h = Head(vocab, self.padded_vocab(vocab), hidden, None)
         mark(h.weight, "embedding", name="embed.weight")
-        h.weight._mc_tied_copy = True
+        param_spec(h.weight).tied_copy = True
         return h
 
     def cross_entropy(self, logits: torch.Tensor, labels: torch.Tensor, impl: str = "auto") -> torch.Tensor:

@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from ..config import ModelConfig
 from .padding import full_shape, refit, true_shape
+from .param_spec import param_spec
 
 
 def init_std(cfg: ModelConfig, kind: str) -> float:
@@ -52,15 +53,12 @@ def full_init(cfg: ModelConfig, name: str, kind: str, shape: tuple, seed: int) -
 def init_parameters(model: nn.Module, cfg: ModelConfig, seed: int) -> None:
     """Initialise every parameter from its metadata (see layers.py); shards take their slice."""
     for name, p in model.named_parameters():
-        kind = getattr(p, "_mc_init", None)
-        if kind is None:
-            raise ValueError(f"parameter {name} has no init metadata (_mc_init)")
-        key = getattr(p, "_mc_name", name)
+        spec = param_spec(p)
+        if spec.init is None:
+            raise ValueError(f"parameter {name} has no init kind (ParamSpec.init)")
         true = true_shape(p)
-        full = refit(full_init(cfg, key, kind, true, seed), true, full_shape(p))
-        shard = getattr(p, "_mc_shard", None)
-        value = shard(full) if shard is not None else full
-        p.copy_(value.to(p.dtype))
+        full = refit(full_init(cfg, spec.seed_name or name, spec.init, true, seed), true, full_shape(p))
+        p.copy_(spec.shard(full).to(p.dtype))
 
 
 def param_groups(model: nn.Module, cfg: ModelConfig, weight_decay: float) -> list[dict]:
@@ -70,7 +68,7 @@ def param_groups(model: nn.Module, cfg: ModelConfig, weight_decay: float) -> lis
     for _name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        kind = getattr(p, "_mc_init", "")
+        kind = param_spec(p).init
         if kind == "embedding":
             groups["embedding"][0].append(p)
         elif p.ndim < 2 or kind in ("ones", "zeros"):

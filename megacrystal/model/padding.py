@@ -3,7 +3,7 @@
 Some dimensions are padded for speed: the vocabulary (embedding/head rows) to a multiple of 64·tp,
 and the FFN inner size (up/gate rows and biases, down columns) to a multiple of 64·tp, so matmuls get
 tensor-core friendly shapes and any size splits evenly over tensor parallelism. A padded parameter
-carries `_mc_true_shape`, the shape of its meaningful block at the start of every dimension; every
+carries a true shape (`ParamSpec.true_shape`), the shape of its meaningful block at the start of every dimension; every
 entry beyond it is zero, and the mathematics keeps it zero (zero weights give zero activations and zero
 gradients; AdamW leaves a zero weight with a zero gradient at zero).
 
@@ -18,6 +18,8 @@ import math
 
 import torch
 
+from .param_spec import param_spec
+
 
 def pad_to(n: int, multiple: int) -> int:
     """The smallest multiple of `multiple` that is >= n."""
@@ -26,16 +28,16 @@ def pad_to(n: int, multiple: int) -> int:
 
 def full_shape(p: torch.Tensor) -> tuple:
     """The unsharded shape of a parameter (padding included)."""
-    return tuple(getattr(p, "_mc_full_shape", p.shape))
+    return tuple(param_spec(p).full_shape or p.shape)
 
 
 def true_shape(p: torch.Tensor) -> tuple:
     """The meaningful shape of a parameter: its full shape less any padding."""
-    return tuple(getattr(p, "_mc_true_shape", full_shape(p)))
+    return tuple(param_spec(p).true_shape or full_shape(p))
 
 
 def set_true_shape(p: torch.Tensor, shape) -> torch.Tensor:
-    p._mc_true_shape = tuple(int(n) for n in shape)
+    param_spec(p).true_shape = tuple(int(n) for n in shape)
     return p
 
 

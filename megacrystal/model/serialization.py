@@ -21,6 +21,7 @@ import torch
 
 from ..config import Config, ConfigError, DataConfig, ModelConfig, coerce, validate_config
 from .padding import fit_problem, refit_state
+from .transformer import Transformer, serial_layout
 
 FORMAT = "megacrystal-model"
 VERSION = 1
@@ -74,7 +75,7 @@ def tokenizer_in(directory) -> str | None:
 def save_model(
     directory, cfg: ModelConfig, state_dict: dict[str, torch.Tensor], tokenizer_path: str | None = None
 ) -> Path:
-    cfg = cfg if cfg.num_heads is not None else cfg.resolve()
+    cfg = cfg.resolve()
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     check_state_dict(cfg, state_dict, str(out / MODEL_FILE))
@@ -148,8 +149,6 @@ def find_model_dir(path) -> Path:
 
 def check_state_dict(cfg: ModelConfig, sd: dict[str, torch.Tensor], where: str) -> None:
     """Names as the serial model's; each tensor covers its true shape, with only zeros beyond it."""
-    from .transformer import serial_layout
-
     want = serial_layout(cfg)
     missing = sorted(set(want) - set(sd))
     extra = sorted(set(sd) - set(want))
@@ -170,8 +169,6 @@ def check_state_dict(cfg: ModelConfig, sd: dict[str, torch.Tensor], where: str) 
 
 def build_model(cfg: ModelConfig, sd: dict[str, torch.Tensor], device="cpu", dtype: torch.dtype | None = None):
     """A serial `Transformer` holding these weights (eval mode)."""
-    from .transformer import Transformer, serial_layout
-
     model = Transformer(cfg)
     model.load_state_dict(refit_state(sd, serial_layout(cfg)))
     model.to(device=device, dtype=dtype)

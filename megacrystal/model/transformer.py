@@ -22,9 +22,10 @@ import torch.utils.checkpoint
 
 from ..config import ModelConfig
 from ..ops.dispatch import op
+from ..ops.precision import wide_dtype
 from ..ops.rotary import rope_angles
 from .attention import attention
-from .layers import SerialLayers, mark
+from .layers import LayerFactory, SerialLayers, mark
 from .padding import set_true_shape, true_shape
 
 
@@ -42,7 +43,7 @@ class Norm(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, layers):
+    def __init__(self, cfg: ModelConfig, layers: LayerFactory):
         super().__init__()
         tp = layers.tp_size
         self.head_dim = d = cfg.head_dim
@@ -70,7 +71,7 @@ class MLP(nn.Module):
     """down(up(x) * silu(gate(x))) with the inner size padded by zeros: padded up/gate rows give 0,
     silu(0)·0 = 0, and the padded down columns are 0, so neither the output nor any true gradient changes."""
 
-    def __init__(self, cfg: ModelConfig, layers):
+    def __init__(self, cfg: ModelConfig, layers: LayerFactory):
         super().__init__()
         h, f = cfg.hidden_size, cfg.ffn_hidden_size
         padded = layers.padded_ffn(f)
@@ -89,7 +90,7 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, layers):
+    def __init__(self, cfg: ModelConfig, layers: LayerFactory):
         super().__init__()
         self.norm1 = Norm(cfg)
         self.attn = Attention(cfg, layers)
@@ -107,14 +108,13 @@ class Transformer(nn.Module):
     def __init__(
         self,
         cfg: ModelConfig,
-        layers=None,
+        layers: LayerFactory | None = None,
         layer_ids: Sequence[int] | None = None,
         pre_process: bool = True,
         post_process: bool = True,
     ):
         super().__init__()
-        cfg = cfg if cfg.num_heads is not None else cfg.resolve()
-        self.cfg = cfg
+        self.cfg = cfg = cfg.resolve()
         self.layers_factory = layers = layers or SerialLayers()
         self.pre_process, self.post_process = pre_process, post_process
         self.layer_ids = list(range(cfg.num_layers) if layer_ids is None else layer_ids)
@@ -132,8 +132,8 @@ class Transformer(nn.Module):
         self.embed_scale = cfg.mup_embeddings_scale if cfg.mup else 1.0
         self.output_scale = cfg.mup_output_alpha * cfg.width_mult if cfg.mup else 1.0
 
-    def rope(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return rope_angles(position_ids, self.rot_dim, self.cfg.rotary_base)
+    def rope(self, position_ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        return rope_angles(position_ids, self.rot_dim, self.cfg.rotary_base, wide_dtype(dtype))
 
     def forward(
         self,
@@ -163,7 +163,7 @@ class Transformer(nn.Module):
             if seq is None:
                 raise ValueError("Transformer stage without the embedding needs position_ids or labels for the length")
             position_ids = torch.arange(seq, device=device)
-        cos, sin = self.rope(position_ids)
+        cos, sin = self.rope(position_ids, h.dtype)
         if not self.cfg.document_mask:  # packed documents attend across EOD, as in Crystal/Megatron
             segment_ids = None
         for block in self.layers.values():
@@ -185,7 +185,7 @@ class Transformer(nn.Module):
 def serial_layout(cfg: ModelConfig) -> dict[str, tuple[tuple, tuple]]:
     """{name: (shape, true shape)} of the serial model's parameters (= its state dict), padding included
     in `shape`; built on the meta device, so it costs no memory."""
-    cfg = cfg if cfg.num_heads is not None else cfg.resolve()
+    cfg = cfg.resolve()
     with torch.device("meta"):
         m = Transformer(cfg)
     return {n: (tuple(p.shape), true_shape(p)) for n, p in m.named_parameters()}
@@ -193,7 +193,7 @@ def serial_layout(cfg: ModelConfig) -> dict[str, tuple[tuple, tuple]]:
 
 def count_parameters(cfg: ModelConfig) -> int:
     """Parameters of the full model at their true sizes (no vocabulary or FFN padding), from the config."""
-    cfg = cfg if cfg.num_heads is not None else cfg.resolve()
+    cfg = cfg.resolve()
     h, f, v, d = cfg.hidden_size, cfg.ffn_hidden_size, cfg.vocab_size, cfg.head_dim
     qkv = h * (cfg.num_heads + 2 * cfg.num_kv_heads) * d
     attn = qkv + cfg.num_heads * d * h

@@ -9,10 +9,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .precision import widen
+
 
 def cross_entropy_reference(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
     """logits [..., V] (any float dtype), labels [...] -> per-token loss [...] in fp32."""
-    flat = logits.reshape(-1, logits.shape[-1]).float()
+    flat = widen(logits.reshape(-1, logits.shape[-1]))
     loss = F.cross_entropy(flat, labels.reshape(-1), reduction="none", ignore_index=ignore_index)
     return loss.view(labels.shape)
 
@@ -20,7 +22,7 @@ def cross_entropy_reference(logits: torch.Tensor, labels: torch.Tensor, ignore_i
 def ce_stats_reference(logits: torch.Tensor, labels: torch.Tensor, vocab_start: int = 0, ignore_index: int = -100):
     """logits [rows, V_local] holding global ids [vocab_start, vocab_start+V_local) -> fp32 (row max,
     Σ exp(x − max), target logit where the label falls in this block else 0)."""
-    x = logits.float()
+    x = widen(logits)
     mx = x.max(-1).values
     shift = torch.where(torch.isneginf(mx), torch.zeros_like(mx), mx)
     se = torch.exp(x - shift[:, None]).sum(-1)
@@ -39,11 +41,11 @@ def ce_grad_reference(
     ignore_index: int = -100,
 ) -> torch.Tensor:
     """(softmax − onehot(label)) · dloss over this block, in the logits' dtype; 0 rows at ignore_index."""
-    p = torch.exp(logits.float() - lse[:, None])
+    p = torch.exp(widen(logits) - lse[:, None])
     local = labels - vocab_start
     here = (labels != ignore_index) & (local >= 0) & (local < logits.shape[-1])
     p[here, local[here]] -= 1.0
-    g = torch.where(labels == ignore_index, torch.zeros_like(dloss, dtype=torch.float32), dloss.float())
+    g = torch.where(labels == ignore_index, torch.zeros_like(widen(dloss)), widen(dloss))
     return (p * g[:, None]).to(logits.dtype)
 
 

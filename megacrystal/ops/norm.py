@@ -5,18 +5,20 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .precision import widen
+
 
 def norm_reference(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float, rms: bool
 ) -> torch.Tensor:
     """fp32 statistics, output in x's dtype."""
-    xf = x.float()
+    xf = widen(x)
     if rms:
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * widen(weight)
         if bias is not None:
-            y = y + bias.float()
+            y = y + widen(bias)
         return y.to(x.dtype)
-    y = F.layer_norm(xf, (x.shape[-1],), weight.float(), None if bias is None else bias.float(), eps)
+    y = F.layer_norm(xf, (x.shape[-1],), widen(weight), None if bias is None else widen(bias), eps)
     return y.to(x.dtype)
 
 

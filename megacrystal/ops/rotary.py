@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import torch
 
+from .precision import widen
 
-def rope_angles(positions: torch.Tensor, rot_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin in fp32 for integer `positions` (any shape) -> shape positions.shape + [rot_dim/2]."""
+
+def rope_angles(
+    positions: torch.Tensor, rot_dim: int, base: float, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin in `dtype` (fp32, or fp64 for fp64 models) for integer `positions` (any shape) -> shape
+    positions.shape + [rot_dim/2]."""
     inv_freq = 1.0 / (base ** (torch.arange(0, rot_dim, 2, dtype=torch.float64, device=positions.device) / rot_dim))
     ang = positions.to(torch.float64)[..., None] * inv_freq
-    return ang.cos().float(), ang.sin().float()
+    return ang.cos().to(dtype), ang.sin().to(dtype)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool) -> torch.Tensor:
     rot = 2 * cos.shape[-1]
-    xr, xp = x[..., :rot].float(), x[..., rot:]
+    xr, xp = widen(x[..., :rot]), x[..., rot:]
     # cos/sin: [b, s, rot/2] or [s, rot/2] -> broadcast over heads: x is [b, s, h, d]
     c = cos.unsqueeze(-2)
     s = sin.unsqueeze(-2)

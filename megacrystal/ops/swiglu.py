@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .precision import widen
+
 
 def swiglu_reference(up: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    return (up.float() * F.silu(gate.float())).to(up.dtype)
+    return (widen(up) * F.silu(widen(gate))).to(up.dtype)

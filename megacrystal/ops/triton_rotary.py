@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_util import block, check_device
+from .triton_util import block, check_device, unit_last
 
 
 @triton.jit
@@ -156,10 +156,6 @@ def _warps(elems: int) -> int:
     return 8 if elems > 4096 else max(1, min(4, elems // 2048))
 
 
-def _unit_last(t: torch.Tensor) -> torch.Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 def _angles(cos: torch.Tensor, sin: torch.Tensor, d: int):
     half = cos.shape[-1]
     if 2 * half > d:
@@ -252,7 +248,7 @@ def rotary_apply(
     (which may be strided views, e.g. of a fused QKV buffer, with a unit last stride)."""
     if inplace and (q.stride(-1) != 1 or k.stride(-1) != 1):
         raise ValueError("rotary in place: q and k need a unit stride on the head dim")
-    q, k = _unit_last(q), _unit_last(k)
+    q, k = unit_last(q), unit_last(k)
     bsz, seq, hq, d = q.shape
     cos, sin, sc, half = _angles(cos, sin, d)
     if inplace:
@@ -320,7 +316,7 @@ def qkv_pack_unrotary(
 ) -> torch.Tensor:
     """The backward of `qkv_split_rotary`: dq [b,s,hk*g,d], dk, dv [b,s,hk,d] -> d(qkv) [b,s,hk,g+2,d], dq and dk
     rotated back; one pass, every element of d(qkv) written."""
-    dq, dk, dv = _unit_last(dq), _unit_last(dk), _unit_last(dv)
+    dq, dk, dv = unit_last(dq), unit_last(dk), unit_last(dv)
     bsz, seq, hq, d = dq.shape
     hk = dk.shape[2]
     g = hq // hk
@@ -380,7 +376,7 @@ class QKVRotaryFunction(torch.autograd.Function):
         ctx.save_for_backward(cos, sin)
         ctx.interleaved = interleaved
         ctx.dtype, ctx.shape = qkv.dtype, qkv.shape
-        return qkv_split_rotary(_unit_last(qkv), cos, sin, interleaved)
+        return qkv_split_rotary(unit_last(qkv), cos, sin, interleaved)
 
     @staticmethod
     def backward(ctx, dq, dk, dv):

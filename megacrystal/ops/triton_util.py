@@ -52,3 +52,8 @@ def rows2d(x: torch.Tensor) -> torch.Tensor:
     """View x as [rows, last] with a unit stride on the last dim (copies only if it must)."""
     x2 = x.reshape(-1, x.shape[-1])
     return x2 if x2.stride(-1) == 1 else x2.contiguous()
+
+
+def unit_last(t: torch.Tensor) -> torch.Tensor:
+    """`t` with a unit stride on its last dim (copied only if it has not)."""
+    return t if t.stride(-1) == 1 else t.contiguous()

@@ -1,11 +1,12 @@
-"""AdamW with decoupled weight decay and fp32 master weights (Crystal: beta1 .9, beta2 .95, eps 1e-9).
+"""AdamW with decoupled weight decay and wide master weights (Crystal: beta1 .9, beta2 .95, eps 1e-9).
 
     p <- p * (1 - lr*wd);  m <- b1 m + (1-b1) g;  v <- b2 v + (1-b2) g^2
     p <- p - lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)
 the same arithmetic as torch.optim.AdamW. Groups carry `lr_mult` (muP) and `weight_decay`; the
 scheduled base LR is passed to `step`. Gradients are read from `p.main_grad` (the fp32 gradient
 buffer of `parallel.grad_buffers`) when present, else `p.grad`. When parameters are bf16 the optimizer keeps
-an fp32 master copy and writes the rounded result back; fp32 parameters are their own masters.
+an fp32 master copy and writes the rounded result back; fp32 and fp64 parameters are their own masters
+(state and gradients in the parameters' dtype: fp64 runs keep everything in fp64, see `ops.precision`).
 The distributed optimizer (`parallel.distributed_optimizer`) runs the same `adamw_` on its shards.
 """
 
@@ -14,6 +15,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from ..ops.precision import wide_dtype
 
 
 @torch.no_grad()
@@ -30,7 +33,7 @@ def adamw_(
     eps: float,
     weight_decay: float,
 ) -> None:
-    """One in-place AdamW update of fp32 tensors (lists of equal length; views are fine)."""
+    """One in-place AdamW update of fp32 (or fp64) tensors (lists of equal length; views are fine)."""
     if not params:
         return
     if weight_decay:
@@ -51,11 +54,35 @@ def grad_of(p: torch.Tensor) -> torch.Tensor:
     if g is None:
         g = p.grad
     if g is None:
-        return torch.zeros_like(p, dtype=torch.float32)
-    return g if g.dtype == torch.float32 else g.float()
+        return torch.zeros_like(p, dtype=wide_dtype(p.dtype))
+    return g.to(wide_dtype(p.dtype))
 
 
-class AdamW:
+class AdamWSteps:
+    """What both optimizers share: the hyper-parameters, the step count, and the update of one group
+    (`groups` entries carry lr_mult, weight_decay, exp_avg, exp_avg_sq)."""
+
+    beta1: float
+    beta2: float
+    eps: float
+    step_count: int
+
+    def _update(self, g: dict, masters: list, grads: list, lr: float) -> None:
+        adamw_(
+            masters,
+            grads,
+            g["exp_avg"],
+            g["exp_avg_sq"],
+            step=self.step_count,
+            lr=lr * g["lr_mult"],
+            beta1=self.beta1,
+            beta2=self.beta2,
+            eps=self.eps,
+            weight_decay=g["weight_decay"],
+        )
+
+
+class AdamW(AdamWSteps):
     """The plain (replicated) optimizer: every rank updates all of its parameters."""
 
     def __init__(
@@ -68,7 +95,7 @@ class AdamW:
         self.groups = []
         for g in groups:
             params = list(g["params"])
-            masters = [p if p.dtype == torch.float32 else p.detach().float().clone() for p in params]
+            masters = [p if p.dtype == wide_dtype(p.dtype) else p.detach().float().clone() for p in params]
             self.groups.append(
                 dict(
                     name=g.get("name", ""),
@@ -86,18 +113,7 @@ class AdamW:
     def step(self, lr: float) -> None:
         self.step_count += 1
         for g in self.groups:
-            adamw_(
-                g["masters"],
-                [grad_of(p) for p in g["params"]],
-                g["exp_avg"],
-                g["exp_avg_sq"],
-                step=self.step_count,
-                lr=lr * g["lr_mult"],
-                beta1=self.beta1,
-                beta2=self.beta2,
-                eps=self.eps,
-                weight_decay=g["weight_decay"],
-            )
+            self._update(g, g["masters"], [grad_of(p) for p in g["params"]], lr)
             copies = [(p, m) for p, m in zip(g["params"], g["masters"], strict=True) if p is not m]
             if copies:
                 torch._foreach_copy_([p for p, _ in copies], [m for _, m in copies])
@@ -108,7 +124,7 @@ class AdamW:
         for g in self.groups:
             for p, m in zip(g["params"], g["masters"], strict=True):
                 if p is not m:
-                    m.copy_(p.float())
+                    m.copy_(p)
 
     def _key(self, p, gi: int, i: int) -> str:
         return self.names.get(id(p), f"{gi}.{i}")
@@ -141,5 +157,5 @@ class AdamW:
                         )
                     dst.copy_(s[k])
                 if p is not m:
-                    m.copy_(s["master"] if "master" in s else p.float())
+                    m.copy_(s.get("master", p))
         self.step_count = int(sd["step"])

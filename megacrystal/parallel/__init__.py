@@ -1,0 +1,1 @@
+"""3D parallelism: the rank grid, tensor/sequence-parallel layers, pipeline schedules, ZeRO-1, the engine."""

@@ -21,6 +21,7 @@ import torch.distributed as dist
 
 from ..log import say_once
 from ..ops.cross_entropy import ce_grad_reference, ce_stats_reference, rescale_sumexp
+from ..ops.precision import wide_dtype, widen
 from . import collectives as C
 from .state import Group
 
@@ -63,8 +64,8 @@ class _VocabParallelCE(torch.autograd.Function):
             f"vp-ce-{name}-{flat.device.type}", f"vocab-parallel cross-entropy: {name} pieces on {flat.device.type}"
         )
         rows = max(1, chunk_elements // max(V, 1)) if chunked else max(n, 1)
-        m = torch.empty(n, dtype=torch.float32, device=flat.device)
-        st = torch.empty(2, n, dtype=torch.float32, device=flat.device)
+        m = torch.empty(n, dtype=wide_dtype(flat.dtype), device=flat.device)
+        st = torch.empty(2, n, dtype=wide_dtype(flat.dtype), device=flat.device)
         for a, b in _spans(n, rows):
             m[a:b], st[0, a:b], st[1, a:b] = stats(flat[a:b], lab[a:b], start, IGNORE)
         big = m.clone()
@@ -81,7 +82,7 @@ class _VocabParallelCE(torch.autograd.Function):
     def backward(ctx, dloss):
         logits, lab, lse = ctx.saved_tensors
         flat = logits.reshape(-1, logits.shape[-1])
-        d = dloss.reshape(-1).float().contiguous()
+        d = widen(dloss.reshape(-1)).contiguous()
         grad = torch.empty_like(flat)
         for a, b in _spans(flat.shape[0], ctx.rows):
             grad[a:b] = ctx.grad_fn(flat[a:b], lab[a:b], lse[a:b], d[a:b], ctx.start, IGNORE)

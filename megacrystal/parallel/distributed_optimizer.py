@@ -8,19 +8,20 @@ the parameter buffer, and the buffer is all-gathered so every rank holds the ful
 
 Memory per parameter on a rank, with bf16 parameters: 2 (param) + 4 (fp32 grad) + 12/dp (fp32
 master + exp_avg + exp_avg_sq), against 2 + 4 + 12 for the replicated optimizer. With fp32
-parameters the master is the parameter buffer itself: 4 + 4 + 8/dp.
+parameters the master is the parameter buffer itself: 4 + 4 + 8/dp (fp64: 8 + 8 + 16/dp).
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..optim.adamw import adamw_
+from ..ops.precision import wide_dtype
+from ..optim.adamw import AdamWSteps
 from . import collectives as C
 from .grad_buffers import GradBuffers
 
 
-class DistributedOptimizer:
+class DistributedOptimizer(AdamWSteps):
     def __init__(
         self, buffers: GradBuffers, groups: list[dict], beta1: float = 0.9, beta2: float = 0.95, eps: float = 1e-9
     ):
@@ -30,7 +31,8 @@ class DistributedOptimizer:
         self.beta1, self.beta2, self.eps = beta1, beta2, eps
         self.step_count = 0
         pbuf = buffers.param_buffer
-        self.separate_master = pbuf.dtype != torch.float32
+        self.separate_master = pbuf.dtype != wide_dtype(pbuf.dtype)
+        state_dtype = wide_dtype(pbuf.dtype)
         group_of = {}
         self.groups = []
         for gi, g in enumerate(groups):
@@ -56,8 +58,8 @@ class DistributedOptimizer:
                 lo=lo,
                 hi=hi,
                 master=master,
-                exp_avg=torch.zeros(n, dtype=torch.float32, device=pbuf.device),
-                exp_avg_sq=torch.zeros(n, dtype=torch.float32, device=pbuf.device),
+                exp_avg=torch.zeros(n, dtype=state_dtype, device=pbuf.device),
+                exp_avg_sq=torch.zeros(n, dtype=state_dtype, device=pbuf.device),
             )
             self.shards.append(shard)
             for p in b.params:
@@ -77,18 +79,7 @@ class DistributedOptimizer:
     def step(self, lr: float) -> None:
         self.step_count += 1
         for g in self.groups:
-            adamw_(
-                g["master"],
-                g["grad"],
-                g["exp_avg"],
-                g["exp_avg_sq"],
-                step=self.step_count,
-                lr=lr * g["lr_mult"],
-                beta1=self.beta1,
-                beta2=self.beta2,
-                eps=self.eps,
-                weight_decay=g["weight_decay"],
-            )
+            self._update(g, g["master"], g["grad"], lr)
         self.gather_params()
 
     @torch.no_grad()

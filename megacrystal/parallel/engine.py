@@ -16,28 +16,33 @@ divided by the global token count before backward, and dp gradients are summed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 
 import torch
 import torch.distributed as dist
 
-from ..config import Config, validate_config
+from ..config import Config, ResolvedModelConfig
 from ..cuda_select import resolve_grad_accum_fusion, resolve_optim_impl
 from ..model import wgrad_fusion
 from ..model.layers import SerialLayers
 from ..model.mup import init_parameters, param_groups
 from ..model.padding import fit_problem, full_shape, refit, true_part, true_shape
+from ..model.param_spec import param_spec
 from ..model.transformer import count_parameters, serial_layout
 from ..optim.factory import clip_and_step, make_optimizer
 from ..optim.loss_normalization import loss_denominator
 from . import collectives as C
 from . import pipeline_schedules as schedules
 from .grad_buffers import GradBuffers
-from .pipeline import P2P, build_chunks, tied_embedding_params
+from .p2p import P2P
+from .pipeline import build_chunks, tied_embedding_params
 from .state import Grid, build_grid
-from .tensor import RNGStreams, TensorParallelLayers
+from .step import StepCompute
+from .tensor import TensorParallelLayers
 
 FORMAT = "megacrystal-engine/1"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
 
 
 class Engine:
@@ -45,15 +50,15 @@ class Engine:
         self, cfg: Config, device: torch.device | None = None, grid: Grid | None = None, for_training: bool = True
     ):
         """`for_training=False`: forward passes only (eval_loss, evaluation), no gradient buffers or
-        optimizer state allocated."""
-        if cfg.model.num_heads is None:
-            cfg.model = cfg.model.resolve()
+        optimizer state allocated. `cfg` is read, never changed (an unresolved model config is resolved
+        into a copy)."""
+        if not isinstance(cfg.model, ResolvedModelConfig):
+            cfg = dataclasses.replace(cfg, model=cfg.model.resolve())
         self.cfg = cfg
         self.device = torch.device(device if device is not None else "cpu")
-        self.grid = grid or build_grid(cfg)
-        validate_config(cfg, self.grid.world_size)
+        self.grid = grid or build_grid(cfg)  # checks the grid rules against the world
         par, g = cfg.parallel, self.grid
-        self.dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
+        self.dtype = DTYPES[cfg.train.precision]
         self.sp = bool(par.sequence_parallel) and g.tp_size > 1
         self.layers = SerialLayers() if g.tp_size == 1 else TensorParallelLayers(g, self.sp)
         # parameters are allocated in their final dtype on the device (no fp32 or host copy of the
@@ -65,19 +70,15 @@ class Engine:
         if self.sp:  # everything replicated over tp sees a slice of the sequence: partial grads
             for m in self.chunks:
                 for p in m.parameters():
-                    if not hasattr(p, "_mc_shard"):
-                        p._mc_sequence_parallel = True
+                    if not param_spec(p).sharded:
+                        param_spec(p).sequence_parallel = True
         named = [(n, p) for m in self.chunks for n, p in m.named_parameters()]
         self._names = {id(p): n for n, p in named}
         self.buffers = self.optimizer = None
         if for_training:
             self._build_training_state(named)
-        self.rng = RNGStreams(cfg.train.seed, g.tp_rank, self.device)
         P2P.connect(g, self.device)
         self.trace: list | None = None  # set to a list to record compute intervals
-        self._batches: list = []
-        self._loss_acc = None
-        self._scale = 1.0
 
     def _build_training_state(self, named: list) -> None:
         par, g = self.cfg.parallel, self.grid
@@ -98,10 +99,6 @@ class Engine:
         self.optimizer = make_optimizer(self.optim_impl, self.buffers, groups, self.cfg.optim, self._names)
 
     # ------------------------------------------------------------------ helpers
-
-    @property
-    def models(self) -> list:
-        return self.chunks
 
     def _param_groups(self) -> list[dict]:
         merged: dict[str, dict] = {}
@@ -160,9 +157,10 @@ class Engine:
             )
         return None
 
-    def _prepare(self, micro_batches) -> float:
+    def _prepare(self, micro_batches) -> tuple[list[dict], float]:
         """Validate on every rank, agree on it (one all-reduce, so a bad batch on one rank fails
-        every rank instead of hanging them), move to the device; returns the global loss-token count."""
+        every rank instead of hanging them), move to the device; returns the batches on the device
+        and the global loss-token count."""
         err = self._check_batches(micro_batches)
         g = self.grid
         count = 0.0
@@ -174,78 +172,62 @@ class Engine:
             raise ValueError(f"Engine: {err}")
         if t[0].item() > 0:
             raise ValueError(f"Engine: {int(t[0].item())} rank(s) reported invalid micro-batches (see their error)")
-        self._batches = [
+        batches = [
             {k: (v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in b.items()}
             for b in micro_batches
         ]
-        for b in self._batches:
+        for b in batches:
             b["loss_mask"] = b["loss_mask"].float()
-        return float(t[1].item())
+        return batches, float(t[1].item())
 
-    def _forward(self, chunk: int, mb: int, x: torch.Tensor | None):
-        m, b = self.chunks[chunk], self._batches[mb]
-        kw = dict(position_ids=b.get("position_ids"), segment_ids=b.get("segment_ids"), labels=b["labels"])
-        out = m(tokens=b["tokens"], **kw) if m.pre_process else m(hidden=x, **kw)
-        if not m.post_process:
-            return out
-        s = (out * b["loss_mask"]).sum()
-        self._loss_acc += s.detach().double()
-        return s * self._scale
+    def _step(self, batches: list[dict], scale: float) -> StepCompute:
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else None
+        return StepCompute(self.chunks, batches, scale, self.trace, sync)
 
-    def _p2p(self) -> P2P:
-        b, s = self._batches[0]["tokens"].shape
+    def _p2p(self, batches: list[dict]) -> P2P:
+        b, s = batches[0]["tokens"].shape
         if self.sp:
             s //= self.grid.tp_size
-        p2p = P2P(self.grid, (b, s, self.cfg.model.hidden_size), self.dtype, self.device)
-        p2p.trace = self.trace
-        return p2p
+        return P2P(self.grid, (b, s, self.cfg.model.hidden_size), self.dtype, self.device, self.trace)
 
-    def _global_loss_sum(self) -> float:
+    def _global_loss_sum(self, step: StepCompute) -> float:
         g = self.grid
         holds = any(m.post_process for m in self.chunks) and g.tp_rank == 0
-        t = self._loss_acc.clone() if holds else torch.zeros(1, dtype=torch.float64, device=self.device)
+        t = step.loss_sum.clone() if holds else torch.zeros(1, dtype=torch.float64, device=self.device)
         C.all_reduce(t, g.world)
         return float(t.item())
-
-    def _steps(self) -> schedules.Steps:
-        sync = torch.cuda.synchronize if self.device.type == "cuda" else None
-        return schedules.Steps(self._forward, self.trace, sync)
 
     # ------------------------------------------------------------------ the API
 
     def train_step(self, micro_batches: list[dict], lr: float) -> dict:
-        tokens = self._prepare(micro_batches)
-        denom = loss_denominator(self.cfg.optim.loss_normalization, tokens, self._batches, self.grid.dp_size)
-        self._scale = 1.0 / denom
-        self._loss_acc = torch.zeros(1, dtype=torch.float64, device=self.device)
-        self.buffers.start_step(len(self._batches))
+        batches, tokens = self._prepare(micro_batches)
+        denom = loss_denominator(self.cfg.optim.loss_normalization, tokens, batches, self.grid.dp_size)
+        step = self._step(batches, 1.0 / denom)
+        self.buffers.start_step(len(batches))
         for m in self.chunks:
             m.train()
-        schedules.run(self._steps(), self._p2p(), self.grid, len(self._batches))
+        schedules.run(step, self._p2p(batches), self.grid)
         self.buffers.finish()
         if self.sp:
             self.buffers.allreduce_sequence_parallel()
         norm = self.buffers.grad_norm()
-        loss = self._global_loss_sum() / denom
+        loss = self._global_loss_sum(step) / denom
         # both are reduced over every rank that holds a part: all ranks take the same decision.
         # A non-finite step changes no state (parameters, masters, moments, the optimizer's step count).
         skipped = not (math.isfinite(norm) and math.isfinite(loss))
         if not skipped:
             clip_and_step(self.optimizer, self.buffers, norm, self.cfg.optim.clip_grad, lr)
-        self._batches = []
         return dict(loss=loss, grad_norm=norm, tokens=tokens, skipped=skipped)
 
     @torch.no_grad()
     def eval_loss(self, micro_batches: list[dict]) -> tuple[float, float]:
         """(sum of masked per-token losses, sum of the mask), both over the global batch."""
-        tokens = self._prepare(micro_batches)
-        self._scale = 1.0
-        self._loss_acc = torch.zeros(1, dtype=torch.float64, device=self.device)
+        batches, tokens = self._prepare(micro_batches)
+        step = self._step(batches, 1.0)
         for m in self.chunks:
             m.eval()
-        schedules.forward_only(self._steps(), self._p2p(), self.grid, len(self._batches))
-        self._batches = []
-        return self._global_loss_sum(), tokens
+        schedules.forward_only(step, self._p2p(batches), self.grid)
+        return self._global_loss_sum(step), tokens
 
     def state_dict(self) -> dict:
         model = {n: p.detach().to("cpu", copy=True) for m in self.chunks for n, p in m.named_parameters()}
@@ -298,36 +280,49 @@ class Engine:
         """The whole model under serial names and shapes (vocabulary and FFN padded as in the serial
         model), gathered over tp and pp onto global rank 0 as CPU tensors; None on the other ranks."""
         g = self.grid
-        serial = self.serial_shapes()
-        local: dict[str, torch.Tensor] = {}
-        if g.dp_rank == 0:
-            for m in self.chunks:
-                for n, p in m.named_parameters():
-                    if getattr(p, "_mc_tied_copy", False):
-                        continue
-                    full = p.detach()
-                    if hasattr(p, "_mc_shard") and g.tp_size > 1:
-                        full = C.all_gather_dim(full.contiguous(), p._mc_shard_dim, g.tp)
-                    if g.tp_rank == 0:
-                        true = true_shape(p)
-                        local[n] = refit(true_part(full, true), true, serial[n])
-        leader = g.dp_rank == 0 and g.tp_rank == 0
-        if g.pp_size > 1 and leader:
-            if g.pp_rank == 0:
-                for src in g.pp.ranks[1:]:
-                    meta = [None]
-                    dist.recv_object_list(meta, src=src)
-                    for n, shape, dtype in meta[0]:
-                        t = torch.empty(shape, dtype=dtype, device=self.device)
-                        dist.recv(t, src=src)
-                        local[n] = t
-            else:
-                dist.send_object_list([[(n, tuple(t.shape), t.dtype) for n, t in local.items()]], dst=g.pp.ranks[0])
-                for t in local.values():
-                    dist.send(t.contiguous(), dst=g.pp.ranks[0])
+        local = self._gather_tp() if g.dp_rank == 0 else {}
+        if g.dp_rank == 0 and g.tp_rank == 0 and g.pp_size > 1:
+            local = self._gather_pp(local)
         if g.rank != 0:
             return None
-        return {n: local[n].to("cpu", copy=True) for n in serial}
+        return {n: local[n].to("cpu", copy=True) for n in self.serial_shapes()}
+
+    def _gather_tp(self) -> dict[str, torch.Tensor]:
+        """This pipeline stage's parameters, whole over tp, in serial shapes: on tp rank 0 (empty on the
+        others). Every tp rank of the replica takes part. The tied head copy is left out."""
+        g = self.grid
+        serial = self.serial_shapes()
+        local: dict[str, torch.Tensor] = {}
+        for m in self.chunks:
+            for n, p in m.named_parameters():
+                spec = param_spec(p)
+                if spec.tied_copy:
+                    continue
+                full = p.detach()
+                if spec.sharded and g.tp_size > 1:
+                    full = C.all_gather_dim(full.contiguous(), spec.shard_dim, g.tp)
+                if g.tp_rank == 0:
+                    true = true_shape(p)
+                    local[n] = refit(true_part(full, true), true, serial[n])
+        return local
+
+    def _gather_pp(self, local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Every stage's `_gather_tp` result onto the first stage (whose dict it returns, all stages
+        merged); the other stages send theirs. Only the (dp 0, tp 0) rank of each stage takes part."""
+        g = self.grid
+        if g.pp_rank != 0:
+            dist.send_object_list([[(n, tuple(t.shape), t.dtype) for n, t in local.items()]], dst=g.pp.ranks[0])
+            for t in local.values():
+                dist.send(t.contiguous(), dst=g.pp.ranks[0])
+            return local
+        for src in g.pp.ranks[1:]:
+            meta = [None]
+            dist.recv_object_list(meta, src=src)
+            for n, shape, dtype in meta[0]:
+                t = torch.empty(shape, dtype=dtype, device=self.device)
+                dist.recv(t, src=src)
+                local[n] = t
+        return local
 
     @torch.no_grad()
     def load_full_model_state(self, sd: dict | None) -> None:
@@ -357,10 +352,10 @@ class Engine:
                 raise ValueError(f"load_full_model_state: {n} {problem}")
         for m in self.chunks:
             for n, p in m.named_parameters():
-                key = getattr(p, "_mc_name", n) if getattr(p, "_mc_tied_copy", False) else n
+                spec = param_spec(p)
+                key = (spec.seed_name or n) if spec.tied_copy else n
                 full = refit(sd[key], true_shape(p), full_shape(p))
-                shard = p._mc_shard(full) if hasattr(p, "_mc_shard") else full
-                p.copy_(shard.to(device=p.device, dtype=p.dtype))
+                p.copy_(spec.shard(full).to(device=p.device, dtype=p.dtype))
         if self.optimizer is not None:
             self.optimizer.reload_masters()
 

@@ -1,7 +1,7 @@
 """Data-parallel gradient reduction in contiguous buckets, and the gradient norm.
 
-All trainable parameters of this rank get one fp32 gradient buffer (`p.main_grad` is a view of
-it). fp32 parameters accumulate straight into it (`p.grad` is that view); bf16 parameters add their
+All trainable parameters of this rank get one fp32 gradient buffer (fp64 for fp64 parameters;
+`p.main_grad` is a view of it). fp32/fp64 parameters accumulate straight into it (`p.grad` is that view); bf16 parameters add their
 gradient into it in a post-accumulate hook and drop the bf16 copy. Parameters are laid out in
 reverse registration order (roughly the order backward produces them) and cut into buckets of
 about `bucket_size_mb`. A bucket is reduced over dp as soon as every parameter in it received its
@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from ..model.param_spec import param_spec
+from ..ops.precision import wide_dtype
 from . import collectives as C
 from .state import Grid
 
@@ -93,10 +95,11 @@ class GradBuffers:
         close([p for p in reversed(self.params) if id(p) in tied_ids], True)
 
         self.numel = pos
-        self.grad_buffer = torch.zeros(pos, dtype=torch.float32, device=device)
+        dtypes = {p.dtype for p in self.params}
+        self.grad_dtype = wide_dtype(self.params[0].dtype) if len(dtypes) == 1 else torch.float32
+        self.grad_buffer = torch.zeros(pos, dtype=self.grad_dtype, device=device)
         self.param_buffer = None
         if contiguous_params and self.params:
-            dtypes = {p.dtype for p in self.params}
             if len(dtypes) != 1:
                 raise ValueError(f"contiguous parameter buffer needs one dtype, got {sorted(map(str, dtypes))}")
             self.param_buffer = torch.zeros(pos, dtype=self.params[0].dtype, device=device)
@@ -110,7 +113,7 @@ class GradBuffers:
                     view = self.param_buffer[lo : lo + p.numel()].view(p.shape)
                     view.copy_(p.data)
                     p.data = view
-                p.grad = p.main_grad if p.dtype == torch.float32 else None
+                p.grad = p.main_grad if p.dtype == self.grad_dtype else None
                 p.register_post_accumulate_grad_hook(self._on_grad)
 
     # ------------------------------------------------------------------ per step
@@ -122,14 +125,14 @@ class GradBuffers:
             b.pending = len(b.params) * num_microbatches
             b.work, b.launched = None, False
         for p in self.params:
-            if p.dtype == torch.float32:
+            if p.dtype == self.grad_dtype:
                 p.grad = p.main_grad
 
     def _on_grad(self, p: torch.Tensor) -> None:
         g = p.grad
         if g is not None and g.data_ptr() != p.main_grad.data_ptr():
             p.main_grad.add_(g)
-            p.grad = None if p.dtype != torch.float32 else p.main_grad
+            p.grad = None if p.dtype != self.grad_dtype else p.main_grad
         b = self.bucket_of[id(p)]
         b.pending -= 1
         if b.pending == 0 and self.overlap and not b.deferred:
@@ -172,10 +175,10 @@ class GradBuffers:
                 b.work = None
 
     def allreduce_sequence_parallel(self) -> None:
-        """Sum over tp the gradients marked `_mc_sequence_parallel` (one flat all-reduce)."""
+        """Sum over tp the gradients of sequence-parallel parameters (one flat all-reduce)."""
         if self.grid.tp.size == 1:
             return
-        grads = [p.main_grad for p in self.params if getattr(p, "_mc_sequence_parallel", False)]
+        grads = [p.main_grad for p in self.params if param_spec(p).sequence_parallel]
         if not grads:
             return
         flat = torch.cat([g.reshape(-1) for g in grads])
@@ -188,9 +191,10 @@ class GradBuffers:
     def counted(self, p: torch.Tensor) -> bool:
         """Does this rank's copy of `p` count towards the global gradient norm? Parameters replicated
         over tp count on tp rank 0 only; the last stage's copy of a tied embedding never does."""
-        if getattr(p, "_mc_tied_copy", False):
+        spec = param_spec(p)
+        if spec.tied_copy:
             return False
-        return not (self.grid.tp_rank > 0 and not hasattr(p, "_mc_shard"))
+        return not (self.grid.tp_rank > 0 and not spec.sharded)
 
     def grad_norm(self) -> float:
         """Global L2 norm of the gradient (after reduction), each element counted once."""

@@ -2,8 +2,8 @@
 
     grid, device = init_distributed(cfg)
 
-Reads WORLD_SIZE, RANK, LOCAL_RANK (and torchrun's MASTER_ADDR/MASTER_PORT); validates every
-config rule against WORLD_SIZE *before* `init_process_group`, so a bad launch fails at once with a
+Reads WORLD_SIZE, RANK, LOCAL_RANK (and torchrun's MASTER_ADDR/MASTER_PORT); checks the grid
+rules of the config against WORLD_SIZE *before* `init_process_group`, so a bad launch fails at once with a
 one-line error instead of hanging in a collective; picks NCCL on CUDA and gloo on CPU
 (`parallel.backend` may force one); puts the process on cuda:LOCAL_RANK. Without WORLD_SIZE (a
 plain `python` run) it is a world of one and no process group is created.
@@ -17,7 +17,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from ..config import Config, ConfigError, validate_config
+from ..config import Config, ConfigError, validate_world
 from ..log import get_logger
 from .state import Grid, build_grid
 
@@ -68,7 +68,7 @@ def init_distributed(cfg: Config, timeout_s: float | None = None) -> tuple[Grid,
         raise ConfigError(f"environment RANK={rank}: expected 0 <= RANK < WORLD_SIZE={world}")
     if local_rank < 0:
         raise ConfigError(f"environment LOCAL_RANK={local_rank}: expected >= 0")
-    validate_config(cfg, world)
+    validate_world(cfg, world)  # the field rules were checked by load_config
     device = pick_device(cfg, local_rank)
     backend = pick_backend(cfg, device)
     if device.type == "cuda":
@@ -80,7 +80,7 @@ def init_distributed(cfg: Config, timeout_s: float | None = None) -> tuple[Grid,
         kw = dict(device_id=device) if device.type == "cuda" else {}
         timeout = timedelta(seconds=cfg.parallel.timeout_s if timeout_s is None else timeout_s)
         dist.init_process_group(backend, rank=rank, world_size=world, timeout=timeout, **kw)
-    grid = build_grid(cfg)
+    grid = build_grid(cfg, checked=True)
     log = get_logger("megacrystal.parallel")
     log.info(f"{grid.describe()} backend {grid.backend or 'none'} device {device}")
     if (

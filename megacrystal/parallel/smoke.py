@@ -17,6 +17,11 @@ import time
 
 import torch
 
+from ..config import ConfigError, load_config
+from .engine import Engine
+from .init import init_distributed
+from .state import destroy
+
 
 def synthetic_batch(step: int, global_batch: int, seq: int, vocab: int, seed: int) -> dict:
     g = torch.Generator().manual_seed(seed * 1000003 + step)
@@ -33,11 +38,6 @@ def split_for_rank(batch: dict, dp_rank: int, dp: int, micro_batch: int) -> list
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..config import ConfigError, load_config
-    from .engine import Engine
-    from .init import init_distributed
-    from .state import destroy
-
     ap = argparse.ArgumentParser(prog="megacrystal.parallel.smoke", description=__doc__.splitlines()[0])
     ap.add_argument("--config")
     ap.add_argument("--steps", type=int, default=3)

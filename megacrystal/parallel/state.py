@@ -24,7 +24,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from ..config import Config, ConfigError, validate_config
+from ..config import Config, ConfigError, validate_world
 
 # order -> axis names from slowest to fastest varying (the reshape shape of arange(world))
 ORDERS = {"tp-dp-pp": ("pp", "dp", "tp"), "tp-pp-dp": ("dp", "pp", "tp")}
@@ -74,14 +74,6 @@ class Grid:
     @property
     def dp_rank(self) -> int:
         return self.dp.rank
-
-    @property
-    def tp_group(self):
-        return self.tp.pg
-
-    @property
-    def pp_group(self):
-        return self.pp.pg
 
     @property
     def dp_group(self):
@@ -151,16 +143,18 @@ def _new_group(ranks: list[int], timeout_s: float):
     return pg
 
 
-def build_grid(cfg: Config, world_size: int | None = None, rank: int | None = None) -> Grid:
-    """Validate `cfg` against the world, then create every group. Without an initialised default
-    group the world must be 1 (a plain single-process run)."""
+def build_grid(cfg: Config, world_size: int | None = None, rank: int | None = None, checked: bool = False) -> Grid:
+    """Check the grid rules of `cfg` against the world (unless the caller just did: `checked`), then
+    create every group. The field rules were checked when the config was loaded. Without an
+    initialised default group the world must be 1 (a plain single-process run)."""
     global _current
     initialised = dist.is_available() and dist.is_initialized()
     if world_size is None:
         world_size = dist.get_world_size() if initialised else 1
     if rank is None:
         rank = dist.get_rank() if initialised else 0
-    validate_config(cfg, world_size)  # every rule, before any collective
+    if not checked:
+        validate_world(cfg, world_size)  # before any collective
     par = cfg.parallel
     if world_size > 1 and not initialised:
         raise ConfigError(
@@ -205,18 +199,6 @@ def build_grid(cfg: Config, world_size: int | None = None, rank: int | None = No
     )
     _current = grid
     return grid
-
-
-def init_distributed(cfg: Config, timeout_s: float | None = None):
-    """`parallel.init.init_distributed` (here too, for callers that only import the state module)."""
-    from .init import init_distributed as init
-
-    return init(cfg, timeout_s)
-
-
-def current() -> Grid | None:
-    """The grid built last in this process (None before `build_grid`)."""
-    return _current
 
 
 def _meet(timeout_s: float) -> None:

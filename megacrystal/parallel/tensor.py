@@ -9,19 +9,17 @@ so a contiguous row split hands every rank whole KV groups.
 Sequence parallelism keeps the residual stream split along the sequence (dim 1 of [b, s, h])
 between the tensor-parallel regions: a column input is all-gathered (reduce-scattered in backward),
 a row output is reduce-scattered (all-gathered in backward). Parameters that stay replicated over
-tp then see only a slice of the tokens, so their gradients are partial: they are marked
-`_mc_sequence_parallel` and the engine all-reduces them over tp.
+tp then see only a slice of the tokens, so their gradients are partial: their spec says
+`sequence_parallel` and the engine all-reduces them over tp.
 
-Every sharded parameter carries `_mc_shard` (full -> this rank's piece), `_mc_shard_dim` and
-`_mc_full_shape`, so `mup.init_parameters` draws the serial values and checkpoints can gather. The
-vocabulary and the FFN inner size are zero-padded to a multiple of 64·tp (`PaddedSizes`); padded
-parameters also carry `_mc_true_shape` (model/padding.py), which consolidation refits to the serial
-padding.
+Every sharded parameter's `ParamSpec` (model/param_spec.py) names its full shape, the split
+dimension and this rank's piece, so `mup.init_parameters` draws the serial values and checkpoints can
+gather. The vocabulary and the FFN inner size are zero-padded to a multiple of 64·tp (`PaddedSizes`);
+padded parameters also carry a true shape (model/padding.py), which consolidation refits to the
+serial padding.
 """
 
 from __future__ import annotations
-
-import contextlib
 
 import torch
 import torch.nn as nn
@@ -29,6 +27,7 @@ import torch.nn.functional as F
 
 from ..model.layers import PaddedSizes, mark
 from ..model.padding import set_true_shape
+from ..model.param_spec import param_spec
 from ..model.wgrad_fusion import linear
 from . import collectives as C
 from .cross_entropy import vocab_parallel_cross_entropy
@@ -120,10 +119,8 @@ def gather_vocab(logits: torch.Tensor, group: Group, vocab_size: int | None = No
 
 
 def _shard(p: nn.Parameter, full_shape: tuple, dim: int, group: Group) -> nn.Parameter:
-    size, rank = group.size, group.rank
-    p._mc_full_shape = tuple(full_shape)
-    p._mc_shard_dim = dim
-    p._mc_shard = lambda full, d=dim, n=size, r=rank: full.chunk(n, d)[r].contiguous()
+    spec = param_spec(p)
+    spec.full_shape, spec.shard_dim, spec.tp_size, spec.tp_rank = tuple(full_shape), dim, group.size, group.rank
     return p
 
 
@@ -165,7 +162,7 @@ class RowParallelLinear(nn.Module):
         )
         self.bias = mark(nn.Parameter(torch.zeros(out_features)), "zeros") if bias else None
         if self.bias is not None and sp:
-            self.bias._mc_sequence_parallel = True
+            param_spec(self.bias).sequence_parallel = True
 
     def forward(self, x):
         y = linear(x, self.weight)
@@ -255,47 +252,8 @@ class TensorParallelLayers(PaddedSizes):
         """The last pipeline stage's copy of a tied embedding: seeded like it, grads summed with it."""
         h = VocabParallelHead(vocab, self.padded_vocab(vocab), hidden, None, self.group, self.sp)
         mark(h.weight, "embedding", name="embed.weight")
-        h.weight._mc_tied_copy = True
+        param_spec(h.weight).tied_copy = True
         return h
 
     def cross_entropy(self, logits: torch.Tensor, labels: torch.Tensor, impl: str = "auto") -> torch.Tensor:
         return vocab_parallel_cross_entropy(logits, labels, self.group, self.ce_chunk_elements, impl)
-
-
-# --------------------------------------------------------------------------- RNG streams
-
-
-class RNGStreams:
-    """Named random streams: "default" (same on every tp rank: replicated / sequence-parallel
-    regions) and "model-parallel" (differs per tp rank: sharded regions). Crystal has no dropout;
-    this is the hook a dropout layer would fork into."""
-
-    def __init__(self, seed: int, tp_rank: int, device: torch.device):
-        self.device = torch.device(device)
-        self.states = {}
-        for name, s in (("default", seed), ("model-parallel", seed + 2718 + tp_rank)):
-            g = torch.Generator(device=self.device)
-            g.manual_seed(s)
-            self.states[name] = g
-
-    def generator(self, name: str = "model-parallel") -> torch.Generator:
-        return self.states[name]
-
-    @contextlib.contextmanager
-    def fork(self, name: str = "model-parallel"):
-        """Run the block with the global RNG of the device set to the named stream, then restore."""
-        g = self.states[name]
-        cuda = self.device.type == "cuda"
-        saved = torch.cuda.get_rng_state(self.device) if cuda else torch.get_rng_state()
-        if cuda:
-            torch.cuda.set_rng_state(g.get_state(), self.device)
-        else:
-            torch.set_rng_state(g.get_state())
-        try:
-            yield
-        finally:
-            g.set_state(torch.cuda.get_rng_state(self.device) if cuda else torch.get_rng_state())
-            if cuda:
-                torch.cuda.set_rng_state(saved, self.device)
-            else:
-                torch.set_rng_state(saved)

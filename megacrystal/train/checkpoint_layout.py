@@ -24,6 +24,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ..model.padding import full_shape, true_shape
+from ..model.param_spec import param_spec
+
 MODEL, EXP_AVG, EXP_AVG_SQ = "model/", "optim/exp_avg/", "optim/exp_avg_sq/"
 KINDS = (MODEL, EXP_AVG, EXP_AVG_SQ)
 
@@ -50,13 +53,11 @@ class ShardFacts:
 
 
 def shard_facts(p: torch.Tensor, local_name: str, tp_rank: int) -> ShardFacts:
-    """The one place that reads the engine's per-parameter sharding attributes."""
-    from ..model.padding import full_shape, true_shape
-
-    tied = bool(getattr(p, "_mc_tied_copy", False))
-    name = getattr(p, "_mc_name", local_name) if tied else local_name
-    dim = getattr(p, "_mc_shard_dim", None) if hasattr(p, "_mc_shard") else None
-    return ShardFacts(name, tied, dim, tp_rank if dim is not None else 0, full_shape(p), true_shape(p))
+    """The one place that reads the engine's per-parameter sharding facts (`ParamSpec`)."""
+    spec = param_spec(p)
+    name = (spec.seed_name or local_name) if spec.tied_copy else local_name
+    dim = spec.shard_dim
+    return ShardFacts(name, spec.tied_copy, dim, tp_rank if dim is not None else 0, full_shape(p), true_shape(p))
 
 
 def flat_boxes(shape: tuple, a: int, z: int) -> list[tuple[tuple, tuple, int]]:

@@ -37,7 +37,7 @@ def _tensors(obj, out: list) -> list:
 def state_is_finite(engine) -> bool:
     """True when no rank's parameters or optimizer state (masters, moments) hold NaN/Inf.
     Collective: every rank calls it; one all-reduce of one number over the world."""
-    params = [p for m in engine.models for p in m.parameters()]
+    params = [p for m in engine.chunks for p in m.parameters()]
     tensors = _tensors(engine.optimizer.state_dict(), _tensors(params, []))
     bad = 0.0
     if tensors:  # max |x| per tensor (NaN propagates), no copy of the state

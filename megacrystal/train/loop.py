@@ -16,7 +16,11 @@ import torch
 import torch.distributed as dist
 
 from ..config import Config
+from ..data.loader import build_data
+from ..data.plan import make_plan
 from ..log import get_logger
+from ..parallel.engine import Engine
+from ..parallel.init import init_distributed
 from .checkpoint_files import find_resume_point
 from .checkpoint_io import Checkpointer, save_consolidated
 from .finite import SkipCounter, ensure_finite
@@ -62,11 +66,6 @@ def train(cfg: Config) -> dict:
 
 
 def _train(cfg: Config, stop: StopSignals, dog: StepWatchdog) -> dict:
-    from ..data.loader import build_data
-    from ..data.plan import make_plan
-    from ..parallel.engine import Engine
-    from ..parallel.state import init_distributed
-
     get_logger().setLevel(cfg.log.level)
     # Everything that can be wrong with the data (files, tokenizer, vocabulary, FIM tokens) is found
     # before any process group exists, on every rank alike, so a bad file never leaves ranks waiting.

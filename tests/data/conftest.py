@@ -1,3 +1,5 @@
+"""Fixtures of the data tests: a small random corpus in indexed files, its tokenizer, a config over it."""
+
 import numpy as np
 import pytest
 
