@@ -5,8 +5,9 @@
 
 A checkpoint here is the consolidated model directory of `model/serialization.py` (or a directory holding
 one as `model/`). The HF side is config.json + safetensors (one file, or shards + index above
---max-shard-size) + the tokenizer file and a tokenizer_config.json. Import also reads PyTorch
-`pytorch_model*.bin` files (weights only). Layouts: `model/hf_layouts.py`.
+--max-shard-size) + the tokenizer file and a tokenizer_config.json; a crystalcoder export also carries
+its modeling code (`hf_remote/`, named by `auto_map`). Checkpoints are read by `model/checkpoint_source.py`.
+Import also reads PyTorch `pytorch_model*.bin` files (weights only). Layouts: `model/hf_layouts.py`.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ from pathlib import Path
 
 import torch
 
+from .hf_remote import write_remote_code
+from .model.checkpoint_source import read_checkpoint
 from .model.hf_layouts import LAYOUTS, LayoutError, from_crystalcoder, from_llama
 from .model.serialization import (
     ModelFormatError,
     _atomic_write_bytes,
     copy_tokenizer,
-    find_model_dir,
-    load_model,
     read_json_object,
     save_model,
     save_state_dict,
@@ -174,9 +175,8 @@ def _cast(sd: dict, dtype: torch.dtype | None) -> dict:
 def export_hf(checkpoint, fmt: str, output, dtype: torch.dtype | None = None, max_shard_bytes: int = 5 * 2**30) -> Path:
     if fmt not in LAYOUTS:
         raise HFError(f"--format: expected one of {sorted(LAYOUTS)}, got {fmt!r}")
-    cfg, sd = load_model(checkpoint)
+    cfg, sd, tok = read_checkpoint(checkpoint)
     make_config, convert, _ = LAYOUTS[fmt]
-    tok = tokenizer_in(find_model_dir(checkpoint))
     ids = tokenizer_ids(tok)
     sd = _cast(sd, dtype)
     try:
@@ -188,7 +188,10 @@ def export_hf(checkpoint, fmt: str, output, dtype: torch.dtype | None = None, ma
         tensors = convert(cfg, sd)
     except LayoutError as e:
         raise HFError(str(e)) from None
-    return write_hf(output, conf, tensors, tok, max_shard_bytes)
+    out = write_hf(output, conf, tensors, tok, max_shard_bytes)
+    if fmt == "crystalcoder":  # the modeling code `auto_map` names (trust_remote_code)
+        write_remote_code(out)
+    return out
 
 
 def import_hf(hf_dir, output, dtype: torch.dtype | None = None) -> Path:
