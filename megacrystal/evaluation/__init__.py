@@ -1,0 +1,1 @@
+"""Evaluation of trained models: the in-house metrics and lm-evaluation-harness (`harness.py`)."""
