@@ -74,6 +74,9 @@ def _tokenizer_config(path: Path, ids: dict, max_len: int) -> dict:
     for k in ("bos_token", "eos_token"):
         if ids[k] is not None:
             out[k] = ids[k]
+    if ids["eos_token"] is not None:  # batched generation: pad on the left with </s>, masked by the attention mask
+        out["pad_token"] = ids["eos_token"]
+        out["padding_side"] = "left"
     return out
 
 

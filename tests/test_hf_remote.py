@@ -118,3 +118,21 @@ def test_unimplemented_config_values_are_refused():
     ):
         with pytest.raises(ValueError, match=f"config: {key}=.*{words}"):
             CrystalCoderLMHeadModel(CrystalCoderConfig(**small, **{key: value}))
+
+
+def test_exported_tokenizer_pads_left_for_batched_generation(tmp_path):
+    """The docs' recipe: AutoTokenizer on the export pads on the left, and each row of a batched generate()
+    is what that prompt generates alone."""
+    from transformers import AutoTokenizer
+
+    _, _, _, hf_dir = hp.export_variant(tmp_path, {"mup": False}, seed=2, vocab_size=300)
+    tok = AutoTokenizer.from_pretrained(str(hf_dir))
+    hf, _ = hp.load_hf(hf_dir)
+    texts = ["def add(a, b):", "The quick brown fox jumps over the lazy dog."]
+    batch = tok(texts, return_tensors="pt", padding=True)
+    assert batch["attention_mask"][0, 0] == 0 and batch["attention_mask"][1].all()
+    kw = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
+    together = hf.generate(**batch, **kw)
+    for i, text in enumerate(texts):
+        alone = hf.generate(**tok([text], return_tensors="pt"), **kw)[0]
+        assert torch.equal(together[i, -alone.shape[0] :], alone)
