@@ -177,7 +177,7 @@ def loader_throughput(tmp: str, seq: int, seconds: float = 6.0) -> dict:
                     "tokenizer_model": tok_path,
                     "seq_length": seq,
                     "max_epochs": 100000,
-                    "sources": {"code": {"prefixes": [prefixes["code"]], "kind": "code"}},
+                    "sources": {"code": {"prefixes": [prefixes["code"]], "kind": "code", "fim": True}},
                     "phases": [{"name": "p", "steps": 400, "blend": {"code": 1}, "fim_rate": rate}],
                 },
             }

@@ -61,7 +61,7 @@ def run_config(data_dir, out_dir: Path, **train) -> Path:
             "cache_dir": str(out_dir / "cache"),
             "sources": {
                 "prose": {"prefixes": [f"{tokens}/prose_pydoc_text_document"], "kind": "nl"},
-                "code": {"prefixes": [f"{tokens}/code_python_text_document"], "kind": "code"},
+                "code": {"prefixes": [f"{tokens}/code_python_text_document"], "kind": "code", "fim": True},
             },
             "phases": [
                 {

@@ -27,9 +27,10 @@ def coerce(value: Any, tp: Any, path: str, origin: str | None) -> Any:
                 continue
             try:
                 return coerce(value, a, path, origin)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else _where(origin, f"{path}: bad value {value!r}"))
+            except ConfigError as e:  # report the alternative of the value's shape (a mapping: the dataclass)
+                errors.append((dataclasses.is_dataclass(a) != isinstance(value, dict), str(e)))
+        errors.sort(key=lambda x: x[0])
+        raise ConfigError(errors[0][1] if errors else _where(origin, f"{path}: bad value {value!r}"))
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value

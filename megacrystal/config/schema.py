@@ -157,6 +157,27 @@ class SourceConfig:
     kind: str = "nl"  # nl | code  (FIM applies to code sources only)
     language: str | None = None
     optional: bool = False  # no tokens: dropped from the phases' blends instead of an error
+    fim: bool = False  # opts in to FIM: a phase's fim_rate applies to this source (docs/data-sampling.md)
+
+
+@dataclass
+class ReplayConfig:
+    """A range of an earlier phase's samples of one source, replayed token for token (FIM included)."""
+
+    phase: str = ""  # name of the earlier phase
+    source: str = ""  # the source as it appears in that phase's blend
+    start: float = 0.0  # fraction of that phase's samples of the source where the range starts
+    end: float = 1.0  # ... and ends (exclusive)
+
+
+@dataclass
+class BlendEntry:
+    """A blend entry written as a mapping: weight plus what applies to this source in this phase."""
+
+    weight: float = 0.0
+    fim_rate: float | None = None  # None: the phase's fim_rate if the source opts in (fim: true), else 0
+    fim_spm_rate: float | None = None  # None: the phase's fim_spm_rate
+    replay: ReplayConfig | None = None  # the entry replays an earlier phase; its key is then a free name
 
 
 @dataclass
@@ -164,7 +185,7 @@ class PhaseConfig:
     name: str = "phase"
     tokens: int | None = None  # length in tokens, or
     steps: int | None = None  # length in optimizer steps
-    blend: dict[str, float] = field(default_factory=dict)
+    blend: dict[str, BlendEntry | float] = field(default_factory=dict)  # {source: weight or BlendEntry}
     fim_rate: float = 0.0
     fim_spm_rate: float = 0.5
     # LR schedule of this phase (base LR; muP groups scale it)
@@ -173,6 +194,12 @@ class PhaseConfig:
     warmup_steps: int = 0
     decay_steps: int | None = None  # None: the phase's length; may exceed it (Crystal phase 1)
     decay_style: str = "linear"  # linear | cosine | constant
+    save_interval: int | None = None  # checkpoint every N steps of this phase (None: train.save_interval)
+    valid_sources: list[str] | None = None  # sources validated during this phase (None: every held-out set)
+
+    def entries(self) -> dict[str, BlendEntry]:
+        """The blend with every entry as a BlendEntry (a plain number is its weight)."""
+        return {k: v if isinstance(v, BlendEntry) else BlendEntry(weight=float(v)) for k, v in self.blend.items()}
 
 
 @dataclass
@@ -204,6 +231,7 @@ class OptimConfig:
     eps: float = 1e-9
     weight_decay: float = 0.1
     clip_grad: float = 1.0
+    loss_normalization: str = "tokens"  # tokens: / unmasked tokens | fixed: / (global batch x seq), Crystal's
 
 
 @dataclass

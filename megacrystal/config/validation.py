@@ -80,6 +80,7 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
     _check(t.log_interval >= 1, cfg, f"train.log_interval: expected >= 1, got {t.log_interval}")
     _check(t.save_interval >= 0, cfg, f"train.save_interval: expected >= 0, got {t.save_interval}")
     _choice(cfg, "optim.name", o.name, {"adamw"})
+    _choice(cfg, "optim.loss_normalization", o.loss_normalization, {"tokens", "fixed"})
     _choice(cfg, "log.level", cfg.log.level, {"DEBUG", "INFO", "WARNING", "ERROR"})
     _check(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, cfg, "optim.beta1/beta2: expected values in [0, 1)")
 
@@ -116,10 +117,7 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
         _check((ph.tokens is None) != (ph.steps is None), cfg, f"{where}: give exactly one of tokens or steps")
         _check((ph.tokens or ph.steps or 0) > 0, cfg, f"{where}: length must be positive")
         _check(len(ph.blend) > 0, cfg, f"{where}.blend: expected at least one source")
-        for s, w in ph.blend.items():
-            _check(s in d.sources, cfg, f"{where}.blend: unknown source {s!r} (sources: {sorted(d.sources)})")
-            _check(w >= 0, cfg, f"{where}.blend.{s}: expected a non-negative weight, got {w}")
-        _check(sum(ph.blend.values()) > 0, cfg, f"{where}.blend: weights sum to 0")
+        _validate_blend(cfg, i)
         _check(0.0 <= ph.fim_rate <= 1.0, cfg, f"{where}.fim_rate: expected 0..1, got {ph.fim_rate}")
         _check(0.0 <= ph.fim_spm_rate <= 1.0, cfg, f"{where}.fim_spm_rate: expected 0..1, got {ph.fim_spm_rate}")
         _choice(cfg, f"{where}.decay_style", ph.decay_style, {"linear", "cosine", "constant"})
@@ -128,6 +126,64 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
 
     if world_size is not None:
         validate_world(cfg, world_size)
+
+
+def _validate_blend(cfg: Config, i: int) -> None:
+    """Phase i's blend entries (sources, per-source FIM, replays), its save interval and validation sources."""
+    d = cfg.data
+    ph = d.phases[i]
+    where = f"data.phases[{i}]"
+    entries = ph.entries()
+    for k, e in entries.items():
+        at = f"{where}.blend.{k}"
+        _check(e.weight >= 0, cfg, f"{at}: expected a non-negative weight, got {e.weight}")
+        for f in ("fim_rate", "fim_spm_rate"):
+            v = getattr(e, f)
+            _check(v is None or 0.0 <= v <= 1.0, cfg, f"{at}.{f}: expected 0..1, got {v}")
+        if e.replay is None:
+            _check(k in d.sources, cfg, f"{where}.blend: unknown source {k!r} (sources: {sorted(d.sources)})")
+            continue
+        r = e.replay
+        _check(k not in d.sources, cfg, f"{at}: a replay entry needs a name of its own, not the source name {k!r}")
+        _check(
+            e.fim_rate is None and e.fim_spm_rate is None,
+            cfg,
+            f"{at}: a replay entry takes the FIM draws of the phase it replays; remove its fim_rate/fim_spm_rate",
+        )
+        earlier = {p.name: j for j, p in enumerate(d.phases[:i])}
+        _check(
+            r.phase in earlier, cfg, f"{at}.replay.phase: expected an earlier phase {sorted(earlier)}, got {r.phase!r}"
+        )
+        src = d.phases[earlier[r.phase]].entries().get(r.source)
+        _check(
+            src is not None and src.replay is None and src.weight > 0,
+            cfg,
+            f"{at}.replay.source: {r.source!r} is not a source with weight > 0 in phase {r.phase!r}",
+        )
+        _check(
+            0.0 <= r.start < r.end <= 1.0, cfg, f"{at}.replay: expected 0 <= start < end <= 1, got {r.start}, {r.end}"
+        )
+    _check(sum(e.weight for e in entries.values()) > 0, cfg, f"{where}.blend: weights sum to 0")
+    if ph.fim_rate > 0:
+        _check(
+            any(e.replay is None and e.fim_rate is None and d.sources[k].fim for k, e in entries.items()),
+            cfg,
+            f"{where}.fim_rate: {ph.fim_rate} but no source of its blend opts in to FIM; the phase's fim_rate "
+            f"applies only to sources with `fim: true` and no fim_rate of their own in the blend (`kind: code` "
+            f"alone no longer means FIM)",
+        )
+    _check(
+        ph.save_interval is None or ph.save_interval >= 0,
+        cfg,
+        f"{where}.save_interval: expected >= 0, got {ph.save_interval}",
+    )
+    for s in ph.valid_sources or []:
+        _check(s in d.sources, cfg, f"{where}.valid_sources: unknown source {s!r} (sources: {sorted(d.sources)})")
+    _check(
+        not ph.valid_sources or d.valid_fraction > 0,
+        cfg,
+        f"{where}.valid_sources: needs held-out documents (data.valid_fraction > 0)",
+    )
 
 
 def validate_world(cfg: Config, world_size: int) -> int:

@@ -238,11 +238,14 @@ class _Repeat:
 
 
 def build_validation(plan: DataPlan, cache_dir: str | None, group=None, eod: int | None = None) -> dict:
+    """{source: ValidationSet} of the sources some phase validates (`valid_sources`; default all)."""
     out = {}
     if plan.valid_fraction <= 0:
         return out
+    wanted = [p.config.valid_sources for p in plan.phases if p.config is not None]
+    everything = not wanted or any(w is None for w in wanted)  # some phase validates every source
     for name, sp in plan.sources.items():
-        if sp.empty:
+        if sp.empty or not (everything or any(name in w for w in wanted)):
             continue
         stream = SourceStream(sp, plan.seq_length, plan.seed, cache_dir, group, split="valid")
         if not stream.indices or len(stream) == 0:

@@ -8,7 +8,9 @@ sources starts fresh at t = g - start_p and gives (source s, c): the c-th sample
 phase*. Each source has one sample stream over all phases (its files blended by file weight,
 each file one GPT index); phase p reads it from the cursor where earlier phases stopped
 (cursor_p[s] = samples of s in phases before p), so a source used again later continues its
-epoch order instead of restarting it.
+epoch order instead of restarting it. A replay entry of phase p reads a range of phase q's samples
+of s (q < p) instead: stream samples cursor_q[s] + [a, b), in order, wrapping around, with phase q's
+FIM rates and draws (the draws hash phase q's index), so it repeats phase q's tokens exactly.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 from ..log import get_logger
 from . import index_cache
 from .blended import build_blend
+from .entries import EntryPlan, replay_range
 from .fim import FIM, file_key
 from .gpt_dataset import GPTIndex, SamplePart
 from .indexed import IndexedDataset
@@ -104,6 +107,8 @@ class Located:
     source: str
     source_sample: int  # k in the source's stream
     phase_sample: int  # t within the phase
+    entry: EntryPlan = None  # the blend entry that gave it (a source, or a replay)
+    entry_sample: int = 0  # c: the entry's c-th sample in this phase
 
 
 class PhasedDataset:
@@ -125,29 +130,48 @@ class PhasedDataset:
             if sp.demand > 0
         }
         self.phase_arrays = []
-        self.cursors: list[dict[str, int]] = []
+        self.cursors: list[dict[str, int]] = []  # per phase: samples of each source in earlier phases
+        self.counts: list[dict[str, int]] = []  # per phase: samples of each entry in this phase
+        self.replays: list[dict[str, tuple[int, int]]] = []  # per phase: replay entry -> stream range [a, b)
         used = {name: 0 for name in self.streams}
         for p in plan.phases:
             src, idx, counts = cached_blend(p.weights, p.num_samples, cache_dir, group, f"phase {p.name}")
             self.phase_arrays.append((src, idx))
             self.cursors.append(dict(used))
-            for s, c in zip(p.sources, counts.tolist(), strict=True):
-                used[s] += c
-                if used[s] > self.streams[s].size:  # the surplus sizing makes this impossible
-                    raise RuntimeError(f"source {s}: phases ask {used[s]} samples, {self.streams[s].size} built")
+            self.counts.append({e.name: c for e, c in zip(p.entries, counts.tolist(), strict=True)})
+            self.replays.append({e.name: self._replay_range(e) for e in p.entries if e.replay is not None})
+            for e, c in zip(p.entries, counts.tolist(), strict=True):
+                if e.replay is not None:
+                    continue
+                used[e.source] += c
+                if used[e.source] > self.streams[e.source].size:  # the surplus sizing makes this impossible
+                    raise RuntimeError(
+                        f"source {e.source}: phases ask {used[e.source]} samples, {self.streams[e.source].size} built"
+                    )
         self.starts = [p.start for p in plan.phases]
         self.source_ids = {name: sp.index for name, sp in plan.sources.items()}
         self.tokenizer = tokenizer
-        needs_fim = any(p.fim_rate > 0 and any(plan.sources[s].kind == "code" for s in p.sources) for p in plan.phases)
         self.fim = None
-        if needs_fim:
+        if any(p.fim for p in plan.phases):
             if tokenizer is None:
-                raise ValueError("FIM (fim_rate > 0 on a code source) needs the tokenizer (data.tokenizer_model)")
+                raise ValueError("FIM (fim_rate > 0 on a source) needs the tokenizer (data.tokenizer_model)")
             self.fim = FIM(tokenizer, plan.seed)
         self.eod = tokenizer.eod if tokenizer is not None else None
         self.pad = self.fim.pad_id if self.fim is not None else None
         self.eod_mask_loss = eod_mask_loss
         self.reset_position_ids = reset_position_ids
+
+    def _replay_range(self, e: EntryPlan) -> tuple[int, int]:
+        """The replayed range as positions in the source's stream."""
+        r = e.replay
+        n = self.counts[r.phase][e.source]
+        a, b = replay_range(r.start, r.end, n)
+        if b <= a:
+            raise ValueError(
+                f"phase entry {e.name}: the range {r.start}..{r.end} of {n} samples of {e.source} is empty"
+            )
+        base = self.cursors[r.phase][e.source]
+        return base + a, base + b
 
     def __len__(self) -> int:
         return self.plan.total_samples
@@ -158,21 +182,30 @@ class PhasedDataset:
         p = bisect.bisect_right(self.starts, g) - 1
         t = g - self.starts[p]
         src, idx = self.phase_arrays[p]
-        phase = self.plan.phases[p]
-        s = phase.sources[int(src[t])]
-        return Located(p, s, self.cursors[p][s] + int(idx[t]), t)
+        return self.entry_sample(p, int(src[t]), int(idx[t]), t)
+
+    def entry_sample(self, p: int, i: int, c: int, t: int = -1) -> Located:
+        """Where the c-th sample of entry i of phase p comes from."""
+        e = self.plan.phases[p].entries[i]
+        if e.replay is None:
+            k = self.cursors[p][e.source] + c
+        else:  # the range, read in the replayed phase's order, again from its start when exhausted
+            a, b = self.replays[p][e.name]
+            k = a + c % (b - a)
+        return Located(p, e.source, k, t, e, c)
 
     def raw(self, g: int):
         """(tokens int64[S+1], parts, located, fim report or None) of global sample g."""
-        loc = self.locate(g)
+        return self.raw_at(self.locate(g))
+
+    def raw_at(self, loc: Located):
         stream = self.streams[loc.source]
         tokens, parts, f = stream.sample(loc.source_sample)
         report = None
-        phase = self.plan.phases[loc.phase]
-        if self.fim is not None and stream.kind == "code" and phase.fim_rate > 0:
-            tokens, report = self.fim.apply(
-                tokens, parts, phase.fim_rate, phase.fim_spm_rate, loc.phase, stream.keys[f]
-            )
+        e = loc.entry
+        if self.fim is not None and e.fim:
+            fim_phase = loc.phase if e.replay is None else e.replay.phase  # a replay draws as its phase did
+            tokens, report = self.fim.apply(tokens, parts, e.fim_rate, e.fim_spm_rate, fim_phase, stream.keys[f])
         return tokens, parts, loc, report
 
     def __getitem__(self, g: int) -> dict:

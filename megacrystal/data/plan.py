@@ -24,6 +24,7 @@ import numpy as np
 from ..config import Config, ConfigError, PhaseConfig
 from ..log import get_logger
 from .blended import normalize, source_sizes
+from .entries import EntryPlan, resolve_entries
 from .gpt_dataset import num_epochs
 from .indexed import IndexedDataset, IndexedFileError
 
@@ -73,16 +74,30 @@ class PhasePlan:
     start: int  # first global sample
     num_samples: int
     steps: int
-    sources: list[str]  # active sources, in blend order
+    entries: list[EntryPlan]  # active blend entries (sources, replays), in blend order
     weights: np.ndarray  # normalised, same order
-    requested: dict[str, float]  # the config's weights, normalised over all listed sources
-    fim_rate: float
+    requested: dict[str, float]  # the config's weights, normalised over all listed entries
+    fim_rate: float  # the phase's default, for sources that opt in
     fim_spm_rate: float
     config: PhaseConfig = field(repr=False, default=None)
 
     @property
     def end(self) -> int:
         return self.start + self.num_samples
+
+    @property
+    def sources(self) -> list[str]:
+        """Names of the active entries in blend order (the source names, and replays' own names)."""
+        return [e.name for e in self.entries]
+
+    @property
+    def source_names(self) -> list[str]:
+        """Sources read fresh in this phase (replays left out)."""
+        return [e.source for e in self.entries if e.replay is None]
+
+    @property
+    def fim(self) -> bool:
+        return any(e.fim for e in self.entries)
 
 
 @dataclass
@@ -174,26 +189,12 @@ def make_plan(cfg: Config) -> DataPlan:
     phases: list[PhasePlan] = []
     start = 0
     for i, ph in enumerate(d.phases):
-        active, weights = [], []
-        total_w = sum(ph.blend.values())
-        for s, w in ph.blend.items():
-            if w <= 0:
-                continue
-            if sources[s].empty:
-                if not sources[s].optional:
-                    raise ConfigError(
-                        f"{where}data.phases[{i}] ({ph.name}).blend.{s}: weight {w} but source {s!r} has no "
-                        f"training tokens (prefixes {d.sources[s].prefixes}); give it weight 0, add data, or mark "
-                        f"it `optional: true` to leave it out of the blend"
-                    )
-                log.info(f"phase {ph.name}: optional source {s} is empty; its weight {w} is left out of the blend")
-                continue
-            active.append(s)
-            weights.append(w)
+        active, weights = resolve_entries(i, ph, sources, phases, d.sources, where)
         if not active:
             raise ConfigError(f"{where}data.phases[{i}] ({ph.name}).blend: no source with weight > 0 has tokens")
         steps = phase_steps(ph, d.seq_length, t.global_batch_size)
         n = steps * t.global_batch_size
+        total_w = sum(e.weight for e in ph.entries().values())
         phases.append(
             PhasePlan(
                 ph.name,
@@ -203,7 +204,7 @@ def make_plan(cfg: Config) -> DataPlan:
                 steps,
                 active,
                 normalize(weights),
-                {s: w / total_w for s, w in ph.blend.items()},
+                {k: e.weight / total_w for k, e in ph.entries().items()},
                 ph.fim_rate,
                 ph.fim_spm_rate,
                 ph,
@@ -220,8 +221,9 @@ def make_plan(cfg: Config) -> DataPlan:
         except ImportError as e:
             raise ConfigError(f"{where}{e}") from None
     for p in phases:
-        for s, size in zip(p.sources, source_sizes(p.weights, p.num_samples, d.surplus), strict=True):
-            sources[s].demand += size
+        for e, size in zip(p.entries, source_sizes(p.weights, p.num_samples, d.surplus), strict=True):
+            if e.replay is None:  # a replay reads samples an earlier phase already asked for
+                sources[e.source].demand += size
     for s in sources.values():
         if s.demand == 0:
             continue
@@ -230,7 +232,7 @@ def make_plan(cfg: Config) -> DataPlan:
             f.demand = n
             f.epochs = num_epochs(f.train_tokens, n, d.seq_length)
             if f.epochs > d.max_epochs:
-                used = [p.name for p in phases if s.name in p.sources]
+                used = [p.name for p in phases if s.name in p.source_names]
                 raise ConfigError(
                     f"{where}data.sources.{s.name}: {f.prefix} would be read {f.epochs} times ({n} samples of "
                     f"{d.seq_length + 1} tokens from {f.train_tokens} training tokens, for phases {used}), more "
@@ -244,13 +246,13 @@ def make_plan(cfg: Config) -> DataPlan:
 
 def _check_tokenizer(cfg: Config, phases: list[PhasePlan], sources: dict, where: str) -> None:
     """The tokenizer loads, fits the model's vocabulary, and has the FIM tokens when a phase needs them."""
-    fim = [p for p in phases if p.fim_rate > 0 and any(sources[s].kind == "code" for s in p.sources)]
+    fim = [(p, e) for p in phases for e in p.entries if e.fim]
     if not cfg.data.tokenizer_model:
         if fim:
-            p = fim[0]
+            p, e = fim[0]
             raise ConfigError(
                 f"{where}data.tokenizer_model: not set, but data.phases[{p.index}] ({p.name}) has "
-                f"fim_rate {p.fim_rate} on a code source; FIM needs the tokenizer"
+                f"fim_rate {e.fim_rate} on {e.name}; FIM needs the tokenizer"
             )
         return
     from ..tokenizer import load_tokenizer
@@ -267,11 +269,11 @@ def _check_tokenizer(cfg: Config, phases: list[PhasePlan], sources: dict, where:
         )
     if not fim:
         return
-    p = fim[0]
+    p, e = fim[0]
     missing = [n for n in FIM_TOKENS if n not in tok.special]
     if missing:
         raise ConfigError(
             f"{where}data.tokenizer_model: {cfg.data.tokenizer_model} has no "
             f"{', '.join('<' + m + '>' for m in missing)} token, needed by data.phases[{p.index}] "
-            f"({p.name}) fim_rate {p.fim_rate}"
+            f"({p.name}) fim_rate {e.fim_rate} on {e.name}"
         )

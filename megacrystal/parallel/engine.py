@@ -26,6 +26,7 @@ from ..model.mup import init_parameters, param_groups
 from ..model.padding import fit_problem, full_shape, refit, true_part, true_shape
 from ..model.transformer import count_parameters, serial_layout
 from ..optim.adamw import AdamW
+from ..optim.loss_normalization import loss_denominator
 from . import collectives as C
 from . import pipeline_schedules as schedules
 from .distributed_optimizer import DistributedOptimizer
@@ -202,7 +203,8 @@ class Engine:
 
     def train_step(self, micro_batches: list[dict], lr: float) -> dict:
         tokens = self._prepare(micro_batches)
-        self._scale = 1.0 / max(tokens, 1.0)
+        denom = loss_denominator(self.cfg.optim.loss_normalization, tokens, self._batches, self.grid.dp_size)
+        self._scale = 1.0 / denom
         self._loss_acc = torch.zeros(1, dtype=torch.float64, device=self.device)
         self.buffers.start_step(len(self._batches))
         for m in self.chunks:
@@ -214,7 +216,7 @@ class Engine:
         norm = self.buffers.grad_norm()
         self.buffers.clip_(norm, self.cfg.optim.clip_grad)
         self.optimizer.step(lr)
-        loss = self._global_loss_sum() / max(tokens, 1.0)
+        loss = self._global_loss_sum() / denom
         self._batches = []
         return dict(loss=loss, grad_norm=norm, tokens=tokens)
 

@@ -20,6 +20,7 @@ from ..log import get_logger
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .lr_schedule import Schedule
 from .metrics import MetricsWriter, flops_per_token, peak_flops
+from .phase_policy import phase_validation, save_due
 
 log = get_logger("megacrystal.train")
 
@@ -149,7 +150,7 @@ def train(cfg: Config) -> dict:
         if not math.isfinite(out["loss"]):
             raise FloatingPointError(f"step {step}: loss is {out['loss']} (phase {span.name}, lr {lr:.3g})")
         if t.eval_interval and valid and (step % t.eval_interval == 0 or step == total_steps):
-            record["valid_loss"] = evaluate(engine, valid, cfg, grid)
+            record["valid_loss"] = evaluate(engine, phase_validation(valid, schedule.phases[span.index]), cfg, grid)
         if step % t.log_interval == 0 or step == total_steps:
             metrics.write(record)
             if rank0:
@@ -158,7 +159,7 @@ def train(cfg: Config) -> dict:
                     f"step {step}/{total_steps} [{span.name}] loss {out['loss']:.4f} lr {lr:.3e} "
                     f"grad_norm {out['grad_norm']:.3f} {tps:,.0f} tok/s mfu {record['mfu']:.3f}{extra}"
                 )
-        if t.save_interval and step % t.save_interval == 0 and step < total_steps:
+        if save_due(step, span, schedule.phases[span.index], t.save_interval) and step < total_steps:
             save(step)
     if step > 0 and (ckpt is None or step > meta["step"]):
         save(step)

@@ -26,8 +26,8 @@ def make_config(corpus, out_dir, phases=None, seq_length=64, mbs=2, gbs=8, **dat
         "cache_dir": f"{out_dir}/cache",
         "sources": {
             "prose": {"prefixes": [p["prose"]]},
-            "code": {"prefixes": [p["code_a"], p["code_b"]], "kind": "code", "language": "python"},
-            "snippets": {"prefixes": [p["snippets"]], "kind": "code"},
+            "code": {"prefixes": [p["code_a"], p["code_b"]], "kind": "code", "language": "python", "fim": True},
+            "snippets": {"prefixes": [p["snippets"]], "kind": "code", "fim": True},
         },
         "phases": phases
         or [
