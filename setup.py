@@ -81,7 +81,7 @@ setup(
         "apex": ["apex"],
         "dali": ["nvidia-dali-cuda130"],
         "gpu": ["triton>=3.2", "flash-attn>=2.6"],
-        "eval": ["lm-eval[hf]>=0.4.5", "transformers>=4.45"],
+        "eval": ["lm-eval[hf]>=0.4.5", "transformers>=4.45", "protobuf"],  # protobuf: SentencePiece -> fast tokenizer
         "dev": [
             "pytest>=7",
             "pytest-timeout",

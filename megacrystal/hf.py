@@ -71,6 +71,12 @@ def _tokenizer_config(path: Path, ids: dict, max_len: int) -> dict:
         "add_bos_token": False,
         "add_eos_token": False,
     }
+    if cls == "LlamaTokenizer":  # encode exactly as SentencePiece does: a dummy "▁" only if the model adds one
+        import sentencepiece as spm
+
+        sp = spm.SentencePieceProcessor(model_file=str(path))
+        out["legacy"] = False
+        out["add_prefix_space"] = sp.encode("a", out_type=str)[0].startswith("\u2581")
     for k in ("bos_token", "eos_token"):
         if ids[k] is not None:
             out[k] = ids[k]
@@ -111,6 +117,9 @@ def write_hf(out_dir, conf: dict, tensors: dict, tokenizer_path: str | None, max
         total = sum(t.numel() * t.element_size() for t in tensors.values())
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         _atomic_write_bytes(out / "model.safetensors.index.json", (json.dumps(index, indent=2) + "\n").encode())
+    if conf.get("eos_token_id") is not None:  # generate() pads finished rows with </s> without being told
+        gen = {k: conf.get(k) for k in ("bos_token_id", "eos_token_id")} | {"pad_token_id": conf["eos_token_id"]}
+        _atomic_write_bytes(out / "generation_config.json", (json.dumps(gen, indent=2) + "\n").encode())
     _atomic_write_bytes(out / "config.json", (json.dumps(conf, indent=2) + "\n").encode())
     return out
 

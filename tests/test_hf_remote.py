@@ -136,3 +136,39 @@ def test_exported_tokenizer_pads_left_for_batched_generation(tmp_path):
     for i, text in enumerate(texts):
         alone = hf.generate(**tok([text], return_tensors="pt"), **kw)[0]
         assert torch.equal(together[i, -alone.shape[0] :], alone)
+
+
+@pytest.mark.parametrize("dummy_prefix", [False, True])
+def test_exported_sentencepiece_tokenizer_encodes_as_ours(tmp_path, dummy_prefix):
+    """A SentencePiece model exports as LlamaTokenizer with legacy=false and add_prefix_space set from the
+    model, so transformers (and lm-eval) tokenize exactly as training did, with or without a dummy prefix."""
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    from megacrystal.hf import export_hf
+    from megacrystal.model.serialization import save_model
+    from megacrystal.tokenizer import load_tokenizer
+    from tests.model_util import TEXT, tiny_model
+
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(TEXT),
+        model_prefix=str(tmp_path / "sp"),
+        vocab_size=360,
+        model_type="bpe",
+        byte_fallback=True,
+        add_dummy_prefix=dummy_prefix,
+        normalization_rule_name="identity",  # as `megacrystal train-tokenizer` trains them
+        remove_extra_whitespaces=False,
+        bos_id=1,
+        eos_id=2,
+        unk_id=0,
+    )
+    cfg, model = tiny_model(0, vocab_size=400)
+    ckpt = save_model(tmp_path / "ckpt", cfg, model.state_dict(), tokenizer_path=str(tmp_path / "sp.model"))
+    hf_dir = export_hf(ckpt, "crystalcoder", tmp_path / "hf")
+    theirs, ours = AutoTokenizer.from_pretrained(str(hf_dir)), load_tokenizer(None, str(tmp_path / "sp.model"))
+    texts = ["def add(a, b):\n    return a + b", "The quick brown fox", "x  y\n\n z"]
+    if not dummy_prefix:  # with a dummy prefix, text that starts with a space differs (docs/model.md)
+        texts.append(" leading space")
+    for text in texts:
+        assert theirs.encode(text, add_special_tokens=False) == ours.encode(text), text

@@ -136,7 +136,11 @@ def _evaluate(hf_dir: Path, tasks, limit, batch_size, device, num_fewshot, inclu
         where = f" or in --include-path {include_path}" if include_path else ""
         raise HarnessError(f"--tasks: unknown lm-eval task {unknown[0]!r} (not in lm-eval's task list{where})")
     dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-    lm = HFLM(pretrained=str(hf_dir), trust_remote_code=True, batch_size=batch_size, device=device, dtype=dtype)
+    try:
+        lm = HFLM(pretrained=str(hf_dir), trust_remote_code=True, batch_size=batch_size, device=device, dtype=dtype)
+    except (ImportError, OSError) as e:  # a missing optional package (protobuf for SentencePiece), unreadable files
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise HarnessError(f"{hf_dir}: lm-eval cannot load the model or its tokenizer: {first}") from None
     results = lm_eval.simple_evaluate(
         model=lm, tasks=tasks, num_fewshot=num_fewshot, limit=limit, task_manager=manager, log_samples=False
     )
@@ -175,7 +179,7 @@ def format_table(results: dict) -> str:
     rows = [("task", "metric", "value", "stderr")]
     for task, metrics in sorted(results.get("results", {}).items()):
         for key, value in metrics.items():
-            if key == "alias" or "_stderr" in key or not isinstance(value, int | float):
+            if "," not in key or "_stderr" in key or not isinstance(value, int | float):  # alias, sample_len
                 continue
             metric, _, filt = key.partition(",")
             err = metrics.get(f"{metric}_stderr,{filt}" if filt else f"{metric}_stderr")

@@ -132,7 +132,8 @@ class CrystalCoderAttention(nn.Module):
         if self.upcast:
             q, k, v = q.float(), k.float(), v.float()
         p = self.attn_pdrop if self.training else 0.0
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, scale=self.scale)
+        causal = mask is None  # no padding, no cache: torch may pick its fused causal kernels
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal, scale=self.scale)
         o = o.to(dtype).transpose(1, 2).reshape(b, t, self.n_head * self.head_dim)
         return self.resid_dropout(self.c_proj(o))
 
@@ -277,12 +278,13 @@ class CrystalCoderModel(CrystalCoderPreTrainedModel):
             x = x + self.wpe(position_ids)
         x = self.drop(x * self.config.mup_embeddings_scale)
         rope = rotary_tables(position_ids, self.rotary_dim, x.dtype) if self.rotary_dim else None
-        mask = attention_bool_mask(attention_mask, b, t, past, x.device)
+        plain = attention_mask is None and past == 0
+        mask = None if plain else attention_bool_mask(attention_mask, b, t, past, x.device)
         hidden = [] if output_hidden_states else None
         for block in self.h:
             if hidden is not None:
                 hidden.append(x)
-            x = block(x, rope, mask, kv if use_cache else None)
+            x = block(x, rope, mask, kv)
         x = self.ln_f(x)
         if hidden is not None:
             hidden.append(x)
