@@ -82,6 +82,7 @@ setup(
         "dali": ["nvidia-dali-cuda130"],
         "gpu": ["triton>=3.2", "flash-attn>=2.6"],
         "eval": ["lm-eval[hf]>=0.4.5", "transformers>=4.45", "protobuf"],  # protobuf: SentencePiece -> fast tokenizer
+        "plot": ["matplotlib>=3.7"],  # megacrystal compare / study plots
         "dev": [
             "pytest>=7",
             "pytest-timeout",

@@ -17,6 +17,8 @@ from itertools import chain
 import numpy as np
 
 from .readers import Task, load_task
+from .streams import DamagedInput
+from .workers import die_with_parent, worker_signals
 
 
 @dataclass
@@ -30,11 +32,22 @@ class EncodedTask:
 
 
 class Encoder:
-    def __init__(self, kind: str | None, model: str, keys: Sequence[str], append_eod: bool, max_file_bytes: int):
+    def __init__(
+        self,
+        kind: str | None,
+        model: str,
+        keys: Sequence[str],
+        append_eod: bool,
+        max_file_bytes: int,
+        allow_special_in_text: bool = False,
+        skip_bad_lines: bool = False,
+    ):
         from megacrystal.data.indexed import token_dtype
         from megacrystal.tokenizer import load_tokenizer
 
-        self.tok = load_tokenizer(kind, model)
+        # special-token parsing off unless asked: the HF backend's encode_special_tokens is set by load_tokenizer
+        self.tok = load_tokenizer(kind, model, allow_special_in_text)
+        self.skip_bad_lines = skip_bad_lines
         self.keys = tuple(keys)
         self.eod = self.tok.eod if append_eod else -1
         self.dtype = np.dtype(token_dtype(self.tok.vocab_size))
@@ -82,7 +95,11 @@ class Encoder:
     # --- one task
     def __call__(self, task: Task) -> EncodedTask:
         try:
-            texts, skipped = load_task(task, self.keys, max_file_bytes=self.max_file_bytes)
+            texts, skipped = load_task(
+                task, self.keys, max_file_bytes=self.max_file_bytes, skip_bad_lines=self.skip_bad_lines
+            )
+        except DamagedInput:
+            raise
         except Exception as e:
             where = f" row group {task.row_group}" if task.kind == "parquet" else ""
             msg = " ".join(str(e).split())
@@ -120,9 +137,12 @@ def set_parent_encoder(encoder: Encoder | None) -> None:
     _worker = encoder
 
 
-def init_worker(*args) -> None:
-    """Pool initializer: one tokenizer thread per worker process (the pool supplies the parallelism)."""
+def init_worker(parent_pid: int, *args) -> None:
+    """Pool initializer: die with the parent; one tokenizer thread per worker process (the pool supplies
+    the parallelism)."""
     global _worker
+    die_with_parent(parent_pid)
+    worker_signals()
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     os.environ["RAYON_NUM_THREADS"] = "1"
     if _worker is None:

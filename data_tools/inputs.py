@@ -10,7 +10,8 @@ Formats, by file name:
 
 A directory holding any corpus shards (jsonl/parquet/txt) is read as shards (plain *.json there is
 taken for metadata such as summary.json: name or glob such a file to read it); a directory holding
-none is read as a source tree. `fmt="code"` or `fmt="text"` forces every file to that format.
+none is an error unless `fmt="code"` asks for a source tree (one document per file).
+`fmt="code"` or `fmt="text"` forces every file to that format.
 """
 
 from __future__ import annotations
@@ -75,10 +76,12 @@ def expand_inputs(inputs: str | Iterable[str], fmt: str = "auto") -> list[tuple[
                 continue
             # plain *.json inside a directory is metadata (e.g. summary.json), not a shard; name it to read it
             shards = [(f, file_format(f)) for f in files if file_format(f) and not f.lower().endswith(".json")]
-            if shards:
-                out += shards
-            else:
-                out += [(f, "code") for f in files]
+            if not shards:
+                raise InputError(
+                    f"--input {spec}: a directory with no corpus files (.jsonl[.gz|.zst], .parquet, .txt/.md/.rst); "
+                    f"to read it as a source tree (one document per file) pass --input-format code"
+                )
+            out += shards
             continue
         paths = sorted(glob.glob(spec, recursive=True)) if glob.has_magic(spec) else [spec]
         paths = [p for p in paths if os.path.isfile(p)]

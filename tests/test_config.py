@@ -102,3 +102,32 @@ def test_exponent_without_a_dot_is_a_number(tmp_path):
     assert cfg.optim.eps == 1e-9 and cfg.optim.weight_decay == 0.01
     with pytest.raises(ConfigError, match="optim.eps: expected a number, got 'tiny'"):
         load_config(None, ["optim.eps=tiny"])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.max_steps=-1", "train.max_steps: expected >= 0"),
+        ("train.eval_interval=-2", "train.eval_interval: expected >= 0"),
+        ("train.save_interval=-1", "train.save_interval: expected >= 0"),
+        ("train.log_interval=0", "train.log_interval: expected >= 1"),
+        ("optim.eps=-1e-8", "optim.eps: expected >= 0, got -1e-08"),
+        ("optim.weight_decay=-0.1", "optim.weight_decay: expected >= 0"),
+        ("optim.clip_grad=-1", "optim.clip_grad: expected >= 0"),
+        ("train.max_skipped_steps=0", "train.max_skipped_steps: expected >= 1"),
+        ("train.step_timeout_s=-5", "train.step_timeout_s: expected >= 0"),
+        ("parallel.timeout_s=0", "parallel.timeout_s: expected > 0"),
+    ],
+)
+def test_run_safety_rules_name_the_field(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, ["model.preset=tiny", "data.seq_length=64", override])
+
+
+def test_eval_iters_must_be_positive_only_when_evaluating():
+    base = ["model.preset=tiny", "data.seq_length=64", "train.eval_iters=0"]
+    assert load_config(None, base).train.eval_iters == 0  # no evaluation: not used
+    with pytest.raises(ConfigError, match="train.eval_iters: expected >= 1 when train.eval_interval is set, got 0"):
+        load_config(None, [*base, "train.eval_interval=10"])
+    cfg = load_config(None, ["model.preset=tiny", "data.seq_length=64", "train.max_steps=0", "parallel.timeout_s=60"])
+    assert cfg.train.max_steps == 0 and cfg.parallel.timeout_s == 60

@@ -122,6 +122,7 @@ def test_bad_lines_multi_keys_and_summary(tmp_path):
         append_eod=False,
         workers=1,
         progress=False,
+        skip_bad_lines=True,
     )
     assert s["documents"] == 2
     assert s["skipped"] == {"encode_error": 1, "invalid_json": 1, "missing_key": 1, "not_string": 1, "not_utf8": 1}
@@ -170,7 +171,9 @@ def test_partitions_and_code_tree_input(tmp_path):
     (tree / "b.c").write_text("int b;\n")
     (tree / "c.png").write_bytes(b"\x89PNG\x00\x00")
     (tree / "d.py").write_bytes(b"x = 1\x00")
-    s = preprocess(str(tree), str(tmp_path / "code"), None, small_sp_model(), workers=1, progress=False)
+    s = preprocess(
+        str(tree), str(tmp_path / "code"), None, small_sp_model(), workers=1, progress=False, input_format="code"
+    )
     assert s["documents"] == 2 and s["skipped"] == {"binary": 1, "unknown_language": 1}
 
 

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from data_tools.inputs import InputError, expand_inputs
 from data_tools.readers import iter_documents, iter_tasks, load_task
+from data_tools.streams import DamagedInput
 from tests.data_helpers import corpus_texts, write_jsonl
 
 DOCS = corpus_texts("code_python")[:12] + corpus_texts("prose_pydoc")[:12]
@@ -64,8 +65,11 @@ def test_bad_lines_are_skipped_and_counted(tmp_path):
         )
     )
     stats = Counter()
-    assert list(iter_documents(str(p), stats=stats)) == good
+    assert list(iter_documents(str(p), stats=stats, skip_bad_lines=True)) == good
     assert stats == Counter(invalid_json=1, missing_key=2, not_utf8=1, not_object=1, not_string=1, empty=1)
+    # by default a line that is not UTF-8 / not JSON is damage: the first one is named
+    with pytest.raises(DamagedInput, match=r"bad.jsonl: damaged input at line 2 \(byte 23\): invalid JSON"):
+        list(iter_documents(str(p)))
 
 
 def test_multiple_keys_stay_aligned(tmp_path):
@@ -101,7 +105,9 @@ def test_code_tree_languages_and_skips(tmp_path):
     (tree / "big.py").write_text("# big\n" * 300_000)
     (tree / "latin1.py").write_bytes(b"s = '\xe9'\n")
     stats = Counter()
-    got = list(iter_documents(str(tree), stats=stats, with_meta=True))
+    with pytest.raises(InputError, match="no corpus files.*--input-format code"):
+        expand_inputs(str(tree))
+    got = list(iter_documents(str(tree), fmt="code", stats=stats, with_meta=True))
     langs = {os.path.relpath(m["path"], tree): m["language"] for _, m in got}
     assert langs == {"Makefile": "makefile", "pkg/a.py": "python", "pkg/b.c": "c", "pkg/style.css": "css"}
     assert got[1][0] == DOCS[0]

@@ -25,7 +25,10 @@ def test_specials_eod_and_vocab():
     assert tok.vocab_size == 700 and tok.eod == 2
     assert list(tok.special) == CRYSTAL_SPECIALS
     assert len(set(tok.special.values())) == len(CRYSTAL_SPECIALS)
-    assert tok.encode("<fim_middle>") == [tok.special["fim_middle"]]
+    # user-defined symbols: matched in text only when asked (Megatron's behaviour); by default they stay text
+    raw = load_tokenizer("SentencePieceTokenizer", small_sp_model(), allow_special_in_text=True)
+    assert raw.encode("<fim_middle>") == [tok.special["fim_middle"]]
+    assert tok.special["fim_middle"] not in tok.encode("<fim_middle>")
 
 
 def test_lossless_on_real_code_and_prose():

@@ -143,6 +143,7 @@ class ParallelConfig:
     bucket_size_mb: float = 25.0
     overlap_grad_reduce: bool = True
     backend: str = "auto"  # auto (nccl on cuda, else gloo) | gloo | nccl
+    timeout_s: float = 1800.0  # a collective waiting longer than this fails (process-group timeout)
 
 
 # --------------------------------------------------------------------------- data
@@ -247,6 +248,8 @@ class TrainConfig:
     eval_interval: int = 0
     eval_iters: int = 1
     device: str = "auto"  # auto | cpu | cuda
+    max_skipped_steps: int = 5  # consecutive non-finite steps (skipped updates) before the run stops
+    step_timeout_s: float = 0.0  # watchdog: a step taking longer fails every rank (0: off)
 
 
 @dataclass

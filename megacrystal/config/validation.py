@@ -124,8 +124,29 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
         _check(ph.lr >= 0 and ph.min_lr >= 0, cfg, f"{where}.lr/min_lr: expected non-negative")
         _check(ph.warmup_steps >= 0, cfg, f"{where}.warmup_steps: expected >= 0")
 
+    _validate_run_safety(cfg)
     if world_size is not None:
         validate_world(cfg, world_size)
+
+
+def _validate_run_safety(cfg: Config) -> None:
+    """Step counts, intervals, optimizer constants, the skip limit and the timeouts."""
+    t, o, par = cfg.train, cfg.optim, cfg.parallel
+    _check(
+        t.max_steps is None or t.max_steps >= 0, cfg, f"train.max_steps: expected >= 0 (or unset), got {t.max_steps}"
+    )
+    _check(t.eval_interval >= 0, cfg, f"train.eval_interval: expected >= 0 (0: no evaluation), got {t.eval_interval}")
+    _check(
+        t.eval_interval == 0 or t.eval_iters >= 1,
+        cfg,
+        f"train.eval_iters: expected >= 1 when train.eval_interval is set, got {t.eval_iters}",
+    )
+    _check(o.eps >= 0, cfg, f"optim.eps: expected >= 0, got {o.eps}")
+    _check(o.weight_decay >= 0, cfg, f"optim.weight_decay: expected >= 0, got {o.weight_decay}")
+    _check(o.clip_grad >= 0, cfg, f"optim.clip_grad: expected >= 0 (0: no clipping), got {o.clip_grad}")
+    _check(t.max_skipped_steps >= 1, cfg, f"train.max_skipped_steps: expected >= 1, got {t.max_skipped_steps}")
+    _check(t.step_timeout_s >= 0, cfg, f"train.step_timeout_s: expected >= 0 (0: no watchdog), got {t.step_timeout_s}")
+    _check(par.timeout_s > 0, cfg, f"parallel.timeout_s: expected > 0 seconds, got {par.timeout_s}")
 
 
 def _validate_blend(cfg: Config, i: int) -> None:

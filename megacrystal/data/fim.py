@@ -13,6 +13,10 @@ tokens the sentinels add fall off the end of the sample) or padded to it with <f
 masked out of the loss. Every FIM piece that is not cut by the end of the sample is complete.
 
 Decode and encode run in the tokenizer's native code on whole pieces (no Python per token).
+Re-encoding follows the preprocessing rule: text never becomes a control token (`tok.control_ids`:
+EOD, FIM, ... are placed by the pipeline only). A piece that holds control ids in its body (data
+preprocessed with --allow-special-in-text) keeps them: each counts as one position for the cut
+points and is copied as its id, and only the text between them is decoded and re-encoded.
 """
 
 from __future__ import annotations
@@ -75,6 +79,35 @@ class FIM:
         self.seed = int(seed)
         self.prefix_id, self.middle_id, self.suffix_id, self.pad_id = (tokenizer.special[n] for n in FIM_TOKENS)
         self.eod = tokenizer.eod
+        ctrl = sorted(getattr(tokenizer, "control_ids", ()) or ())
+        self._controls = np.asarray(ctrl, dtype=np.int64) if ctrl else None
+
+    def _units(self, body: np.ndarray) -> list:
+        """The body as decoded text runs (str) and control ids (int), in order."""
+        units, run = [], []
+        for t in body.tolist():
+            if t in self.tok.control_ids:
+                if run:
+                    units.append(self.tok.decode(run))
+                    run = []
+                units.append(t)
+            else:
+                run.append(t)
+        if run:
+            units.append(self.tok.decode(run))
+        return units
+
+    def _encode_span(self, units: list, lo: int, hi: int) -> list[int]:
+        """Ids of positions [lo, hi) of `units` (a control id is one position, kept as it is)."""
+        out: list[int] = []
+        at = 0
+        for u in units:
+            n = len(u) if isinstance(u, str) else 1
+            a, b = max(lo, at), min(hi, at + n)
+            if a < b:
+                out += self.tok.encode(u[a - at : b - at]) if isinstance(u, str) else [u]
+            at += n
+        return out
 
     def decide(self, phase: int, fkey: int, position: int, document: int, rate: float) -> bool:
         return rate > 0 and uniform(self.seed, 1, phase, fkey, position, document) < rate
@@ -123,14 +156,24 @@ class FIM:
         body_len = n - 1 if n and int(piece[-1]) == self.eod else n
         if body_len < 1:
             return None
-        text = self.tok.decode(piece[:body_len].tolist())
-        if not text:
+        body = piece[:body_len]
+        if self._controls is not None and np.isin(body, self._controls).any():
+            units = self._units(body)
+            size = sum(len(u) if isinstance(u, str) else 1 for u in units)
+        else:
+            units = None
+            text = self.tok.decode(body.tolist())
+            size = len(text)
+        if not size:
             return None
         key = (self.seed, 2, phase, fkey, p.position, p.document, p.offset)
-        a = int(uniform(*key, 0) * (len(text) + 1))
-        b = int(uniform(*key, 1) * (len(text) + 1))
+        a = int(uniform(*key, 0) * (size + 1))
+        b = int(uniform(*key, 1) * (size + 1))
         lo, hi = (a, b) if a <= b else (b, a)
-        pre, mid, suf = self.tok.encode_batch([text[:lo], text[lo:hi], text[hi:]])
+        if units is None:
+            pre, mid, suf = self.tok.encode_batch([text[:lo], text[lo:hi], text[hi:]])
+        else:
+            pre, mid, suf = (self._encode_span(units, x, y) for x, y in ((0, lo), (lo, hi), (hi, size)))
         spm = uniform(*key, 2) < spm_rate
         if spm:
             layout = [self.prefix_id, self.suffix_id, *suf, self.middle_id, *pre, *mid]

@@ -190,6 +190,7 @@ class IndexedDatasetWriter:
         self._doc_ends: list[np.ndarray] = []  # cumulative sequence counts at document ends
         self._n = 0
         self._closed = False
+        self._published = False
 
     def add_document(self, tokens: np.ndarray | Sequence[int], lengths: Sequence[int] | None = None) -> None:
         """One document; `lengths` splits it into several sequences (sentence splitting), default one."""
@@ -222,25 +223,36 @@ class IndexedDatasetWriter:
         self._doc_ends.append(self._n + np.asarray(doc_ends_relative, dtype=np.int64))
         self._n += len(lengths)
 
-    def finalize(self) -> None:
-        if self._closed:
-            return
-        self._bin.close()
-        lengths = np.concatenate(self._lengths) if self._lengths else np.empty(0, np.int32)
-        doc_index = np.concatenate([np.zeros(1, np.int64)] + self._doc_ends)
-        write_index(index_file(self.prefix) + ".tmp", self.dtype, lengths, doc_index)
-        os.replace(self._bin_tmp, data_file(self.prefix))
-        os.replace(index_file(self.prefix) + ".tmp", index_file(self.prefix))
-        self._closed = True
+    def finalize(self, publish: bool = True) -> None:
+        """Complete both files as `*.tmp` (fsynced); `publish` renames them into place (else call publish())."""
+        if not self._closed:
+            self._bin.flush()
+            os.fsync(self._bin.fileno())
+            self._bin.close()
+            lengths = np.concatenate(self._lengths) if self._lengths else np.empty(0, np.int32)
+            doc_index = np.concatenate([np.zeros(1, np.int64)] + self._doc_ends)
+            write_index(index_file(self.prefix) + ".tmp", self.dtype, lengths, doc_index)
+            with open(index_file(self.prefix) + ".tmp", "rb+") as f:
+                os.fsync(f.fileno())
+            self._closed = True
+        if publish:
+            self.publish()
+
+    def publish(self) -> None:
+        if not self._published:
+            os.replace(self._bin_tmp, data_file(self.prefix))
+            os.replace(index_file(self.prefix) + ".tmp", index_file(self.prefix))
+            self._published = True
 
     def abort(self) -> None:
-        """Drop what was written (temporary files only; finished outputs are untouched)."""
-        if not self._closed:
-            self._bin.close()
+        """Drop what was written (temporary files only; published outputs are untouched)."""
+        if not self._published:
+            if not self._bin.closed:
+                self._bin.close()
             for p in (self._bin_tmp, index_file(self.prefix) + ".tmp"):
                 if os.path.exists(p):
                     os.remove(p)
-            self._closed = True
+            self._closed = self._published = True
 
     def __enter__(self):
         return self

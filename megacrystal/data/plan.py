@@ -7,7 +7,9 @@ Phase lengths become samples: a phase of `steps` is steps x global_batch_size sa
 boundaries. A source is sampled by one GPT index per file over all phases' demand (each phase
 asks for ceil(ceil(samples x weight) x (1 + surplus)) of it, megatron-core's sizing), so a
 source used again in a later phase continues its epoch order. Files within a source are
-blended by their `weights`, or by their training tokens when none are given.
+blended by their `weights`, or by their training tokens when none are given. A phase's blend
+entries (entries.py) are its sources, each with the FIM rate that applies to it in this phase, and
+replays of earlier phases' ranges, which ask nothing more of their source.
 
 Train/valid split: per file, document-level, deterministic: a fixed-seed permutation of the
 documents, the first round(valid_fraction x N) held out (nested as the fraction grows; the same

@@ -1,1 +1,3 @@
-"""Evaluation of trained models: the in-house metrics and lm-evaluation-harness (`harness.py`)."""
+"""Evaluation of trained models: `megacrystal eval` (per-source loss, FIM and completion scores; with
+`--harness`, lm-evaluation-harness through `harness.py`) and `megacrystal compare` (runs and evaluations
+side by side)."""

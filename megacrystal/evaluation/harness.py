@@ -80,8 +80,8 @@ def run_harness(
     checkpoint: str,
     tasks: list[str],
     output: str | None = None,
-    limit: int | None = None,
-    batch_size: int = 1,
+    limit: int | float | None = None,
+    batch_size: int | str = 1,
     device: str = "cpu",
     num_fewshot: int | None = None,
     include_path: str | None = None,
@@ -97,8 +97,14 @@ def run_harness(
         raise HarnessError(f"--checkpoint {src}: not a directory")
     if include_path is not None and not Path(include_path).is_dir():
         raise HarnessError(f"--include-path {include_path}: not a directory")
-    if limit is not None and limit < 1:
-        raise HarnessError(f"--limit must be >= 1, got {limit}")
+    if limit is not None and (limit <= 0 or (limit >= 1 and limit != int(limit))):
+        raise HarnessError(f"--limit: expected a number of examples >= 1 or a fraction in (0, 1), got {limit}")
+    if limit is not None and limit >= 1:
+        limit = int(limit)
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     out_path = results_path(checkpoint, output)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".hf-export-", dir=out_path.parent) as tmp:
@@ -196,8 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", required=True, help="run, checkpoint, model or HF directory")
     ap.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
     ap.add_argument("--output", help="results JSON path (default: CHECKPOINT/eval/lm_eval-<time>.json)")
-    ap.add_argument("--limit", type=int, help="at most this many examples per task")
-    ap.add_argument("--batch-size", type=int, default=1)
+    ap.add_argument("--limit", type=float, help="examples per task (or a fraction of each task)")
+    ap.add_argument("--batch-size", default="1", help="an integer or 'auto'")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--num-fewshot", type=int)
     ap.add_argument("--include-path", help="directory of extra task YAMLs")

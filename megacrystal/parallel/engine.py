@@ -1,7 +1,7 @@
 """The training engine: one model, wrapped in whatever tp x pp x dp grid the config asks for.
 
     engine = Engine(cfg, device)                      # after init_distributed (or a plain process)
-    out = engine.train_step(micro_batches, lr)        # {loss, grad_norm, tokens}
+    out = engine.train_step(micro_batches, lr)        # {loss, grad_norm, tokens, skipped}
     loss_sum, tokens = engine.eval_loss(micro_batches)
     engine.state_dict() / load_state_dict(sd)         # this rank's model + optimizer shard
     engine.full_model_state() / load_full_model_state(sd)   # serial-named, consolidated on rank 0
@@ -16,6 +16,7 @@ divided by the global token count before backward, and dp gradients are summed.
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 import torch.distributed as dist
@@ -39,7 +40,11 @@ FORMAT = "megacrystal-engine/1"
 
 
 class Engine:
-    def __init__(self, cfg: Config, device: torch.device | None = None, grid: Grid | None = None):
+    def __init__(
+        self, cfg: Config, device: torch.device | None = None, grid: Grid | None = None, for_training: bool = True
+    ):
+        """`for_training=False`: forward passes only (eval_loss, evaluation), no gradient buffers or
+        optimizer state allocated."""
         if cfg.model.num_heads is None:
             cfg.model = cfg.model.resolve()
         self.cfg = cfg
@@ -63,6 +68,18 @@ class Engine:
                         p._mc_sequence_parallel = True
         named = [(n, p) for m in self.chunks for n, p in m.named_parameters()]
         self._names = {id(p): n for n, p in named}
+        self.buffers = self.optimizer = None
+        if for_training:
+            self._build_training_state(named)
+        self.rng = RNGStreams(cfg.train.seed, g.tp_rank, self.device)
+        P2P.connect(g, self.device)
+        self.trace: list | None = None  # set to a list to record compute intervals
+        self._batches: list = []
+        self._loss_acc = None
+        self._scale = 1.0
+
+    def _build_training_state(self, named: list) -> None:
+        par, g = self.cfg.parallel, self.grid
         self.buffers = GradBuffers(
             named,
             g,
@@ -70,20 +87,14 @@ class Engine:
             distributed=par.distributed_optimizer,
             overlap=par.overlap_grad_reduce,
             contiguous_params=par.distributed_optimizer,
-            tied=tied_embedding_params(self.chunks, cfg.model, g),
+            tied=tied_embedding_params(self.chunks, self.cfg.model, g),
         )
         groups = self._param_groups()
-        o = cfg.optim
+        o = self.cfg.optim
         if par.distributed_optimizer:
             self.optimizer = DistributedOptimizer(self.buffers, groups, o.beta1, o.beta2, o.eps)
         else:
             self.optimizer = AdamW(groups, o.beta1, o.beta2, o.eps, names=self._names)
-        self.rng = RNGStreams(cfg.train.seed, g.tp_rank, self.device)
-        P2P.connect(g, self.device)
-        self.trace: list | None = None  # set to a list to record compute intervals
-        self._batches: list = []
-        self._loss_acc = None
-        self._scale = 1.0
 
     # ------------------------------------------------------------------ helpers
 
@@ -214,11 +225,15 @@ class Engine:
         if self.sp:
             self.buffers.allreduce_sequence_parallel()
         norm = self.buffers.grad_norm()
-        self.buffers.clip_(norm, self.cfg.optim.clip_grad)
-        self.optimizer.step(lr)
         loss = self._global_loss_sum() / denom
+        # both are reduced over every rank that holds a part: all ranks take the same decision.
+        # A non-finite step changes no state (parameters, masters, moments, the optimizer's step count).
+        skipped = not (math.isfinite(norm) and math.isfinite(loss))
+        if not skipped:
+            self.buffers.clip_(norm, self.cfg.optim.clip_grad)
+            self.optimizer.step(lr)
         self._batches = []
-        return dict(loss=loss, grad_norm=norm, tokens=tokens)
+        return dict(loss=loss, grad_norm=norm, tokens=tokens, skipped=skipped)
 
     @torch.no_grad()
     def eval_loss(self, micro_batches: list[dict]) -> tuple[float, float]:
@@ -346,7 +361,8 @@ class Engine:
                 full = refit(sd[key], true_shape(p), full_shape(p))
                 shard = p._mc_shard(full) if hasattr(p, "_mc_shard") else full
                 p.copy_(shard.to(device=p.device, dtype=p.dtype))
-        self.optimizer.reload_masters()
+        if self.optimizer is not None:
+            self.optimizer.reload_masters()
 
 
 @contextlib.contextmanager

@@ -57,7 +57,8 @@ def pick_backend(cfg: Config, device: torch.device) -> str:
     return b
 
 
-def init_distributed(cfg: Config, timeout_s: float = 1800.0) -> tuple[Grid, torch.device]:
+def init_distributed(cfg: Config, timeout_s: float | None = None) -> tuple[Grid, torch.device]:
+    """`timeout_s` (default `parallel.timeout_s`): how long any collective may wait before it fails."""
     world = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
@@ -77,7 +78,18 @@ def init_distributed(cfg: Config, timeout_s: float = 1800.0) -> tuple[Grid, torc
             if not os.environ.get(k):
                 raise ConfigError(f"environment {k}: not set (launch with torchrun, which sets it)")
         kw = dict(device_id=device) if device.type == "cuda" else {}
-        dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s), **kw)
+        timeout = timedelta(seconds=cfg.parallel.timeout_s if timeout_s is None else timeout_s)
+        dist.init_process_group(backend, rank=rank, world_size=world, timeout=timeout, **kw)
     grid = build_grid(cfg)
-    get_logger("megacrystal.parallel").info(f"{grid.describe()} backend {grid.backend or 'none'} device {device}")
+    log = get_logger("megacrystal.parallel")
+    log.info(f"{grid.describe()} backend {grid.backend or 'none'} device {device}")
+    if (
+        rank == 0
+        and _env_int("TORCHELASTIC_MAX_RESTARTS", 0) > 0
+        and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    ):
+        log.warning(
+            "torchrun --max-restarts with its shared rendezvous store: restarted workers can read the previous "
+            "round's addresses and fail to connect; launch torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1"
+        )
     return grid, device

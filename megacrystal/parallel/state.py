@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -144,8 +145,8 @@ _current: Grid | None = None
 _meetings = 0
 
 
-def _new_group(ranks: list[int]):
-    pg = dist.new_group(ranks)
+def _new_group(ranks: list[int], timeout_s: float):
+    pg = dist.new_group(ranks, timeout=timedelta(seconds=timeout_s))
     _created.append(pg)
     return pg
 
@@ -179,7 +180,7 @@ def build_grid(cfg: Config, world_size: int | None = None, rank: int | None = No
     for kind in ("tp", "pp", "dp", "mp", "embedding"):
         for ranks in all_groups[kind]:
             # every rank creates every group (torch requires it), in the same order
-            pg = _new_group(ranks) if len(ranks) > 1 else None
+            pg = _new_group(ranks, par.timeout_s) if len(ranks) > 1 else None
             if rank in ranks:
                 mine[kind] = Group(kind, ranks, ranks.index(rank), pg)
         if kind == "embedding" and "embedding" not in mine:
@@ -206,7 +207,7 @@ def build_grid(cfg: Config, world_size: int | None = None, rank: int | None = No
     return grid
 
 
-def init_distributed(cfg: Config, timeout_s: float = 1800.0):
+def init_distributed(cfg: Config, timeout_s: float | None = None):
     """`parallel.init.init_distributed` (here too, for callers that only import the state module)."""
     from .init import init_distributed as init
 

@@ -8,7 +8,6 @@ Rank 0 writes metrics.jsonl + TensorBoard; checkpoints hold every rank's shard, 
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -18,9 +17,12 @@ import torch.distributed as dist
 from ..config import Config
 from ..log import get_logger
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .finite import SkipCounter, ensure_finite
 from .lr_schedule import Schedule
 from .metrics import MetricsWriter, flops_per_token, peak_flops
 from .phase_policy import phase_validation, save_due
+from .preemption import StopRequested, StopSignals
+from .watchdog import StepWatchdog
 
 log = get_logger("megacrystal.train")
 
@@ -46,7 +48,17 @@ def evaluate(engine, valid: dict, cfg: Config, grid) -> dict:
 
 
 def train(cfg: Config) -> dict:
-    """Run (or resume) the configured training; returns the last step's metrics."""
+    """Run (or resume) the configured training; returns the last step's metrics. Raises
+    StopRequested after saving on SIGTERM/SIGINT, NonFiniteError after too many non-finite steps."""
+    stop, dog = StopSignals(), StepWatchdog(cfg.train.step_timeout_s)
+    try:
+        return _train(cfg, stop, dog)
+    finally:
+        dog.close()
+        stop.uninstall()
+
+
+def _train(cfg: Config, stop: StopSignals, dog: StepWatchdog) -> dict:
     from ..data.loader import build_data
     from ..data.plan import make_plan
     from ..parallel.engine import Engine
@@ -77,12 +89,14 @@ def train(cfg: Config) -> dict:
     source_names = plan.source_names
     counts = torch.zeros(len(source_names), dtype=torch.float64)
     step, tokens_seen = 0, 0
+    skips = SkipCounter(t.max_skipped_steps)
     ckpt = latest_checkpoint(str(out_dir))
     if ckpt is not None:
         meta = load_checkpoint(ckpt, engine, cfg.parallel.distributed_optimizer)
         loader.load_state_dict(meta["loader"])
         step, tokens_seen = meta["step"], meta["tokens"]
         counts = torch.tensor([meta["samples_per_source"].get(n, 0) for n in source_names], dtype=torch.float64)
+        skips = SkipCounter(t.max_skipped_steps, meta.get("skipped_steps", 0), meta.get("skipped_per_phase"))
         log.info(f"resumed from {ckpt} at step {step} (phase {schedule.span(step).name})")
     loader.total_steps = total_steps
 
@@ -100,12 +114,17 @@ def train(cfg: Config) -> dict:
             f"dp={grid.dp_size}, device {device}, MFU peak: {peak_src}"
         )
 
+    last_saved = step
+
     def save(at_step):
+        nonlocal last_saved
+        ensure_finite(engine, at_step)  # never a checkpoint holding NaN/Inf
         state = dict(
             loader=loader.state_dict(),
             tokens=tokens_seen,
             phase=schedule.span(max(at_step - 1, 0)).name,
             samples_per_source={n: int(c) for n, c in zip(source_names, counts.tolist(), strict=True)},
+            **skips.state_dict(),
         )
         save_checkpoint(
             str(out_dir),
@@ -116,13 +135,16 @@ def train(cfg: Config) -> dict:
             cfg.data.tokenizer_model,
             cfg.parallel.distributed_optimizer,
         )
+        last_saved = at_step
 
     record: dict = {}
     it = iter(loader)
+    dog.rank = grid.rank
     while step < total_steps:
         span = schedule.span(step)
-        lr = schedule.lr(step)
+        lr = schedule.lr(step, skips.lag(span.name))
         t0 = time.perf_counter()
+        dog.start(step + 1)
         mbs = next(it)
         local = torch.zeros(len(source_names), dtype=torch.float64)
         for mb in mbs:
@@ -132,6 +154,7 @@ def train(cfg: Config) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         dt = time.perf_counter() - t0
+        dog.stop()
         step += 1
         tokens_seen += step_tokens
         tps = step_tokens / dt
@@ -146,22 +169,33 @@ def train(cfg: Config) -> dict:
             tokens_per_s=tps,
             mfu=(fpt * tps / (peak * world_size)) if peak else 0.0,
             step_time_s=dt,
+            skipped=out["skipped"],
+            skipped_steps=skips.total + out["skipped"],
         )
-        if not math.isfinite(out["loss"]):
-            raise FloatingPointError(f"step {step}: loss is {out['loss']} (phase {span.name}, lr {lr:.3g})")
         if t.eval_interval and valid and (step % t.eval_interval == 0 or step == total_steps):
             record["valid_loss"] = evaluate(engine, phase_validation(valid, schedule.phases[span.index]), cfg, grid)
-        if step % t.log_interval == 0 or step == total_steps:
+        if step % t.log_interval == 0 or step == total_steps or out["skipped"]:
             metrics.write(record)
-            if rank0:
+            if rank0 and out["skipped"]:
+                log.warning(
+                    f"step {step}/{total_steps} [{span.name}] skipped: loss {out['loss']} grad_norm "
+                    f"{out['grad_norm']} (non-finite; no update, {record['skipped_steps']} skipped so far)"
+                )
+            elif rank0:
                 extra = "".join(f" valid[{k}] {v:.3f}" for k, v in record.get("valid_loss", {}).items())
                 log.info(
                     f"step {step}/{total_steps} [{span.name}] loss {out['loss']:.4f} lr {lr:.3e} "
                     f"grad_norm {out['grad_norm']:.3f} {tps:,.0f} tok/s mfu {record['mfu']:.3f}{extra}"
                 )
+        skips.record(out["skipped"], step, span.name, out["loss"], out["grad_norm"])  # raises: too many in a row
         if save_due(step, span, schedule.phases[span.index], t.save_interval) and step < total_steps:
             save(step)
-    if step > 0 and (ckpt is None or step > meta["step"]):
+        if step < total_steps and stop.agreed(grid, device):  # every rank, the same step
+            if step > last_saved:
+                save(step)
+            metrics.close()
+            raise StopRequested(f"stopped by {stop.name} after step {step}; its checkpoint is in {out_dir}/checkpoints")
+    if step > last_saved:
         save(step)
     metrics.close()
     return record

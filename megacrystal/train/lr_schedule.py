@@ -61,6 +61,8 @@ class Schedule:
                 return sp
         return self.spans[-1]
 
-    def lr(self, step: int) -> float:
+    def lr(self, step: int, lag: int = 0) -> float:
+        """Base LR of `step`; `lag`: steps of its phase that made no update (skipped as non-finite),
+        by which the phase's schedule is behind the step count."""
         sp = self.span(step)
-        return phase_lr(self.phases[sp.index], step - sp.start_step, sp.steps)
+        return phase_lr(self.phases[sp.index], step - sp.start_step - lag, sp.steps)

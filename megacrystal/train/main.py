@@ -1,5 +1,8 @@
 """`megacrystal train --config C.yaml [dotted.key=value ...]`, also
-`torchrun --nproc-per-node N -m megacrystal.train --config C.yaml [overrides]`."""
+`torchrun --nproc-per-node N -m megacrystal.train --config C.yaml [overrides]`.
+
+Exit codes: see `megacrystal.train.exit_codes` (0 done, 2 bad input, 3 non-finite, 4 stalled step,
+75 stopped by a signal after saving, 130 second SIGINT)."""
 
 from __future__ import annotations
 
@@ -7,6 +10,10 @@ import argparse
 import sys
 
 from ..config import ConfigError, load_config
+from . import exit_codes
+from .checkpoint import CheckpointError
+from .finite import NonFiniteError
+from .preemption import StopRequested
 
 
 def main(argv=None) -> int:
@@ -19,9 +26,12 @@ def main(argv=None) -> int:
         from .loop import train
 
         train(cfg)
-    except ConfigError as e:
-        print(f"megacrystal train: {e}", file=sys.stderr)
-        return 2
+    except (ConfigError, CheckpointError) as e:
+        return _one_line(e, exit_codes.BAD_INPUT)
+    except NonFiniteError as e:
+        return _one_line(e, exit_codes.NON_FINITE)
+    except StopRequested as e:
+        return _one_line(e, exit_codes.PREEMPTED, "; run the same command again to resume")
     finally:
         try:
             from ..parallel.state import destroy
@@ -29,4 +39,9 @@ def main(argv=None) -> int:
             destroy()
         except ImportError:
             pass
-    return 0
+    return exit_codes.OK
+
+
+def _one_line(e: Exception, code: int, hint: str = "") -> int:
+    print(f"megacrystal train: {e}{hint} (exit {code})", file=sys.stderr)
+    return code
