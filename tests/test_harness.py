@@ -128,6 +128,11 @@ def test_harness_without_lm_eval_says_how_to_install(tmp_path, capsys):
     assert main(["--checkpoint", str(ckpt), "--tasks", "hellaswag"]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "megacrystal[eval]" in err
+    from megacrystal import cli  # the same through `megacrystal eval --harness`
+
+    assert cli.main(["eval", "--harness", "hellaswag", "--checkpoint", str(ckpt)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "megacrystal[eval]" in err
     assert not (ckpt / "eval").exists()
 
 
