@@ -2,7 +2,8 @@
 
 The native build is optional at install time: with no compiler or CMake the package still
 installs and the data layer uses its numpy fallback (it says so once in the log).
-CUDA kernels are built by the same CMake project when `nvcc` is found (MEGACRYSTAL_CUDA=0 disables).
+The CUDA kernels (kernels/cuda/) are built by the same CMake project only when asked:
+MEGACRYSTAL_CUDA=1 pip install -e . (or afterwards: python -m megacrystal.cuda_build).
 """
 
 import os
@@ -44,7 +45,7 @@ class CMakeBuild(build_ext):
                 f"-DMEGACRYSTAL_NATIVE_OUTPUT_DIR={out.parent}",
                 f"-DMEGACRYSTAL_NATIVE_OUTPUT_NAME={out.name}",
                 "-DCMAKE_BUILD_TYPE=Release",
-                f"-DMEGACRYSTAL_CUDA={os.environ.get('MEGACRYSTAL_CUDA', 'AUTO')}",
+                f"-DMEGACRYSTAL_CUDA={os.environ.get('MEGACRYSTAL_CUDA', '0')}",
             ]
             subprocess.run(args, cwd=build_dir, check=True)
             subprocess.run([cmake, "--build", ".", "--parallel", str(os.cpu_count() or 2)], cwd=build_dir, check=True)
@@ -75,12 +76,14 @@ setup(
         "tensorboard>=2.14",
         "psutil>=5.9",
     ],
+    # Each extra installs the package it names and only that (the table in docs/kernels.md, checked by
+    # tests/test_extras.py). NVIDIA apex is not on PyPI (the registry's `apex` is an unrelated web toolkit)
+    # and flash-attn 2 is a source build against the local CUDA torch: both are recipes, not extras.
     extras_require={
         "triton": ["triton>=3.2"],
-        "flash": ["flash-attn>=2.6"],
-        "apex": ["apex"],
+        "fa4": ["flash-attn-4>=4.0.0b36"],
         "dali": ["nvidia-dali-cuda130"],
-        "gpu": ["triton>=3.2", "flash-attn>=2.6"],
+        "gpu": ["triton>=3.2", "flash-attn-4>=4.0.0b36"],
         "eval": ["lm-eval[hf]>=0.4.5", "transformers>=4.45", "protobuf"],  # protobuf: SentencePiece -> fast tokenizer
         "plot": ["matplotlib>=3.7"],  # megacrystal compare / study plots
         "dev": [

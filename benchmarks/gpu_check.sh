@@ -5,6 +5,11 @@
 #   2. the kernel launch-config sweep + microbenchmarks vs torch eager / torch.compile (+ Liger/apex if present)
 #   3. end-to-end training throughput (crystal-1b; 4 layers of crystal-7b) with a bf16 matmul anchor
 #   4. distributed-optimizer memory per rank on the GPU (4 gloo ranks sharing GPU 0)
+#   5. the CUDA kernels (kernels/cuda/): build for sm_80/90/100, their GPU tests (fused AdamW vs torch,
+#      fused wgrad vs unfused, 20 steps with fusion), the record that lets `auto` pick them
+#      (cuda-kernels-verified.json), their benchmark, and the training throughput with them on
+#   6. attention backends (SDPA, FA2/FA3, FA4 where installed): outputs/grads vs SDPA and timings;
+#      `megacrystal doctor` (what this machine has and which kernel each op uses)
 # Writes everything under $OUT (default benchmarks/results) and a summary gpu-check-<gpu>-<stamp>.json.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +26,9 @@ step() { echo "== $1 ($(date -u +%H:%M:%S))" | tee -a "$LOG"; }
 step "environment"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$LOG"
 $PY -c "import torch, triton, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$LOG"
+
+step "doctor"
+$PY -m megacrystal.cli doctor 2>&1 | tee -a "$LOG"
 
 step "GPU tests (compiled Triton)"
 timeout 100 $PY -m pytest -q -x -p no:cacheprovider tests/test_ops_norm.py tests/test_ops_rotary.py \
@@ -40,10 +48,30 @@ step "distributed optimizer memory"
 timeout 60 $PY benchmarks/optimizer_memory.py --device cuda --dp 4 2>&1 | grep -v " INFO " | tail -8 | tee -a "$LOG"
 cp benchmarks/results/optimizer_memory_cuda.json "$OUT"/ 2>/dev/null
 
+step "CUDA kernels: build, GPU tests, record, benchmark"
+CUBLASLT_INCLUDE=$($PY -c "import nvidia, glob; print(next(iter(sorted(glob.glob(nvidia.__path__[0] + '/**/include/cublasLt.h', recursive=True))), '').rsplit('/', 1)[0])" 2>/dev/null)
+export CUBLASLT_INCLUDE  # the build checks its cuBLASLt declarations against the real header where there is one
+timeout 300 $PY -m megacrystal.cuda_build --out build/cuda > "$OUT/cuda-build-$GPU-$STAMP.txt" 2>&1
+echo "build exit $? ($(grep -c 'declarations checked' "$OUT/cuda-build-$GPU-$STAMP.txt") header check)" | tee -a "$LOG"
+export MEGACRYSTAL_CUDA_LIB="$PWD/build/cuda/libmegacrystal_cuda.so"
+timeout 200 $PY -m pytest -q -p no:cacheprovider tests/test_cuda_kernels_gpu.py > "$OUT/cuda-tests-$GPU-$STAMP.txt" 2>&1
+CTESTS=$(tail -1 "$OUT/cuda-tests-$GPU-$STAMP.txt"); echo "$CTESTS" | tee -a "$LOG"
+REC=benchmarks/results/cuda-kernels-verified.json
+[ -f "$REC" ] && [ ! -f "$OUT/cuda-kernels-verified.json" ] && cp "$REC" "$OUT/"
+$PY benchmarks/record_cuda_verified.py "$CTESTS" --file "$OUT/cuda-kernels-verified.json" 2>&1 | tail -1 | tee -a "$LOG"
+timeout 150 $PY kernels/bench/cuda_kernels_bench.py --out "$OUT" 2>&1 | grep -v " INFO " | tee -a "$LOG"
+timeout 150 $PY benchmarks/train_throughput.py --out "$OUT" --cases crystal-1b,crystal-7b-4l --steps 4 \
+  --set optim.impl=cuda --set model.grad_accum_fusion=cuda 2>&1 | grep -v " INFO " | tee -a "$LOG"
+timeout 150 $PY benchmarks/train_throughput.py --out "$OUT" --cases crystal-1b,crystal-7b-4l --steps 4 \
+  --set optim.impl=cuda --set model.grad_accum_fusion=torch 2>&1 | grep -v " INFO " | tee -a "$LOG"
+
+step "attention backends vs SDPA"
+timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_attention_backends_gpu.py -s 2>&1 | grep -v " INFO " | tee "$OUT/attention-$GPU-$STAMP.txt" | tail -25 | tee -a "$LOG"
+
 $PY - "$OUT" "$GPU" "$STAMP" "$TESTS" <<'PY'
 import json, sys, glob, os
 out, gpu, stamp, tests = sys.argv[1:]
-files = sorted(os.path.basename(p) for p in glob.glob(f"{out}/*") if stamp[:8] in p or "optimizer_memory_cuda" in p)
+files = sorted(os.path.basename(p) for p in glob.glob(f"{out}/*") if stamp[:8] in p or "optimizer_memory_cuda" in p or "cuda-kernels" in p)
 json.dump(dict(gpu=gpu.replace("_", " "), stamp=stamp, tests=tests, files=files), open(f"{out}/gpu-check-{gpu}-{stamp}.json", "w"), indent=1)
 PY
 step "done"

@@ -79,13 +79,13 @@ def matmul_tflops(device, n: int = 8192, reps: int = 10) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e12
 
 
-def run_case(name: str, steps: int, warmup: int) -> dict:
+def run_case(name: str, steps: int, warmup: int, extra: tuple = ()) -> dict:
     from megacrystal.parallel.engine import Engine
     from megacrystal.parallel.init import init_distributed
     from megacrystal.parallel.state import destroy
 
     cuda = torch.cuda.is_available()
-    overrides = CASES[name] + [f"train.precision={'bf16' if cuda else 'fp32'}"]
+    overrides = CASES[name] + [f"train.precision={'bf16' if cuda else 'fp32'}"] + list(extra)
     cfg = load_config(None, overrides)
     grid, device = init_distributed(cfg)
     try:
@@ -150,6 +150,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", default=None, help=f"comma list of {sorted(CASES)}")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--set", action="append", default=[], help="extra config override KEY=VALUE (repeatable)")
     a = ap.parse_args(argv)
     cases = (
         a.cases.split(",") if a.cases else (["crystal-1b", "crystal-7b-4l"] if torch.cuda.is_available() else ["tiny"])
@@ -157,7 +158,7 @@ def main(argv=None) -> int:
     results = []
     for c in cases:
         try:
-            r = run_case(c, a.steps, a.warmup)
+            r = run_case(c, a.steps, a.warmup, tuple(a.set))
         except Exception as e:  # record and go on: one failing case must not lose the others
             r = dict(case=c, error=f"{type(e).__name__}: {e}")
         results.append(r)

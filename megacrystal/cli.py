@@ -43,6 +43,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "main",
         "the curriculum study: train and evaluate variants x seeds, compare",
     ),
+    "doctor": (
+        "megacrystal.doctor",
+        "main",
+        "what is installed, which kernel/backend/loader each op uses here and why",
+    ),
 }
 
 

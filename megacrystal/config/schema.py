@@ -90,9 +90,10 @@ class ModelConfig:
     init_std: float | None = None  # embeddings; hidden = init_std*sqrt(m) under muP
     recompute: bool = False  # activation checkpointing of each block
     kernels: str = "auto"  # auto | triton | torch
-    attention_backend: str = "auto"  # auto | flash | sdpa | math
+    attention_backend: str = "auto"  # auto | flash | fa2 | fa3 | fa4 | sdpa | math
     use_apex_norm: bool = False
     document_mask: bool = False  # attention does not cross EOD boundaries
+    grad_accum_fusion: str = "auto"  # auto | on | off | torch | cuda (weight grad GEMM into fp32 main_grad)
 
     def resolve(self) -> ModelConfig:
         """Fill unset fields from the preset (sizes) and the family (traits)."""
@@ -233,6 +234,7 @@ class OptimConfig:
     weight_decay: float = 0.1
     clip_grad: float = 1.0
     loss_normalization: str = "tokens"  # tokens: / unmasked tokens | fixed: / (global batch x seq), Crystal's
+    impl: str = "auto"  # auto | torch | cuda (fused AdamW kernel over the flat buffers)
 
 
 @dataclass

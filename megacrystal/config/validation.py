@@ -44,7 +44,9 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
         f"gives {rot} rotated dims; expected an even number",
     )
     _choice(cfg, "model.kernels", m.kernels, {"auto", "triton", "torch"})
-    _choice(cfg, "model.attention_backend", m.attention_backend, {"auto", "flash", "sdpa", "math"})
+    _choice(cfg, "model.attention_backend", m.attention_backend, {"auto", "flash", "fa2", "fa3", "fa4", "sdpa", "math"})
+    _choice(cfg, "model.grad_accum_fusion", m.grad_accum_fusion, {"auto", "on", "off", "torch", "cuda"})
+    _choice(cfg, "optim.impl", o.impl, {"auto", "torch", "cuda"})
 
     for k in ("tp", "pp", "vpp"):
         _check(getattr(par, k) >= 1, cfg, f"parallel.{k}: expected >= 1, got {getattr(par, k)}")

@@ -2,17 +2,18 @@
 optional per-document masking (`segment_ids` [b, s]: attention stays within runs of equal ids), fp32 softmax.
 
 Backends (`model.attention_backend`):
-  flash  flash-attn 3 (`flash_attn_interface`) or 2 (`flash_attn`), CUDA, bf16/fp16; document masking
-         through the varlen kernel with cu_seqlens built from `segment_ids`; GQA native.
+  flash  the best installed flash-attention flavour for the GPU (model/flash_backends.py: FA3 on Hopper,
+         FA4 `flash-attn-4` on Hopper/Blackwell, FA2), CUDA, bf16/fp16; document masking through the
+         varlen kernel with cu_seqlens built from `segment_ids`; GQA native.
+  fa2 / fa3 / fa4  that flavour only (refused with the reason and the install command when it cannot run)
   sdpa   torch scaled_dot_product_attention (torch picks flash / cuDNN / memory-efficient / math);
          document masking as a boolean mask.
   math   the reference: explicit fp32 scores and softmax.
-  auto   flash when it imports and the tensors are bf16/fp16 on CUDA, else sdpa. Logged once.
+  auto   flash when a flavour supports the GPU and the tensors are bf16/fp16 on CUDA, else sdpa. Logged once.
 """
 
 from __future__ import annotations
 
-import functools
 import weakref
 from collections.abc import Callable
 
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..log import say_once
+from . import flash_backends as fb
 
 
 def _expand_kv(k: torch.Tensor, v: torch.Tensor, hq: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,16 +100,11 @@ def varlen_math(q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale=None, causal=Tr
     return out
 
 
-@functools.cache
 def flash_module():
-    """(name, module) of flash-attn 3 or 2 when importable, else None."""
-    for name in ("flash_attn_interface", "flash_attn"):
-        try:
-            return name, __import__(name)
-        except ImportError:
-            continue
-        except Exception as e:  # a broken build (ABI mismatch) must not take the model down
-            say_once(f"flash-broken-{name}", f"{name} failed to import ({e}); not using it")
+    """(module name, module) of the first installed flash flavour (fa3, fa4, fa2), else None."""
+    for n in fb.MODULES:
+        if fb.module(n) is not None:
+            return fb.MODULES[n], fb.module(n)
     return None
 
 
@@ -130,43 +127,54 @@ def attention_varlen(
     return o.reshape(b, s, hq, d)
 
 
-def attention_flash(q, k, v, scale: float, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
-    found = flash_module()
-    if found is None:
-        raise RuntimeError(
-            "model.attention_backend=flash: neither flash_attn_interface (FA3) nor flash_attn (FA2) "
-            "imports; install flash-attn or use sdpa"
-        )
-    _, fa = found
-    return attention_varlen(q, k, v, scale, segment_ids, fa.flash_attn_func, fa.flash_attn_varlen_func)
+def _flash(flavour: str | None):
+    def run(q, k, v, scale: float, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+        name, why = fb.pick(q.device, flavour)
+        if name is None:
+            raise RuntimeError(f"model.attention_backend={flavour or 'flash'}: {why}")
+        return fb.call(name, q, k, v, scale, segment_ids, attention_varlen)
+
+    return run
 
 
-BACKENDS: dict[str, Callable] = {"math": attention_math, "sdpa": attention_sdpa, "flash": attention_flash}
+attention_flash = _flash(None)  # the best installed flavour for the device (fb.order)
+BACKENDS: dict[str, Callable] = {
+    "math": attention_math,
+    "sdpa": attention_sdpa,
+    "flash": attention_flash,
+    "fa2": _flash("fa2"),
+    "fa3": _flash("fa3"),
+    "fa4": _flash("fa4"),
+}
+FLASH = ("flash", "fa2", "fa3", "fa4")
 
 
 def select_backend(requested: str, device: torch.device, dtype: torch.dtype | None = None) -> str:
+    """The backend that runs: `auto` is the best flash flavour on bf16/fp16 CUDA tensors, else sdpa; a
+    named flash backend that cannot run here is refused with one line saying why and what installs it."""
     half = dtype in (torch.bfloat16, torch.float16)
     if requested == "auto":
-        return "flash" if (device.type == "cuda" and half and flash_module() is not None) else "sdpa"
+        if device.type == "cuda" and half and fb.pick(device)[0] is not None:
+            return "flash"
+        return "sdpa"
     if requested not in BACKENDS:
         raise ValueError(
             f"model.attention_backend: {requested!r} is not a backend (expected auto or one of {sorted(BACKENDS)})"
         )
-    if requested == "flash":
-        if flash_module() is None:
-            raise RuntimeError("model.attention_backend=flash: flash-attn is not importable here")
+    if requested in FLASH:
+        flavour = None if requested == "flash" else requested
         if device.type != "cuda" or (dtype is not None and not half):
             raise RuntimeError(
-                f"model.attention_backend=flash: needs bf16/fp16 tensors on CUDA, got {dtype} on {device.type}"
+                f"model.attention_backend={requested}: needs bf16/fp16 tensors on CUDA, got {dtype} on {device.type}"
             )
+        name, why = fb.pick(device, flavour)
+        if name is None:
+            raise RuntimeError(f"model.attention_backend={requested}: {why}")
     return requested
 
 
 def attention(q, k, v, scale: float, segment_ids=None, backend: str = "auto") -> torch.Tensor:
     name = select_backend(backend, q.device, q.dtype)
-    if name == "flash":
-        name_full = f"flash ({flash_module()[0]})"
-    else:
-        name_full = name
+    name_full = f"{name} ({fb.pick(q.device, None if name == 'flash' else name)[1]})" if name in FLASH else name
     say_once(f"attention-{name}-{q.device.type}", f"attention backend: {name_full} on {q.device.type}")
     return BACKENDS[name](q, k, v, scale, segment_ids)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from ..ops.dispatch import op
 from .padding import pad_to, set_true_shape
+from .wgrad_fusion import linear
 
 
 def mark(p: nn.Parameter, init: str, name: str | None = None) -> nn.Parameter:
@@ -32,13 +33,15 @@ def mark(p: nn.Parameter, init: str, name: str | None = None) -> nn.Parameter:
 class Linear(nn.Module):
     """y = x W^T + b with W [out, in]."""
 
+    fuses_wgrad = True  # model.grad_accum_fusion applies (model/wgrad_fusion.py)
+
     def __init__(self, in_features: int, out_features: int, bias: bool, init: str):
         super().__init__()
         self.weight = mark(nn.Parameter(torch.empty(out_features, in_features)), init)
         self.bias = mark(nn.Parameter(torch.zeros(out_features)), "zeros") if bias else None
 
     def forward(self, x):
-        return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias)
 
 
 class Embedding(nn.Module):

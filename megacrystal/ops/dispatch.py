@@ -2,7 +2,8 @@
 plain-torch reference. `impl` is the config's `model.kernels`: auto | triton | torch.
 `model.kernels=triton` on CPU runs the kernels under Triton's interpreter (TRITON_INTERPRET=1 must be set
 before triton is imported) -- that is how the tests check them without a GPU.
-The norm may instead use apex's fused kernel (`model.use_apex_norm`) on CUDA when apex imports.
+The norm may instead use apex's fused kernel (`model.use_apex_norm`) on CUDA when NVIDIA apex with its
+fused norm extension is installed (`apex_support`: detected without importing an apex that lacks it).
 The choice is logged once per (op, implementation, device)."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import importlib
 import os
 from collections.abc import Callable
 
+from ..apex_support import usable as apex_usable
 from ..log import say_once
 
 # op name -> (reference "module:function", triton "module:function")
@@ -59,10 +61,13 @@ def _interpreting() -> bool:
 def resolve(name: str, impl: str, device_type: str, apex: bool = False) -> tuple[str, Callable]:
     ref_spec, tri_spec = OPS[name]
     if apex and name == "norm" and device_type == "cuda":
-        fn = _load(APEX_NORM, quiet=True)
+        fn = _load(APEX_NORM, quiet=True) if apex_usable("fused_norm") else None
         if fn is not None:
             return "apex", fn
-        say_once("apex-norm-missing", "model.use_apex_norm: apex is not importable; using the other norm kernels")
+        say_once(
+            "apex-norm-missing",
+            "model.use_apex_norm: NVIDIA apex's fused norm is not installed; using the other norm kernels",
+        )
     if impl == "torch":
         return "torch", _load(ref_spec)
     want_triton = impl == "triton" or (impl == "auto" and device_type == "cuda")

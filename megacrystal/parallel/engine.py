@@ -22,15 +22,16 @@ import torch
 import torch.distributed as dist
 
 from ..config import Config, validate_config
+from ..cuda_select import resolve_grad_accum_fusion, resolve_optim_impl
+from ..model import wgrad_fusion
 from ..model.layers import SerialLayers
 from ..model.mup import init_parameters, param_groups
 from ..model.padding import fit_problem, full_shape, refit, true_part, true_shape
 from ..model.transformer import count_parameters, serial_layout
-from ..optim.adamw import AdamW
+from ..optim.factory import clip_and_step, make_optimizer
 from ..optim.loss_normalization import loss_denominator
 from . import collectives as C
 from . import pipeline_schedules as schedules
-from .distributed_optimizer import DistributedOptimizer
 from .grad_buffers import GradBuffers
 from .pipeline import P2P, build_chunks, tied_embedding_params
 from .state import Grid, build_grid
@@ -80,21 +81,21 @@ class Engine:
 
     def _build_training_state(self, named: list) -> None:
         par, g = self.cfg.parallel, self.grid
+        self.optim_impl = resolve_optim_impl(self.cfg.optim.impl, self.device)
         self.buffers = GradBuffers(
             named,
             g,
             par.bucket_size_mb,
             distributed=par.distributed_optimizer,
             overlap=par.overlap_grad_reduce,
-            contiguous_params=par.distributed_optimizer,
+            contiguous_params=par.distributed_optimizer or self.optim_impl == "cuda",
             tied=tied_embedding_params(self.chunks, self.cfg.model, g),
         )
+        self.wgrad_fusion = resolve_grad_accum_fusion(self.cfg.model.grad_accum_fusion, self.device, self.dtype)
+        if self.wgrad_fusion != "off":
+            wgrad_fusion.enable(self.chunks, self.wgrad_fusion)
         groups = self._param_groups()
-        o = self.cfg.optim
-        if par.distributed_optimizer:
-            self.optimizer = DistributedOptimizer(self.buffers, groups, o.beta1, o.beta2, o.eps)
-        else:
-            self.optimizer = AdamW(groups, o.beta1, o.beta2, o.eps, names=self._names)
+        self.optimizer = make_optimizer(self.optim_impl, self.buffers, groups, self.cfg.optim, self._names)
 
     # ------------------------------------------------------------------ helpers
 
@@ -230,8 +231,7 @@ class Engine:
         # A non-finite step changes no state (parameters, masters, moments, the optimizer's step count).
         skipped = not (math.isfinite(norm) and math.isfinite(loss))
         if not skipped:
-            self.buffers.clip_(norm, self.cfg.optim.clip_grad)
-            self.optimizer.step(lr)
+            clip_and_step(self.optimizer, self.buffers, norm, self.cfg.optim.clip_grad, lr)
         self._batches = []
         return dict(loss=loss, grad_norm=norm, tokens=tokens, skipped=skipped)
 

@@ -218,12 +218,17 @@ class GradBuffers:
         C.all_reduce(sq, group)
         return float(sq.sqrt().item())
 
-    def clip_(self, total_norm: float, max_norm: float) -> float:
-        """Scale all gradients so that the norm is at most `max_norm`; returns the factor used."""
+    @staticmethod
+    def clip_coef(total_norm: float, max_norm: float) -> float:
+        """The factor that brings the norm to at most `max_norm` (1.0: no clipping)."""
         if max_norm <= 0 or not math.isfinite(total_norm):
             return 1.0
         coef = max_norm / (total_norm + 1e-6)
+        return coef if coef < 1.0 else 1.0
+
+    def clip_(self, total_norm: float, max_norm: float) -> float:
+        """Scale all gradients so that the norm is at most `max_norm`; returns the factor used."""
+        coef = self.clip_coef(total_norm, max_norm)
         if coef < 1.0:
             self.grad_buffer.mul_(coef)
-            return coef
-        return 1.0
+        return coef

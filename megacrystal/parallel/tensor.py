@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from ..model.layers import PaddedSizes, mark
 from ..model.padding import set_true_shape
+from ..model.wgrad_fusion import linear
 from . import collectives as C
 from .cross_entropy import vocab_parallel_cross_entropy
 from .state import Grid, Group
@@ -130,6 +131,8 @@ def _shard(p: nn.Parameter, full_shape: tuple, dim: int, group: Group) -> nn.Par
 
 
 class ColumnParallelLinear(nn.Module):
+    fuses_wgrad = True
+
     def __init__(self, in_features: int, out_features: int, bias: bool, init: str, group: Group, sp: bool):
         super().__init__()
         if out_features % group.size:
@@ -143,10 +146,12 @@ class ColumnParallelLinear(nn.Module):
 
     def forward(self, x):
         x = gather_seq(x, self.group) if self.sp else copy_to_tp(x, self.group)
-        return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias)
 
 
 class RowParallelLinear(nn.Module):
+    fuses_wgrad = True
+
     def __init__(self, in_features: int, out_features: int, bias: bool, init: str, group: Group, sp: bool):
         super().__init__()
         if in_features % group.size:
@@ -163,7 +168,7 @@ class RowParallelLinear(nn.Module):
             self.bias._mc_sequence_parallel = True
 
     def forward(self, x):
-        y = F.linear(x, self.weight)
+        y = linear(x, self.weight)
         y = reduce_scatter_seq(y, self.group) if self.sp else reduce_from_tp(y, self.group)
         return y + self.bias if self.bias is not None else y
 

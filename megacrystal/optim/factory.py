@@ -1,0 +1,26 @@
+"""The engine's optimizer for `optim.impl` and the parallel layout, and its clip-then-step."""
+
+from __future__ import annotations
+
+from ..parallel.distributed_optimizer import DistributedOptimizer
+from .adamw import AdamW
+from .fused_adamw import FusedAdamW
+
+
+def make_optimizer(impl: str, buffers, groups: list[dict], o, names: dict):
+    """`impl` "cuda": the fused kernel over the flat buffers (ZeRO-1 or replicated); "torch": the
+    distributed optimizer when the buffers are sharded, else the replicated AdamW. `o`: the OptimConfig."""
+    if impl == "cuda":
+        return FusedAdamW(buffers, groups, o.beta1, o.beta2, o.eps, names=names)
+    if buffers.distributed:
+        return DistributedOptimizer(buffers, groups, o.beta1, o.beta2, o.eps)
+    return AdamW(groups, o.beta1, o.beta2, o.eps, names=names)
+
+
+def clip_and_step(optimizer, buffers, norm: float, max_norm: float, lr: float) -> None:
+    """Clip to `max_norm` (the fused step folds the coefficient in instead of scaling the gradients), step."""
+    if getattr(optimizer, "folds_clip", False):
+        optimizer.clip_coef = buffers.clip_coef(norm, max_norm)
+    else:
+        buffers.clip_(norm, max_norm)
+    optimizer.step(lr)

@@ -1,0 +1,118 @@
+"""The fused AdamW's plumbing on the CPU: chunk tables over the flat buffers (ZeRO-1 shards on 2 real
+gloo ranks, replicated buckets), muP groups, the clip coefficient folded into the step, the bf16
+model copy, the non-finite flag and the state dicts, with `adamw_flat_reference` (the CUDA kernel's
+contract in torch) standing in for the kernel. Against the torch paths the parameters and the
+optimizer state must be identical (the same foreach arithmetic, element for element). The CUDA
+kernel itself is compared with torch in tests/test_cuda_kernels_gpu.py."""
+
+import pytest
+import torch
+
+from megacrystal.optim.adamw import AdamW
+from megacrystal.optim.fused_adamw import CHUNK, FusedAdamW, adamw_flat_reference, chunk_table
+from megacrystal.parallel.engine import Engine
+from megacrystal.parallel.grad_buffers import GradBuffers
+from megacrystal.parallel.state import build_grid
+from tests.dist import run_ranks
+from tests.parallel_cases import data, make_cfg, split
+
+LR = 3e-3
+
+
+def _engine(overrides, fused: bool) -> Engine:
+    e = Engine(make_cfg(overrides), torch.device("cpu"))
+    if fused:
+        o = e.cfg.optim
+        e.optimizer = FusedAdamW(
+            e.buffers, e._param_groups(), o.beta1, o.beta2, o.eps, names=e._names, kernel=adamw_flat_reference
+        )
+    return e
+
+
+def _run(overrides, fused: bool, steps: int = 3):
+    e = _engine(overrides, fused)
+    g = e.grid
+    for b in data(steps=steps):
+        e.train_step(split(b, g.dp_rank, g.dp_size, e.cfg.train.micro_batch_size), LR)
+    params = {n: p.detach().clone() for m in e.chunks for n, p in m.named_parameters()}
+    return e, params
+
+
+def _same_params(a: dict, b: dict) -> list[str]:
+    return [n for n in a if not torch.equal(a[n], b[n])]
+
+
+def _same_state(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same_state(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same_state(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def test_chunk_table_splits_long_segments_and_keeps_groups():
+    t = chunk_table([(0, 10, 0), (10, CHUNK + 5, 1), (CHUNK + 15, 3, 0)])
+    assert t == [(0, 10, 0), (10, CHUNK, 1), (10 + CHUNK, 5, 1), (CHUNK + 15, 3, 0)]
+
+
+def _zero_ranks(rank, world):
+    # clip_grad small enough that every step clips: the coefficient is folded into the fused step
+    ov = ["parallel.distributed_optimizer=true", "train.precision=bf16", "optim.clip_grad=0.05"]
+    ref, want = _run(ov, fused=False, steps=2)
+    got_e, got = _run(ov, fused=True, steps=2)
+    # resume a torch-path shard with the fused optimizer (and back): the formats are one
+    other = _engine(ov, fused=True)
+    other.load_state_dict(ref.state_dict())
+    same_resume = _same_state(other.optimizer.state_dict(), ref.optimizer.state_dict())
+    return _same_params(want, got), _same_state(ref.optimizer.state_dict(), got_e.optimizer.state_dict()), same_resume
+
+
+def test_fused_matches_distributed_optimizer_on_zero_shards():
+    for diff, same_state, same_resume in run_ranks(_zero_ranks, 2, timeout=240):
+        assert diff == [] and same_state and same_resume
+
+
+def _replicated(fused: bool, precision):
+    from tests.model_util import tiny_model
+
+    cfg, model = tiny_model(seed=3)
+    model = model.to(precision).train()
+    grid = build_grid(make_cfg([]))
+    named = list(model.named_parameters())
+    buffers = GradBuffers(named, grid, bucket_size_mb=0.01, contiguous_params=fused)
+    from megacrystal.model.mup import param_groups
+
+    groups = param_groups(model, cfg, 0.1)
+    names = {id(p): n for n, p in named}
+    opt = FusedAdamW(buffers, groups, names=names, kernel=adamw_flat_reference) if fused else AdamW(groups, names=names)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        tokens = torch.randint(0, cfg.vocab_size, (2, 17), generator=gen)
+        buffers.start_step(1)
+        model(tokens=tokens[:, :-1], labels=tokens[:, 1:]).sum().backward()
+        buffers.finish()
+        opt.step(LR)
+    return model, opt, len(groups)
+
+
+@pytest.mark.parametrize("precision", [torch.bfloat16, torch.float32])
+def test_fused_matches_replicated_adamw_and_its_state_dict(precision):
+    m_ref, o_ref, n_groups = _replicated(False, precision)
+    m_got, o_got, _ = _replicated(True, precision)
+    assert not o_got.nonfinite()
+    assert n_groups > 1  # muP: several LR groups in one flat buffer
+    assert _same_params(dict(m_ref.named_parameters()), dict(m_got.named_parameters())) == []
+    sd_ref, sd_got = o_ref.state_dict(), o_got.state_dict()
+    assert sd_got["kind"] == "adamw" and _same_state(sd_ref, sd_got)
+    o_got.load_state_dict(sd_ref)  # and it loads what the torch path saved
+    assert _same_state(o_got.state_dict(), sd_ref)
+
+
+def test_nonfinite_gradient_sets_the_flag():
+    e = _engine(["parallel.distributed_optimizer=true"], fused=True)
+    e.buffers.grad_buffer[3] = float("nan")
+    e.optimizer.step(LR)
+    assert e.optimizer.nonfinite()
+    assert not e.optimizer.nonfinite()  # reading clears it
