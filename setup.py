@@ -84,6 +84,7 @@ setup(
         "fa4": ["flash-attn-4>=4.0.0b36"],
         "dali": ["nvidia-dali-cuda130"],
         "gpu": ["triton>=3.2", "flash-attn-4>=4.0.0b36"],
+        "eval": ["lm-eval[hf]>=0.4.5", "transformers>=4.45", "protobuf"],  # protobuf: SentencePiece -> fast tokenizer
         "plot": ["matplotlib>=3.7"],  # megacrystal compare / study plots
         "dev": [
             "pytest>=7",

@@ -3,10 +3,12 @@
     megacrystal export-hf --checkpoint DIR --format {crystalcoder,llama} --output DIR [--dtype D]
     megacrystal import-hf --hf DIR --output DIR [--dtype D]
 
-A checkpoint here is a training checkpoint (DCP, read offline by `train.checkpoint_io.load_model_state`;
-a run directory means its newest intact one) or a consolidated model directory of `model/serialization.py`. The HF side is config.json + safetensors (one file, or shards + index above
---max-shard-size) + the tokenizer file and a tokenizer_config.json. Import also reads PyTorch
-`pytorch_model*.bin` files (weights only). Layouts: `model/hf_layouts.py`.
+A checkpoint here is a training checkpoint (DCP, read offline; a run directory means its newest intact
+one) or a consolidated model directory of `model/serialization.py`; checkpoints are read by
+`model/checkpoint_source.py`. The HF side is config.json + safetensors (one file, or shards + index above
+--max-shard-size) + the tokenizer file and a tokenizer_config.json; a crystalcoder export also carries
+its modeling code (`hf_remote/`, named by `auto_map`). Import also reads PyTorch `pytorch_model*.bin`
+files (weights only). Layouts: `model/hf_layouts.py`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from .hf_remote import write_remote_code
+from .model.checkpoint_source import read_checkpoint
 from .model.hf_layouts import LAYOUTS, LayoutError, from_crystalcoder, from_llama
 from .model.serialization import (
     ModelFormatError,
@@ -29,7 +33,6 @@ from .model.serialization import (
     tokenizer_in,
 )
 from .train.checkpoint import CheckpointError
-from .train.checkpoint_io import checkpoint_tokenizer, load_model_state
 
 DTYPES = {"keep": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -70,9 +73,18 @@ def _tokenizer_config(path: Path, ids: dict, max_len: int) -> dict:
         "add_bos_token": False,
         "add_eos_token": False,
     }
+    if cls == "LlamaTokenizer":  # encode exactly as SentencePiece does: a dummy "▁" only if the model adds one
+        import sentencepiece as spm
+
+        sp = spm.SentencePieceProcessor(model_file=str(path))
+        out["legacy"] = False
+        out["add_prefix_space"] = sp.encode("a", out_type=str)[0].startswith("\u2581")
     for k in ("bos_token", "eos_token"):
         if ids[k] is not None:
             out[k] = ids[k]
+    if ids["eos_token"] is not None:  # batched generation: pad on the left with </s>, masked by the attention mask
+        out["pad_token"] = ids["eos_token"]
+        out["padding_side"] = "left"
     return out
 
 
@@ -107,6 +119,9 @@ def write_hf(out_dir, conf: dict, tensors: dict, tokenizer_path: str | None, max
         total = sum(t.numel() * t.element_size() for t in tensors.values())
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         _atomic_write_bytes(out / "model.safetensors.index.json", (json.dumps(index, indent=2) + "\n").encode())
+    if conf.get("eos_token_id") is not None:  # generate() pads finished rows with </s> without being told
+        gen = {k: conf.get(k) for k in ("bos_token_id", "eos_token_id")} | {"pad_token_id": conf["eos_token_id"]}
+        _atomic_write_bytes(out / "generation_config.json", (json.dumps(gen, indent=2) + "\n").encode())
     _atomic_write_bytes(out / "config.json", (json.dumps(conf, indent=2) + "\n").encode())
     return out
 
@@ -174,9 +189,8 @@ def _cast(sd: dict, dtype: torch.dtype | None) -> dict:
 def export_hf(checkpoint, fmt: str, output, dtype: torch.dtype | None = None, max_shard_bytes: int = 5 * 2**30) -> Path:
     if fmt not in LAYOUTS:
         raise HFError(f"--format: expected one of {sorted(LAYOUTS)}, got {fmt!r}")
-    cfg, sd = load_model_state(checkpoint)
+    cfg, sd, tok = read_checkpoint(checkpoint)
     make_config, convert, _ = LAYOUTS[fmt]
-    tok = checkpoint_tokenizer(checkpoint)
     ids = tokenizer_ids(tok)
     sd = _cast(sd, dtype)
     try:
@@ -188,7 +202,10 @@ def export_hf(checkpoint, fmt: str, output, dtype: torch.dtype | None = None, ma
         tensors = convert(cfg, sd)
     except LayoutError as e:
         raise HFError(str(e)) from None
-    return write_hf(output, conf, tensors, tok, max_shard_bytes)
+    out = write_hf(output, conf, tensors, tok, max_shard_bytes)
+    if fmt == "crystalcoder":  # the modeling code `auto_map` names (trust_remote_code)
+        write_remote_code(out)
+    return out
 
 
 def import_hf(hf_dir, output, dtype: torch.dtype | None = None) -> Path:

@@ -112,11 +112,13 @@ def _layer_norm(x, w, b, eps):
 
 def crystalcoder_reference_logits(hf_dir: Path, ids: torch.Tensor) -> torch.Tensor:
     """An independent CrystalCoder forward from the HF files alone (docs/recipe.md, Model): GPT-2-style modules
-    with Conv1D weights, LayerNorm, GPT-J rotary on `rotary_dim` dims, muP scales, tied head."""
+    with Conv1D weights, LayerNorm, GPT-J rotary on `rotary_dim` dims (null/0: all), muP scales, tied head;
+    scores unscaled when scale_attn_weights is false, and / (layer+1) with scale_attn_by_inverse_layer_idx."""
     conf = json.loads((hf_dir / "config.json").read_text())
     W = load_file(str(hf_dir / "model.safetensors"))
-    H, n, rot, eps = conf["n_embd"], conf["n_head"], conf["rotary_dim"], conf["layer_norm_epsilon"]
+    H, n, eps = conf["n_embd"], conf["n_head"], conf["layer_norm_epsilon"]
     d = H // n
+    rot = conf["rotary_dim"] or d  # null or 0: the whole head
     B, T = ids.shape
 
     def conv1d(x, name):
@@ -143,6 +145,8 @@ def crystalcoder_reference_logits(hf_dir: Path, ids: torch.Tensor) -> torch.Tens
         q, k, v = (t.view(B, T, n, d) for t in (q, k, v))
         q, k = rope(q), rope(k)
         scale = 1.0 / d if conf["mup_scale_qk_dot_by_d"] else 1.0 / math.sqrt(d)
+        scale = scale if conf.get("scale_attn_weights", True) else 1.0
+        scale = scale / (i + 1) if conf.get("scale_attn_by_inverse_layer_idx", False) else scale
         s = torch.einsum("bqhd,bkhd->bhqk", q, k) * scale
         att = torch.softmax(s.masked_fill(~mask, float("-inf")), dim=-1)
         o = torch.einsum("bhqk,bkhd->bqhd", att, v).reshape(B, T, H)

@@ -1,2 +1,3 @@
-"""Evaluation of trained models: `megacrystal eval` (per-source loss, FIM and completion scores) and
-`megacrystal compare` (runs and evaluations side by side)."""
+"""Evaluation of trained models: `megacrystal eval` (per-source loss, FIM and completion scores; with
+`--harness`, lm-evaluation-harness through `harness.py`) and `megacrystal compare` (runs and evaluations
+side by side)."""

@@ -65,17 +65,22 @@ def _harness(a) -> int:
         print(f"megacrystal eval: --harness needs megacrystal.evaluation.harness ({e})", file=sys.stderr)
         return 2
     tasks = [t for t in a.harness.split(",") if t]
-    results = harness.run_harness(
-        a.checkpoint,
-        tasks,
-        output=a.output,
-        limit=a.limit,
-        batch_size=a.batch_size,
-        device=a.device,
-        num_fewshot=a.num_fewshot,
-        include_path=a.include_path,
-    )
+    try:
+        results = harness.run_harness(
+            a.checkpoint,
+            tasks,
+            output=a.output,
+            limit=a.limit,
+            batch_size=a.batch_size,
+            device=a.device,
+            num_fewshot=a.num_fewshot,
+            include_path=a.include_path,
+        )
+    except ValueError as e:  # HarnessError and the checkpoint readers' errors: one line
+        print(f"megacrystal eval: {e}", file=sys.stderr)
+        return 2
     print(harness.format_table(results))
+    print(f"megacrystal eval: wrote {results['megacrystal']['results_file']}")
     return 0
 
 

@@ -1,6 +1,5 @@
-"""Tensor helpers of the Hugging Face layouts (model/hf_layouts.py): splitting and joining our
-KV-grouped fused QKV, the interleaved -> rotate-half row permutation, and checked reads of a file's
-tensors (`LayoutError` names what is wrong)."""
+"""Shared pieces of the Hugging Face layouts (hf_layouts.py): errors, QKV/rotary permutations, padding refits,
+tensor lookups with one-line errors."""
 
 from __future__ import annotations
 
@@ -11,11 +10,14 @@ from .padding import refit_state
 from .transformer import serial_layout
 
 # buffers some HF checkpoints carry that are not parameters
-_IGNORED_SUFFIXES = (".attn.masked_bias", "rotary_emb.inv_freq")
+IGNORED_SUFFIXES = (".attn.masked_bias", "rotary_emb.inv_freq")
 
 
 class LayoutError(ValueError):
     """The model cannot be written in, or read from, a layout; the message says why."""
+
+
+# ----------------------------------------------------------------------------- tensor helpers
 
 
 def qkv_split(t: torch.Tensor, hq: int, hk: int, d: int):
@@ -71,7 +73,7 @@ def check_used(tensors: dict, used: set, where: str) -> None:
         k
         for k in tensors
         if k not in used
-        and not k.endswith(_IGNORED_SUFFIXES)
+        and not k.endswith(IGNORED_SUFFIXES)
         and not (k.endswith(".attn.bias") and tensors[k].dim() == 4)
     )  # GPT-2 causal-mask buffer
     if extra:
@@ -83,3 +85,10 @@ def check_used(tensors: dict, used: set, where: str) -> None:
 def need(cond: bool, fmt: str, what: str) -> None:
     if not cond:
         raise LayoutError(f"--format {fmt}: {what}")
+
+
+def positive_int(conf: dict, key: str, where: str) -> int:
+    v = conf.get(key)
+    if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+        raise LayoutError(f"{where}: {key} must be a positive integer, got {v!r}")
+    return v
