@@ -143,23 +143,30 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def read_yaml_mapping(path: Path, what: str = "config") -> dict:
+    """The YAML file at `path`, which must hold a mapping; one-line ConfigErrors otherwise."""
+    import yaml
+
+    if not path.is_file():
+        raise ConfigError(f"{path}: {what} file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
 def load_config(path: str | None = None, overrides: list[str] | None = None, validate: bool = True) -> Config:
     """Read YAML at `path` (or start from defaults), apply overrides, resolve and validate."""
-    import yaml
 
     data: dict = {}
     origin = None
     if path is not None:
         origin = str(path)
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
+        data = read_yaml_mapping(p)
         _resolve_relative_paths(data, p.parent)
     data = apply_overrides(data, list(overrides or []))
     cfg = from_dict(data, origin)

@@ -162,11 +162,7 @@ class FusedAdamW:
         self.nonfinite_flag.zero_()
         return seen
 
-    @torch.no_grad()
-    def reload_masters(self) -> None:
-        if self.separate_master:
-            for s in self.shards:
-                s["master"].copy_(self.buf.param_buffer[s["lo"] : s["hi"]].float())
+    reload_masters = DistributedOptimizer.reload_masters  # the same shard records as ZeRO-1
 
     # ------------------------------------------------------------------ state: the torch paths' formats
 

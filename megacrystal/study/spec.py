@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import ConfigError
+from ..config.loading import apply_overrides, read_yaml_mapping
 from .variants import VARIANTS
 
 
@@ -43,19 +44,9 @@ class StudySpec:
 
 
 def read_spec(path: str, overrides: list[str] | None = None) -> StudySpec:
-    import yaml
-
-    from ..config import apply_overrides
 
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{path}: study file not found")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+    data = read_yaml_mapping(p, "study")
     data = apply_overrides(data, list(overrides or []))
     known = set(StudySpec.__dataclass_fields__) - {"source_file"}
     unknown = sorted(set(data) - known)

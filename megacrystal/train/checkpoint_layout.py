@@ -170,8 +170,6 @@ def rng_pieces(engine) -> dict[str, list[Piece]]:
     states = {"torch": torch.get_rng_state()}
     if engine.device.type == "cuda":
         states["cuda"] = torch.cuda.get_rng_state(engine.device)
-    for name, g in engine.rng.states.items():
-        states[name] = g.get_state()
     return {f"rng/rank{r}/{k}": [Piece((0,), v.to("cpu").contiguous())] for k, v in states.items()}
 
 

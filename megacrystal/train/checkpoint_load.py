@@ -105,6 +105,3 @@ def _restore_rng(engine, state: dict) -> None:
         torch.set_rng_state(get["torch"])
     if "cuda" in get and engine.device.type == "cuda":
         torch.cuda.set_rng_state(get["cuda"], engine.device)
-    for name, g in engine.rng.states.items():
-        if name in get:
-            g.set_state(get[name])
