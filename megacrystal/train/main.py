@@ -21,17 +21,18 @@ def main(argv=None) -> int:
     ap.add_argument("--config", required=True, help="a run config (YAML)")
     ap.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. parallel.tp=2 train.max_steps=10")
     a = ap.parse_args(argv)
+    code, message = exit_codes.OK, None
     try:
         cfg = load_config(a.config, a.overrides)
         from .loop import train
 
         train(cfg)
     except (ConfigError, CheckpointError) as e:
-        return _one_line(e, exit_codes.BAD_INPUT)
+        code, message = exit_codes.BAD_INPUT, str(e)
     except NonFiniteError as e:
-        return _one_line(e, exit_codes.NON_FINITE)
+        code, message = exit_codes.NON_FINITE, str(e)
     except StopRequested as e:
-        return _one_line(e, exit_codes.PREEMPTED, "; run the same command again to resume")
+        code, message = exit_codes.PREEMPTED, f"{e}; run the same command again to resume"
     finally:
         try:
             from .checkpoint_io import finish_pending
@@ -42,9 +43,6 @@ def main(argv=None) -> int:
             destroy()
         except ImportError:
             pass
-    return exit_codes.OK
-
-
-def _one_line(e: Exception, code: int, hint: str = "") -> int:
-    print(f"megacrystal train: {e}{hint} (exit {code})", file=sys.stderr)
+    if message is not None:  # printed last: after any pending save has logged its completion
+        print(f"megacrystal train: {message} (exit {code})", file=sys.stderr)
     return code
