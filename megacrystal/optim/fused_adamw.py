@@ -20,7 +20,7 @@ import torch
 
 from ..cuda_kernels import adamw_scalars
 from ..parallel import collectives as C
-from ..parallel.distributed_optimizer import DistributedOptimizer
+from ..parallel.distributed_optimizer import DistributedOptimizer, shard_pieces
 from .adamw import adamw_
 
 CHUNK = 65536
@@ -98,14 +98,8 @@ class FusedAdamW:
         for b in buffers.buckets:
             lo, hi = buffers.shard_range(b)
             pieces, params = [], []
-            for p in b.params:
-                a = max(lo, buffers.offset[id(p)])
-                z = min(hi, buffers.offset[id(p)] + p.numel())
-                if a >= z:
-                    continue
-                if id(p) not in group_of:
-                    raise ValueError(f"parameter {buffers.names.get(id(p), '?')} is in no optimizer group")
-                pieces.append((a - lo, z - a, group_of[id(p)]))
+            for p, a, z, gi in shard_pieces(buffers, b, lo, hi, group_of):
+                pieces.append((a - lo, z - a, gi))
                 params.append((p, a, z))
             table = chunk_table(sorted(pieces))
             self.shards.append(

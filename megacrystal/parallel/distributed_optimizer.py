@@ -62,14 +62,8 @@ class DistributedOptimizer(AdamWSteps):
                 exp_avg_sq=torch.zeros(n, dtype=state_dtype, device=pbuf.device),
             )
             self.shards.append(shard)
-            for p in b.params:
-                a = max(lo, buffers.offset[id(p)])
-                z = min(hi, buffers.offset[id(p)] + p.numel())
-                if a >= z:
-                    continue
-                if id(p) not in group_of:
-                    raise ValueError(f"parameter {buffers.names.get(id(p), '?')} is in no optimizer group")
-                g = self.groups[group_of[id(p)]]
+            for _p, a, z, gi in shard_pieces(buffers, b, lo, hi, group_of):
+                g = self.groups[gi]
                 g["master"].append(master[a - lo : z - lo])
                 g["grad"].append(buffers.grad_buffer[a:z])
                 g["exp_avg"].append(shard["exp_avg"][a - lo : z - lo])
@@ -135,3 +129,16 @@ class DistributedOptimizer(AdamWSteps):
             if self.separate_master:
                 s["master"].copy_(d["master"])
         self.step_count = int(sd["step"])
+
+
+def shard_pieces(buffers, bucket, lo: int, hi: int, group_of: dict):
+    """The parameters of `bucket` that overlap this rank's flat range [lo, hi): (p, a, z, group index),
+    with [a, z) the overlap in buffer offsets. A parameter in no optimizer group is an error."""
+    for p in bucket.params:
+        a = max(lo, buffers.offset[id(p)])
+        z = min(hi, buffers.offset[id(p)] + p.numel())
+        if a >= z:
+            continue
+        if id(p) not in group_of:
+            raise ValueError(f"parameter {buffers.names.get(id(p), '?')} is in no optimizer group")
+        yield p, a, z, group_of[id(p)]
