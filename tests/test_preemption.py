@@ -13,6 +13,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from megacrystal.train import exit_codes
 from tests.test_train_loop import ROOT, data_dir, read_metrics, run_config, train_cli  # noqa: F401 (fixture)
 
@@ -178,3 +180,44 @@ def test_the_step_watchdog_names_the_step_and_the_rank(data_dir, tmp_path):  # n
     n = read_metrics(out)[-1]["step"]
     assert f"watchdog: step {n + 1} on rank 0 has run" in proc.err, proc.err[-3000:]
     assert "train.step_timeout_s=8" in proc.err and "exitcode  : 4" in proc.err
+
+
+def _start_with_a_pending_sigterm(cfg_path, overrides):
+    """`train` as the CLI runs it, with a real SIGTERM delivered after the handlers are installed and
+    before the first step (the start-up window: data, process groups, checkpoint loading)."""
+    from megacrystal.config import load_config
+    from megacrystal.train.loop import _train
+    from megacrystal.train.preemption import StopSignals
+    from megacrystal.train.watchdog import StepWatchdog
+
+    cfg = load_config(str(cfg_path), overrides)
+    stop, dog = StopSignals(), StepWatchdog(0)
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while stop.signum is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert stop.signum == signal.SIGTERM
+        return _train(cfg, stop, dog)
+    finally:
+        dog.close()
+        stop.uninstall()
+
+
+def test_a_sigterm_during_start_up_stops_before_the_first_step_and_loses_nothing(data_dir, tmp_path):  # noqa: F811
+    from megacrystal.train.preemption import StopRequested
+
+    out = tmp_path / "startup"
+    cfg = run_config(data_dir, out)
+    with pytest.raises(StopRequested, match=r"^stopped by SIGTERM before the first step; nothing to save$"):
+        _start_with_a_pending_sigterm(cfg, [])
+    assert logged_steps(out) == 0 and not (out / "checkpoints").exists()
+    # a run with a checkpoint at step 3, then a restart signalled during its start-up
+    assert train_cli(["--config", str(cfg), "train.max_steps=3"]) == 0
+    ckpts = out / "checkpoints"
+    before = {p.relative_to(ckpts): p.stat().st_mtime_ns for p in ckpts.rglob("*")}
+    rows = read_metrics(out)
+    with pytest.raises(StopRequested, match=r"^stopped by SIGTERM after step 3; its checkpoint is in "):
+        _start_with_a_pending_sigterm(cfg, ["train.max_steps=6"])
+    assert {p.relative_to(ckpts): p.stat().st_mtime_ns for p in ckpts.rglob("*")} == before
+    assert read_metrics(out) == rows and (ckpts / "latest").read_text() == "step_00000003"

@@ -136,9 +136,22 @@ def _train(cfg: Config, stop: StopSignals, dog: StepWatchdog) -> dict:
         ckptr.save(at_step, state, cfg.to_dict())
         last_saved = at_step
 
+    def stop_if_asked():
+        """Collective: a SIGTERM/SIGINT on any rank (since start-up, or during the step) stops here."""
+        if step >= total_steps or not stop.agreed(grid, device):
+            return
+        if step > last_saved:
+            save(step)
+        ckptr.close()  # the stop's checkpoint is committed before the exit
+        metrics.close()
+        if step == 0:
+            raise StopRequested(f"stopped by {stop.name} before the first step; nothing to save")
+        raise StopRequested(f"stopped by {stop.name} after step {step}; its checkpoint is in {out_dir}/checkpoints")
+
     record: dict = {}
     it = iter(loader)
     dog.rank = grid.rank
+    stop_if_asked()  # a signal during start-up (data, process groups, loading) acts before any step
     while step < total_steps:
         span = schedule.span(step)
         lr = schedule.lr(step, skips.lag(span.name))
@@ -189,12 +202,7 @@ def _train(cfg: Config, stop: StopSignals, dog: StepWatchdog) -> dict:
         skips.record(out["skipped"], step, span.name, out["loss"], out["grad_norm"])  # raises: too many in a row
         if save_due(step, span, schedule.phases[span.index], t.save_interval) and step < total_steps:
             save(step)
-        if step < total_steps and stop.agreed(grid, device):  # every rank, the same step
-            if step > last_saved:
-                save(step)
-            ckptr.close()  # the stop's checkpoint is committed before the exit
-            metrics.close()
-            raise StopRequested(f"stopped by {stop.name} after step {step}; its checkpoint is in {out_dir}/checkpoints")
+        stop_if_asked()  # every rank, the same step
     if step > last_saved:
         save(step)
     ckptr.close()
