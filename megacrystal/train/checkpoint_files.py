@@ -36,14 +36,19 @@ def fsync_dir(path: Path) -> None:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a fsync'ed temporary file and a rename."""
+    """Write `data` to `path` via a fsync'ed temporary file and a rename; on failure `path` is unchanged
+    and the temporary file removed."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no half-written file left behind (e.g. on a full disk)
+        raise
     fsync_dir(path.parent)
 
 

@@ -243,7 +243,12 @@ class Checkpointer:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp.rename(final)
         fsync_dir(final.parent)
-        atomic_write(self.root / "latest", final.name.encode())
+        try:
+            atomic_write(self.root / "latest", final.name.encode())
+        except OSError as e:  # the checkpoint is committed; `latest` is only a hint
+            get_logger().warning(
+                f"{self.root / 'latest'}: not updated ({e}); {final.name} is complete and a resume finds it by scanning"
+            )
         get_logger().info(f"saved checkpoint {final}")
         apply_retention(self.root, self.keep, self.keep_every, protect=(final, *self.protect))
 
