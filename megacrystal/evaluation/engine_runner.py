@@ -50,7 +50,7 @@ class EvalRunner:
             ),
         )
         self.grid, self.device = init_distributed(cfg)
-        self.engine = Engine(cfg, self.device, self.grid, for_training=False)
+        self.engine = Engine(cfg, self.device, self.grid, for_training=False, init_weights=False)  # loaded next
         self.engine.load_full_model_state(state_dict)
         self.cfg = cfg
         self.micro_batch_size = micro_batch_size

@@ -47,10 +47,16 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
 
 class Engine:
     def __init__(
-        self, cfg: Config, device: torch.device | None = None, grid: Grid | None = None, for_training: bool = True
+        self,
+        cfg: Config,
+        device: torch.device | None = None,
+        grid: Grid | None = None,
+        for_training: bool = True,
+        init_weights: bool = True,
     ):
         """`for_training=False`: forward passes only (eval_loss, evaluation), no gradient buffers or
-        optimizer state allocated. `cfg` is read, never changed (an unresolved model config is resolved
+        optimizer state allocated. `init_weights=False`: the parameters are left uninitialised, for a
+        caller that sets every one of them next (`load_full_model_state` checks that it does). `cfg` is read, never changed (an unresolved model config is resolved
         into a copy)."""
         if not isinstance(cfg.model, ResolvedModelConfig):
             cfg = dataclasses.replace(cfg, model=cfg.model.resolve())
@@ -65,8 +71,9 @@ class Engine:
         # model on the way); their values are drawn on the CPU in fp32, per name, then copied in
         with torch.device(self.device), _default_dtype(self.dtype):
             self.chunks = build_chunks(cfg.model, self.layers, g)
-        for m in self.chunks:
-            init_parameters(m, cfg.model, cfg.train.seed)
+        if init_weights:
+            for m in self.chunks:
+                init_parameters(m, cfg.model, cfg.train.seed)
         if self.sp:  # everything replicated over tp sees a slice of the sequence: partial grads
             for m in self.chunks:
                 for p in m.parameters():
