@@ -2,7 +2,7 @@
 
     python benchmarks/study_record.py runs/study [--commit SHA]
 
-Writes benchmarks/results/study-<date>.json: machine (CPU model, cores, memory, versions, date), the
+Writes benchmarks/results/study-<start time>.json (never over an existing record): machine (CPU model, cores, memory, versions, date), the
 study's study.json (wall time, parallel jobs, load average at start and end, seconds per run), the
 compare summary (per-source final losses, FIM/completion scores, tokens per source, mean/std/min/max
 over seeds) and the code commit the study ran with.
@@ -40,8 +40,11 @@ def main() -> int:
     summary = json.loads((d / "compare" / "compare.json").read_text())
     info = dict(machine(), cpu_model=cpu_model())
     out = {"machine": info, "commit": a.commit, "study": study, "compare": summary}
-    day = datetime.date.today().isoformat()
-    path = Path(__file__).resolve().parent / "results" / f"study-{day}.json"
+    start = study.get("started", "").replace(" UTC", "").replace(" ", "T").replace(":", "")
+    stamp = start[:15] or datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H%M%S")
+    path = Path(__file__).resolve().parent / "results" / f"study-{stamp}.json"
+    if path.exists():  # a record is never overwritten
+        raise SystemExit(f"{path}: exists already (this study was recorded)")
     path.write_text(json.dumps(out, indent=1) + "\n")
     print(f"wall {study['wall_s'] / 60:.1f} min with {study['parallel_jobs']} parallel runs on {info['cores']} cores")
     print(f"wrote {path}")
