@@ -12,7 +12,9 @@ metadata classes and plain containers (a tampered file raises instead of running
 
 from __future__ import annotations
 
+import inspect
 import io
+import os
 import pickle
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -281,10 +283,54 @@ class _WatchedFileSystem(FileSystem):
             raise
 
 
-class WatchedFileSystemWriter(FileSystemWriter):
-    """DCP's FileSystemWriter; `self.errors` lists the OSErrors its writes met."""
+def _lean_write_supported() -> bool:
+    """Whether this torch's FileSystemWriter has the hook and item writer `_write_lean` relies on."""
+    try:
+        from torch.distributed.checkpoint import filesystem as fs
 
-    def __init__(self, path, **kw):
+        params = list(inspect.signature(fs._write_item).parameters)
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return False
+    want = ["transforms", "stream", "data", "write_item", "storage_key", "serialization_format"]
+    return params == want and hasattr(FileSystemWriter, "_write_data")
+
+
+class WatchedFileSystemWriter(FileSystemWriter):
+    """DCP's FileSystemWriter; `self.errors` lists the OSErrors its writes met.
+
+    `lean=True` (CPU state): each file is written one piece at a time, and a piece's compact copy is
+    dropped once written. DCP's own loop keeps every written tensor of a file until the file is done
+    (for its safetensors option), so a rank's whole state is copied into host memory during a save;
+    here the extra memory is one piece. Falls back to DCP's loop on a torch without the same hook.
+    """
+
+    def __init__(self, path, lean: bool = False, **kw):
         super().__init__(path, **kw)
         self.errors: list = []
         self.fs = _WatchedFileSystem(self.errors)
+        self.lean = lean and _lean_write_supported() and getattr(self, "thread_count", 1) == 1
+
+    def _write_data(self, planner, file_queue):
+        if not self.lean:
+            return super()._write_data(planner, file_queue)
+        from torch.distributed.checkpoint.filesystem import _write_item
+
+        results = []
+        while not file_queue.empty():
+            path, name, items = file_queue.get_nowait()
+            items = sorted(items, key=lambda i: i.type != WriteItemType.BYTE_IO)  # bytes first, as DCP does
+            with self.fs.create_stream(path, "wb") as stream:
+                for item in items:
+                    data = planner.resolve_data(item)
+                    if item.type != WriteItemType.BYTE_IO:
+                        data = data.detach().cpu()
+                        if data.untyped_storage().nbytes() != data.nbytes:
+                            data = data.clone()  # a view of a larger buffer: write only its elements
+                    results.append(_write_item(self.transforms, stream, data, item, name, self.serialization_format))
+                    del data
+                if self.sync_files:
+                    stream.flush()
+                    os.fsync(stream.fileno())
+        fut: Future = Future()
+        fut.set_result(results)
+        return fut

@@ -109,8 +109,11 @@ class Checkpointer:
 
     # ------------------------------------------------------------------ save
 
-    def _stage(self) -> dict[str, Pieces]:
-        """Compact CPU copies of this rank's pieces (reused between saves); tied copies left out."""
+    def _stage(self, copy: bool = True) -> dict[str, Pieces]:
+        """This rank's pieces, tied copies left out. `copy` (asynchronous saves): compact CPU copies,
+        reused between saves. Without (synchronous saves: training waits anyway) the live views are
+        handed to DCP, whose writer copies one piece at a time to compact CPU memory as it writes it,
+        so a synchronous save needs no second copy of the state in host memory."""
         shapes = global_shapes(self.engine)
         out: dict[str, Pieces] = {}
         cuda = self.engine.device.type == "cuda"
@@ -118,6 +121,9 @@ class Checkpointer:
             mine = []
             for p in pieces:
                 if p.tied_copy:
+                    continue
+                if not copy:
+                    mine.append(Piece(p.offsets, p.tensor.detach()))
                     continue
                 ck = (key, tuple(p.offsets), tuple(p.tensor.shape))
                 buf = self._cache.get(ck)
@@ -140,7 +146,7 @@ class Checkpointer:
 
         self.wait()
         t0 = time.perf_counter()
-        staged = self._stage()
+        staged = self._stage(copy=self._pool is not None)
         g = self.engine.grid
         meta = dict(
             format=FORMAT,
@@ -189,7 +195,7 @@ class Checkpointer:
             tmp.mkdir()
         _barrier(group)
         problem = None
-        writer = WatchedFileSystemWriter(tmp, sync_files=True, overwrite=False)
+        writer = WatchedFileSystemWriter(tmp, sync_files=True, overwrite=False, lean=self.engine.device.type == "cpu")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
