@@ -1,15 +1,17 @@
 """Checkpoint benchmark: save stall (time training is blocked) sync vs async, save and load MB/s,
 checkpoint size, and load of a resharded checkpoint vs the same-layout load, on gloo CPU ranks.
 
-Layout A: tp2 x dp2, layout B: pp2 x dp2, both with the distributed optimizer (every rank holds a
-quarter of the state either way). Reshard load: B loading A's checkpoint, against B loading its own
-(same target, same bytes per rank). Each rank times its own part; a figure is the slowest rank's. A sync save's stall is
-the whole save (stage + write + fsync + checksums + commit); an async save's stall is the staging copy
-(first save: buffers allocated; steady: the staging buffers reused), its write runs behind. Load
-MB/s: checkpoint bytes / load time (read + copy into the engine + all-gather of ZeRO slices).
+Each shape has two layouts, A and B, with the distributed optimizer (see SHAPES): demo and 1b-ish
+tp2·dp2 and pp2·dp2, 0.5b and 1b tp2·pp2 and pp4 (each rank a quarter of the model, so the 1 B shape
+fits 24 GiB). Reshard load: B loading A's checkpoint, against B loading its own (same target, same
+bytes per rank). Each rank times its own part; a figure is the slowest rank's. A sync save's stall is
+the whole save (write + fsync + checksums + commit); an async save's stall is the staging copy (first
+save: buffers allocated; steady: the staging buffers reused), its write runs behind. Load MB/s:
+checkpoint bytes / load time (read + copy into the engine + all-gather of ZeRO slices). Peak RSS: the
+largest resident set of a rank over the whole benchmark.
 
-    python benchmarks/checkpoint.py --shape demo
-    python benchmarks/checkpoint.py --shape 1b-ish      # the largest shape that fits the box, see SHAPES
+    python benchmarks/checkpoint.py --shape demo --shape 1b-ish --shape 0.5b
+    python benchmarks/checkpoint.py --shape 1b      # sync only: its async staging copy does not fit 24 GiB
 """
 
 from __future__ import annotations
@@ -26,23 +28,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.parallel_bench_util import record, spawn
 
-# demo: examples/demo.yaml's model (tiny preset, 4096 vocabulary). "1b-ish": the crystal-1b shapes (hidden
-# 2048, 16 heads, ffn 5461, vocabulary 32032) with 2 of its 24 layers (pp2 needs an even count), 0.17 B
-# parameters. A 4-layer version (0.27 B) took ~5 GB per rank here (engine, gradients, staging, DCP read
-# buffers) and was OOM-killed on this 24 GiB box shared with other jobs.
+# demo: examples/demo.yaml's model (tiny preset, 4096 vocabulary). The others: the crystal-1b shapes
+# (hidden 2048, 16 heads, ffn 5461, vocabulary 32032) with 2, 8 and 16 of its 24 layers: 0.17, 0.53 and
+# 0.94 B parameters. fp32 training state is 16 B/param (weights, gradients, Adam moments; the fp32
+# weights are the masters); an async save's staging copy adds 12 B/param of host memory, which for
+# 0.94 B (15 GB of state) would need 26 GB in all: the 1b shape measures the synchronous save only.
+TP2_DP2 = (["parallel.tp=2"], ["parallel.pp=2"])
+QUARTERS = (["parallel.tp=2", "parallel.pp=2"], ["parallel.pp=4"])
 SHAPES = {
-    "demo": ["model.preset=tiny", "model.vocab_size=4096", "model.max_seq_len=128"],
-    "1b-ish": ["model.preset=crystal-1b", "model.num_layers=2"],
+    "demo": dict(model=["model.preset=tiny", "model.vocab_size=4096", "model.max_seq_len=128"], layouts=TP2_DP2),
+    "1b-ish": dict(model=["model.preset=crystal-1b", "model.num_layers=2"], layouts=TP2_DP2),
+    "0.5b": dict(model=["model.preset=crystal-1b", "model.num_layers=8"], layouts=QUARTERS),
+    "1b": dict(model=["model.preset=crystal-1b", "model.num_layers=16"], layouts=QUARTERS, async_save=False),
 }
-LAYOUT_A = ["parallel.tp=2", "parallel.distributed_optimizer=true"]
-LAYOUT_B = ["parallel.pp=2", "parallel.distributed_optimizer=true"]
+ZERO = ["parallel.distributed_optimizer=true"]
 
 
-def _cfg(shape: str, layout: list[str]):
+def _cfg(shape: str, which: int):
     from megacrystal.config import load_config
 
     extra = ["train.global_batch_size=8", "train.micro_batch_size=1", "data.seq_length=128"]
-    return load_config(None, [*SHAPES[shape], *layout, *extra])
+    return load_config(None, [*SHAPES[shape]["model"], *SHAPES[shape]["layouts"][which], *ZERO, *extra])
 
 
 def _slowest(t: float) -> float:
@@ -70,19 +76,21 @@ def _save_side(shape, out, ckpt) -> dict:
     from megacrystal.parallel.engine import Engine
     from megacrystal.train.checkpoint_io import Checkpointer
 
-    engine = Engine(_cfg(shape, LAYOUT_A), torch.device("cpu"))
+    engine = Engine(_cfg(shape, 0), torch.device("cpu"))
     res = dict(params=engine.num_parameters())
     sync = Checkpointer(engine, f"{out}/sync", async_save=False)
     res["sync_save_s"] = _timed(lambda: sync.save(1, {}))
-    sync._cache.clear()  # one set of staging buffers at a time
-    asy = Checkpointer(engine, f"{out}/async", async_save=True, group=sync.group)
-    for i, key in enumerate(("async_first", "async_steady")):
-        dist.barrier()
-        t0 = time.perf_counter()
-        asy.save(i + 1, {})
-        res[f"{key}_stall_s"] = _slowest(time.perf_counter() - t0)
-        res[f"{key}_total_s"] = _slowest(time.perf_counter() - t0 + _wait(asy))
-    asy.close()
+    if SHAPES[shape].get("async_save", True):
+        asy = Checkpointer(engine, f"{out}/async", async_save=True, group=sync.group)
+        for i, key in enumerate(("async_first", "async_steady")):
+            dist.barrier()
+            t0 = time.perf_counter()
+            asy.save(i + 1, {})
+            res[f"{key}_stall_s"] = _slowest(time.perf_counter() - t0)
+            res[f"{key}_total_s"] = _slowest(time.perf_counter() - t0 + _wait(asy))
+        asy.close()
+        asy._cache.clear()  # the staging buffers are not needed by the loads
+        shutil.rmtree(f"{out}/async", ignore_errors=True)  # the benchmark's own scratch: disk for the next saves
     loader = Checkpointer(engine, f"{out}/x", async_save=False, group=sync.group)
     res["same_layout_load_s"] = _timed(lambda: loader.load(ckpt))
     return res
@@ -94,7 +102,7 @@ def _reshard_side(shape, out, ckpt) -> dict:
     from megacrystal.parallel.engine import Engine
     from megacrystal.train.checkpoint_io import Checkpointer
 
-    other = Engine(_cfg(shape, LAYOUT_B), torch.device("cpu"))
+    other = Engine(_cfg(shape, 1), torch.device("cpu"))
     own = Checkpointer(other, f"{out}/b", async_save=False)
     own.save(1, {})
     mine = Path(out) / "b" / "checkpoints" / "step_00000001"
@@ -108,6 +116,9 @@ def _rank(rank, world, shape, out):
     res = _save_side(shape, out, ckpt)
     gc.collect()
     res.update(_reshard_side(shape, out, ckpt))
+    import resource
+
+    res["peak_rss_mib_per_rank"] = _slowest(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return res
 
 
@@ -128,17 +139,28 @@ def measure(shape: str, ranks: int, root: str) -> dict:
     mb = size / 2**20
     return dict(
         shape=shape,
-        overrides=SHAPES[shape],
+        overrides=SHAPES[shape]["model"],
         ranks=ranks,
-        layout_a=LAYOUT_A,
-        layout_b=LAYOUT_B,
+        layout_a=SHAPES[shape]["layouts"][0] + ZERO,
+        layout_b=SHAPES[shape]["layouts"][1] + ZERO,
         checkpoint_mib=round(mb, 1),
         **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()},
         save_mib_s=round(mb / r["sync_save_s"], 1),
         same_layout_load_mib_s=round(mb / r["same_layout_load_s"], 1),
         reshard_load_mib_s=round(mb / r["reshard_load_s"], 1),
-        async_stall_over_sync=round(r["async_steady_stall_s"] / r["sync_save_s"], 4),
+        async_stall_over_sync=round(r["async_steady_stall_s"] / r["sync_save_s"], 4)
+        if "async_steady_stall_s" in r
+        else None,
         reshard_over_same_layout_speed=round(r["b_same_layout_load_s"] / r["reshard_load_s"], 3),
+    )
+
+
+def _async_text(row: dict) -> str:
+    if row["async_stall_over_sync"] is None:
+        return "async not measured"
+    return (
+        f"async stall {row['async_steady_stall_s']:.3f} s steady, {row['async_first_stall_s']:.3f} s first "
+        f"({100 * row['async_stall_over_sync']:.1f}% of sync)"
     )
 
 
@@ -150,16 +172,16 @@ def main(argv=None) -> int:
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args(argv)
     rows = []
-    for shape in args.shape or ["demo", "1b-ish"]:
+    for shape in args.shape or ["demo", "1b-ish", "0.5b"]:
         row = measure(shape, args.ranks, args.dir)
         rows.append(row)
         print(
             f"{shape}: {row['params'] / 1e6:.1f} M params, checkpoint {row['checkpoint_mib']} MiB on {args.ranks} "
-            f"ranks | sync save {row['sync_save_s']:.2f} s ({row['save_mib_s']} MiB/s) | async stall "
-            f"{row['async_steady_stall_s']:.3f} s steady, {row['async_first_stall_s']:.3f} s first "
-            f"({100 * row['async_stall_over_sync']:.1f}% of sync) | load {row['same_layout_load_s']:.2f} s "
+            f"ranks | sync save {row['sync_save_s']:.2f} s ({row['save_mib_s']} MiB/s) | {_async_text(row)} "
+            f"| load {row['same_layout_load_s']:.2f} s "
             f"({row['same_layout_load_mib_s']} MiB/s) | on B: own {row['b_same_layout_load_s']:.2f} s, A's {row['reshard_load_s']:.2f} s "
-            f"({row['reshard_load_mib_s']} MiB/s, {row['reshard_over_same_layout_speed']}x)",
+            f"({row['reshard_load_mib_s']} MiB/s, {row['reshard_over_same_layout_speed']}x) "
+            f"| peak RSS {row['peak_rss_mib_per_rank'] / 1024:.1f} GiB per rank",
             flush=True,
         )
     if not args.no_record:
