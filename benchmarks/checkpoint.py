@@ -7,8 +7,9 @@ fits 24 GiB). Reshard load: B loading A's checkpoint, against B loading its own 
 bytes per rank). Each rank times its own part; a figure is the slowest rank's. A sync save's stall is
 the whole save (write + fsync + checksums + commit); an async save's stall is the staging copy (first
 save: buffers allocated; steady: the staging buffers reused), its write runs behind. Load MB/s:
-checkpoint bytes / load time (read + copy into the engine + all-gather of ZeRO slices). Peak RSS: the
-largest resident set of a rank over the whole benchmark.
+checkpoint bytes / load time (read + copy into the engine + all-gather of ZeRO slices). Layout A's
+saves and loads run in one set of processes, layout B's in a fresh one. Peak RSS: the largest
+resident set of a rank.
 
     python benchmarks/checkpoint.py --shape demo --shape 1b-ish --shape 0.5b
     python benchmarks/checkpoint.py --shape 1b      # sync only: its async staging copy does not fit 24 GiB
@@ -116,17 +117,21 @@ def _reshard_side(shape, out, ckpt) -> dict:
     return dict(b_same_layout_load_s=statistics.median(own_s), reshard_load_s=statistics.median(reshard_s))
 
 
-def _rank(rank, world, shape, out):
-    import gc
-
-    ckpt = Path(out) / "sync" / "checkpoints" / "step_00000001"
-    res = _save_side(shape, out, ckpt)
-    gc.collect()
-    res.update(_reshard_side(shape, out, ckpt))
+def _peak_rss_mib() -> float:
     import resource
 
-    res["peak_rss_mib_per_rank"] = _slowest(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    return res
+    return _slowest(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def _rank_a(rank, world, shape, out):
+    res = _save_side(shape, out, Path(out) / "sync" / "checkpoints" / "step_00000001")
+    return dict(res, peak_rss_mib_a=_peak_rss_mib())
+
+
+def _rank_b(rank, world, shape, out):
+    """Layout B in fresh processes, as a resharded restart is a new job."""
+    res = _reshard_side(shape, out, Path(out) / "sync" / "checkpoints" / "step_00000001")
+    return dict(res, peak_rss_mib_b=_peak_rss_mib())
 
 
 def _wait(ck) -> float:
@@ -138,7 +143,9 @@ def _wait(ck) -> float:
 def measure(shape: str, ranks: int, root: str) -> dict:
     out = tempfile.mkdtemp(prefix=f"ckpt-bench-{shape}-", dir=root)
     try:
-        r = spawn(_rank, ranks, (shape, out), timeout=3600)[0]
+        r = spawn(_rank_a, ranks, (shape, out), timeout=3600)[0]
+        r.update(spawn(_rank_b, ranks, (shape, out), timeout=3600)[0])
+        r["peak_rss_mib_per_rank"] = max(r.pop("peak_rss_mib_a"), r.pop("peak_rss_mib_b"))
         ckpt = Path(out) / "sync" / "checkpoints" / "step_00000001"
         size = sum(f.stat().st_size for f in ckpt.iterdir())
     finally:

@@ -6,6 +6,8 @@ import datetime
 import json
 import os
 import platform
+import queue
+import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -71,9 +73,26 @@ def spawn(fn, world: int, args: tuple = (), timeout: float = 1200) -> list:
         procs = [ctx.Process(target=_child, args=(fn, r, world, args, tmp, q)) for r in range(world)]
         for p in procs:
             p.start()
-        out = dict(q.get(timeout=timeout) for _ in range(world))
-        for p in procs:
-            p.join(60)
+        out: dict = {}
+        deadline = time.monotonic() + timeout
+        try:
+            while len(out) < world:
+                try:
+                    rank, value = q.get(timeout=2)
+                    out[rank] = value
+                    continue
+                except queue.Empty:
+                    pass
+                dead = [r for r, p in enumerate(procs) if p.exitcode not in (None, 0) and r not in out]
+                if dead:  # e.g. killed by the OOM killer: the other ranks would wait in a collective
+                    raise RuntimeError(f"rank {dead[0]} died (exit code {procs[dead[0]].exitcode}) before its result")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no result from ranks {sorted(set(range(world)) - set(out))} in {timeout} s")
+        finally:
+            for p in procs:
+                p.join(60 if len(out) == world else 0)
+                if p.is_alive():
+                    p.kill()
     errors = [v for v in out.values() if isinstance(v, BaseException)]
     if errors:
         raise errors[0]
