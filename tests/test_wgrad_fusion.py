@@ -8,6 +8,7 @@ The cuBLASLt path is compared on a GPU (tests/test_cuda_kernels_gpu.py)."""
 import torch
 
 from megacrystal.model import wgrad_fusion
+from megacrystal.model.param_spec import param_spec
 from megacrystal.parallel.engine import Engine
 from megacrystal.parallel.grad_buffers import GradBuffers
 from megacrystal.parallel.state import build_grid
@@ -35,7 +36,7 @@ def test_fused_wgrad_accumulates_into_main_grad():
     got, n, pending = _grads(True)
     assert n == 2 * 5  # qkv, proj, up, gate, down of each of the 2 layers
     assert pending == [0] * len(pending)  # the hook ran once per weight per micro-batch
-    fused = {name for name, p in got.named_parameters() if getattr(p, "_mc_wgrad_fusion", None)}
+    fused = {name for name, p in got.named_parameters() if param_spec(p).wgrad_fusion}
     assert fused and all(".embed" not in f and "head" not in f for f in fused)
     ref_p = dict(ref.named_parameters())
     for name, p in got.named_parameters():

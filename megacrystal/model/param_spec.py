@@ -9,6 +9,8 @@ through `param_spec(p)` (the only accessor; a parameter without one gets the def
     tp_size, tp_rank   how many pieces along `shard_dim`, and which one this rank holds
     true_shape         the meaningful block; entries beyond it are zero padding (see padding.py)
     sequence_parallel  replicated over tp but sees a slice of the sequence: grads summed over tp
+    wgrad_fusion       "torch" | "cuda": the backward accumulates the weight gradient straight into
+                       `main_grad` (wgrad_fusion.py); None: an ordinary weight gradient
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class ParamSpec:
     tp_rank: int = 0
     true_shape: tuple | None = None
     sequence_parallel: bool = False
+    wgrad_fusion: str | None = None
 
     @property
     def sharded(self) -> bool:

@@ -1,7 +1,7 @@
 """Gradient-accumulation fusion for the linear layers (`model.grad_accum_fusion`).
 
-`linear(x, weight, bias)` is `F.linear` unless the weight carries `_mc_wgrad_fusion` ("torch" or
-"cuda", set by the engine on bf16 weights that have an fp32 `main_grad`). Then the backward writes the
+`linear(x, weight, bias)` is `F.linear` unless the weight's `ParamSpec.wgrad_fusion` is "torch" or
+"cuda" (set by the engine on bf16 weights that have an fp32 `main_grad`). Then the backward writes the
 weight gradient straight into `weight.main_grad` (fp32, accumulating over micro-batches): no bf16
 weight gradient is allocated and no post-accumulate add runs. Autograd still runs the weight's
 post-accumulate hook (with `.grad` None), so the engine's bucket counting and overlapped reduction
@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from .param_spec import param_spec
 
 
 def accumulate_wgrad(main_grad: torch.Tensor, dy: torch.Tensor, x: torch.Tensor, impl: str) -> None:
@@ -50,7 +52,8 @@ class _FusedWgradLinear(torch.autograd.Function):
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    impl = getattr(weight, "_mc_wgrad_fusion", None)
+    spec = getattr(weight, "param_spec", None)  # not `param_spec(weight)`: no spec is created here
+    impl = spec.wgrad_fusion if spec is not None else None
     if impl is None or not (torch.is_grad_enabled() and weight.requires_grad):
         return F.linear(x, weight, bias)
     return _FusedWgradLinear.apply(x, weight, bias, impl)
@@ -64,6 +67,6 @@ def enable(modules, impl: str) -> int:
         for m in root.modules():
             p = getattr(m, "weight", None) if getattr(m, "fuses_wgrad", False) else None
             if p is not None and p.dtype == torch.bfloat16 and getattr(p, "main_grad", None) is not None:
-                p._mc_wgrad_fusion = impl
+                param_spec(p).wgrad_fusion = impl
                 n += 1
     return n
