@@ -12,6 +12,7 @@ metadata classes and plain containers (a tampered file raises instead of running
 
 from __future__ import annotations
 
+import functools
 import inspect
 import io
 import os
@@ -212,6 +213,7 @@ class SafeFileSystemReader(FileSystemReader):
                         where, held = (info.offset, info.length), raw
                         if req.type != LoadItemType.BYTE_IO:
                             held = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+                        del raw  # only the deserialised piece stays while its requests are served
                     if req.type == LoadItemType.BYTE_IO:
                         planner.load_bytes(req, io.BytesIO(held))
                         continue
@@ -283,8 +285,10 @@ class _WatchedFileSystem(FileSystem):
             raise
 
 
+@functools.cache
 def _lean_write_supported() -> bool:
-    """Whether this torch's FileSystemWriter has the hook and item writer `_write_lean` relies on."""
+    """Whether this torch's FileSystemWriter has the hook (`_write_data`) and the item writer
+    (`_write_item`, same signature) that the lean write relies on."""
     try:
         from torch.distributed.checkpoint import filesystem as fs
 
