@@ -44,6 +44,20 @@ __device__ __forceinline__ void store_copy(void* copy, int kind, int64_t i, floa
   }
 }
 
+// One element, scalar loads and stores (unaligned heads and tails); false when its gradient is not finite.
+__device__ __forceinline__ bool step_one(int64_t i, float* __restrict__ master, const float* __restrict__ grad,
+                                         float* __restrict__ exp_avg, float* __restrict__ exp_avg_sq,
+                                         void* __restrict__ copy, int kind, const mc_adamw_args& a,
+                                         const mc_adamw_group& grp) {
+  const float g = grad[i] * a.clip_coef;
+  const Out o = update(master[i], g, exp_avg[i], exp_avg_sq[i], a, grp);
+  master[i] = o.p;
+  exp_avg[i] = o.m;
+  exp_avg_sq[i] = o.v;
+  store_copy(copy, kind, i, o.p);
+  return isfinite(g);
+}
+
 __global__ void __launch_bounds__(kThreads)
     adamw_kernel(float* __restrict__ master, const float* __restrict__ grad, float* __restrict__ exp_avg,
                  float* __restrict__ exp_avg_sq, void* __restrict__ copy, int kind, const int64_t* __restrict__ chunks,
@@ -54,14 +68,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t align = (4 - (off & 3)) & 3;
   const int64_t head = vector_ok ? (len < align ? len : align) : len;
   for (int64_t j = threadIdx.x; j < head; j += blockDim.x) {  // scalar: unaligned start (or everything)
-    const int64_t i = off + j;
-    const float g = grad[i] * a.clip_coef;
-    bad |= !isfinite(g);
-    const Out o = update(master[i], g, exp_avg[i], exp_avg_sq[i], a, grp);
-    master[i] = o.p;
-    exp_avg[i] = o.m;
-    exp_avg_sq[i] = o.v;
-    store_copy(copy, kind, i, o.p);
+    bad |= !step_one(off + j, master, grad, exp_avg, exp_avg_sq, copy, kind, a, grp);
   }
   if (vector_ok) {
     const int64_t base = off + head, nvec = (len - head) / 4;
@@ -95,14 +102,7 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
     for (int64_t j = head + 4 * nvec + threadIdx.x; j < len; j += blockDim.x) {  // scalar tail
-      const int64_t i = off + j;
-      const float g = grad[i] * a.clip_coef;
-      bad |= !isfinite(g);
-      const Out o = update(master[i], g, exp_avg[i], exp_avg_sq[i], a, grp);
-      master[i] = o.p;
-      exp_avg[i] = o.m;
-      exp_avg_sq[i] = o.v;
-      store_copy(copy, kind, i, o.p);
+      bad |= !step_one(off + j, master, grad, exp_avg, exp_avg_sq, copy, kind, a, grp);
     }
   }
   if (__syncthreads_or(bad) && threadIdx.x == 0) *nonfinite = 1;
