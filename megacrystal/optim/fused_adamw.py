@@ -177,14 +177,8 @@ class FusedAdamW:
                 yield self.names.get(id(p), self.buf.names.get(id(p), "?")), d
 
     def state_dict(self) -> dict:
-        if self.buf.distributed:
-            shards = []
-            for s in self.shards:
-                d = dict(exp_avg=s["exp_avg"], exp_avg_sq=s["exp_avg_sq"])
-                if self.separate_master:
-                    d["master"] = s["master"]
-                shards.append(d)
-            return dict(kind="distributed-adamw", step=self.step_count, layout=self.layout(), shards=shards)
+        if self.buf.distributed:  # the same shard records as ZeRO-1, so the same dict
+            return DistributedOptimizer.state_dict(self)
         return dict(kind="adamw", step=self.step_count, state=dict(self._views()))
 
     @torch.no_grad()
