@@ -1,9 +1,9 @@
-"""Build: the package, plus the C++ helpers (`megacrystal._native`) through CMake.
+"""Build: the package, plus the C++ helpers (`megacrystal.compiled._native`) through CMake.
 
 The native build is optional at install time: with no compiler or CMake the package still
 installs and the data layer uses its numpy fallback (it says so once in the log).
 The CUDA kernels (kernels/cuda/) are built by the same CMake project only when asked:
-MEGACRYSTAL_CUDA=1 pip install -e . (or afterwards: python -m megacrystal.cuda_build).
+MEGACRYSTAL_CUDA=1 pip install -e . (or afterwards: python -m megacrystal.compiled.build).
 """
 
 import os
@@ -61,7 +61,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["megacrystal", "megacrystal.*", "data_tools", "data_tools.*"]),
-    ext_modules=[CMakeExtension("megacrystal._native")],
+    ext_modules=[CMakeExtension("megacrystal.compiled._native")],
     cmdclass={"build_ext": CMakeBuild},
     install_requires=[
         "torch>=2.4",  # the README pins torch==2.13.0 (CPU wheel); GPU machines bring their own

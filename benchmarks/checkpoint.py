@@ -77,8 +77,8 @@ def _save_side(shape, out, ckpt) -> dict:
     import torch
     import torch.distributed as dist
 
-    from megacrystal.parallel.engine import Engine
-    from megacrystal.train.checkpoint_io import Checkpointer
+    from megacrystal.checkpoint import Checkpointer
+    from megacrystal.engine.engine import Engine
 
     engine = Engine(_cfg(shape, 0), torch.device("cpu"))
     res = dict(params=engine.num_parameters())
@@ -103,8 +103,8 @@ def _save_side(shape, out, ckpt) -> dict:
 def _reshard_side(shape, out, ckpt) -> dict:
     import torch
 
-    from megacrystal.parallel.engine import Engine
-    from megacrystal.train.checkpoint_io import Checkpointer
+    from megacrystal.checkpoint import Checkpointer
+    from megacrystal.engine.engine import Engine
 
     other = Engine(_cfg(shape, 1), torch.device("cpu"))
     own = Checkpointer(other, f"{out}/b", async_save=False)

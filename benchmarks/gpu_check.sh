@@ -51,7 +51,7 @@ cp benchmarks/results/optimizer_memory_cuda.json "$OUT"/ 2>/dev/null
 step "CUDA kernels: build, GPU tests, record, benchmark"
 CUBLASLT_INCLUDE=$($PY -c "import nvidia, glob; print(next(iter(sorted(glob.glob(nvidia.__path__[0] + '/**/include/cublasLt.h', recursive=True))), '').rsplit('/', 1)[0])" 2>/dev/null)
 export CUBLASLT_INCLUDE  # the build checks its cuBLASLt declarations against the real header where there is one
-timeout 300 $PY -m megacrystal.cuda_build --out build/cuda > "$OUT/cuda-build-$GPU-$STAMP.txt" 2>&1
+timeout 300 $PY -m megacrystal.compiled.build --out build/cuda > "$OUT/cuda-build-$GPU-$STAMP.txt" 2>&1
 echo "build exit $? ($(grep -c 'declarations checked' "$OUT/cuda-build-$GPU-$STAMP.txt") header check)" | tee -a "$LOG"
 export MEGACRYSTAL_CUDA_LIB="$PWD/build/cuda/libmegacrystal_cuda.so"
 timeout 200 $PY -m pytest -q -p no:cacheprovider tests/test_cuda_kernels_gpu.py > "$OUT/cuda-tests-$GPU-$STAMP.txt" 2>&1

@@ -218,7 +218,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.check_only:
         a.docs, a.samples, a.repeat = 20_000, 400_000, 1
-    from megacrystal import native
+    from megacrystal.compiled import native
 
     if native.get() is None:
         print("native helpers not built: run `python setup.py build_ext --inplace` first", file=sys.stderr)

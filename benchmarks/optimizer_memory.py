@@ -79,8 +79,8 @@ def engine_state_tensors(e) -> list:
 
 def _rank(rank, world, distributed: bool, device: str, fallback: bool):
     from megacrystal.config import load_config
+    from megacrystal.engine.engine import Engine
     from megacrystal.parallel import collectives
-    from megacrystal.parallel.engine import Engine
 
     collectives.FORCE_FALLBACK = fallback
     dev = torch.device("cuda", 0) if device == "cuda" else torch.device("cpu")

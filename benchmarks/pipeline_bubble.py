@@ -46,7 +46,7 @@ class _Cost(torch.autograd.Function):
 
 def _rank(rank, world, vpp, work, steps):
     from megacrystal.config import load_config
-    from megacrystal.parallel.engine import Engine
+    from megacrystal.engine.engine import Engine
     from megacrystal.parallel.p2p import P2P
 
     h, s = (64, 64) if work == "sleep" else (256, 128)  # sleep: the sleeps dominate; model: the arithmetic

@@ -20,7 +20,7 @@ from train_throughput import CASES
 
 def main(argv=None) -> int:
     from megacrystal.config import load_config
-    from megacrystal.parallel.engine import Engine
+    from megacrystal.engine.engine import Engine
     from megacrystal.parallel.init import init_distributed
 
     ap = argparse.ArgumentParser()

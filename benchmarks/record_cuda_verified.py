@@ -4,7 +4,7 @@
 
 Appends {build_id, capability, gpu, date, passed, tests} to the JSON list (atomic write). `optim.impl: auto`
 and `model.grad_accum_fusion: auto` pick the CUDA kernels only for a (build_id, capability) recorded here
-with passed=true (megacrystal/cuda_select.py).
+with passed=true (megacrystal/compiled/select.py).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from megacrystal import cuda_kernels
-from megacrystal.cuda_select import RECORD, capability
+from megacrystal.compiled import cuda_kernels
+from megacrystal.compiled.select import RECORD, capability
 
 
 def main(argv=None) -> int:

@@ -80,7 +80,7 @@ def matmul_tflops(device, n: int = 8192, reps: int = 10) -> float:
 
 
 def run_case(name: str, steps: int, warmup: int, extra: tuple = ()) -> dict:
-    from megacrystal.parallel.engine import Engine
+    from megacrystal.engine.engine import Engine
     from megacrystal.parallel.init import init_distributed
     from megacrystal.parallel.state import destroy
 

@@ -54,7 +54,7 @@ class Encoder:
         self.max_file_bytes = max_file_bytes
         self._hf = getattr(self.tok, "backend", None)
         self._fast = getattr(self._hf, "encode_batch_fast", None)
-        from megacrystal import native
+        from megacrystal.compiled import native
 
         self._native = native.get()
 

@@ -16,7 +16,10 @@ import sys
 
 import torch
 
-from . import apex_support, cuda_build, cuda_kernels, cuda_select
+from .compiled import apex as apex_support
+from .compiled import build as cuda_build
+from .compiled import cuda_kernels
+from .compiled import select as cuda_select
 from .model import flash_backends as fb
 
 DISTS = {  # what `pip` calls it -> the extra or recipe that adds it
@@ -58,14 +61,14 @@ def _ops(device: torch.device) -> dict:
         )
     else:
         out["attention"] = dict(uses="sdpa", why=why)
-    use, why = cuda_select._auto_reason(device, None)
+    use, why = cuda_select.auto_reason(device, None)
     out["optimizer step"] = dict(uses="fused CUDA AdamW" if use else "torch foreach AdamW", why=why)
     out["grad-accum fusion (bf16)"] = dict(uses="cuBLASLt GEMM into main_grad" if use else "off", why=why)
     apex_norm = apex_support.status()["pieces"]["fused_norm"] and device.type == "cuda"
     out["norm with model.use_apex_norm"] = dict(
         uses="apex fused norm" if apex_norm else out["norm"]["uses"], why=apex_support.status()["detail"]
     )
-    from . import native
+    from .compiled import native
 
     dali = importlib.util.find_spec("nvidia") is not None and importlib.util.find_spec("nvidia.dali") is not None
     out["data loader"] = dict(

@@ -24,9 +24,9 @@ def load_for_generation(
     checkpoint: str | None = None, hf: str | None = None, device: str = "cpu", dtype: torch.dtype | None = None
 ):
     """-> (model in eval mode, its ModelConfig, tokenizer or None)."""
+    from .checkpoint import checkpoint_tokenizer, load_model_state
     from .model.serialization import build_model
     from .tokenizer import load_tokenizer
-    from .train.checkpoint_io import checkpoint_tokenizer, load_model_state
 
     if (checkpoint is None) == (hf is None):
         raise ValueError("give exactly one of --checkpoint DIR or --hf DIR")
@@ -34,7 +34,7 @@ def load_for_generation(
         cfg, sd = load_model_state(checkpoint)
         tok_path = checkpoint_tokenizer(checkpoint)
     else:
-        from .hf import hf_to_model
+        from .hf.convert import hf_to_model
 
         cfg, sd, tok_path = hf_to_model(hf)
     model = build_model(cfg, sd, device=device, dtype=dtype)

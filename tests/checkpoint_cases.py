@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 import torch.distributed.checkpoint as dcp
 
-from megacrystal.parallel.engine import Engine
-from megacrystal.train.checkpoint_dcp import PieceLoadPlanner, Pieces, SafeFileSystemReader
-from megacrystal.train.checkpoint_io import Checkpointer
-from megacrystal.train.checkpoint_layout import Piece
+from megacrystal.checkpoint import Checkpointer
+from megacrystal.checkpoint.dcp import PieceLoadPlanner, Pieces, SafeFileSystemReader
+from megacrystal.checkpoint.layout import Piece
+from megacrystal.engine.engine import Engine
 from tests.parallel_cases import LR, data, make_cfg, split
 
 STEPS, SAVE_AT = 6, 3

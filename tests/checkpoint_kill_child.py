@@ -10,9 +10,9 @@ import sys
 
 import torch
 
-from megacrystal.parallel.engine import Engine
-from megacrystal.train.checkpoint_files import find_resume_point
-from megacrystal.train.checkpoint_io import Checkpointer
+from megacrystal.checkpoint import Checkpointer
+from megacrystal.checkpoint.files import find_resume_point
+from megacrystal.engine.engine import Engine
 from tests.parallel_cases import LR, data, make_cfg, split
 
 # wide enough that a save takes a noticeable time, so kills land inside writes

@@ -26,7 +26,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from megacrystal.generate import generate_ids  # noqa: E402
-from megacrystal.hf import export_hf  # noqa: E402
+from megacrystal.hf.convert import export_hf  # noqa: E402
 from megacrystal.model.serialization import save_model  # noqa: E402
 from tests.model_util import make_tokenizer, tiny_model  # noqa: E402
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from megacrystal.config import load_config
-from megacrystal.parallel.engine import Engine
+from megacrystal.engine.engine import Engine
 
 STEPS = 5
 LR = 1e-3

@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from megacrystal.parallel.engine import Engine
+from megacrystal.engine.engine import Engine
 from megacrystal.train.finite import state_is_finite
 from megacrystal.train.lr_schedule import Schedule
 from tests.dist import run_ranks

@@ -12,9 +12,10 @@ import errno
 
 import torch
 
-from megacrystal.train import checkpoint_files, checkpoint_io
-from megacrystal.train.checkpoint import MANIFEST
-from megacrystal.train.checkpoint_files import find_resume_point, verify
+from megacrystal.checkpoint import files as checkpoint_files
+from megacrystal.checkpoint import writer as checkpoint_io
+from megacrystal.checkpoint.files import find_resume_point, verify
+from megacrystal.checkpoint.format import MANIFEST
 from tests.dist import run_ranks
 from tests.parallel_cases import LR, data, make_cfg, split
 
@@ -36,8 +37,8 @@ def _full_disk_on(name: str, original):
 
 
 def _rank(rank: int, world: int, out: str) -> list[str]:
-    from megacrystal.parallel.engine import Engine
-    from megacrystal.train.checkpoint import CheckpointSpaceError
+    from megacrystal.checkpoint.format import CheckpointSpaceError
+    from megacrystal.engine.engine import Engine
 
     cfg = make_cfg(["parallel.distributed_optimizer=true"])
     e = Engine(cfg, torch.device("cpu"))

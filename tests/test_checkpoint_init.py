@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from megacrystal.hf import export_hf
+from megacrystal.checkpoint import Checkpointer, load_model_state
+from megacrystal.checkpoint.format import CheckpointError
+from megacrystal.engine.engine import Engine
+from megacrystal.hf.convert import export_hf
 from megacrystal.model.serialization import save_model
-from megacrystal.parallel.engine import Engine
-from megacrystal.train.checkpoint import CheckpointError
-from megacrystal.train.checkpoint_io import Checkpointer, load_model_state
 from megacrystal.train.init_from import init_from
 from tests.checkpoint_cases import read_all
 from tests.parallel_cases import LR, data, make_cfg, split

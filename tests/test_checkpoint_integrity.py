@@ -22,11 +22,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from megacrystal.parallel.engine import Engine
-from megacrystal.train.checkpoint import CheckpointError, CheckpointSpaceError
-from megacrystal.train.checkpoint_dcp import MetadataError, read_metadata_safely
-from megacrystal.train.checkpoint_files import apply_retention, find_resume_point, verify
-from megacrystal.train.checkpoint_io import Checkpointer, load_model_state
+from megacrystal.checkpoint import Checkpointer, load_model_state
+from megacrystal.checkpoint.dcp import MetadataError, read_metadata_safely
+from megacrystal.checkpoint.files import apply_retention, find_resume_point, verify
+from megacrystal.checkpoint.format import CheckpointError, CheckpointSpaceError
+from megacrystal.engine.engine import Engine
 from tests.parallel_cases import LR, data, make_cfg, split
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from megacrystal.parallel.engine import Engine
-from megacrystal.train.checkpoint_io import Checkpointer
+from megacrystal.checkpoint import Checkpointer
+from megacrystal.engine.engine import Engine
 from tests.dist import run_ranks
 from tests.parallel_cases import LR, data, make_cfg, split
 
@@ -18,7 +18,7 @@ ZERO = ["parallel.distributed_optimizer=true"]
 
 
 def _rank(rank: int, world: int, ckpt: str) -> dict:
-    from megacrystal.train import checkpoint_dcp
+    from megacrystal.checkpoint import dcp as checkpoint_dcp
 
     stats = dict(requests=0, pieces=0, loads=0)
     read_data, load = checkpoint_dcp.SafeFileSystemReader.read_data, torch.load

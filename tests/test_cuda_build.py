@@ -7,7 +7,9 @@ import json
 import pytest
 import torch
 
-from megacrystal import cuda_build, cuda_kernels, cuda_select
+from megacrystal.compiled import build as cuda_build
+from megacrystal.compiled import cuda_kernels
+from megacrystal.compiled import select as cuda_select
 from megacrystal.config import ConfigError
 from tests.parallel_cases import make_cfg
 
@@ -54,7 +56,7 @@ def test_cuda_sources_build_and_load_without_a_gpu(built_lib, lib_at):
 def test_missing_library_keeps_torch_paths(lib_at, tmp_path):
     lib_at(tmp_path / "libmegacrystal_cuda.so")
     assert cuda_kernels.library() is None
-    assert "not built" in cuda_kernels.why_missing() and "megacrystal.cuda_build" in cuda_kernels.why_missing()
+    assert "not built" in cuda_kernels.why_missing() and "megacrystal.compiled.build" in cuda_kernels.why_missing()
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert cuda_select.resolve_optim_impl("auto", cpu) == "torch"
     assert cuda_select.resolve_optim_impl("auto", gpu) == "torch"  # not built: auto never picks it

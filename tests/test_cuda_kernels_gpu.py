@@ -7,12 +7,12 @@ and 20 bf16 training steps with fusion against the noise floor of two unfused ru
 import pytest
 import torch
 
-from megacrystal import cuda_kernels
-from megacrystal.cuda_kernels import adamw_scalars
+from megacrystal.compiled import cuda_kernels
+from megacrystal.compiled.cuda_kernels import adamw_scalars
+from megacrystal.engine.engine import Engine
 from megacrystal.model.wgrad_fusion import accumulate_wgrad
 from megacrystal.optim.adamw import adamw_
 from megacrystal.optim.fused_adamw import chunk_table
-from megacrystal.parallel.engine import Engine
 from tests.parallel_cases import data, make_cfg, split
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]

@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from megacrystal import apex_support
 from megacrystal.cli import main as cli
+from megacrystal.compiled import apex as apex_support
 
 
 def test_doctor_reports_this_cpu_machine(capsys):
@@ -23,7 +23,7 @@ def test_doctor_reports_this_cpu_machine(capsys):
     commands = {m["piece"].split(" (")[0]: m["command"] for m in r["missing"]}
     assert "NVIDIA apex" in commands and "--cuda_ext" in commands["NVIDIA apex"]
     if not r["cuda_kernels"]["built"]:
-        assert "megacrystal.cuda_build" in commands["CUDA kernels"]
+        assert "megacrystal.compiled.build" in commands["CUDA kernels"]
     assert cli(["doctor"]) == 0
     text = capsys.readouterr().out
     assert "each op on this machine:" in text and "missing (and the command that adds it):" in text

@@ -5,15 +5,15 @@ and tensor-parallel), and moving weights between layouts (consolidated state, mo
 import pytest
 import torch
 
+from megacrystal.checkpoint import load_model_state
 from megacrystal.config import ModelConfig
+from megacrystal.engine.engine import Engine
 from megacrystal.model.layers import PaddedSizes, SerialLayers
 from megacrystal.model.mup import init_parameters
 from megacrystal.model.padding import fit_problem, full_shape, refit, refit_state, true_part, true_shape
 from megacrystal.model.param_spec import param_spec
 from megacrystal.model.serialization import ModelFormatError, build_model, load_model, save_model
 from megacrystal.model.transformer import Transformer, count_parameters, serial_layout
-from megacrystal.parallel.engine import Engine
-from megacrystal.train.checkpoint_io import load_model_state
 from tests.dist import run_ranks
 from tests.parallel_cases import LR, data, make_cfg, split
 
@@ -106,7 +106,7 @@ def test_padding_stays_zero_through_training_serial():
 
 
 def _tp_rank(rank, world, out_dir):
-    from megacrystal.train.checkpoint_io import Checkpointer
+    from megacrystal.checkpoint import Checkpointer
 
     e, padded = _train_and_check_padding(["parallel.tp=2", "model.ffn_hidden_size=130"])  # tp2: 130 -> 256
     local = dict(e.chunks[0].named_parameters())["layers.0.mlp.up.weight"].shape

@@ -8,9 +8,9 @@ kernel itself is compared with torch in tests/test_cuda_kernels_gpu.py."""
 import pytest
 import torch
 
+from megacrystal.engine.engine import Engine
 from megacrystal.optim.adamw import AdamW
 from megacrystal.optim.fused_adamw import CHUNK, FusedAdamW, adamw_flat_reference, chunk_table
-from megacrystal.parallel.engine import Engine
 from megacrystal.parallel.grad_buffers import GradBuffers
 from megacrystal.parallel.state import build_grid
 from tests.dist import run_ranks

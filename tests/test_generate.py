@@ -5,7 +5,7 @@ import torch
 
 from megacrystal import cli
 from megacrystal.generate import fim_prompt, generate_ids
-from megacrystal.hf import export_hf
+from megacrystal.hf.convert import export_hf
 from megacrystal.model.serialization import save_model
 from megacrystal.tokenizer import load_tokenizer
 from tests.model_util import make_tokenizer, tiny_model

@@ -104,7 +104,7 @@ def test_harness_on_a_checkpoint_matches_our_own_scoring(tmp_path, monkeypatch):
 
 @needs_lm_eval
 def test_harness_on_an_hf_export_uses_it_as_is(tmp_path, monkeypatch):
-    from megacrystal.hf import export_hf
+    from megacrystal.hf.convert import export_hf
 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets-cache"))

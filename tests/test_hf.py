@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 
 from megacrystal import cli
 from megacrystal.config import ModelConfig
-from megacrystal.hf import HFError, export_hf, import_hf
-from megacrystal.model.hf_layouts import crystalcoder_config
+from megacrystal.hf.convert import HFError, export_hf, import_hf
+from megacrystal.hf.layouts import crystalcoder_config
 from megacrystal.model.serialization import ModelFormatError, build_model, load_model, save_model
 from tests.model_util import make_tokenizer, tiny_model
 
@@ -58,7 +58,7 @@ def _arch(cfg):
 
 @pytest.mark.skipif(not (SHARED / "config.json").is_file(), reason="released CrystalCoder config not present")
 def test_crystal_7b_config_is_the_released_config():
-    from megacrystal.hf import tokenizer_ids
+    from megacrystal.hf.convert import tokenizer_ids
 
     ids = tokenizer_ids(str(SHARED / "tokenizer.json"))
     ours = crystalcoder_config(ModelConfig(preset="crystal-7b").resolve(), ids["bos"], ids["eos"])

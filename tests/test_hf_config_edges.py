@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from megacrystal.hf import HFError, export_hf, import_hf
+from megacrystal.hf.convert import HFError, export_hf, import_hf
 from megacrystal.model.serialization import build_model, load_model, save_model
 from tests.model_util import tiny_model
 from tests.test_hf import crystalcoder_reference_logits

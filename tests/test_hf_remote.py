@@ -1,4 +1,4 @@
-"""The modeling code crystalcoder exports carry (megacrystal/hf_remote/), loaded the way users load it:
+"""The modeling code crystalcoder exports carry (megacrystal/hf/remote/), loaded the way users load it:
 AutoModelForCausalLM + trust_remote_code on the installed transformers. Checks live in tests/hf_parity.py
 (also a script for other transformers versions)."""
 
@@ -10,7 +10,7 @@ import torch
 
 from megacrystal import cli
 from megacrystal.config import ModelConfig
-from megacrystal.model.hf_layouts import to_crystalcoder
+from megacrystal.hf.layouts import to_crystalcoder
 from megacrystal.model.transformer import Transformer
 from tests import hf_parity as hp
 
@@ -89,8 +89,8 @@ def test_generate_command_and_generate_agree_on_text(tmp_path, capsys):
 def test_released_7b_config_builds_on_meta_with_the_released_names():
     """The released 7B config.json loads into our modeling code on the meta device; its parameters are exactly
     the names and shapes of a crystal-7b export (the released checkpoint's layout), head tied."""
-    from megacrystal.hf_remote.configuration_crystalcoder import CrystalCoderConfig
-    from megacrystal.hf_remote.modeling_crystalcoder import CrystalCoderLMHeadModel
+    from megacrystal.hf.remote.configuration_crystalcoder import CrystalCoderConfig
+    from megacrystal.hf.remote.modeling_crystalcoder import CrystalCoderLMHeadModel
 
     released = json.loads(RELEASED.read_text())
     conf = CrystalCoderConfig(**{k: v for k, v in released.items() if k not in ("auto_map", "model_type")})
@@ -106,8 +106,8 @@ def test_released_7b_config_builds_on_meta_with_the_released_names():
 
 
 def test_unimplemented_config_values_are_refused():
-    from megacrystal.hf_remote.configuration_crystalcoder import CrystalCoderConfig
-    from megacrystal.hf_remote.modeling_crystalcoder import CrystalCoderLMHeadModel
+    from megacrystal.hf.remote.configuration_crystalcoder import CrystalCoderConfig
+    from megacrystal.hf.remote.modeling_crystalcoder import CrystalCoderLMHeadModel
 
     small = dict(n_embd=32, n_head=4, n_layer=1, vocab_size=64, n_positions=16)
     for key, value, words in (
@@ -145,7 +145,7 @@ def test_exported_sentencepiece_tokenizer_encodes_as_ours(tmp_path, dummy_prefix
     import sentencepiece as spm
     from transformers import AutoTokenizer
 
-    from megacrystal.hf import export_hf
+    from megacrystal.hf.convert import export_hf
     from megacrystal.model.serialization import save_model
     from megacrystal.tokenizer import load_tokenizer
     from tests.model_util import TEXT, tiny_model

@@ -4,7 +4,7 @@ with fp32 masters. Run by benchmarks/gpu_check.sh on a GPU machine."""
 import pytest
 import torch
 
-from megacrystal.parallel.engine import Engine
+from megacrystal.engine.engine import Engine
 from tests.parallel_cases import LR, data, make_cfg, split, state_problems
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]

@@ -12,10 +12,10 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from megacrystal.engine.engine import Engine
 from megacrystal.ops.cross_entropy import cross_entropy_reference
 from megacrystal.parallel import collectives as C
 from megacrystal.parallel.cross_entropy import vocab_parallel_cross_entropy
-from megacrystal.parallel.engine import Engine
 from megacrystal.parallel.state import Group
 from tests.dist import run_ranks, torchrun
 from tests.parallel_cases import LR, data, make_cfg, split
@@ -179,7 +179,7 @@ def test_torchrun_launch_trains_like_one_process(tmp_path):
     cmd = (
         torchrun(
             2,
-            "megacrystal.parallel.smoke",
+            "megacrystal.engine.smoke",
             "--steps",
             "3",
             "--out",
@@ -190,7 +190,7 @@ def test_torchrun_launch_trains_like_one_process(tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, "\n".join(l for l in proc.stderr.splitlines() if " INFO " not in l)[-4000:]
     got = json.loads(out.read_text())
-    from megacrystal.parallel.smoke import main
+    from megacrystal.engine.smoke import main
 
     serial = tmp_path / "serial.json"
     assert main(["--steps", "3", "--out", str(serial)] + [o for o in overrides if not o.startswith("parallel.")]) == 0
@@ -205,7 +205,7 @@ def test_torchrun_launch_with_a_bad_grid_fails_fast():
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = torchrun(
         2,
-        "megacrystal.parallel.smoke",
+        "megacrystal.engine.smoke",
         "model.preset=tiny",
         "data.seq_length=16",
         "parallel.pp=4",

@@ -9,12 +9,12 @@ import torch
 import torch.distributed as dist
 
 from megacrystal.config import ConfigError, load_config, validate_config
+from megacrystal.engine.engine import Engine
 from megacrystal.model.mup import init_parameters, param_groups
 from megacrystal.model.transformer import Transformer
 from megacrystal.ops.cross_entropy import cross_entropy_reference
 from megacrystal.parallel import state
 from megacrystal.parallel.cross_entropy import vocab_parallel_cross_entropy
-from megacrystal.parallel.engine import Engine
 from megacrystal.parallel.init import init_distributed
 from megacrystal.parallel.pipeline import chunk_layers
 from tests.parallel_cases import BASE, LR, data, make_cfg, split, state_problems

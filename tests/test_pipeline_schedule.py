@@ -52,7 +52,7 @@ def test_table_matches_megatron_core(pp, vpp, m):
 
 
 def _traced(rank: int, world: int, batches: list[dict]) -> list[tuple]:
-    from megacrystal.parallel.engine import Engine
+    from megacrystal.engine.engine import Engine
 
     cfg = make_cfg(["model.num_layers=8", "train.micro_batch_size=1", "parallel.pp=2", "parallel.vpp=2"])
     engine = Engine(cfg, torch.device("cpu"))

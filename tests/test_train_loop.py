@@ -132,8 +132,8 @@ def test_two_phases_metrics_checkpoint_and_export(data_dir, tmp_path):
     assert (out / "checkpoints" / "latest").read_text() == "step_00000008"
     assert (ckpt / "manifest.json").is_file() and (ckpt / "trainer.json").is_file()
     assert not (ckpt / "model").exists()  # nobody gathers the model to save; export-hf reads the shards
+    from megacrystal.checkpoint import load_model_state
     from megacrystal.model.serialization import load_model
-    from megacrystal.train.checkpoint_io import load_model_state
 
     _, consolidated = load_model(out / "model")  # train.save_consolidated: written once, at the end
     _, sharded = load_model_state(ckpt)
@@ -161,7 +161,7 @@ def test_resume_mid_phase_and_at_the_phase_boundary_is_bitwise(data_dir, tmp_pat
         assert rb["loss"] == ra["loss"], ra["step"]  # CPU fp32, same layout: bit for bit
         assert rb["grad_norm"] == ra["grad_norm"], ra["step"]
         assert rb["samples_per_source"] == ra["samples_per_source"]
-    from megacrystal.train.checkpoint_io import load_model_state
+    from megacrystal.checkpoint import load_model_state
 
     _, sa = load_model_state(full / "checkpoints" / "step_00000008")
     _, sb = load_model_state(part)  # a run directory: its newest intact checkpoint

@@ -7,9 +7,9 @@ The cuBLASLt path is compared on a GPU (tests/test_cuda_kernels_gpu.py)."""
 
 import torch
 
+from megacrystal.engine.engine import Engine
 from megacrystal.model import wgrad_fusion
 from megacrystal.model.param_spec import param_spec
-from megacrystal.parallel.engine import Engine
 from megacrystal.parallel.grad_buffers import GradBuffers
 from megacrystal.parallel.state import build_grid
 from tests.dist import run_ranks

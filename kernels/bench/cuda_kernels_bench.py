@@ -26,8 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from kernels.bench.bench_common import bench_ms, copy_bandwidth_gbps, machine, table
-from megacrystal import cuda_kernels
-from megacrystal.cuda_kernels import adamw_scalars
+from megacrystal.compiled import cuda_kernels
+from megacrystal.compiled.cuda_kernels import adamw_scalars
 from megacrystal.model.wgrad_fusion import accumulate_wgrad
 from megacrystal.optim.adamw import adamw_
 from megacrystal.optim.fused_adamw import chunk_table
@@ -91,7 +91,7 @@ def optimizer_rows(n: int, copy_gbps: float, lib) -> list[dict]:
 
     row("torch-foreach", foreach)
     try:
-        from megacrystal.apex_support import apex_fused_adam
+        from megacrystal.compiled.apex import apex_fused_adam
 
         fa = apex_fused_adam()
     except Exception as e:

@@ -10,7 +10,7 @@ import typing
 from pathlib import Path
 from typing import Any, Union
 
-from .schema import Config, ConfigError, _where
+from .schema import Config, ConfigError, where
 from .validation import validate_config
 
 
@@ -30,51 +30,51 @@ def coerce(value: Any, tp: Any, path: str, origin: str | None) -> Any:
             except ConfigError as e:  # report the alternative of the value's shape (a mapping: the dataclass)
                 errors.append((dataclasses.is_dataclass(a) != isinstance(value, dict), str(e)))
         errors.sort(key=lambda x: x[0])
-        raise ConfigError(errors[0][1] if errors else _where(origin, f"{path}: bad value {value!r}"))
+        raise ConfigError(errors[0][1] if errors else where(origin, f"{path}: bad value {value!r}"))
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise ConfigError(_where(origin, f"{path}: expected a mapping, got {type(value).__name__}"))
+            raise ConfigError(where(origin, f"{path}: expected a mapping, got {type(value).__name__}"))
         return _build(tp, value, path, origin)
     if o is list:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(_where(origin, f"{path}: expected a list, got {value!r}"))
+            raise ConfigError(where(origin, f"{path}: expected a list, got {value!r}"))
         return [coerce(v, args[0], f"{path}[{i}]", origin) for i, v in enumerate(value)]
     if o is dict:
         if not isinstance(value, dict):
-            raise ConfigError(_where(origin, f"{path}: expected a mapping, got {value!r}"))
+            raise ConfigError(where(origin, f"{path}: expected a mapping, got {value!r}"))
         return {str(k): coerce(v, args[1], f"{path}.{k}", origin) for k, v in value.items()}
     if tp is Any:
         return value
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(_where(origin, f"{path}: expected true/false, got {value!r}"))
+        raise ConfigError(where(origin, f"{path}: expected true/false, got {value!r}"))
     if tp is int:
         if (
             isinstance(value, bool)
             or not isinstance(value, (int, float))
             or (isinstance(value, float) and not value.is_integer())
         ):
-            raise ConfigError(_where(origin, f"{path}: expected an integer, got {value!r}"))
+            raise ConfigError(where(origin, f"{path}: expected an integer, got {value!r}"))
         return int(value)
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads `1e-6` (no dot) as a string
             try:
                 value = float(value)
             except ValueError:
-                raise ConfigError(_where(origin, f"{path}: expected a number, got {value!r}")) from None
+                raise ConfigError(where(origin, f"{path}: expected a number, got {value!r}")) from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(_where(origin, f"{path}: expected a number, got {value!r}"))
+            raise ConfigError(where(origin, f"{path}: expected a number, got {value!r}"))
         if not math.isfinite(float(value)):
-            raise ConfigError(_where(origin, f"{path}: expected a finite number, got {value!r}"))
+            raise ConfigError(where(origin, f"{path}: expected a finite number, got {value!r}"))
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(_where(origin, f"{path}: expected a string, got {value!r}"))
+            raise ConfigError(where(origin, f"{path}: expected a string, got {value!r}"))
         return value
-    raise ConfigError(_where(origin, f"{path}: unsupported type {tp}"))
+    raise ConfigError(where(origin, f"{path}: unsupported type {tp}"))
 
 
 def _build(cls, data: dict, path: str, origin: str | None):
@@ -84,14 +84,14 @@ def _build(cls, data: dict, path: str, origin: str | None):
     for k, v in data.items():
         p = f"{path}.{k}" if path else str(k)
         if k not in names:
-            raise ConfigError(_where(origin, f"unknown field {p!r} (expected one of {sorted(names)})"))
+            raise ConfigError(where(origin, f"unknown field {p!r} (expected one of {sorted(names)})"))
         kwargs[k] = coerce(v, hints[k], p, origin)
     return cls(**kwargs)
 
 
 def from_dict(data: dict, origin: str | None = None) -> Config:
     if not isinstance(data, dict):
-        raise ConfigError(_where(origin, f"expected a mapping at the top level, got {type(data).__name__}"))
+        raise ConfigError(where(origin, f"expected a mapping at the top level, got {type(data).__name__}"))
     cfg = _build(Config, data, "", origin)
     cfg.source_file = origin
     return cfg

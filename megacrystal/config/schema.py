@@ -12,7 +12,7 @@ class ConfigError(ValueError):
     """A bad configuration value; the message is one line naming the field."""
 
 
-def _where(origin: str | None, path: str) -> str:
+def where(origin: str | None, path: str) -> str:
     return f"{origin}: {path}" if origin else path
 
 

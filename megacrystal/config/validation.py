@@ -7,12 +7,12 @@ import os
 import re
 from typing import Any
 
-from .schema import Config, ConfigError, _where
+from .schema import Config, ConfigError, where
 
 
 def _check(cond: bool, cfg: Config, msg: str) -> None:
     if not cond:
-        raise ConfigError(_where(cfg.source_file, msg))
+        raise ConfigError(where(cfg.source_file, msg))
 
 
 def _choice(cfg: Config, path: str, value: Any, choices) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .. import native
+from ..compiled import native
 
 SURPLUS = 0.005
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import native
+from ..compiled import native
 from . import index_cache
 from .indexed import IndexedDataset
 

@@ -33,7 +33,7 @@ class EvalRunner:
         device: str = "auto",
         seq_length: int | None = None,
     ):
-        from ..parallel.engine import Engine
+        from ..engine.engine import Engine
         from ..parallel.init import init_distributed
 
         world = int(dist.get_world_size()) if dist.is_initialized() else _env_world()

@@ -38,7 +38,7 @@ def _is_hf_dir(path: Path) -> bool:
 
 def _export(checkpoint: str, into: Path) -> tuple[Path, str]:
     """Export a megacrystal checkpoint: crystalcoder layout when the model fits it, else llama."""
-    from ..hf import HFError, export_hf
+    from ..hf.convert import HFError, export_hf
 
     reasons = []
     for fmt in ("crystalcoder", "llama"):

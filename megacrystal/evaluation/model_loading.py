@@ -38,12 +38,12 @@ def load_for_eval(path: str) -> LoadedModel:
     if not p.is_dir():
         raise EvalInputError(f"{p}: not a directory (expected a run, a checkpoint, a model or an HF directory)")
     if (p / "config.json").is_file() and not (p / CONFIG_FILE).is_file():
-        from ..hf import hf_to_model
+        from ..hf.convert import hf_to_model
 
         cfg, sd, tok = hf_to_model(str(p))
         return LoadedModel(cfg, sd, tok, dict(path=str(p), kind="hf", checkpoint=str(p), step=None, run_dir=None))
-    from ..train.checkpoint import CheckpointError
-    from ..train.checkpoint_io import checkpoint_tokenizer, load_model_state, resolve_checkpoint
+    from ..checkpoint import checkpoint_tokenizer, load_model_state, resolve_checkpoint
+    from ..checkpoint.format import CheckpointError
 
     try:
         cfg, sd = load_model_state(p)  # a run, a (sharded) checkpoint or a consolidated model directory

@@ -34,7 +34,7 @@ class ModelFormatError(ValueError):
     """A model directory or file that is not what it should be; the message names the file."""
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
@@ -45,7 +45,7 @@ def save_state_dict(path: Path, state_dict: dict[str, torch.Tensor], metadata: d
     from safetensors.torch import save
 
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
-    _atomic_write_bytes(Path(path), save(tensors, metadata=metadata or {"format": "pt"}))
+    atomic_write_bytes(Path(path), save(tensors, metadata=metadata or {"format": "pt"}))
 
 
 def copy_tokenizer(src: str | None, out_dir: Path) -> Path | None:
@@ -82,7 +82,7 @@ def save_model(
     copy_tokenizer(tokenizer_path, out)
     save_state_dict(out / MODEL_FILE, state_dict)
     meta = {"format": FORMAT, "version": VERSION, "model": dataclasses.asdict(cfg)}
-    _atomic_write_bytes(out / CONFIG_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+    atomic_write_bytes(out / CONFIG_FILE, (json.dumps(meta, indent=2) + "\n").encode())
     return out
 
 

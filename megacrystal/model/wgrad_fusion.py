@@ -25,7 +25,7 @@ def accumulate_wgrad(main_grad: torch.Tensor, dy: torch.Tensor, x: torch.Tensor,
     """main_grad[out, in] += dy[T, out]^T @ x[T, in]. The cuBLASLt kernel takes feature sizes that are
     multiples of 8 (16-byte rows, as the model's padded sizes are); others go through torch's GEMM."""
     if impl == "cuda" and dy.shape[-1] % 8 == 0 and x.shape[-1] % 8 == 0:
-        from ..cuda_kernels import library
+        from ..compiled.cuda_kernels import library
 
         library().wgrad_accum(main_grad, dy.contiguous(), x.contiguous())
     elif main_grad.device.type == "cuda":

@@ -3,7 +3,7 @@ plain-torch reference. `impl` is the config's `model.kernels`: auto | triton | t
 `model.kernels=triton` on CPU runs the kernels under Triton's interpreter (TRITON_INTERPRET=1 must be set
 before triton is imported) -- that is how the tests check them without a GPU.
 The norm may instead use apex's fused kernel (`model.use_apex_norm`) on CUDA when NVIDIA apex with its
-fused norm extension is installed (`apex_support`: detected without importing an apex that lacks it).
+fused norm extension is installed (`compiled/apex.py`: detected without importing an apex that lacks it).
 The choice is logged once per (op, implementation, device)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import importlib
 import os
 from collections.abc import Callable
 
-from ..apex_support import usable as apex_usable
+from ..compiled.apex import usable as apex_usable
 from ..log import say_once
 
 # op name -> (reference "module:function", triton "module:function")

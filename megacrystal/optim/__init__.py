@@ -1,1 +1,1 @@
-"""Optimizers: AdamW with fp32 masters (the ZeRO-1 variant lives in parallel/distributed_optimizer.py)."""
+"""Optimizers: AdamW with fp32 masters (the ZeRO-1 variant lives in optim/distributed.py)."""

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..parallel.distributed_optimizer import DistributedOptimizer
 from .adamw import AdamW
+from .distributed import DistributedOptimizer
 from .fused_adamw import FusedAdamW
 
 

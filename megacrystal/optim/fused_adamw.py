@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import torch
 
-from ..cuda_kernels import adamw_scalars
+from ..compiled.cuda_kernels import adamw_scalars
 from ..parallel import collectives as C
-from ..parallel.distributed_optimizer import DistributedOptimizer, shard_pieces
 from .adamw import adamw_
+from .distributed import DistributedOptimizer, shard_pieces
 
 CHUNK = 65536
 
@@ -70,7 +70,7 @@ class FusedAdamW:
         if buffers.param_buffer is None:
             raise ValueError("FusedAdamW needs GradBuffers(contiguous_params=True)")
         if kernel is None:
-            from ..cuda_kernels import library
+            from ..compiled.cuda_kernels import library
 
             lib = library()
             if lib is None:

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..hf import HFError, hf_to_model
+from ..checkpoint import load_engine_state, resolve_checkpoint
+from ..checkpoint.files import verify
+from ..checkpoint.format import MANIFEST, TRAINER, CheckpointError
+from ..hf.convert import HFError, hf_to_model
 from ..log import get_logger
 from ..model.serialization import CONFIG_FILE, ModelFormatError, load_model
-from .checkpoint import MANIFEST, TRAINER, CheckpointError
-from .checkpoint_files import verify
-from .checkpoint_io import load_engine_state, resolve_checkpoint
 
 
 def _kind(p: Path) -> str:

@@ -2,7 +2,7 @@
 
 Each step: the loader gives this DP rank's micro-batches, the schedule the phase's base LR, the
 engine runs forward/backward over the pipeline schedule, reduces gradients and steps the optimizer.
-Rank 0 writes metrics.jsonl + TensorBoard; checkpoints (train/checkpoint_io.py) hold every rank's pieces
+Rank 0 writes metrics.jsonl + TensorBoard; checkpoints (checkpoint/writer.py) hold every rank's pieces
 of the model and optimizer in a layout-independent form, the loader state (so a resume gets exactly
 the next samples, also mid-phase, on any layout) and the counters.
 """
@@ -15,14 +15,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from ..checkpoint import Checkpointer, save_consolidated
+from ..checkpoint.files import find_resume_point
 from ..config import Config
 from ..data.loader import build_data
 from ..data.plan import make_plan
+from ..engine.engine import Engine
 from ..log import get_logger
-from ..parallel.engine import Engine
 from ..parallel.init import init_distributed
-from .checkpoint_files import find_resume_point
-from .checkpoint_io import Checkpointer, save_consolidated
 from .finite import SkipCounter, ensure_finite
 from .init_from import init_from
 from .lr_schedule import Schedule

@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..checkpoint.format import CheckpointError
 from ..config import ConfigError, load_config
 from . import exit_codes
-from .checkpoint import CheckpointError
 from .finite import NonFiniteError
 from .preemption import StopRequested
 
@@ -35,7 +35,7 @@ def main(argv=None) -> int:
         code, message = exit_codes.PREEMPTED, f"{e}; run the same command again to resume"
     finally:
         try:
-            from .checkpoint_io import finish_pending
+            from ..checkpoint import finish_pending
 
             finish_pending()  # a checkpoint still being written completes before the groups go
             from ..parallel.state import destroy

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from megacrystal import native
+from megacrystal.compiled import native
 from megacrystal.data import blended
 
 from . import megatron_oracle as oracle

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from megacrystal import native
+from megacrystal.compiled import native
 from megacrystal.data import gpt_dataset as G
 from megacrystal.data.indexed import IndexedDataset
 

@@ -8,7 +8,7 @@ from megacrystal.data.indexed import IndexedDatasetWriter
 from megacrystal.data.loader import StepLoader
 from megacrystal.data.phases import PhasedDataset
 from megacrystal.data.plan import make_plan
-from megacrystal.parallel.engine import Engine
+from megacrystal.engine.engine import Engine
 from tests.parallel_cases import make_cfg
 
 from .conftest import make_config

@@ -20,15 +20,15 @@ export and restored, as zeros, on import.
 
 from __future__ import annotations
 
-from .hf_layout_common import LayoutError, interleaved_to_half, qkv_join, qkv_split
-from .hf_layout_crystalcoder import (
+from .layout_common import LayoutError, interleaved_to_half, qkv_join, qkv_split
+from .layout_crystalcoder import (
     CRYSTALCODER_AUTO_MAP,
     crystalcoder_config,
     crystalcoder_to_model_config,
     from_crystalcoder,
     to_crystalcoder,
 )
-from .hf_layout_llama import from_llama, llama_config, llama_to_model_config, to_llama
+from .layout_llama import from_llama, llama_config, llama_to_model_config, to_llama
 
 __all__ = [
     "CRYSTALCODER_AUTO_MAP",

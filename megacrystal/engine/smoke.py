@@ -1,6 +1,6 @@
 """A real training run on synthetic batches, to check a launch (and the parallel setup) end to end:
 
-    torchrun --nproc-per-node 4 -m megacrystal.parallel.smoke [--config C.yaml] [--steps N]
+    torchrun --nproc-per-node 4 -m megacrystal.engine.smoke [--config C.yaml] [--steps N]
              [--lr LR] [--out FILE.json] [dotted.key=value ...]
 
 Every step is `Engine.train_step` on random tokens drawn from a fixed seed (the same global batch
@@ -18,9 +18,9 @@ import time
 import torch
 
 from ..config import ConfigError, load_config
+from ..parallel.init import init_distributed
+from ..parallel.state import destroy
 from .engine import Engine
-from .init import init_distributed
-from .state import destroy
 
 
 def synthetic_batch(step: int, global_batch: int, seq: int, vocab: int, seed: int) -> dict:
@@ -38,7 +38,7 @@ def split_for_rank(batch: dict, dp_rank: int, dp: int, micro_batch: int) -> list
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="megacrystal.parallel.smoke", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="megacrystal.engine.smoke", description=__doc__.splitlines()[0])
     ap.add_argument("--config")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         grid, device = init_distributed(cfg)
     except ConfigError as e:
-        print(f"megacrystal.parallel.smoke: {e}", file=sys.stderr)
+        print(f"megacrystal.engine.smoke: {e}", file=sys.stderr)
         return 2
     engine = Engine(cfg, device, grid)
     t, m = cfg.train, cfg.model

@@ -22,8 +22,8 @@ import math
 import torch
 import torch.distributed as dist
 
+from ..compiled.select import resolve_grad_accum_fusion, resolve_optim_impl
 from ..config import Config, ResolvedModelConfig
-from ..cuda_select import resolve_grad_accum_fusion, resolve_optim_impl
 from ..model import wgrad_fusion
 from ..model.layers import SerialLayers
 from ..model.mup import init_parameters, param_groups
@@ -32,14 +32,14 @@ from ..model.param_spec import param_spec
 from ..model.transformer import count_parameters, serial_layout
 from ..optim.factory import clip_and_step, make_optimizer
 from ..optim.loss_normalization import loss_denominator
-from . import collectives as C
-from . import pipeline_schedules as schedules
-from .grad_buffers import GradBuffers
-from .p2p import P2P
-from .pipeline import build_chunks, tied_embedding_params
-from .state import Grid, build_grid
-from .step import StepCompute
-from .tensor import TensorParallelLayers
+from ..parallel import collectives as C
+from ..parallel import pipeline_schedules as schedules
+from ..parallel.grad_buffers import GradBuffers
+from ..parallel.p2p import P2P
+from ..parallel.pipeline import build_chunks, tied_embedding_params
+from ..parallel.state import Grid, build_grid
+from ..parallel.step import StepCompute
+from ..parallel.tensor import TensorParallelLayers
 
 FORMAT = "megacrystal-engine/1"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}

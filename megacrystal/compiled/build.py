@@ -1,9 +1,9 @@
-"""Build the CUDA kernels (kernels/cuda/) with CMake and nvcc: `python -m megacrystal.cuda_build`.
+"""Build the CUDA kernels (kernels/cuda/) with CMake and nvcc: `python -m megacrystal.compiled.build`.
 
-    python -m megacrystal.cuda_build [--archs "80;90;100"] [--out build/cuda]
+    python -m megacrystal.compiled.build [--archs "80;90;100"] [--out build/cuda]
 
 Needs nvcc (CUDA 12.8+ for sm_100) and CMake >= 3.18; no CUDA build of torch and no GPU. The library
-lands where `megacrystal.cuda_kernels` looks for it. `pip install` builds it only when asked
+lands where `megacrystal.compiled.cuda_kernels` looks for it. `pip install` builds it only when asked
 (MEGACRYSTAL_CUDA=1), so the CPU install stays as fast as before.
 """
 
@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ROOT / "kernels" / "cuda"
 DEFAULT_ARCHS = "80;90;100"
 
@@ -67,7 +67,9 @@ def build(out: Path, archs: str = DEFAULT_ARCHS, quiet: bool = False, extra: lis
     version = nvcc_version(nvcc)
     usable = supported_archs(archs, version)
     if usable != archs:
-        print(f"megacrystal cuda_build: nvcc {version[0]}.{version[1]} cannot build sm {archs}; building sm {usable}")
+        print(
+            f"megacrystal compiled.build: nvcc {version[0]}.{version[1]} cannot build sm {archs}; building sm {usable}"
+        )
     if not usable:
         raise RuntimeError(f"nvcc {version[0]}.{version[1]} supports none of the asked architectures {archs}")
     archs = usable
@@ -93,14 +95,14 @@ def build(out: Path, archs: str = DEFAULT_ARCHS, quiet: bool = False, extra: lis
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m megacrystal.cuda_build", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m megacrystal.compiled.build", description=__doc__.split("\n")[0])
     ap.add_argument("--archs", default=DEFAULT_ARCHS, help="compute capabilities, ';'-separated (default 80;90;100)")
     ap.add_argument("--out", default=str(ROOT / "build" / "cuda"), help="build directory (default build/cuda)")
     a = ap.parse_args(argv)
     try:
         lib = build(Path(a.out), a.archs)
     except RuntimeError as e:
-        print(f"megacrystal cuda_build: {e}", file=sys.stderr)
+        print(f"megacrystal compiled.build: {e}", file=sys.stderr)
         return 1
     print(f"built {lib}")
     return 0

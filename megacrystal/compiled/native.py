@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .log import say_once
+from ..log import say_once
 
 try:
     from . import _native as native  # type: ignore[attr-defined]
@@ -15,5 +15,5 @@ else:
 
 def get():
     if native is None:
-        say_once("native-missing", f"megacrystal._native not available ({_why}); using numpy fallbacks")
+        say_once("native-missing", f"megacrystal.compiled._native not available ({_why}); using numpy fallbacks")
     return native

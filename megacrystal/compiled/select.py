@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
+from ..log import say_once
 from . import cuda_kernels
-from .log import say_once
 
-RECORD = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "cuda-kernels-verified.json"
+RECORD = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "cuda-kernels-verified.json"
 OPTIM_IMPLS = ("auto", "torch", "cuda")
 FUSION_MODES = ("auto", "on", "off", "torch", "cuda")
 
@@ -48,7 +48,7 @@ def verified(build_id: str, cap: str | None, record: Path | None = None) -> dict
     return None
 
 
-def _auto_reason(device: torch.device, record: Path | None) -> tuple[bool, str]:
+def auto_reason(device: torch.device, record: Path | None) -> tuple[bool, str]:
     """(use CUDA, why) for `auto`."""
     if device.type != "cuda":
         return False, f"the device is {device.type}"
@@ -74,7 +74,7 @@ def resolve_optim_impl(impl: str, device: torch.device, record: Path | None = No
             raise RuntimeError(f"optim.impl=cuda: the CUDA kernels are {cuda_kernels.why_missing()}")
         which, why = "cuda", "optim.impl=cuda"
     else:
-        use, why = _auto_reason(device, record)
+        use, why = auto_reason(device, record)
         which, why = ("cuda" if use else "torch"), f"auto: {why}"
     say_once(
         f"optim-impl-{which}",
@@ -94,7 +94,7 @@ def resolve_grad_accum_fusion(mode: str, device: torch.device, dtype: torch.dtyp
             raise RuntimeError(f"model.grad_accum_fusion={mode}: needs bf16 parameters (train.precision=bf16)")
         which, why = "off", f"{dtype} parameters accumulate into main_grad in place already"
     elif mode == "auto":
-        use, why = _auto_reason(device, record)
+        use, why = auto_reason(device, record)
         which, why = ("cuda" if use else "off"), f"auto: {why}"
     else:
         if device.type != "cuda":

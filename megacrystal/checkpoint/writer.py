@@ -6,7 +6,7 @@
     meta = ckpt.load(path)            # any layout: weights, Adam moments, optimizer step, RNG (same layout)
     cfg, sd = load_model_state(path)  # offline, no process group: the serial model's state dict
 
-Every rank writes only its own pieces (`checkpoint_layout`); nobody gathers the model. A save goes
+Every rank writes only its own pieces (`layout`); nobody gathers the model. A save goes
 into `step_X.tmp/`: DCP writes and fsyncs every rank's file and the metadata, each rank checksums its
 files, rank 0 writes trainer.json and manifest.json (last), renames the directory to `step_X`, then
 updates `latest`. Asynchronous saves run this on a background thread over a process group of their
@@ -31,32 +31,11 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
 from ..log import get_logger
-from .checkpoint import FORMAT, MANIFEST, TRAINER, VERSION, CheckpointError, CheckpointSpaceError, step_name
-from .checkpoint_dcp import Pieces, PieceSavePlanner, WatchedFileSystemWriter, one_line, root_causes
-from .checkpoint_files import (
-    apply_retention,
-    atomic_write,
-    file_crc,
-    find_resume_point,
-    fsync_dir,
-    move_aside,
-    write_manifest,
-)
-from .checkpoint_layout import Piece, global_shapes, local_pieces, model_dict, rng_pieces
-from .checkpoint_load import load_engine_state
-from .checkpoint_read import checkpoint_tokenizer, load_model_state, resolve_checkpoint, save_consolidated
-
-__all__ = [
-    "CheckpointError",
-    "Checkpointer",
-    "checkpoint_tokenizer",
-    "find_resume_point",
-    "load_engine_state",
-    "load_model_state",
-    "resolve_checkpoint",
-    "save_consolidated",
-]
-
+from .dcp import Pieces, PieceSavePlanner, WatchedFileSystemWriter, one_line, root_causes
+from .files import apply_retention, atomic_write, file_crc, fsync_dir, move_aside, write_manifest
+from .format import FORMAT, MANIFEST, TRAINER, VERSION, CheckpointError, CheckpointSpaceError, step_name
+from .layout import Piece, global_shapes, local_pieces, model_dict, rng_pieces
+from .load import load_engine_state
 
 _LIVE: weakref.WeakSet = weakref.WeakSet()
 

@@ -21,10 +21,10 @@ from ..config.loading import coerce
 from ..model.padding import refit
 from ..model.serialization import CONFIG_FILE, ModelFormatError, find_model_dir, load_model, save_model, tokenizer_in
 from ..model.transformer import serial_layout
-from .checkpoint import MANIFEST, TRAINER, CheckpointError
-from .checkpoint_dcp import PieceLoadPlanner, Pieces, SafeFileSystemReader, one_line
-from .checkpoint_files import find_resume_point, trainer_meta, verify
-from .checkpoint_layout import MODEL, Piece
+from .dcp import PieceLoadPlanner, Pieces, SafeFileSystemReader, one_line
+from .files import find_resume_point, trainer_meta, verify
+from .format import MANIFEST, TRAINER, CheckpointError
+from .layout import MODEL, Piece
 
 
 def resolve_checkpoint(path) -> Path:
@@ -100,3 +100,11 @@ def checkpoint_tokenizer(path) -> str | None:
             return tokenizer_in(find_model_dir(p))
         except ValueError:
             return None
+
+
+def read_checkpoint(path) -> tuple[ModelConfig, dict[str, torch.Tensor], str | None]:
+    """The model of what a user calls a checkpoint (for export-hf, generate and the lm-eval harness):
+    a training checkpoint, a run or `checkpoints/` directory (its newest intact checkpoint) or a
+    consolidated model directory -> (ModelConfig, serial state dict, tokenizer file or None). Offline."""
+    cfg, sd = load_model_state(path)
+    return cfg, sd, checkpoint_tokenizer(path)

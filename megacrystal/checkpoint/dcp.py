@@ -2,7 +2,7 @@
 never runs pickled code.
 
 State handed to DCP is `{key: Pieces}`: a tensor's global (true) shape and the rectangles this rank
-holds (`checkpoint_layout.Piece`). The planners only turn pieces into DCP's own `WriteItem`s /
+holds (`layout.Piece`). The planners only turn pieces into DCP's own `WriteItem`s /
 `ReadItem`s (`create_read_items_for_chunk_list` does the resharding arithmetic) and find a piece again
 by its offsets; DCP's default global planning, deduplication of replicated pieces, metadata and
 FileSystemWriter/Reader do the rest. Tensor data is read with `torch.load(weights_only=True)` by DCP;
@@ -42,7 +42,7 @@ from torch.distributed.checkpoint.planner import (
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 from torch.futures import Future
 
-from .checkpoint_layout import Piece
+from .layout import Piece
 
 
 @dataclass

@@ -5,10 +5,10 @@
 
 A checkpoint here is a training checkpoint (DCP, read offline; a run directory means its newest intact
 one) or a consolidated model directory of `model/serialization.py`; checkpoints are read by
-`model/checkpoint_source.py`. The HF side is config.json + safetensors (one file, or shards + index above
+`checkpoint/reader.py`. The HF side is config.json + safetensors (one file, or shards + index above
 --max-shard-size) + the tokenizer file and a tokenizer_config.json; a crystalcoder export also carries
-its modeling code (`hf_remote/`, named by `auto_map`). Import also reads PyTorch `pytorch_model*.bin`
-files (weights only). Layouts: `model/hf_layouts.py`.
+its modeling code (`hf/remote/`, named by `auto_map`). Import also reads PyTorch `pytorch_model*.bin`
+files (weights only). Layouts: `hf/layouts.py`.
 """
 
 from __future__ import annotations
@@ -20,19 +20,19 @@ from pathlib import Path
 
 import torch
 
-from .hf_remote import write_remote_code
-from .model.checkpoint_source import read_checkpoint
-from .model.hf_layouts import LAYOUTS, LayoutError, from_crystalcoder, from_llama
-from .model.serialization import (
+from ..checkpoint.format import CheckpointError
+from ..checkpoint.reader import read_checkpoint
+from ..model.serialization import (
     ModelFormatError,
-    _atomic_write_bytes,
+    atomic_write_bytes,
     copy_tokenizer,
     read_json_object,
     save_model,
     save_state_dict,
     tokenizer_in,
 )
-from .train.checkpoint import CheckpointError
+from .layouts import LAYOUTS, LayoutError, from_crystalcoder, from_llama
+from .remote import write_remote_code
 
 DTYPES = {"keep": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -49,7 +49,7 @@ def tokenizer_ids(path: str | None) -> dict:
     """bos/eos ids and strings of a tokenizer file (HF json or SentencePiece), for config.json."""
     if path is None:
         return {"bos": 1, "eos": 2, "bos_token": None, "eos_token": None}
-    from .tokenizer import load_tokenizer
+    from ..tokenizer import load_tokenizer
 
     tok = load_tokenizer(None, path)
     if path.endswith(".json"):
@@ -107,7 +107,7 @@ def write_hf(out_dir, conf: dict, tensors: dict, tokenizer_path: str | None, max
     if tok is not None:
         ids = tokenizer_ids(str(tok))
         tc = _tokenizer_config(tok, ids, conf.get("n_positions") or conf.get("max_position_embeddings"))
-        _atomic_write_bytes(out / "tokenizer_config.json", (json.dumps(tc, indent=2) + "\n").encode())
+        atomic_write_bytes(out / "tokenizer_config.json", (json.dumps(tc, indent=2) + "\n").encode())
     if len(shards) == 1:
         save_state_dict(out / "model.safetensors", shards[0])
     else:
@@ -118,11 +118,11 @@ def write_hf(out_dir, conf: dict, tensors: dict, tokenizer_path: str | None, max
             weight_map.update({k: name for k in shard})
         total = sum(t.numel() * t.element_size() for t in tensors.values())
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        _atomic_write_bytes(out / "model.safetensors.index.json", (json.dumps(index, indent=2) + "\n").encode())
+        atomic_write_bytes(out / "model.safetensors.index.json", (json.dumps(index, indent=2) + "\n").encode())
     if conf.get("eos_token_id") is not None:  # generate() pads finished rows with </s> without being told
         gen = {k: conf.get(k) for k in ("bos_token_id", "eos_token_id")} | {"pad_token_id": conf["eos_token_id"]}
-        _atomic_write_bytes(out / "generation_config.json", (json.dumps(gen, indent=2) + "\n").encode())
-    _atomic_write_bytes(out / "config.json", (json.dumps(conf, indent=2) + "\n").encode())
+        atomic_write_bytes(out / "generation_config.json", (json.dumps(gen, indent=2) + "\n").encode())
+    atomic_write_bytes(out / "config.json", (json.dumps(conf, indent=2) + "\n").encode())
     return out
 
 

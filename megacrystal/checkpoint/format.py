@@ -10,8 +10,8 @@
     out_dir/checkpoints/latest   name of the newest committed checkpoint (a hint; scanning is the truth)
 
 Tensors are keyed by the serial model's names at their true shapes, so any layout can load them
-(`checkpoint_layout`); a save is written into `step_X.tmp/` and renamed after every rank's files are
-written, fsync'ed and checksummed (`checkpoint_io`).
+(`layout`); a save is written into `step_X.tmp/` and renamed after every rank's files are
+written, fsync'ed and checksummed (`writer`).
 """
 
 from __future__ import annotations

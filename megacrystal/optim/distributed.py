@@ -16,9 +16,9 @@ from __future__ import annotations
 import torch
 
 from ..ops.precision import wide_dtype
-from ..optim.adamw import AdamWSteps
-from . import collectives as C
-from .grad_buffers import GradBuffers
+from ..parallel import collectives as C
+from ..parallel.grad_buffers import GradBuffers
+from .adamw import AdamWSteps
 
 
 class DistributedOptimizer(AdamWSteps):

@@ -14,7 +14,7 @@ import functools
 import importlib.util
 from pathlib import Path
 
-from .log import say_once
+from ..log import say_once
 
 BUILD_RECIPE = (
     "git clone https://github.com/NVIDIA/apex && cd apex && "

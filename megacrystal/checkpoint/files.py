@@ -22,7 +22,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from ..log import get_logger
-from .checkpoint import FORMAT, MANIFEST, OLD_SHARD, STEP_DIR, TRAINER, VERSION, CheckpointError
+from .format import FORMAT, MANIFEST, OLD_SHARD, STEP_DIR, TRAINER, VERSION, CheckpointError
 
 CHUNK = 8 << 20
 

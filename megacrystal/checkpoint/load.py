@@ -1,6 +1,6 @@
 """Loading a checkpoint into a live engine of any layout (collective over the ranks).
 
-Each rank asks DCP for exactly the pieces its layout holds (`checkpoint_layout.local_pieces`, tied
+Each rank asks DCP for exactly the pieces its layout holds (`layout.local_pieces`, tied
 copies included under their owner's name): fp32 masters, then the parameters are set from them
 (all-gathered over dp with the distributed optimizer); Adam moments and the optimizer step when
 wanted; the RNG states only when the layout is the one that saved them (they are per rank).
@@ -17,10 +17,10 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from ..parallel import collectives as C
-from .checkpoint import TRAINER, CheckpointError
-from .checkpoint_dcp import PieceLoadPlanner, Pieces, SafeFileSystemReader, one_line
-from .checkpoint_files import trainer_meta
-from .checkpoint_layout import MODEL, global_shapes, local_pieces, model_dict, rng_pieces
+from .dcp import PieceLoadPlanner, Pieces, SafeFileSystemReader, one_line
+from .files import trainer_meta
+from .format import TRAINER, CheckpointError
+from .layout import MODEL, global_shapes, local_pieces, model_dict, rng_pieces
 
 SHAPE_FIELDS = ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "ffn_hidden_size", "vocab_size")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..config import ModelConfig
-from .hf_layout_common import (
+from .layout_common import (
     LayoutError,
     check_used,
     get_tensor,

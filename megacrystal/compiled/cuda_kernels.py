@@ -5,7 +5,7 @@
     lib.wgrad_accum(main_grad, dy, x)   # main_grad += dy^T x, bf16 inputs, fp32 accumulation (cuBLASLt)
 
 The library is looked for at $MEGACRYSTAL_CUDA_LIB, next to this package (an install with
-MEGACRYSTAL_CUDA=1) and in build/cuda/ of the source tree (`python -m megacrystal.cuda_build`). Loading
+MEGACRYSTAL_CUDA=1) and in build/cuda/ of the source tree (`python -m megacrystal.compiled.build`). Loading
 needs no GPU; calling the kernels needs CUDA tensors. No CUDA build of torch is needed to build it.
 """
 
@@ -18,13 +18,13 @@ import math
 import os
 from pathlib import Path
 
-from .log import say_once
+from ..log import say_once
 
 LIB_NAME = "libmegacrystal_cuda.so"
 ABI_VERSION = 1
 MAX_GROUPS = 16
 COPY_NONE, COPY_BF16, COPY_FP32 = 0, 1, 2
-BUILD_HINT = "python -m megacrystal.cuda_build (needs nvcc; see docs/kernels.md)"
+BUILD_HINT = "python -m megacrystal.compiled.build (needs nvcc; see docs/kernels.md)"
 _WORKSPACE_BYTES = 32 << 20
 
 
@@ -53,7 +53,7 @@ def candidates() -> list[Path]:
     if os.environ.get("MEGACRYSTAL_CUDA_LIB"):  # exactly this one
         return [Path(os.environ["MEGACRYSTAL_CUDA_LIB"])]
     here = Path(__file__).resolve().parent
-    return [here / LIB_NAME, here.parent / "build" / "cuda" / LIB_NAME]
+    return [here / LIB_NAME, here.parents[1] / "build" / "cuda" / LIB_NAME]
 
 
 def adamw_scalars(lr: float, weight_decay: float, step: int, beta1: float, beta2: float, eps: float) -> tuple:

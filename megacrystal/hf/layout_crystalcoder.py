@@ -1,6 +1,6 @@
 """The CrystalCoder layout (the released Crystal model; GPT-2-style modules, Conv1D weights stored [in, out]).
 
-Config semantics follow CrystalCoder's modeling code (megacrystal ships its own, `megacrystal/hf_remote/`):
+Config semantics follow CrystalCoder's modeling code (megacrystal ships its own, `megacrystal/hf/remote/`):
 rotary_dim null or 0 rotates the whole head; scale_attn_weights=false, scale_attn_by_inverse_layer_idx=true
 change the scores and cannot be imported; a model without rotary cannot be exported.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..config import ModelConfig
-from .hf_layout_common import (
+from .layout_common import (
     LayoutError,
     check_used,
     get_tensor,

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 
 from ..config import ModelConfig
-from .padding import refit_state
-from .transformer import serial_layout
+from ..model.padding import refit_state
+from ..model.transformer import serial_layout
 
 # buffers some HF checkpoints carry that are not parameters
 IGNORED_SUFFIXES = (".attn.masked_bias", "rotary_emb.inv_freq")
