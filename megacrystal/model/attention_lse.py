@@ -15,7 +15,8 @@ boolean [b, Lq, Lk] mask instead (document masks), or neither (every key). Kerne
     math            explicit scores in the wide dtype, any device (the reference)
     sdpa_cpu        SDPA's CPU flash kernel (aten `_scaled_dot_product_flash_attention_for_cpu` + backward)
     sdpa_flash      CUDA, bf16/fp16, no mask: aten `_scaled_dot_product_flash_attention` + backward
-    sdpa_efficient  CUDA, fp32/bf16/fp16, additive mask: aten `_scaled_dot_product_efficient_attention` + backward
+    sdpa_efficient  CUDA, fp32/bf16/fp16, with a mask: aten `_scaled_dot_product_efficient_attention` + backward
+(fp32 without a mask and fp64 on CUDA run `math`).
 The aten kernels take equal head counts: k/v are expanded for them and dk/dv summed back per group.
 """
 
@@ -38,7 +39,7 @@ def pick_kernel(backend: str, device: torch.device, dtype: torch.dtype, masked: 
         half = dtype in (torch.bfloat16, torch.float16)
         if half and not masked:
             return "sdpa_flash"
-        if half or dtype == torch.float32:
+        if masked and (half or dtype == torch.float32):
             return "sdpa_efficient"
     return "math"
 
@@ -148,7 +149,7 @@ def _aten_backward(kernel, dout, q, k, v, out, lse, aux, scale, causal, allowed)
     qt, kt, vt = _bhld(q), _bhld(_expand(k, g)), _bhld(_expand(v, g))
     dt, ot = _bhld(dout.to(q.dtype)), _bhld(out.to(q.dtype))
     lse_dtype = torch.float32 if q.dtype in (torch.bfloat16, torch.float16) else q.dtype
-    lse = lse.to(lse_dtype)
+    lse = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse)).to(lse_dtype)  # a row without keys: P = 0
     if kernel == "sdpa_cpu":
         bias = None if allowed is None else _bias(allowed, q.dtype)
         dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(

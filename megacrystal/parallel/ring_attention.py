@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import torch
 
+from ..log import say_once
 from ..model.attention_lse import block_backward, block_forward, pick_kernel
 from . import collectives as C
 from .state import Group
@@ -72,6 +73,9 @@ class RingContext:
         if q.shape[1] % 2:
             raise ValueError(f"ring attention: {q.shape[1]} local tokens, expected two equal chunks")
         kernel = pick_kernel(backend, q.device, q.dtype, masked=self.doc_start is not None)
+        say_once(
+            f"ring-{kernel}", f"ring attention over cp={self.group.size}: {kernel} block kernel on {q.device.type}"
+        )
         return _RingAttention.apply(q, k, v, self, scale, kernel)
 
 
