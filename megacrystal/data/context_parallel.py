@@ -42,14 +42,14 @@ def local_positions(seq_length: int, cp_rank: int, cp_size: int) -> np.ndarray:
 def document_starts(segment_ids: torch.Tensor) -> torch.Tensor:
     """int64 [b, s]: for each token, the index of the first token of its run of equal segment ids."""
     b, s = segment_ids.shape
-    starts = torch.ones(b, s, dtype=torch.bool)
+    starts = torch.ones(b, s, dtype=torch.bool, device=segment_ids.device)
     starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
-    idx = torch.arange(s, dtype=torch.int64).expand(b, s)
+    idx = torch.arange(s, dtype=torch.int64, device=segment_ids.device).expand(b, s)
     return torch.where(starts, idx, torch.zeros_like(idx)).cummax(dim=1).values
 
 
 def split_micro_batch(mb: dict, cp_rank: int, cp_size: int) -> dict:
-    """This cp rank's part of a micro-batch of whole sequences (CPU tensors [b, s], as `collate` makes
+    """This cp rank's part of a micro-batch of whole sequences (tensors [b, s], as `collate` makes
     them); per-sample entries are kept, whole-sequence document offsets (`cu_seqlens`) dropped."""
     if cp_size == 1:
         return mb
@@ -57,7 +57,7 @@ def split_micro_batch(mb: dict, cp_rank: int, cp_size: int) -> dict:
         raise ValueError(f"context parallel: micro-batch already split for cp rank/size {mb['cp_split']}")
     tokens = mb["tokens"]
     b, s = tokens.shape
-    idx = torch.from_numpy(local_positions(s, cp_rank, cp_size))
+    idx = torch.from_numpy(local_positions(s, cp_rank, cp_size)).to(tokens.device)  # (DALI may hand CUDA tensors)
     out = {k: v for k, v in mb.items() if k not in PER_TOKEN and k not in ("cu_seqlens", "max_seqlen")}
     for k in PER_TOKEN:
         if mb.get(k) is not None:
