@@ -148,7 +148,7 @@ def render(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="megacrystal doctor", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="megacrystal doctor", description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", action="store_true", help="one JSON object instead of the text report")
     ap.add_argument(
         "--device", choices=["cuda", "cpu"], default=None, help="the device to report for (default: cuda if any)"

@@ -178,7 +178,7 @@ class SourceConfig:
 
     prefixes: list[str] = field(default_factory=list)
     weights: list[float] | None = None
-    kind: str = "nl"  # nl | code  (FIM applies to code sources only)
+    kind: str = "nl"  # nl | code: eval scores FIM/completion on code sources; training FIM is `fim`
     language: str | None = None
     optional: bool = False  # no tokens: dropped from the phases' blends instead of an error
     fim: bool = False  # opts in to FIM: a phase's fim_rate applies to this source (docs/data-sampling.md)
