@@ -273,7 +273,7 @@ class TrainConfig:
     eval_iters: int = 1
     device: str = "auto"  # auto | cpu | cuda
     max_skipped_steps: int = 5  # consecutive non-finite steps (skipped updates) before the run stops
-    step_timeout_s: float = 0.0  # watchdog: a step taking longer fails every rank (0: off)
+    step_timeout_s: float | None = None  # watchdog: a longer step fails every rank (0: off; None: 600 s multi-rank)
     # checkpoints (docs/checkpoints.md)
     resume: str = "auto"  # auto: newest intact checkpoint | step_00001200 | a checkpoint path
     keep_checkpoints: int = 0  # keep the newest N complete checkpoints (0: all)
