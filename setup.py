@@ -94,6 +94,7 @@ setup(
             "megatron-core==0.16.1",
             "transformers>=4.45",
             "ruff==0.17.6",
+            "pybind11>=2.12",  # tests/test_cmake_configure.py: a bare `cmake` at the root asks Python for it
         ],
     },
     entry_points={"console_scripts": ["megacrystal=megacrystal.cli:main"]},

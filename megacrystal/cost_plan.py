@@ -88,11 +88,11 @@ def plan(cfg, gpus: int, gpu: str) -> list[dict]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="megacrystal plan", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--gpus", type=int, required=True)
-    ap.add_argument("--gpu", choices=sorted(GPUS), default="h100")
-    ap.add_argument("--json", action="store_true")
-    ap.add_argument("overrides", nargs="*")
+    ap.add_argument("--config", required=True, help="a run config (YAML)")
+    ap.add_argument("--gpus", type=int, required=True, help="number of GPUs")
+    ap.add_argument("--gpu", choices=sorted(GPUS), default="h100", help="GPU type (default h100)")
+    ap.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    ap.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the config")
     a = ap.parse_args(argv)
     try:
         cfg = load_config(a.config, a.overrides, validate=False)

@@ -2,7 +2,6 @@
 selection of `optim.impl` / `model.grad_accum_fusion` with the library absent."""
 
 import ctypes
-import json
 
 import pytest
 import torch
@@ -78,18 +77,6 @@ def test_missing_library_keeps_torch_paths(lib_at, tmp_path):
         cuda_select.resolve_grad_accum_fusion("cuda", gpu, fp32)
     with pytest.raises(ValueError, match="optim.impl: expected one of"):
         cuda_select.resolve_optim_impl("apex", cpu)
-
-
-def test_verified_record_matches_build_and_capability(tmp_path):
-    rec = tmp_path / "cuda-kernels-verified.json"
-    assert cuda_select.verified("abc", "9.0", rec) is None  # no file
-    rec.write_text(json.dumps([dict(build_id="abc", capability="9.0", passed=True, gpu="NVIDIA H200")]))
-    assert cuda_select.verified("abc", "9.0", rec)["gpu"] == "NVIDIA H200"
-    assert cuda_select.verified("abc", "10.0", rec) is None  # another GPU generation: not verified
-    assert cuda_select.verified("abd", "9.0", rec) is None  # other sources: not verified
-    assert cuda_select.verified("abc", None, rec) is None  # no GPU
-    rec.write_text("not json")
-    assert cuda_select.verified("abc", "9.0", rec) is None
 
 
 def test_config_fields_are_validated():

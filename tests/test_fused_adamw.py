@@ -3,7 +3,7 @@ gloo ranks, replicated buckets), muP groups, the clip coefficient folded into th
 model copy, the non-finite flag and the state dicts, with `adamw_flat_reference` (the CUDA kernel's
 contract in torch) standing in for the kernel. Against the torch paths the parameters and the
 optimizer state must be identical (the same foreach arithmetic, element for element). The CUDA
-kernel itself is compared with torch in tests/test_cuda_kernels_gpu.py."""
+kernel itself is compared with torch by megacrystal/kernel_checks.py (tests/test_cuda_kernels_gpu.py, doctor --verify)."""
 
 import pytest
 import torch

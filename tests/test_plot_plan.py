@@ -26,7 +26,7 @@ def test_plot_draws_every_panel_and_marks_phase_changes(tmp_path):
 
 def test_plot_errors_name_the_file(tmp_path, capsys):
     assert main(["plot", "--run", str(tmp_path)]) == 2
-    assert "no metrics.jsonl" in capsys.readouterr().out
+    assert "no metrics.jsonl" in capsys.readouterr().err
     (tmp_path / "metrics.jsonl").write_text('{"step": 1}\nnot json\n')
     with pytest.raises(ValueError, match="metrics.jsonl:2: not a JSON object"):
         plot_run(str(tmp_path))

@@ -179,7 +179,7 @@ class SourceConfig:
 
     prefixes: list[str] = field(default_factory=list)
     weights: list[float] | None = None
-    kind: str = "nl"  # nl | code  (FIM applies to code sources only)
+    kind: str = "nl"  # nl | code: eval scores FIM/completion on code sources; training FIM is `fim`
     language: str | None = None
     optional: bool = False  # no tokens: dropped from the phases' blends instead of an error
     fim: bool = False  # opts in to FIM: a phase's fim_rate applies to this source (docs/data-sampling.md)
@@ -274,7 +274,7 @@ class TrainConfig:
     eval_iters: int = 1
     device: str = "auto"  # auto | cpu | cuda
     max_skipped_steps: int = 5  # consecutive non-finite steps (skipped updates) before the run stops
-    step_timeout_s: float = 0.0  # watchdog: a step taking longer fails every rank (0: off)
+    step_timeout_s: float | None = None  # watchdog: a longer step fails every rank (0: off; None: 600 s multi-rank)
     # checkpoints (docs/checkpoints.md)
     resume: str = "auto"  # auto: newest intact checkpoint | step_00001200 | a checkpoint path
     keep_checkpoints: int = 0  # keep the newest N complete checkpoints (0: all)

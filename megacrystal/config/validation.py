@@ -150,7 +150,11 @@ def _validate_run_safety(cfg: Config) -> None:
     _check(o.weight_decay >= 0, cfg, f"optim.weight_decay: expected >= 0, got {o.weight_decay}")
     _check(o.clip_grad >= 0, cfg, f"optim.clip_grad: expected >= 0 (0: no clipping), got {o.clip_grad}")
     _check(t.max_skipped_steps >= 1, cfg, f"train.max_skipped_steps: expected >= 1, got {t.max_skipped_steps}")
-    _check(t.step_timeout_s >= 0, cfg, f"train.step_timeout_s: expected >= 0 (0: no watchdog), got {t.step_timeout_s}")
+    _check(
+        t.step_timeout_s is None or t.step_timeout_s >= 0,
+        cfg,
+        f"train.step_timeout_s: expected >= 0 (0: no watchdog), got {t.step_timeout_s}",
+    )
     _check(par.timeout_s > 0, cfg, f"parallel.timeout_s: expected > 0 seconds, got {par.timeout_s}")
 
 

@@ -249,7 +249,7 @@ def compare(paths: list[str], output: str, formats=("svg", "png")) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="megacrystal compare", description=__doc__.split("\n\n")[0])
-    ap.add_argument("inputs", nargs="+", metavar="RUN_OR_EVAL")
+    ap.add_argument("inputs", nargs="+", metavar="RUN_OR_EVAL", help="run directories or eval JSON reports")
     ap.add_argument("--output", required=True, help="directory for compare.json, compare.md and the plot")
     ap.add_argument("--format", default="svg,png", help="plot formats (comma-separated)")
     a = ap.parse_args(argv)

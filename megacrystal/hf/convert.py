@@ -225,6 +225,11 @@ def _size(text: str) -> int:
     raise argparse.ArgumentTypeError(f"expected a size like 5GB or 500MB, got {text!r}")
 
 
+# the same words as in `megacrystal --help` (cli.py COMMANDS; tests/test_cli_help.py checks it)
+EXPORT_HELP = "run, checkpoint or model directory -> HF directory (crystalcoder or llama layout)"
+IMPORT_HELP = "HF directory (crystalcoder or llama layout) -> model directory"
+
+
 def _run(fn, prog: str) -> int:
     try:
         out = fn()
@@ -236,20 +241,20 @@ def _run(fn, prog: str) -> int:
 
 
 def export_main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="megacrystal export-hf", description="model directory -> HF directory")
+    ap = argparse.ArgumentParser(prog="megacrystal export-hf", description=EXPORT_HELP)
     ap.add_argument("--checkpoint", required=True, help="run dir, checkpoint dir, or model directory")
-    ap.add_argument("--format", required=True, choices=sorted(LAYOUTS))
-    ap.add_argument("--output", required=True)
-    ap.add_argument("--dtype", default="keep", choices=sorted(DTYPES))
+    ap.add_argument("--format", required=True, choices=sorted(LAYOUTS), help="the HF layout to write")
+    ap.add_argument("--output", required=True, help="the HF directory to write")
+    ap.add_argument("--dtype", default="keep", choices=sorted(DTYPES), help="tensor dtype written (keep: as stored)")
     ap.add_argument("--max-shard-size", type=_size, default=5 * 2**30, help="e.g. 5GB (default)")
     a = ap.parse_args(argv)
     return _run(lambda: export_hf(a.checkpoint, a.format, a.output, DTYPES[a.dtype], a.max_shard_size), "export-hf")
 
 
 def import_main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="megacrystal import-hf", description="HF directory -> model directory")
+    ap = argparse.ArgumentParser(prog="megacrystal import-hf", description=IMPORT_HELP)
     ap.add_argument("--hf", required=True, help="HF model directory (crystalcoder or llama)")
-    ap.add_argument("--output", required=True)
-    ap.add_argument("--dtype", default="keep", choices=sorted(DTYPES))
+    ap.add_argument("--output", required=True, help="the model directory to write")
+    ap.add_argument("--dtype", default="keep", choices=sorted(DTYPES), help="tensor dtype written (keep: as stored)")
     a = ap.parse_args(argv)
     return _run(lambda: import_hf(a.hf, a.output, DTYPES[a.dtype]), "import-hf")

@@ -1,4 +1,4 @@
-"""Shared pieces of the Hugging Face layouts (hf_layouts.py): errors, QKV/rotary permutations, padding refits,
+"""Shared pieces of the Hugging Face layouts (layouts.py): errors, QKV/rotary permutations, padding refits,
 tensor lookups with one-line errors."""
 
 from __future__ import annotations

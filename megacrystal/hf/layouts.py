@@ -1,4 +1,4 @@
-"""Our serial state dict <-> the two Hugging Face layouts (pure functions; files are hf.py's job).
+"""Our serial state dict <-> the two Hugging Face layouts (pure functions; files are convert.py's job).
 
 CrystalCoder (the released Crystal model, GPT-2-style modules, Conv1D weights stored [in, out]):
     transformer.wte.weight                 embedding (tied head: no lm_head.weight unless untied)

@@ -125,7 +125,7 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", help="parallel runs (overrides the file's jobs)")
     ap.add_argument("--dry-run", action="store_true", help="write and describe the variant configs only")
     ap.add_argument("--plan-gpus", type=int, help="with --dry-run: the study's cost on N GPUs (megacrystal plan)")
-    ap.add_argument("--gpu", default="h100", choices=["h100", "h200"])
+    ap.add_argument("--gpu", default="h100", choices=["h100", "h200"], help="with --plan-gpus: the GPU type")
     ap.add_argument("overrides", nargs="*", help="dotted overrides of the base run config")
     a = ap.parse_args(argv)
     t0 = time.time()

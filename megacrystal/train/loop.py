@@ -9,6 +9,7 @@ the next samples, also mid-phase, on any layout) and the counters.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -25,11 +26,12 @@ from ..log import get_logger
 from ..parallel.init import init_distributed
 from .finite import SkipCounter, ensure_finite
 from .init_from import init_from
+from .long_run import end_only_save_warning
 from .lr_schedule import Schedule
 from .metrics import MetricsWriter, flops_per_token, peak_flops
 from .phase_policy import phase_validation, save_due
 from .preemption import StopRequested, StopSignals
-from .watchdog import StepWatchdog
+from .watchdog import StepWatchdog, step_timeout
 
 log = get_logger("megacrystal.train")
 
@@ -65,7 +67,7 @@ def evaluate(engine, valid: dict, cfg: Config, grid) -> dict:
 def train(cfg: Config) -> dict:
     """Run (or resume) the configured training; returns the last step's metrics. Raises
     StopRequested after saving on SIGTERM/SIGINT, NonFiniteError after too many non-finite steps."""
-    stop, dog = StopSignals(), StepWatchdog(cfg.train.step_timeout_s)
+    stop, dog = StopSignals(), StepWatchdog(step_timeout(cfg, int(os.environ.get("WORLD_SIZE", "1"))))
     try:
         return _train(cfg, stop, dog)
     finally:
@@ -132,8 +134,12 @@ def _train(cfg: Config, stop: StopSignals, dog: StepWatchdog) -> dict:
         log.info(
             f"training {engine.num_parameters() / 1e6:.2f} M parameters, steps {step}..{total_steps}, "
             f"phases {[(p.name, p.steps) for p in plan.phases]}, grid tp={grid.tp_size} cp={grid.cp_size} pp={grid.pp_size} "
-            f"dp={grid.dp_size}, device {device}, MFU peak: {peak_src}"
+            f"dp={grid.dp_size}, device {device}, step watchdog "
+            f"{f'{dog.timeout_s:g} s' if dog.timeout_s > 0 else 'off'}, MFU peak: {peak_src}"
         )
+        warning = end_only_save_warning(cfg, schedule, step, total_steps)
+        if warning:
+            log.warning(warning)
 
     last_saved = step
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 PANELS = [("loss", "loss"), ("lr", "learning rate"), ("grad_norm", "grad norm"), ("tokens_per_s", "tokens/s")]
@@ -80,6 +81,6 @@ def main(argv=None) -> int:
     try:
         print(plot_run(a.run, a.output))
     except (FileNotFoundError, ValueError) as e:
-        print(f"megacrystal plot: {e}")
+        print(f"megacrystal plot: {e}", file=sys.stderr)
         return 2
     return 0
