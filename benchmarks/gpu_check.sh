@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one GPU check (one H100/H200, ~6 minutes, installs nothing, needs no network):
 #   1. the GPU tests on the compiled Triton path: every op, attention backends, the model with the
-#      Triton kernels, the engine on CUDA (same losses as on CPU; bf16 + distributed optimizer)
+#      Triton kernels, the engine on CUDA (same losses as on CPU; bf16 + distributed optimizer), the
+#      ring attention's CUDA block kernels (SDPA flash / memory-efficient with an outside log-sum-exp)
 #   2. the kernel launch-config sweep + microbenchmarks vs torch eager / torch.compile (+ Liger/apex if present)
 #   3. end-to-end training throughput (crystal-1b; 4 layers of crystal-7b) with a bf16 matmul anchor
 #   4. distributed-optimizer memory per rank on the GPU (4 gloo ranks sharing GPU 0)
@@ -34,7 +35,7 @@ $PY -m megacrystal.cli doctor 2>&1 | tee -a "$LOG"
 step "GPU tests (compiled Triton)"
 timeout 100 $PY -m pytest -q -x -p no:cacheprovider tests/test_ops_norm.py tests/test_ops_rotary.py \
   tests/test_ops_swiglu.py tests/test_ops_cross_entropy.py tests/test_ops_random_shapes.py tests/test_attention.py \
-  tests/test_model_kernels.py tests/test_parallel_gpu.py > "$OUT/gpu-tests-$GPU-$STAMP.txt" 2>&1
+  tests/test_model_kernels.py tests/test_parallel_gpu.py tests/test_attention_lse.py > "$OUT/gpu-tests-$GPU-$STAMP.txt" 2>&1
 TESTS=$(tail -1 "$OUT/gpu-tests-$GPU-$STAMP.txt"); echo "$TESTS" | tee -a "$LOG"
 
 step "kernel sweep + microbenchmarks"

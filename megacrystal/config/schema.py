@@ -157,9 +157,10 @@ class ResolvedModelConfig(ModelConfig):
 @dataclass
 class ParallelConfig:
     tp: int = 1
+    cp: int = 1  # context parallel: each sequence split over cp ranks (ring attention)
     pp: int = 1
     vpp: int = 1  # virtual stages per pipeline rank (interleaved 1F1B when > 1)
-    dp: int | None = None  # None: world_size // (tp*pp)
+    dp: int | None = None  # None: world_size // (tp*cp*pp)
     sequence_parallel: bool = False
     distributed_optimizer: bool = False
     order: str = "tp-dp-pp"  # rank order, fastest-varying first (Megatron's default)

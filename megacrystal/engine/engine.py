@@ -1,4 +1,4 @@
-"""The training engine: one model, wrapped in whatever tp x pp x dp grid the config asks for.
+"""The training engine: one model, wrapped in whatever tp x cp x pp x dp grid the config asks for.
 
     engine = Engine(cfg, device)                      # after init_distributed (or a plain process)
     out = engine.train_step(micro_batches, lr)        # {loss, grad_norm, tokens, skipped}
@@ -8,7 +8,8 @@
 
 `micro_batches` are this dp rank's micro-batches of one optimizer step (every tp/pp rank of the
 replica gets the same list): dicts of CPU tensors tokens, labels, loss_mask [b, s] and optionally
-position_ids, segment_ids. The loss is sum(loss * mask) / sum(mask) over the global batch, and its
+position_ids, segment_ids. Under context parallelism each cp rank gets its part of every sequence
+(`data.context_parallel.split_micro_batch`), and gradients are summed over dp x cp. The loss is sum(loss * mask) / sum(mask) over the global batch, and its
 gradient is exactly that of the serial model on the whole batch: every micro-batch's loss is
 divided by the global token count before backward, and dp gradients are summed.
 """
@@ -37,9 +38,11 @@ from ..parallel import pipeline_schedules as schedules
 from ..parallel.grad_buffers import GradBuffers
 from ..parallel.p2p import P2P
 from ..parallel.pipeline import build_chunks, tied_embedding_params
+from ..parallel.ring_attention import RingContext
 from ..parallel.state import Grid, build_grid
 from ..parallel.step import StepCompute
 from ..parallel.tensor import TensorParallelLayers
+from .batch_checks import batch_problem
 
 FORMAT = "megacrystal-engine/1"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
@@ -119,56 +122,11 @@ class Engine:
         """The model's parameters at their true sizes (padding not counted)."""
         return count_parameters(self.cfg.model)
 
-    def _check_batches(self, micro_batches) -> str | None:
-        """The first problem with this rank's micro-batches, or None."""
-        if not isinstance(micro_batches, (list, tuple)) or not micro_batches:
-            return "micro_batches: expected a non-empty list of dicts"
-        m, g = self.cfg.model, self.grid
-        shape = None
-        for i, b in enumerate(micro_batches):
-            where = f"micro_batches[{i}]"
-            if not isinstance(b, dict):
-                return f"{where}: expected a dict, got {type(b).__name__}"
-            for k in ("tokens", "labels", "loss_mask"):
-                if k not in b:
-                    return f"{where}: missing {k!r} (needs tokens, labels, loss_mask)"
-            for k, v in b.items():
-                if k not in ("tokens", "labels", "loss_mask", "position_ids", "segment_ids"):
-                    continue
-                if v is None and k in ("position_ids", "segment_ids"):
-                    continue
-                if not isinstance(v, torch.Tensor) or v.ndim != 2:
-                    return f"{where}.{k}: expected a 2-D tensor [batch, seq]"
-                if shape is None:
-                    shape = tuple(v.shape)
-                if tuple(v.shape) != shape:
-                    return f"{where}.{k}: shape {tuple(v.shape)}, expected {shape} like the others"
-            if b["tokens"].dtype.is_floating_point or b["labels"].dtype.is_floating_point:
-                return f"{where}: tokens and labels must be integer tensors"
-            tmin, tmax = int(b["tokens"].min()), int(b["tokens"].max())
-            if tmin < 0 or tmax >= m.vocab_size:
-                return f"{where}.tokens: ids in [{tmin}, {tmax}], expected [0, {m.vocab_size})"
-            lab = b["labels"]
-            if int(lab.max()) >= m.vocab_size or bool(((lab < 0) & (lab != -100)).any()):
-                bad = int(lab[(lab >= m.vocab_size) | ((lab < 0) & (lab != -100))][0])
-                return f"{where}.labels: id {bad}, expected [0, {m.vocab_size}) or -100 (ignored)"
-        s = shape[1]
-        if s > m.max_seq_len:
-            return f"micro_batches: sequence length {s} exceeds model.max_seq_len={m.max_seq_len}"
-        if self.sp and s % g.tp_size:
-            return f"micro_batches: sequence length {s} is not divisible by tp={g.tp_size} (sequence parallel)"
-        if g.vpp_size > 1 and len(micro_batches) % g.pp_size:
-            return (
-                f"micro_batches: interleaved 1F1B needs the number of micro-batches "
-                f"({len(micro_batches)}) divisible by pp={g.pp_size}"
-            )
-        return None
-
     def _prepare(self, micro_batches) -> tuple[list[dict], float]:
         """Validate on every rank, agree on it (one all-reduce, so a bad batch on one rank fails
         every rank instead of hanging them), move to the device; returns the batches on the device
         and the global loss-token count."""
-        err = self._check_batches(micro_batches)
+        err = batch_problem(micro_batches, self.cfg, self.grid, self.sp)
         g = self.grid
         count = 0.0
         if err is None and g.tp_rank == 0 and g.pp_rank == 0:
@@ -185,6 +143,9 @@ class Engine:
         ]
         for b in batches:
             b["loss_mask"] = b["loss_mask"].float()
+            if g.cp_size > 1:
+                starts = b.get("cp_doc_start") if self.cfg.model.document_mask else None
+                b["cp_context"] = RingContext(g.cp, starts)
         return batches, float(t[1].item())
 
     def _step(self, batches: list[dict], scale: float) -> StepCompute:
@@ -208,7 +169,8 @@ class Engine:
 
     def train_step(self, micro_batches: list[dict], lr: float) -> dict:
         batches, tokens = self._prepare(micro_batches)
-        denom = loss_denominator(self.cfg.optim.loss_normalization, tokens, batches, self.grid.dp_size)
+        g = self.grid  # each of the dp x cp ranks holds as many positions of the global batch
+        denom = loss_denominator(self.cfg.optim.loss_normalization, tokens, batches, g.dp_size * g.cp_size)
         step = self._step(batches, 1.0 / denom)
         self.buffers.start_step(len(batches))
         for m in self.chunks:
@@ -247,9 +209,10 @@ class Engine:
                 f"engine state: expected format {FORMAT!r}, got {sd.get('format') if isinstance(sd, dict) else sd!r}"
             )
         mine, saved = self._layout(), dict(sd.get("layout") or {})
-        if not self.cfg.parallel.distributed_optimizer:  # replicas are identical: any dp rank's state will do
-            mine.pop("dp_rank")
-            saved.pop("dp_rank", None)
+        if not self.cfg.parallel.distributed_optimizer:  # replicas are identical: any dp/cp rank's state will do
+            for k in ("dp_rank", "cp_rank"):
+                mine.pop(k, None)
+                saved.pop(k, None)
         if saved != mine:
             raise ValueError(f"engine state: saved by rank layout {sd.get('layout')}, this rank is {self._layout()}")
         params = {n: p for m in self.chunks for n, p in m.named_parameters()}
@@ -274,6 +237,7 @@ class Engine:
             dp_rank=g.dp_rank,
             distributed_optimizer=bool(self.cfg.parallel.distributed_optimizer),
             precision=self.cfg.train.precision,
+            **(dict(cp_rank=g.cp_rank) if g.cp_size > 1 else {}),
         )
 
     # ------------------------------------------------------------------ consolidated weights
@@ -287,8 +251,9 @@ class Engine:
         """The whole model under serial names and shapes (vocabulary and FFN padded as in the serial
         model), gathered over tp and pp onto global rank 0 as CPU tensors; None on the other ranks."""
         g = self.grid
-        local = self._gather_tp() if g.dp_rank == 0 else {}
-        if g.dp_rank == 0 and g.tp_rank == 0 and g.pp_size > 1:
+        first = g.dp_rank == 0 and g.cp_rank == 0  # the replica that holds global rank 0
+        local = self._gather_tp() if first else {}
+        if first and g.tp_rank == 0 and g.pp_size > 1:
             local = self._gather_pp(local)
         if g.rank != 0:
             return None

@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0, help="document sample and scored lines")
     ap.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks for the losses")
     ap.add_argument("--pp", type=int, default=1, help="pipeline-parallel ranks for the losses")
+    ap.add_argument("--cp", type=int, default=1, help="context-parallel ranks for the losses (each sequence split)")
     ap.add_argument("--micro-batch-size", type=int, default=8, help="samples per forward for the losses")
     ap.add_argument("--generation-batch-size", type=int, default=16, help="prompts decoded together")
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="auto: bf16 on GPU")
@@ -154,14 +155,17 @@ def evaluate(a, loaded=None) -> dict | None:
     tok = load_tokenizer(None, loaded.tokenizer_path) if loaded.tokenizer_path else None
     if tok is None and (a.fim_examples or a.completion_examples):
         raise ValueError(f"{a.checkpoint}: no tokenizer saved with the model (needed for FIM/completion)")
-    if a.pp > 1 and (a.fim_examples or a.completion_examples):
-        raise ValueError("--pp > 1 serves the losses only; pass --fim-examples 0 --completion-examples 0")
+    for flag, n in (("--pp", a.pp), ("--cp", a.cp)):
+        if n > 1 and (a.fim_examples or a.completion_examples):
+            raise ValueError(f"{flag} > 1 serves the losses only; pass --fim-examples 0 --completion-examples 0")
     data = _eval_data(a, loaded, tok)
     if data.seq_length > loaded.cfg.max_seq_len:
         raise ValueError(f"sequence length {data.seq_length} exceeds the model's max_seq_len {loaded.cfg.max_seq_len}")
     cuda = a.device == "cuda" or (a.device == "auto" and torch.cuda.is_available())
     precision = a.precision if a.precision != "auto" else ("bf16" if cuda else "fp32")
-    runner = EvalRunner(loaded.cfg, loaded.state_dict, a.tp, a.pp, a.micro_batch_size, precision, a.device)
+    runner = EvalRunner(
+        loaded.cfg, loaded.state_dict, a.tp, a.pp, a.micro_batch_size, precision, a.device, data.seq_length, cp=a.cp
+    )
     docs = []
     if a.fim_examples or a.completion_examples:
         docs = sample_code_documents(data.code_files, tok, a.documents, a.seed)
@@ -185,6 +189,7 @@ def evaluate(a, loaded=None) -> dict | None:
             precision=precision,
             tp=a.tp,
             pp=a.pp,
+            cp=a.cp,
             world=runner.grid.world_size,
         ),
     }

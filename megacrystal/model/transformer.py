@@ -58,12 +58,15 @@ class Attention(nn.Module):
         # writes the packed d(qkv) directly instead of autograd's per-slice zero-filled buffers)
         self._qkv_rotary = op("qkv_rotary", cfg.kernels)
 
-    def forward(self, x, cos, sin, segment_ids=None):
+    def forward(self, x, cos, sin, segment_ids=None, cp=None):
         qkv = self.qkv(x)
         b, s = qkv.shape[0], qkv.shape[1]
         qkv = qkv.view(b, s, self.hk, self.group + 2, self.head_dim)
         q, k, v = self._qkv_rotary(qkv, cos, sin, self.interleaved)
-        o = attention(q, k, v, self.scale, segment_ids, self.backend)
+        if cp is not None:  # context parallel: this rank holds part of the sequence (ring attention)
+            o = cp.attention(q, k, v, self.scale, self.backend)
+        else:
+            o = attention(q, k, v, self.scale, segment_ids, self.backend)
         return self.proj(o.reshape(b, s, self.hq * self.head_dim))
 
 
@@ -97,8 +100,8 @@ class Block(nn.Module):
         self.norm2 = Norm(cfg)
         self.mlp = MLP(cfg, layers)
 
-    def forward(self, x, cos, sin, segment_ids=None):
-        h = x + self.attn(self.norm1(x), cos, sin, segment_ids)
+    def forward(self, x, cos, sin, segment_ids=None, cp=None):
+        h = x + self.attn(self.norm1(x), cos, sin, segment_ids, cp)
         return h + self.mlp(self.norm2(h))
 
 
@@ -142,9 +145,12 @@ class Transformer(nn.Module):
         position_ids: torch.Tensor | None = None,
         segment_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        cp=None,
     ) -> torch.Tensor:
         """First stage takes `tokens` [b, s]; later stages `hidden`. The last stage returns logits, or
-        per-token fp32 losses [b, s] when `labels` is given; other stages return hidden states."""
+        per-token fp32 losses [b, s] when `labels` is given; other stages return hidden states. `cp`: under
+        context parallelism, the micro-batch's ring attention context (`parallel.ring_attention.RingContext`:
+        the tensors hold this rank's part of each sequence, `position_ids` their true positions)."""
         if self.pre_process:
             h = self.embed(tokens)
             if self.embed_scale != 1.0:
@@ -168,9 +174,9 @@ class Transformer(nn.Module):
             segment_ids = None
         for block in self.layers.values():
             if self.cfg.recompute and self.training:
-                h = torch.utils.checkpoint.checkpoint(block, h, cos, sin, segment_ids, use_reentrant=False)
+                h = torch.utils.checkpoint.checkpoint(block, h, cos, sin, segment_ids, cp, use_reentrant=False)
             else:
-                h = block(h, cos, sin, segment_ids)
+                h = block(h, cos, sin, segment_ids, cp)
         if not self.post_process:
             return h
         h = self.final_norm(h)

@@ -86,7 +86,7 @@ class DistributedOptimizer(AdamWSteps):
                 pbuf[s["lo"] : s["hi"]].copy_(s["master"])
             works.append(
                 C.all_gather_flat(
-                    pbuf[b.start : b.start + b.size], pbuf[s["lo"] : s["hi"]], self.buf.grid.dp, async_op=True
+                    pbuf[b.start : b.start + b.size], pbuf[s["lo"] : s["hi"]], self.buf.group, async_op=True
                 )
             )
         C.wait_all(works)
@@ -100,8 +100,8 @@ class DistributedOptimizer(AdamWSteps):
 
     def layout(self) -> dict:
         return dict(
-            dp=self.buf.grid.dp_size,
-            dp_rank=self.buf.grid.dp_rank,
+            dp=self.buf.group.size,
+            dp_rank=self.buf.group.rank,
             buckets=[(b.start, b.size) for b in self.buf.buckets],
         )
 

@@ -144,7 +144,7 @@ class FusedAdamW:
         if self.buf.distributed:
             works = [
                 C.all_gather_flat(
-                    pbuf[b.start : b.start + b.size], pbuf[s["lo"] : s["hi"]], self.buf.grid.dp, async_op=True
+                    pbuf[b.start : b.start + b.size], pbuf[s["lo"] : s["hi"]], self.buf.group, async_op=True
                 )
                 for b, s in zip(self.buf.buckets, self.shards, strict=True)
             ]

@@ -47,7 +47,15 @@ def evaluate(engine, valid: dict, cfg: Config, grid) -> dict:
     out = {}
     t = cfg.train
     for name, vset in valid.items():
-        loader = vset.batches(t.eval_iters, grid.dp_rank, grid.dp_size, t.micro_batch_size, t.global_batch_size)
+        loader = vset.batches(
+            t.eval_iters,
+            grid.dp_rank,
+            grid.dp_size,
+            t.micro_batch_size,
+            t.global_batch_size,
+            grid.cp_rank,
+            grid.cp_size,
+        )
         total, count = 0.0, 0.0
         for mbs in loader:
             s, c = engine.eval_loss(mbs)
@@ -84,7 +92,13 @@ def _train(cfg: Config, stop: StopSignals, dog: StepWatchdog) -> dict:
 
     world = dist.group.WORLD if dist.is_initialized() else None
     plan, loader, valid = build_data(
-        cfg, grid.dp_rank, grid.dp_size, group=world, with_validation=t.eval_interval > 0, plan=data_plan
+        cfg,
+        grid.dp_rank,
+        grid.dp_size,
+        group=world,
+        with_validation=t.eval_interval > 0,
+        plan=data_plan,
+        cp_rank=grid.cp_rank,
     )
     schedule = Schedule([p.config for p in plan.phases], [p.steps for p in plan.phases])
     total_steps = min(schedule.total_steps, t.max_steps) if t.max_steps else schedule.total_steps
@@ -119,7 +133,7 @@ def _train(cfg: Config, stop: StopSignals, dog: StepWatchdog) -> dict:
     if rank0:
         log.info(
             f"training {engine.num_parameters() / 1e6:.2f} M parameters, steps {step}..{total_steps}, "
-            f"phases {[(p.name, p.steps) for p in plan.phases]}, grid tp={grid.tp_size} pp={grid.pp_size} "
+            f"phases {[(p.name, p.steps) for p in plan.phases]}, grid tp={grid.tp_size} cp={grid.cp_size} pp={grid.pp_size} "
             f"dp={grid.dp_size}, device {device}, step watchdog "
             f"{f'{dog.timeout_s:g} s' if dog.timeout_s > 0 else 'off'}, MFU peak: {peak_src}"
         )
