@@ -176,7 +176,5 @@ def main(argv=None) -> int:
     print(summary["table"])
     for p in summary.get("plots", []):
         print(f"wrote {p}")
-    if summary.get("plot_error"):
-        print(f"megacrystal study: {summary['plot_error']}", file=sys.stderr)
     print(f"study done in {record['wall_s'] / 60:.1f} min ({n} parallel runs); {Path(spec.out_dir) / 'study.json'}")
     return 0
