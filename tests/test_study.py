@@ -167,24 +167,27 @@ def test_a_finished_run_is_reused_and_a_started_one_keeps_its_config(study_dir, 
     job = Job("v/seed1", run, study_dir / "c.yaml", 12, ["--max-samples", "4"])
     job.plan()
     assert [w for w, _ in job.steps] == ["train", "eval"] and job.status == "todo"
-    ckpt = run / "checkpoints" / "step_00000006"
-    ckpt.mkdir(parents=True)
-    (ckpt / "trainer.json").write_text(json.dumps({"step": 6}))
-    (run / "checkpoints" / "latest").write_text("step_00000006")
-    job.plan()
-    assert [w for w, _ in job.steps] == ["train", "eval"]  # resumes: the trainer continues from step 6
-    ckpt = run / "checkpoints" / "step_00000012"
-    ckpt.mkdir(parents=True)
-    (ckpt / "trainer.json").write_text(json.dumps({"step": 12}))
-    (run / "checkpoints" / "latest").write_text("step_00000012")
-    job.plan()
+    for step in (6, 12):
+        ckpt = run / "checkpoints" / f"step_{step:08d}"
+        ckpt.mkdir(parents=True)
+        (ckpt / "trainer.json").write_text(json.dumps({"step": step}))
+        (ckpt / "manifest.json").write_text("{}")
+        (run / "checkpoints" / "latest").write_text(ckpt.name)
+        job.plan()
+        if step == 6:
+            assert [w for w, _ in job.steps] == ["train", "eval"]  # resumes: the trainer continues from step 6
     assert (
         [w for w, _ in job.steps] == ["eval"]
         and job.status == "trained"
-        and job.steps[0][1][-2:] == ["--max-samples", "4"]
+        and job.steps[0][1][-4:] == ["--all", "--no-progress", "--max-samples", "4"]
     )
-    job.eval_file.parent.mkdir()
-    job.eval_file.write_text("{}")
+    files = job.eval_files()  # every kept checkpoint's result under the study's eval settings
+    assert [f.name[:13] for f in files] == ["step_00000006", "step_00000012"]
+    files[0].parent.mkdir()
+    files[0].write_text("{}")
+    job.plan()
+    assert [w for w, _ in job.steps] == ["eval"]  # step 12 still to score
+    files[1].write_text("{}")
     job.plan()
     assert job.steps == [] and job.status == "done"
     # a run that has started is never silently given another config
@@ -236,7 +239,8 @@ def test_study_trains_evaluates_compares_and_reuses(study_dir, capsys):
     assert rows["crystal"]["step"] == rows["mixed"]["step"] == 4
     assert rows["crystal"]["samples_per_source"] == rows["mixed"]["samples_per_source"]  # what training really read
     for v in ("crystal", "mixed"):
-        rep = json.loads((out / v / "seed3" / "eval" / "step_00000004.json").read_text())
+        (rep_file,) = (out / v / "seed3" / "eval").glob("step_00000004-*.json")
+        rep = json.loads(rep_file.read_text())
         assert set(rep["losses"]) == {"prose_a", "prose_b", "code_a", "code_b"}
     table = (out / "compare" / "compare.md").read_text()
     assert "| crystal | 1 | eval |" in table and "| mixed | 1 | eval |" in table

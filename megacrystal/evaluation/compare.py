@@ -3,7 +3,7 @@
     megacrystal compare runs/study/crystal/seed1 runs/study/crystal/seed2 runs/study/mixed/seed1 ... --output cmp/
 
 Each input is a run directory (metrics.jsonl, config.yaml, and the newest eval/step_*.json when there
-is one) or an eval JSON. Runs named `seedN` are grouped under their parent directory's name (mean and
+is one: results.py) or an eval JSON. Runs named `seedN` are grouped under their parent directory's name (mean and
 spread over the seeds); other runs are their own group. Inputs measured with different tokenizers or on
 different validation sets are refused: their losses are not comparable.
 
@@ -101,8 +101,11 @@ def _label(run_dir: Path) -> str:
 
 
 def _newest_report(run_dir: Path) -> dict | None:
-    reps = sorted((run_dir / "eval").glob("step_*.json"))
-    return read_report(reps[-1]) if reps else None
+    """The report of the newest evaluated checkpoint (of several settings: the one written last)."""
+    from .results import run_reports
+
+    reps = [(step, p.stat().st_mtime_ns, p) for by_step in run_reports(run_dir).values() for step, p in by_step.items()]
+    return read_report(max(reps)[2]) if reps else None
 
 
 def _read_rows(run_dir: Path) -> list:
