@@ -105,3 +105,30 @@ def test_eval_all_harness_scores_each_kept_checkpoint_once(runs, tmp_path, capsy
     stamps = [f.stat().st_mtime_ns for f in files]
     assert main(argv) == 0 and "3 already scored" in capsys.readouterr().out
     assert [f.stat().st_mtime_ns for f in files] == stamps
+
+
+def test_export_hf_all_writes_one_folder_per_kept_checkpoint_and_never_overwrites(runs, tmp_path, capsys):
+    import torch
+
+    from megacrystal.checkpoint import load_model_state
+    from megacrystal.hf.convert import hf_to_model
+
+    out = tmp_path / "hf"
+    argv = ["export-hf", "--checkpoint", str(runs["a"]), "--all", "--format", "crystalcoder", "--output", str(out)]
+    assert main(argv) == 0
+    assert sorted(p.name for p in out.iterdir()) == [f"step_{s:08d}" for s in KEPT]
+    for step in KEPT:
+        conf = json.loads((out / f"step_{step:08d}" / "config.json").read_text())
+        phase = "language" if step <= 7 else "code"
+        assert conf["megacrystal"] == {"step": step, "tokens": step * 4 * 32, "phase": phase,
+                                       "checkpoint": f"step_{step:08d}"}  # fmt: skip
+        _, ours = load_model_state(runs["a"] / "checkpoints" / f"step_{step:08d}")
+        _, back, _ = hf_to_model(out / f"step_{step:08d}")
+        assert all(torch.equal(back[k], ours[k]) for k in ours)  # each folder holds its own step's weights
+    (out / "step_00000012" / "model.safetensors").unlink()  # a folder that exists is never rewritten, even damaged
+    stamps = {p.relative_to(out): p.stat().st_mtime_ns for p in out.rglob("*")}
+    capsys.readouterr()
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "0 new folder(s)" in text and text.count("exists; skipped") == 3
+    assert {p.relative_to(out): p.stat().st_mtime_ns for p in out.rglob("*")} == stamps
