@@ -66,7 +66,7 @@ def draw(panels: list[Panel], stem, title: str, formats=FORMATS, cols: int = 3) 
         for i, p in enumerate(panels):
             _panel(axes[i // cols][i % cols], p, color)
         for j in range(len(panels), rows * cols):
-            axes[j // cols][j % cols].axis("off")
+            fig.delaxes(axes[j // cols][j % cols])
         legend = len(labels) > 1
         if legend:
             handles = [plt.Line2D([], [], color=color[lab], lw=1.6) for lab in labels]

@@ -9,21 +9,31 @@ from pathlib import Path
 import pytest
 
 from megacrystal.cli import main
+from tests.figure_util import axes_count, png_size, svg_texts
 from tests.test_study import study_dir  # noqa: F401 (fixture: tiny corpus, tokenizer and base config)
 
 EVAL = ["--max-samples", "4", "--documents", "4", "--fim-examples", "2", "--completion-examples", "2",
-        "--max-new-tokens", "4", "--no-progress"]  # fmt: skip
+        "--max-new-tokens", "12", "--no-progress"]  # fmt: skip
 KEPT = [3, 6, 12]  # saves at 3, 6, 7 (phase end), 10, 12; keep_checkpoints 1 + keep_every 3 keeps these
 
 
 @pytest.fixture(scope="module")
 def runs(study_dir):  # noqa: F811
+    """Two runs of the study test's base config, its code source made of real code lines (FIM, completion)."""
+    from megacrystal.data.indexed import write_documents
+    from megacrystal.tokenizer import load_tokenizer
+    from tests.eval_util import CODE_DOCS
+
+    tok = load_tokenizer(None, str(study_dir / "tokenizer.json"))
+    docs = [CODE_DOCS[i % 4].replace("a", f"a{i}").replace("i", f"i{i % 7}") for i in range(60)]
+    write_documents(study_dir / "real_code_text_document", [tok.encode(d) + [tok.eod] for d in docs])
     out = {}
     for name, seed in (("a", 1), ("b", 2)):
         run = study_dir / "traj" / name
         argv = ["train", "--config", str(study_dir / "base.yaml"), f"train.out_dir={run}", f"train.seed={seed}",
                 f"data.seed={seed}", "train.save_interval=3", "train.keep_checkpoints=1", "train.keep_every=3",
-                "train.eval_interval=3", "log.tensorboard=false"]  # fmt: skip
+                "train.eval_interval=3", "log.tensorboard=false",
+                f"data.sources.code_a.prefixes=[{study_dir / 'real_code_text_document'}]"]  # fmt: skip
         assert main(argv) == 0
         out[name] = run
     return out
@@ -63,7 +73,7 @@ def test_eval_all_scores_each_kept_checkpoint_once_resumes_and_matches_single_ev
     assert main(["eval", "--checkpoint", str(run), *EVAL]) == 2
     assert f"step_00000012-{fp}.json: exists" in capsys.readouterr().err
     # other settings: other files, the earlier ones untouched
-    assert main(["eval", "--checkpoint", str(run), "--all", "--steps", "6,12", *EVAL[:-2], "5", "--no-progress"]) == 0
+    assert main(["eval", "--checkpoint", str(run), "--all", "--steps", "6,12", *EVAL[:-2], "13", "--no-progress"]) == 0
     now = _results(run)
     assert len(now) == 5 and all(now[k] == v for k, v in done.items())
 
@@ -132,3 +142,40 @@ def test_export_hf_all_writes_one_folder_per_kept_checkpoint_and_never_overwrite
     text = capsys.readouterr().out
     assert "0 new folder(s)" in text and text.count("exists; skipped") == 3
     assert {p.relative_to(out): p.stat().st_mtime_ns for p in out.rglob("*")} == stamps
+
+
+def test_compare_trajectory_plots_and_tabulates_every_checkpoint_at_each_phase_end(runs, tmp_path, capsys):
+    import csv
+
+    for run in runs.values():
+        assert main(["eval", "--checkpoint", str(run), "--all", *EVAL]) == 0
+    out = tmp_path / "cmp"
+    assert main(["compare", str(runs["a"]), str(runs["b"]), "--output", str(out), "--trajectory"]) == 0
+    for stem in ("valid_loss", "trajectory"):  # real figures, PNG and SVG
+        png_size(out / f"{stem}.png")
+        svg_texts(out / f"{stem}.svg")
+    texts = svg_texts(out / "trajectory.svg")
+    metrics = [f"loss {s}" for s in ("code_a", "code_b", "prose_a", "prose_b")]
+    metrics += [f"{t} {m}" for t in ("FIM PSM", "FIM SPM", "next-line") for m in ("edit similarity", "exact match")]
+    assert set(metrics) <= set(texts) and axes_count(out / "trajectory.svg") == len(metrics)
+    assert {"a (n=1)", "b (n=1)"} <= set(texts)  # both runs overlaid
+    # the phase-end table: language ends at step 7 (last kept checkpoint 6), code at 12; values from the reports
+    rows = list(csv.DictReader((out / "trajectory.csv").open()))
+    assert {(r["run"], r["phase"], r["phase_end_step"], r["step"]) for r in rows} == {
+        (run, phase, end, step) for run in "ab" for phase, end, step in (("language", "7", "6"), ("code", "12", "12"))
+    }
+    fp = json.loads((out / "trajectory.json").read_text())["settings"]["eval"]
+    for r in rows:
+        rep = json.loads((runs[r["run"]] / "eval" / f"step_{int(r['step']):08d}-{fp}.json").read_text())
+        if r["metric"] == "loss prose_a":
+            assert float(r["mean"]) == rep["losses"]["prose_a"]["loss"] and int(r["tokens"]) == int(r["step"]) * 128
+        if r["metric"] == "FIM SPM edit similarity":
+            assert float(r["mean"]) == rep["fim"]["spm"]["edit_similarity"]
+    table = (out / "trajectory.md").read_text()
+    assert "| a | language | 7 | 6 |" in table and "| b | code | 12 | 12 |" in table
+    # runs scored with other settings are not put on one plot: b now has more results under other settings
+    assert main(["eval", "--checkpoint", str(runs["b"]), "--all", *EVAL[:-2], "13", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(runs["a"]), str(runs["b"]), "--output", str(tmp_path / "no"), "--trajectory"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "different eval settings" in err[0] and str(runs["b"]) in err[0]

@@ -11,7 +11,8 @@ Final per-source losses come from the eval report (all held-out samples) or, wit
 validation in metrics.jsonl (train.eval_iters batches); the "loss from" column says which.
 
 Writes DIR/compare.json, DIR/compare.md (the table printed on the console) and DIR/valid_loss.png/svg
-(per-source validation loss vs tokens, one panel per source, phase boundaries marked).
+(per-source validation loss vs tokens, one panel per source, phase boundaries marked). With
+--trajectory also DIR/trajectory.* (every evaluated checkpoint of each run: trajectory.py).
 """
 
 from __future__ import annotations
@@ -242,7 +243,7 @@ def render_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def compare(paths: list[str], output: str, formats=FORMATS) -> dict:
+def compare(paths: list[str], output: str, formats=FORMATS, with_trajectory: bool = False) -> dict:
     if not paths:
         raise CompareError("give at least one run directory or eval JSON")
     records = [load_record(p) for p in paths]
@@ -260,6 +261,10 @@ def compare(paths: list[str], output: str, formats=FORMATS) -> dict:
     summary["plots"] = []
     if any(r.rows for r in records) and formats:
         summary["plots"] = plot_curves(records, summary["sources"], out / "valid_loss", formats)
+    if with_trajectory:
+        from .trajectory import trajectory
+
+        summary["trajectory"] = trajectory(records, out, formats)
     return summary
 
 
@@ -310,13 +315,22 @@ def main(argv=None) -> int:
     ap.add_argument("inputs", nargs="+", metavar="RUN_OR_EVAL")
     ap.add_argument("--output", required=True, help="directory for compare.json, compare.md and the plot")
     ap.add_argument("--format", default="png,svg", help="plot formats, comma-separated ('': no plot)")
+    ap.add_argument(
+        "--trajectory",
+        action="store_true",
+        help="also every evaluated checkpoint of each run vs tokens seen: DIR/trajectory.{png,svg,md,csv,json}",
+    )
     a = ap.parse_args(argv)
     try:
-        s = compare(a.inputs, a.output, tuple(f for f in a.format.split(",") if f))
+        s = compare(a.inputs, a.output, tuple(f for f in a.format.split(",") if f), a.trajectory)
     except (CompareError, ValueError, FileNotFoundError) as e:
         print(f"megacrystal compare: {e}", file=sys.stderr)
         return 2
     print(s["table"])
+    if "trajectory" in s:
+        print(f"\nAt each phase end (eval settings {s['trajectory']['settings']['eval']}):\n")
+        print(s["trajectory"]["table"])
+        s["plots"] += s["trajectory"]["files"]
     for p in s["plots"]:
         print(f"wrote {p}")
     print(f"wrote {Path(a.output) / 'compare.md'}, {Path(a.output) / 'compare.json'}")
