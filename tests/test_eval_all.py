@@ -14,7 +14,7 @@ from tests.test_study import study_dir  # noqa: F401 (fixture: tiny corpus, toke
 
 EVAL = ["--max-samples", "4", "--documents", "4", "--fim-examples", "2", "--completion-examples", "2",
         "--max-new-tokens", "12", "--no-progress"]  # fmt: skip
-KEPT = [3, 6, 12]  # saves at 3, 6, 7 (phase end), 10, 12; keep_checkpoints 1 + keep_every 3 keeps these
+KEPT = [4, 8, 12]  # saves at 3, 4, 6, 7 (phase end), 8, 10, 12; keep_checkpoints 1 + keep_every 4 keep these
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def runs(study_dir):  # noqa: F811
     for name, seed in (("a", 1), ("b", 2)):
         run = study_dir / "traj" / name
         argv = ["train", "--config", str(study_dir / "base.yaml"), f"train.out_dir={run}", f"train.seed={seed}",
-                f"data.seed={seed}", "train.save_interval=3", "train.keep_checkpoints=1", "train.keep_every=3",
+                f"data.seed={seed}", "train.save_interval=3", "train.keep_checkpoints=1", "train.keep_every=4",
                 "train.eval_interval=3", "log.tensorboard=false",
                 f"data.sources.code_a.prefixes=[{study_dir / 'real_code_text_document'}]"]  # fmt: skip
         assert main(argv) == 0
@@ -50,7 +50,7 @@ def test_eval_all_scores_each_kept_checkpoint_once_resumes_and_matches_single_ev
     assert main(["eval", "--checkpoint", str(run), "--all", *EVAL]) == 130
     assert "interrupted after scoring 1 of 3" in capsys.readouterr().err
     first = _results(run)
-    assert len(first) == 1 and next(iter(first)).startswith("step_00000003-")
+    assert len(first) == 1 and next(iter(first)).startswith("step_00000004-")
     assert not [p for p in (run / "eval").iterdir() if p.name not in first]  # no partial file left
     monkeypatch.delenv("MEGACRYSTAL_EVAL_STOP_AFTER")
     assert main(["eval", "--checkpoint", str(run), "--all", *EVAL]) == 0
@@ -73,16 +73,16 @@ def test_eval_all_scores_each_kept_checkpoint_once_resumes_and_matches_single_ev
     assert main(["eval", "--checkpoint", str(run), *EVAL]) == 2
     assert f"step_00000012-{fp}.json: exists" in capsys.readouterr().err
     # other settings: other files, the earlier ones untouched
-    assert main(["eval", "--checkpoint", str(run), "--all", "--steps", "6,12", *EVAL[:-2], "13", "--no-progress"]) == 0
+    assert main(["eval", "--checkpoint", str(run), "--all", "--steps", "8,12", *EVAL[:-2], "13", "--no-progress"]) == 0
     now = _results(run)
     assert len(now) == 5 and all(now[k] == v for k, v in done.items())
 
 
 def test_eval_all_refuses_unknown_steps_and_output(runs, capsys):
     run = runs["a"]
-    assert main(["eval", "--checkpoint", str(run), "--all", "--steps", "6,7", *EVAL]) == 2
+    assert main(["eval", "--checkpoint", str(run), "--all", "--steps", "8,7", *EVAL]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "[7]" in err[0] and "kept: [3, 6, 12]" in err[0]
+    assert len(err) == 1 and "[7]" in err[0] and "kept: [4, 8, 12]" in err[0]
     assert main(["eval", "--checkpoint", str(run), "--all", "--output", "x.json", *EVAL]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert main(["eval", "--checkpoint", str(run.parent / "nowhere"), "--all", *EVAL]) == 2
@@ -162,7 +162,7 @@ def test_compare_trajectory_plots_and_tabulates_every_checkpoint_at_each_phase_e
     # the phase-end table: language ends at step 7 (last kept checkpoint 6), code at 12; values from the reports
     rows = list(csv.DictReader((out / "trajectory.csv").open()))
     assert {(r["run"], r["phase"], r["phase_end_step"], r["step"]) for r in rows} == {
-        (run, phase, end, step) for run in "ab" for phase, end, step in (("language", "7", "6"), ("code", "12", "12"))
+        (run, phase, end, step) for run in "ab" for phase, end, step in (("language", "7", "4"), ("code", "12", "12"))
     }
     fp = json.loads((out / "trajectory.json").read_text())["settings"]["eval"]
     for r in rows:
@@ -172,7 +172,7 @@ def test_compare_trajectory_plots_and_tabulates_every_checkpoint_at_each_phase_e
         if r["metric"] == "FIM SPM edit similarity":
             assert float(r["mean"]) == rep["fim"]["spm"]["edit_similarity"]
     table = (out / "trajectory.md").read_text()
-    assert "| a | language | 7 | 6 |" in table and "| b | code | 12 | 12 |" in table
+    assert "| a | language | 7 | 4 |" in table and "| b | code | 12 | 12 |" in table
     # runs scored with other settings are not put on one plot: b now has more results under other settings
     assert main(["eval", "--checkpoint", str(runs["b"]), "--all", *EVAL[:-2], "13", "--no-progress"]) == 0
     capsys.readouterr()

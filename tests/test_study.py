@@ -12,6 +12,7 @@ from megacrystal.cli import main
 from megacrystal.data.indexed import write_documents
 from megacrystal.model.serialization import save_model
 from megacrystal.tokenizer import CRYSTAL_SPECIALS
+from tests.figure_util import png_size, svg_texts
 from tests.model_util import make_tokenizer, tiny_model
 
 FIRST_ID = 3 + len(CRYSTAL_SPECIALS)  # ids below are <unk> <s> </s> and the specials
@@ -214,6 +215,7 @@ def test_study_trains_evaluates_compares_and_reuses(study_dir, capsys):
             "data.phases.0.steps=2",
             "data.phases.1.steps=2",
             "train.eval_interval=2",
+            "train.save_interval=2",
             "log.tensorboard=false",
         ],
         "eval_args": [
@@ -238,12 +240,17 @@ def test_study_trains_evaluates_compares_and_reuses(study_dir, capsys):
     }
     assert rows["crystal"]["step"] == rows["mixed"]["step"] == 4
     assert rows["crystal"]["samples_per_source"] == rows["mixed"]["samples_per_source"]  # what training really read
-    for v in ("crystal", "mixed"):
-        (rep_file,) = (out / v / "seed3" / "eval").glob("step_00000004-*.json")
-        rep = json.loads(rep_file.read_text())
-        assert set(rep["losses"]) == {"prose_a", "prose_b", "code_a", "code_b"}
+    for v in ("crystal", "mixed"):  # every kept checkpoint evaluated
+        reports = sorted((out / v / "seed3" / "eval").glob("step_*.json"))
+        assert [p.name[:13] for p in reports] == ["step_00000002", "step_00000004"]
+        assert set(json.loads(reports[-1].read_text())["losses"]) == {"prose_a", "prose_b", "code_a", "code_b"}
     table = (out / "compare" / "compare.md").read_text()
     assert "| crystal | 1 | eval |" in table and "| mixed | 1 | eval |" in table
+    for name in ("valid_loss.png", "trajectory.png"):
+        png_size(out / "compare" / name)
+    assert "loss code_a" in svg_texts(out / "compare" / "trajectory.svg")
+    trajectory = (out / "compare" / "trajectory.md").read_text()
+    assert "| crystal | language | 2 | 2 |" in trajectory and "| mixed | mixed | 4 | 4 |" in trajectory
     logs = {v: (out / v / "seed3" / "study.log").stat().st_size for v in ("crystal", "mixed")}
     assert main(["study", "--config", str(study_dir / "e2e.yaml")]) == 0  # everything reused
     assert {v: (out / v / "seed3" / "study.log").stat().st_size for v in logs} == logs
