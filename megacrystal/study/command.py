@@ -144,8 +144,12 @@ def main(argv=None) -> int:
             print(_plan_cost(variants, len(spec.seeds), a.plan_gpus, a.gpu))
         print(f"configs in {Path(spec.out_dir) / 'configs'}")
         return 0
-    for j in jobs:
-        j.plan()
+    try:
+        for j in jobs:
+            j.plan()
+    except ValueError as e:
+        print(f"megacrystal study: {e}", file=sys.stderr)
+        return 2
     n = spec.num_jobs()
     todo = [j for j in jobs if j.steps]
     load0 = os.getloadavg()

@@ -49,7 +49,10 @@ class Job:
         from ..evaluation.command import build_parser, resolve_precision, scoring_settings
         from ..evaluation.results import report_path, settings_fingerprint
 
-        a = build_parser().parse_args(["--checkpoint", str(self.run_dir), "--all", *self.eval_args])
+        try:
+            a = build_parser().parse_args(["--checkpoint", str(self.run_dir), "--all", *self.eval_args])
+        except SystemExit:  # argparse has printed what is wrong
+            raise ValueError(f"eval_args {self.eval_args}: not valid `megacrystal eval` arguments") from None
         fp = settings_fingerprint(scoring_settings(a, resolve_precision(a)))
         try:
             kept = kept_checkpoints(self.run_dir)
