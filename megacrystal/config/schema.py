@@ -278,7 +278,7 @@ class TrainConfig:
     # checkpoints (docs/checkpoints.md)
     resume: str = "auto"  # auto: newest intact checkpoint | step_00001200 | a checkpoint path
     keep_checkpoints: int = 0  # keep the newest N complete checkpoints (0: all)
-    keep_every: int = 0  # and also every checkpoint whose step is a multiple of this
+    keep_every: int = 0  # also save and keep every checkpoint whose step is a multiple of this (global steps)
     async_save: bool = True  # write checkpoints in the background while training continues
     init_from: str | None = None  # new run from a DCP checkpoint, a consolidated model/ or an HF directory
     init_optimizer: bool = True  # with init_from a DCP checkpoint: also its Adam moments and step

@@ -1,6 +1,7 @@
 """Hugging Face interop: `megacrystal export-hf` and `megacrystal import-hf`.
 
     megacrystal export-hf --checkpoint DIR --format {crystalcoder,llama} --output DIR [--dtype D]
+    megacrystal export-hf --checkpoint RUN --all --format F --output DIR   # DIR/step_N/ per kept checkpoint
     megacrystal import-hf --hf DIR --output DIR [--dtype D]
 
 A checkpoint here is a training checkpoint (DCP, read offline; a run directory means its newest intact
@@ -8,7 +9,8 @@ one) or a consolidated model directory of `model/serialization.py`; checkpoints 
 `checkpoint/reader.py`. The HF side is config.json + safetensors (one file, or shards + index above
 --max-shard-size) + the tokenizer file and a tokenizer_config.json; a crystalcoder export also carries
 its modeling code (`hf/remote/`, named by `auto_map`). Import also reads PyTorch `pytorch_model*.bin`
-files (weights only). Layouts: `hf/layouts.py`.
+files (weights only). Layouts: `hf/layouts.py`. An export of a training checkpoint carries its step,
+tokens seen and phase in config.json's "megacrystal" entry; `--all`: hf/export_all.py.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint.format import CheckpointError
-from ..checkpoint.reader import read_checkpoint
+from ..checkpoint.reader import read_checkpoint, resolve_checkpoint
 from ..model.serialization import (
     ModelFormatError,
     atomic_write_bytes,
@@ -186,10 +188,29 @@ def _cast(sd: dict, dtype: torch.dtype | None) -> dict:
     return sd if dtype is None else {k: v.to(dtype) for k, v in sd.items()}
 
 
+def training_meta(checkpoint) -> tuple[Path | None, dict | None]:
+    """(the training checkpoint directory, {step, tokens, phase, checkpoint}) of a checkpoint or run
+    directory; (None, None) for a consolidated model directory."""
+    from ..checkpoint.files import trainer_meta
+
+    try:
+        ckpt = resolve_checkpoint(checkpoint)
+        meta = trainer_meta(ckpt)
+    except CheckpointError:
+        return None, None
+    return ckpt, {
+        "step": meta.get("step"),
+        "tokens": meta.get("tokens"),
+        "phase": meta.get("phase"),
+        "checkpoint": ckpt.name,
+    }
+
+
 def export_hf(checkpoint, fmt: str, output, dtype: torch.dtype | None = None, max_shard_bytes: int = 5 * 2**30) -> Path:
     if fmt not in LAYOUTS:
         raise HFError(f"--format: expected one of {sorted(LAYOUTS)}, got {fmt!r}")
-    cfg, sd, tok = read_checkpoint(checkpoint)
+    ckpt, meta = training_meta(checkpoint)
+    cfg, sd, tok = read_checkpoint(ckpt or checkpoint)
     make_config, convert, _ = LAYOUTS[fmt]
     ids = tokenizer_ids(tok)
     sd = _cast(sd, dtype)
@@ -202,6 +223,8 @@ def export_hf(checkpoint, fmt: str, output, dtype: torch.dtype | None = None, ma
         tensors = convert(cfg, sd)
     except LayoutError as e:
         raise HFError(str(e)) from None
+    if meta is not None:
+        conf["megacrystal"] = meta
     out = write_hf(output, conf, tensors, tok, max_shard_bytes)
     if fmt == "crystalcoder":  # the modeling code `auto_map` names (trust_remote_code)
         write_remote_code(out)
@@ -247,7 +270,20 @@ def export_main(argv: list[str]) -> int:
     ap.add_argument("--output", required=True, help="the HF directory to write")
     ap.add_argument("--dtype", default="keep", choices=sorted(DTYPES), help="tensor dtype written (keep: as stored)")
     ap.add_argument("--max-shard-size", type=_size, default=5 * 2**30, help="e.g. 5GB (default)")
+    ap.add_argument(
+        "--all",
+        action="store_true",
+        help="every kept checkpoint of the run into OUTPUT/step_N/ (existing ones skipped)",
+    )
     a = ap.parse_args(argv)
+    if a.all:
+        from .export_all import export_all
+
+        def every():
+            written = export_all(a.checkpoint, a.format, a.output, DTYPES[a.dtype], a.max_shard_size)
+            return f"{len(written)} new folder(s) in {a.output}"
+
+        return _run(every, "export-hf")
     return _run(lambda: export_hf(a.checkpoint, a.format, a.output, DTYPES[a.dtype], a.max_shard_size), "export-hf")
 
 

@@ -220,7 +220,7 @@ def _train(cfg: Config, stop: StopSignals, dog: StepWatchdog) -> dict:
                     f"grad_norm {out['grad_norm']:.3f} {tps:,.0f} tok/s mfu {record['mfu']:.3f}{extra}"
                 )
         skips.record(out["skipped"], step, span.name, out["loss"], out["grad_norm"])  # raises: too many in a row
-        if save_due(step, span, schedule.phases[span.index], t.save_interval) and step < total_steps:
+        if save_due(step, span, schedule.phases[span.index], t.save_interval, t.keep_every) and step < total_steps:
             save(step)
         stop_if_asked()  # every rank, the same step
     if step > last_saved:
