@@ -63,7 +63,7 @@ class FileSource(WeightSource):
                     f = safetensors.safe_open(str(path), framework="pt")
                     names = {k: tuple(f.get_slice(k).get_shape()) for k in list(f.keys())}
                 else:
-                    f = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+                    f = _torch_load(path)
                     names = {k: tuple(v.shape) for k, v in f.items()}
             except Exception as e:
                 raise error(f"{path}: cannot read weights ({_first_line(e)})") from None
@@ -103,6 +103,14 @@ def files_of(directory: Path, index_name: str, single: str, error) -> list[Path]
                 raise error(f"{index}: names {f}, which is not in {d}")
         return [d / f for f in files]
     return [d / single] if (d / single).is_file() else []
+
+
+def _torch_load(path: Path) -> dict:
+    """A torch.save file's tensors, memory-mapped where its format allows (the zip format since torch 1.6)."""
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
 
 
 def _first_line(e: BaseException) -> str:
