@@ -97,7 +97,7 @@ class Engine:
 
     def _build_training_state(self, named: list) -> None:
         par, g = self.cfg.parallel, self.grid
-        self.optim_impl = resolve_optim_impl(self.cfg.optim.impl, self.device)
+        self.optim_impl = resolve_optim_impl(self.cfg.optim.impl, self.device, dtype=self.dtype)
         self.buffers = GradBuffers(
             named,
             g,
@@ -199,7 +199,7 @@ class Engine:
         # A non-finite step changes no state (parameters, masters, moments, the optimizer's step count).
         skipped = not (math.isfinite(norm) and math.isfinite(loss))
         if not skipped:
-            clip_and_step(self.optimizer, self.buffers, norm, self.cfg.optim.clip_grad, lr)
+            skipped = not clip_and_step(self.optimizer, self.buffers, norm, self.cfg.optim.clip_grad, lr)
         return dict(loss=loss, grad_norm=norm, tokens=tokens, skipped=skipped)
 
     @torch.no_grad()
