@@ -116,6 +116,8 @@ def test_config_fields_are_validated():
         make_cfg(["optim.impl=fast"])
     with pytest.raises(ConfigError, match="model.grad_accum_fusion: expected one of"):
         make_cfg(["model.grad_accum_fusion=always"])
+    assert make_cfg(["model.grad_accum_fusion=off"]).model.grad_accum_fusion == "off"  # not YAML's False
+    assert make_cfg(["model.grad_accum_fusion=on"]).model.grad_accum_fusion == "on"
 
 
 def test_architectures_follow_the_nvcc_version():
