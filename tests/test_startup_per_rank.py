@@ -204,3 +204,16 @@ def test_each_rank_draws_and_reads_only_its_share_and_loads_the_serial_model(mod
         assert all(torch.equal(state[0][k], sd[k]) for k in sd), path
         ref = _serial(overrides, path)
         assert all(torch.equal(state[0][k], ref[k]) for k in ref), path
+
+
+def test_a_pytorch_bin_hf_directory_is_read_memory_mapped(models, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    src, sd = models["llama"]
+    hf = tmp_path / "hf"
+    shutil.copytree(src / "hf", hf)
+    torch.save(load_file(hf / "model.safetensors"), hf / "pytorch_model.bin")
+    (hf / "model.safetensors").unlink()
+    assert all(torch.equal(v, sd[k]) for k, v in _serial(LLAMA, hf).items())
