@@ -1,5 +1,11 @@
 #!/usr/bin/env bash
-# The one GPU check (one H100/H200, ~6 minutes, installs nothing, needs no network):
+# The one GPU check (one H100/H200, ~8 minutes, installs nothing, needs no network):
+#   0. two processes on the one GPU with a device-only group (test-only parallel.backend=cuda:gloo: a host
+#      tensor in a training collective fails as on NCCL) for a few steps at tp2 and at dp2+ZeRO against
+#      one process, and bf16 dp2 with gradient-accumulation fusion under the overlapped reduction (the
+#      post-accumulate hooks must count every bucket down although `.grad` stays None); the fusion
+#      check runs again with the CUDA wgrad kernel after step 5 builds it
+#      (benchmarks/device_group_check.py; pipeline transfers are the rehearsal's: gloo has no CUDA p2p)
 #   1. the GPU tests on the compiled Triton path: every op, attention backends, the model with the
 #      Triton kernels, the engine on CUDA (same losses as on CPU; bf16 + distributed optimizer), the
 #      ring attention's CUDA block kernels (SDPA flash / memory-efficient with an outside log-sum-exp)
@@ -32,6 +38,9 @@ $PY -c "import torch, triton, sys; print('python', sys.version.split()[0], 'torc
 step "doctor"
 $PY -m megacrystal.cli doctor 2>&1 | tee -a "$LOG"
 
+step "two processes, one GPU, device-only group (cuda:gloo)"
+timeout 600 $PY benchmarks/device_group_check.py --out "$OUT" --fusion torch 2>&1 | grep -v " INFO " | tee -a "$LOG"
+
 step "GPU tests (compiled Triton)"
 timeout 100 $PY -m pytest -q -x -p no:cacheprovider tests/test_ops_norm.py tests/test_ops_rotary.py \
   tests/test_ops_swiglu.py tests/test_ops_cross_entropy.py tests/test_ops_random_shapes.py tests/test_attention.py \
@@ -60,6 +69,7 @@ timeout 200 $PY -m megacrystal.cli doctor --verify > "$OUT/cuda-verify-$GPU-$STA
 echo "doctor --verify exit $?" | tee -a "$LOG"; tail -1 "$OUT/cuda-verify-$GPU-$STAMP.txt" | tee -a "$LOG"
 $PY benchmarks/record_cuda_verified.py --out "$OUT" 2>&1 | tail -1 | tee -a "$LOG"
 timeout 150 $PY kernels/bench/cuda_kernels_bench.py --out "$OUT" 2>&1 | grep -v " INFO " | tee -a "$LOG"
+timeout 300 $PY benchmarks/device_group_check.py --out "$OUT" --fusion cuda 2>&1 | grep -v " INFO " | tee -a "$LOG"
 timeout 150 $PY benchmarks/train_throughput.py --out "$OUT" --cases crystal-1b,crystal-7b-4l --steps 4 \
   --set optim.impl=cuda --set model.grad_accum_fusion=cuda 2>&1 | grep -v " INFO " | tee -a "$LOG"
 timeout 150 $PY benchmarks/train_throughput.py --out "$OUT" --cases crystal-1b,crystal-7b-4l --steps 4 \

@@ -25,6 +25,13 @@ OPTIM_IMPLS = ("auto", "torch", "cuda")
 FUSION_MODES = ("auto", "on", "off", "torch", "cuda")
 
 
+def addmm_out_dtype_ok(version: str | None = None) -> bool:
+    """Does this torch have `torch.addmm(..., out_dtype=)` (the mixed-dtype GEMM, torch >= 2.8)?"""
+    from torch.torch_version import TorchVersion
+
+    return TorchVersion(version or torch.__version__) >= (2, 8)
+
+
 def capability(device: torch.device) -> str | None:
     if device.type != "cuda" or not torch.cuda.is_available():
         return None
@@ -46,12 +53,19 @@ def auto_reason(device: torch.device, record_dir: Path | None = None) -> tuple[b
     return True, f"build {lib.build_id} passed its checks on sm {cap} (megacrystal doctor --verify)"
 
 
-def resolve_optim_impl(impl: str, device: torch.device, record_dir: Path | None = None) -> str:
-    """'torch' or 'cuda' for `optim.impl`; raises with one line when `cuda` cannot run here."""
+def resolve_optim_impl(
+    impl: str, device: torch.device, record_dir: Path | None = None, dtype: torch.dtype | None = None
+) -> str:
+    """'torch' or 'cuda' for `optim.impl`; raises with one line when `cuda` cannot run here. The fused
+    kernel keeps fp32 state: fp64 parameters take the torch path (config validation refuses `cuda`)."""
     if impl not in OPTIM_IMPLS:
         raise ValueError(f"optim.impl: expected one of {list(OPTIM_IMPLS)}, got {impl!r}")
     if impl == "torch":
         which, why = "torch", "optim.impl=torch"
+    elif dtype == torch.float64:
+        if impl == "cuda":
+            raise RuntimeError("optim.impl=cuda: the fused CUDA AdamW keeps fp32 state; fp64 parameters need torch")
+        which, why = "torch", "auto: fp64 parameters (the fused CUDA AdamW keeps fp32 state)"
     elif impl == "cuda":
         if device.type != "cuda":
             raise RuntimeError(f"optim.impl=cuda: needs a CUDA device, this run is on {device.type}")
@@ -91,6 +105,12 @@ def resolve_grad_accum_fusion(
             raise RuntimeError(f"model.grad_accum_fusion=cuda: the CUDA kernels are {cuda_kernels.why_missing()}")
         which = "cuda" if (mode == "cuda" or lib is not None) else "torch"
         why = f"model.grad_accum_fusion={mode}"
+        if which == "torch" and not addmm_out_dtype_ok():
+            if mode == "torch":
+                raise RuntimeError(
+                    f"model.grad_accum_fusion=torch: needs torch >= 2.8 (addmm out_dtype), this is {torch.__version__}"
+                )
+            which, why = "off", f"{why}: no CUDA kernels and torch {torch.__version__} < 2.8 has no addmm out_dtype"
     text = {
         "off": "off (bf16 weight gradient, then added to main_grad)",
         "torch": "torch addmm(out_dtype=fp32) into main_grad",

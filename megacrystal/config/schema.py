@@ -166,7 +166,7 @@ class ParallelConfig:
     order: str = "tp-dp-pp"  # rank order, fastest-varying first (Megatron's default)
     bucket_size_mb: float = 25.0
     overlap_grad_reduce: bool = True
-    backend: str = "auto"  # auto (nccl on cuda, else gloo) | gloo | nccl
+    backend: str = "auto"  # auto (nccl on cuda, else gloo) | gloo | nccl | cuda:gloo (test-only, docs/config.md)
     timeout_s: float = 1800.0  # a collective waiting longer than this fails (process-group timeout)
 
 

@@ -52,7 +52,7 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
     for k in ("tp", "cp", "pp", "vpp"):
         _check(getattr(par, k) >= 1, cfg, f"parallel.{k}: expected >= 1, got {getattr(par, k)}")
     _choice(cfg, "parallel.order", par.order, {"tp-dp-pp", "tp-pp-dp"})
-    _choice(cfg, "parallel.backend", par.backend, {"auto", "gloo", "nccl"})
+    _choice(cfg, "parallel.backend", par.backend, {"auto", "gloo", "nccl", "cuda:gloo"})
     _check(
         m.num_heads % par.tp == 0, cfg, f"parallel.tp: model.num_heads={m.num_heads} is not divisible by tp={par.tp}"
     )
@@ -85,6 +85,12 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
     _check(t.log_interval >= 1, cfg, f"train.log_interval: expected >= 1, got {t.log_interval}")
     _check(t.save_interval >= 0, cfg, f"train.save_interval: expected >= 0, got {t.save_interval}")
     _choice(cfg, "optim.name", o.name, {"adamw"})
+    _check(
+        not (o.impl == "cuda" and t.precision == "fp64"),
+        cfg,
+        "optim.impl: cuda with train.precision=fp64: the fused CUDA AdamW keeps fp32 state "
+        "(use optim.impl=torch or auto for fp64)",
+    )
     _choice(cfg, "optim.loss_normalization", o.loss_normalization, {"tokens", "fixed"})
     _choice(cfg, "log.level", cfg.log.level, {"DEBUG", "INFO", "WARNING", "ERROR"})
     _check(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, cfg, "optim.beta1/beta2: expected values in [0, 1)")

@@ -4,7 +4,7 @@
     out = engine.train_step(micro_batches, lr)        # {loss, grad_norm, tokens, skipped}
     loss_sum, tokens = engine.eval_loss(micro_batches)
     engine.state_dict() / load_state_dict(sd)         # this rank's model + optimizer shard
-    engine.full_model_state() / load_full_model_state(sd)   # serial-named, consolidated on rank 0
+    engine.full_model_state() / load_full_model_state(src)  # serial-named: gathered on rank 0 / read per rank
 
 `micro_batches` are this dp rank's micro-batches of one optimizer step (every tp/pp rank of the
 replica gets the same list): dicts of CPU tensors tokens, labels, loss_mask [b, s] and optionally
@@ -28,7 +28,7 @@ from ..config import Config, ResolvedModelConfig
 from ..model import wgrad_fusion
 from ..model.layers import SerialLayers
 from ..model.mup import init_parameters, param_groups
-from ..model.padding import fit_problem, full_shape, refit, true_part, true_shape
+from ..model.padding import refit, true_part, true_shape
 from ..model.param_spec import param_spec
 from ..model.transformer import count_parameters, serial_layout
 from ..optim.factory import clip_and_step, make_optimizer
@@ -43,6 +43,7 @@ from ..parallel.state import Grid, build_grid
 from ..parallel.step import StepCompute
 from ..parallel.tensor import TensorParallelLayers
 from .batch_checks import batch_problem
+from .weights import load_weights
 
 FORMAT = "megacrystal-engine/1"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
@@ -58,8 +59,9 @@ class Engine:
         init_weights: bool = True,
     ):
         """`for_training=False`: forward passes only (eval_loss, evaluation), no gradient buffers or
-        optimizer state allocated. `init_weights=False`: the parameters are left uninitialised, for a
-        caller that sets every one of them next (`load_full_model_state` checks that it does). `cfg` is read, never changed (an unresolved model config is resolved
+        optimizer state allocated. `init_weights=False`: the parameters start at zero and nothing is
+        drawn, for a caller that loads weights next (a checkpoint, `load_full_model_state`) or calls
+        `draw_initial_weights`. `cfg` is read, never changed (an unresolved model config is resolved
         into a copy)."""
         if not isinstance(cfg.model, ResolvedModelConfig):
             cfg = dataclasses.replace(cfg, model=cfg.model.resolve())
@@ -71,12 +73,15 @@ class Engine:
         self.sp = bool(par.sequence_parallel) and g.tp_size > 1
         self.layers = SerialLayers() if g.tp_size == 1 else TensorParallelLayers(g, self.sp)
         # parameters are allocated in their final dtype on the device (no fp32 or host copy of the
-        # model on the way); their values are drawn on the CPU in fp32, per name, then copied in
+        # model on the way); each rank draws the values of its own slice there (model/init_draw.py)
         with torch.device(self.device), _default_dtype(self.dtype):
             self.chunks = build_chunks(cfg.model, self.layers, g)
-        if init_weights:
-            for m in self.chunks:
+        for m in self.chunks:
+            if init_weights:
                 init_parameters(m, cfg.model, cfg.train.seed)
+            else:
+                for p in m.parameters():
+                    p.detach().zero_()
         if self.sp:  # everything replicated over tp sees a slice of the sequence: partial grads
             for m in self.chunks:
                 for p in m.parameters():
@@ -92,7 +97,7 @@ class Engine:
 
     def _build_training_state(self, named: list) -> None:
         par, g = self.cfg.parallel, self.grid
-        self.optim_impl = resolve_optim_impl(self.cfg.optim.impl, self.device)
+        self.optim_impl = resolve_optim_impl(self.cfg.optim.impl, self.device, dtype=self.dtype)
         self.buffers = GradBuffers(
             named,
             g,
@@ -107,6 +112,15 @@ class Engine:
             wgrad_fusion.enable(self.chunks, self.wgrad_fusion)
         groups = self._param_groups()
         self.optimizer = make_optimizer(self.optim_impl, self.buffers, groups, self.cfg.optim, self._names)
+
+    @torch.no_grad()
+    def draw_initial_weights(self) -> None:
+        """The seeded initial weights (what `init_weights=True` draws), after an `init_weights=False`
+        construction; the optimizer's masters follow."""
+        for m in self.chunks:
+            init_parameters(m, self.cfg.model, self.cfg.train.seed)
+        if self.optimizer is not None:
+            self.optimizer.reload_masters()
 
     # ------------------------------------------------------------------ helpers
 
@@ -185,7 +199,7 @@ class Engine:
         # A non-finite step changes no state (parameters, masters, moments, the optimizer's step count).
         skipped = not (math.isfinite(norm) and math.isfinite(loss))
         if not skipped:
-            clip_and_step(self.optimizer, self.buffers, norm, self.cfg.optim.clip_grad, lr)
+            skipped = not clip_and_step(self.optimizer, self.buffers, norm, self.cfg.optim.clip_grad, lr)
         return dict(loss=loss, grad_norm=norm, tokens=tokens, skipped=skipped)
 
     @torch.no_grad()
@@ -296,40 +310,11 @@ class Engine:
                 local[n] = t
         return local
 
-    @torch.no_grad()
-    def load_full_model_state(self, sd: dict | None) -> None:
-        """Set the weights from a serial-named state dict (as `full_model_state` returns). Give it on
-        every rank, or on rank 0 only (then it is broadcast). The optimizer's fp32 masters follow;
-        its moments are left as they are."""
-        g = self.grid
-        if g.world_size > 1:
-            have = torch.tensor([1.0 if sd is not None else 0.0], device=self.device)
-            C.all_reduce(have, g.world)
-            if have.item() < g.world_size:
-                first = [sd if g.rank == 0 else None]
-                dist.broadcast_object_list(first, src=0)
-                sd = first[0]
-        if sd is None:
-            raise ValueError("load_full_model_state: no state dict on rank 0")
-        layout = serial_layout(self.cfg.model)
-        missing = sorted(set(layout) - set(sd))
-        extra = sorted(set(sd) - set(layout))
-        if missing or extra:
-            raise ValueError(
-                f"load_full_model_state: keys differ from the model's (missing {missing[:5]}, unexpected {extra[:5]})"
-            )
-        for n, (shape, true) in layout.items():  # every rank checks every tensor: none is left waiting
-            problem = fit_problem(sd[n], true, shape)
-            if problem:
-                raise ValueError(f"load_full_model_state: {n} {problem}")
-        for m in self.chunks:
-            for n, p in m.named_parameters():
-                spec = param_spec(p)
-                key = (spec.seed_name or n) if spec.tied_copy else n
-                full = refit(sd[key], true_shape(p), full_shape(p))
-                p.copy_(spec.shard(full).to(device=p.device, dtype=p.dtype))
-        if self.optimizer is not None:
-            self.optimizer.reload_masters()
+    def load_full_model_state(self, source) -> None:
+        """Set the weights from serial-named tensors: a dict, or a `model/weight_source.py` source
+        (files read by slices), given on every rank; each rank reads only the part it keeps
+        (engine/weights.py). The optimizer's masters follow; its moments are left as they are."""
+        load_weights(self, source)
 
 
 @contextlib.contextmanager

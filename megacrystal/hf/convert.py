@@ -28,13 +28,13 @@ from ..model.serialization import (
     ModelFormatError,
     atomic_write_bytes,
     copy_tokenizer,
-    read_json_object,
     save_model,
     save_state_dict,
-    tokenizer_in,
 )
-from .layouts import LAYOUTS, LayoutError, from_crystalcoder, from_llama
+from .layout_common import serial_shapes
+from .layouts import LAYOUTS, LayoutError
 from .remote import write_remote_code
+from .sliced import hf_source
 
 DTYPES = {"keep": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -128,54 +128,12 @@ def write_hf(out_dir, conf: dict, tensors: dict, tokenizer_path: str | None, max
     return out
 
 
-def _load_weights_file(path: Path) -> dict:
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise HFError(f"{path}: cannot read weights ({e})") from None
-
-
-def read_hf(hf_dir) -> tuple[dict, dict, str | None]:
-    """-> (config.json as a dict, every tensor by name, the tokenizer file or None)."""
-    d = Path(hf_dir)
-    conf = read_json_object(d / "config.json", HFError, "expected a Hugging Face model directory")
-    tensors: dict = {}
-    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        index = d / index_name
-        if index.is_file():
-            try:
-                files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-                raise HFError(f"{index}: expected {{\"weight_map\": {{name: file}}}} ({e})") from None
-            for f in files:
-                if not (d / f).is_file():
-                    raise HFError(f"{index}: names {f}, which is not in {d}")
-                tensors.update(_load_weights_file(d / f))
-            break
-    else:
-        for single in ("model.safetensors", "pytorch_model.bin"):
-            if (d / single).is_file():
-                tensors = _load_weights_file(d / single)
-                break
-        else:
-            raise HFError(f"{d}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
-    return conf, tensors, tokenizer_in(d)
-
-
 def hf_to_model(hf_dir) -> tuple:
-    """Read an HF directory into (ModelConfig, our state dict, tokenizer file or None)."""
-    conf, tensors, tok = read_hf(hf_dir)
-    where = str(Path(hf_dir) / "config.json")
-    kind = conf.get("model_type")
-    readers = {"crystalcoder": from_crystalcoder, "llama": from_llama}
-    if kind not in readers:
-        raise HFError(f"{where}: model_type {kind!r}; supported: {sorted(readers)}")
+    """Read an HF directory into (ModelConfig, our state dict, tokenizer file or None): the whole model
+    in this process (`hf/sliced.py` `hf_source` reads it by slices instead)."""
+    cfg, src, tok = hf_source(hf_dir, HFError)
     try:
-        cfg, sd = readers[kind](conf, tensors, where)
+        sd = serial_shapes(cfg, src.read_all())
     except LayoutError as e:
         raise HFError(str(e)) from None
     return cfg, sd, tok

@@ -8,6 +8,13 @@ moments and the bf16 parameter (the model copy), with the gradient-clipping coef
 a non-finite flag set when a (clipped) gradient is inf/nan. With the distributed optimizer the updated
 parameter shards are then all-gathered, as `DistributedOptimizer` does.
 
+Non-finite gradients: the update runs in place, so the flag must be known before it. `step` first
+sets the flag on the device from the gradients its launches would read (every element, also the
+replicas the global norm does not count), takes its maximum over the world (every rank skips
+together, as the torch path does on a non-finite norm) and reads it: when set, nothing changes
+(masters, moments, parameters, step count) and `skipped_last` is True, which `clip_and_step` reports
+to the engine as a skipped step. One host read per step, on this path only.
+
 The update is `optim.adamw.adamw_`'s, element for element (see kernels/cuda/adamw.cu). The state dicts
 are those of the torch paths (`distributed-adamw` per shard, or `adamw` keyed by parameter name), so a
 checkpoint resumes with either implementation. `kernel` defaults to the CUDA library's `adamw_flat`;
@@ -17,6 +24,7 @@ checkpoint resumes with either implementation. `kernel` defaults to the CUDA lib
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
 from ..compiled.cuda_kernels import adamw_scalars
 from ..parallel import collectives as C
@@ -69,6 +77,8 @@ class FusedAdamW:
     ):
         if buffers.param_buffer is None:
             raise ValueError("FusedAdamW needs GradBuffers(contiguous_params=True)")
+        if buffers.param_buffer.dtype == torch.float64:
+            raise ValueError("FusedAdamW: fp64 parameters are not supported (the kernel keeps fp32 state)")
         if kernel is None:
             from ..compiled.cuda_kernels import library
 
@@ -114,9 +124,24 @@ class FusedAdamW:
                 )
             )
         self.nonfinite_flag = torch.zeros(1, dtype=torch.int32, device=dev)
+        self.skipped_last = False
+
+    @torch.no_grad()
+    def _flag_nonfinite_grads(self) -> bool:
+        """Set the flag when a gradient this rank's launches read is inf/nan; agree over the world."""
+        grads = [self.buf.grad_buffer[s["lo"] : s["hi"]] for s in self.shards if s["hi"] > s["lo"]]
+        if grads:
+            peaks = torch.stack([n.float() for n in torch._foreach_norm(grads, float("inf"))])
+            self.nonfinite_flag.fill_(0).add_((~torch.isfinite(peaks)).any().int())
+        C.all_reduce(self.nonfinite_flag, self.buf.grid.world, op=dist.ReduceOp.MAX)
+        return bool(self.nonfinite_flag.item())
 
     @torch.no_grad()
     def step(self, lr: float) -> None:
+        self.skipped_last = self._flag_nonfinite_grads()
+        if self.skipped_last:  # like the torch path on a non-finite norm: no state changes
+            self.clip_coef = 1.0
+            return
         self.step_count += 1
         scalars = [
             adamw_scalars(lr * g["lr_mult"], g["weight_decay"], self.step_count, self.beta1, self.beta2, self.eps)

@@ -60,7 +60,7 @@ def _is_unsupported(err: Exception, group: Group) -> bool:
     """Shapes are checked before the call, so on gloo any error at dispatch means a missing
     collective (its messages vary by version and device); elsewhere only an explicit one counts."""
     msg = str(err).lower()
-    return _backend(group) == "gloo" or any(
+    return _backend(group).split(":")[-1] == "gloo" or any(
         w in msg for w in ("not supported", "unsupported", "does not support", "not implemented")
     )
 

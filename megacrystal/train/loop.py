@@ -102,7 +102,7 @@ def _train(cfg: Config, stop: StopSignals, dog: StepWatchdog) -> dict:
     )
     schedule = Schedule([p.config for p in plan.phases], [p.steps for p in plan.phases])
     total_steps = min(schedule.total_steps, t.max_steps) if t.max_steps else schedule.total_steps
-    engine = Engine(cfg, device)
+    engine = Engine(cfg, device, init_weights=False)  # drawn below unless a checkpoint or init_from sets them
 
     source_names = plan.source_names
     counts = torch.zeros(len(source_names), dtype=torch.float64)
@@ -121,6 +121,8 @@ def _train(cfg: Config, stop: StopSignals, dog: StepWatchdog) -> dict:
         log.info(f"resumed from {ckpt} at step {step} (phase {schedule.span(step).name})")
     elif t.init_from:
         log.info(init_from(engine, t.init_from, t.init_optimizer, ckptr.group))
+    else:
+        engine.draw_initial_weights()
     loader.total_steps = total_steps
 
     metrics = MetricsWriter(str(out_dir), enabled=rank0, tensorboard=cfg.log.tensorboard)
