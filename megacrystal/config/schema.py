@@ -271,7 +271,7 @@ class TrainConfig:
     log_interval: int = 1
     eval_interval: int = 0
     eval_iters: int = 1
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # auto | cpu | cuda | meta (shapes only: `megacrystal rehearse`)
     max_skipped_steps: int = 5  # consecutive non-finite steps (skipped updates) before the run stops
     step_timeout_s: float = 0.0  # watchdog: a step taking longer fails every rank (0: off)
     # checkpoints (docs/checkpoints.md)

@@ -21,6 +21,7 @@ import math
 
 import torch
 import torch.distributed as dist
+from torch.profiler import record_function
 
 from ..compiled.select import resolve_grad_accum_fusion, resolve_optim_impl
 from ..config import Config, ResolvedModelConfig
@@ -71,7 +72,7 @@ class Engine:
         # model on the way); their values are drawn on the CPU in fp32, per name, then copied in
         with torch.device(self.device), _default_dtype(self.dtype):
             self.chunks = build_chunks(cfg.model, self.layers, g)
-        if init_weights:
+        if init_weights and self.device.type != "meta":  # meta tensors hold no values to draw
             for m in self.chunks:
                 init_parameters(m, cfg.model, cfg.train.seed)
         if self.sp:  # everything replicated over tp sees a slice of the sequence: partial grads
@@ -207,6 +208,10 @@ class Engine:
     # ------------------------------------------------------------------ the API
 
     def train_step(self, micro_batches: list[dict], lr: float) -> dict:
+        with record_function("megacrystal.train_step"):  # a profiler range (and a rehearsal's step marker)
+            return self._train_step(micro_batches, lr)
+
+    def _train_step(self, micro_batches: list[dict], lr: float) -> dict:
         batches, tokens = self._prepare(micro_batches)
         denom = loss_denominator(self.cfg.optim.loss_normalization, tokens, batches, self.grid.dp_size)
         step = self._step(batches, 1.0 / denom)

@@ -138,6 +138,13 @@ def _flash(flavour: str | None):
     return run
 
 
+def attention_meta(q, k, v, scale: float, segment_ids=None) -> torch.Tensor:
+    """Shapes only (a rehearsal on the meta device): flash-attention's outputs and saved tensors."""
+    from .attention_meta import attention_meta as run
+
+    return run(q, k, v, scale, segment_ids)
+
+
 attention_flash = _flash(None)  # the best installed flavour for the device (fb.order)
 BACKENDS: dict[str, Callable] = {
     "math": attention_math,
@@ -146,6 +153,7 @@ BACKENDS: dict[str, Callable] = {
     "fa2": _flash("fa2"),
     "fa3": _flash("fa3"),
     "fa4": _flash("fa4"),
+    "meta": attention_meta,
 }
 FLASH = ("flash", "fa2", "fa3", "fa4")
 
@@ -154,6 +162,8 @@ def select_backend(requested: str, device: torch.device, dtype: torch.dtype | No
     """The backend that runs: `auto` is the best flash flavour on bf16/fp16 CUDA tensors, else sdpa; a
     named flash backend that cannot run here is refused with one line saying why and what installs it."""
     half = dtype in (torch.bfloat16, torch.float16)
+    if device.type == "meta":  # a rehearsal: whatever runs on the GPU, its shapes are flash-attention's
+        return "meta"
     if requested == "auto":
         if device.type == "cuda" and half and fb.pick(device)[0] is not None:
             return "flash"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.profiler import record_function
 
 from ..checkpoint import Checkpointer, save_consolidated
 from ..checkpoint.files import find_resume_point
@@ -42,6 +43,11 @@ def _dp_sum(values: torch.Tensor, grid) -> torch.Tensor:
 
 def evaluate(engine, valid: dict, cfg: Config, grid) -> dict:
     """Per-source validation loss (token mean over `train.eval_iters` global batches of each source)."""
+    with record_function("megacrystal.eval"):  # a profiler range (and a rehearsal's section marker)
+        return _evaluate(engine, valid, cfg, grid)
+
+
+def _evaluate(engine, valid: dict, cfg: Config, grid) -> dict:
     out = {}
     t = cfg.train
     for name, vset in valid.items():
@@ -124,6 +130,10 @@ def _train(cfg: Config, stop: StopSignals, dog: StepWatchdog) -> dict:
     last_saved = step
 
     def save(at_step):
+        with record_function("megacrystal.checkpoint"):
+            _save(at_step)
+
+    def _save(at_step):
         nonlocal last_saved
         ensure_finite(engine, at_step)  # never a checkpoint holding NaN/Inf
         state = dict(
