@@ -23,6 +23,7 @@ from ..data.loader import build_data
 from ..data.plan import make_plan
 from ..engine.engine import Engine
 from ..log import get_logger
+from ..parallel.host_group import host_group
 from ..parallel.init import init_distributed
 from .finite import SkipCounter, ensure_finite
 from .init_from import init_from
@@ -86,9 +87,10 @@ def _train(cfg: Config, stop: StopSignals, dog: StepWatchdog) -> dict:
 
         (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
-    world = dist.group.WORLD if dist.is_initialized() else None
+    # the one host-side group: the data set-up handshake and checkpoint traffic (parallel/host_group.py)
+    host = host_group(cfg.parallel.timeout_s)
     plan, loader, valid = build_data(
-        cfg, grid.dp_rank, grid.dp_size, group=world, with_validation=t.eval_interval > 0, plan=data_plan
+        cfg, grid.dp_rank, grid.dp_size, group=host, with_validation=t.eval_interval > 0, plan=data_plan
     )
     schedule = Schedule([p.config for p in plan.phases], [p.steps for p in plan.phases])
     total_steps = min(schedule.total_steps, t.max_steps) if t.max_steps else schedule.total_steps
@@ -98,7 +100,7 @@ def _train(cfg: Config, stop: StopSignals, dog: StepWatchdog) -> dict:
     counts = torch.zeros(len(source_names), dtype=torch.float64)
     step, tokens_seen = 0, 0
     skips = SkipCounter(t.max_skipped_steps)
-    ckptr = Checkpointer(engine, str(out_dir), t.async_save, cfg.data.tokenizer_model)
+    ckptr = Checkpointer(engine, str(out_dir), t.async_save, cfg.data.tokenizer_model, group=host)
     ckptr.keep, ckptr.keep_every = t.keep_checkpoints, t.keep_every
     ckpt, meta = find_resume_point(out_dir, t.resume, ckptr.group), None
     if ckpt is not None:
