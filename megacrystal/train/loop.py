@@ -36,12 +36,6 @@ from .watchdog import StepWatchdog
 log = get_logger("megacrystal.train")
 
 
-def _dp_sum(values: torch.Tensor, grid) -> torch.Tensor:
-    if dist.is_initialized() and grid.dp_size > 1:
-        dist.all_reduce(values, group=grid.dp_group)
-    return values
-
-
 def evaluate(engine, valid: dict, cfg: Config, grid) -> dict:
     """Per-source validation loss (token mean over `train.eval_iters` global batches of each source)."""
     with record_function("megacrystal.eval"):  # a profiler range (and a rehearsal's section marker)
@@ -170,11 +164,10 @@ def _train(cfg: Config, stop: StopSignals, dog: StepWatchdog) -> dict:
         t0 = time.perf_counter()
         dog.start(step + 1)
         mbs = next(it)
-        local = torch.zeros(len(source_names), dtype=torch.float64)
-        for mb in mbs:
-            local += torch.bincount(mb["source_id"], minlength=len(source_names)).double()
         out = engine.train_step(mbs, lr)
-        counts += _dp_sum(local, grid)
+        global_counts = loader.source_counts(step)  # the whole global batch's, from the data plan: no collective
+        if global_counts is not None:
+            counts += torch.from_numpy(global_counts).double()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         dt = time.perf_counter() - t0
