@@ -25,6 +25,7 @@ from torch.profiler import record_function
 
 from ..compiled.select import resolve_grad_accum_fusion, resolve_optim_impl
 from ..config import Config, ResolvedModelConfig
+from ..data.batch import finish_batch
 from ..model import wgrad_fusion
 from ..model.layers import SerialLayers
 from ..model.mup import init_parameters, param_groups
@@ -41,6 +42,7 @@ from ..parallel.pipeline import build_chunks, tied_embedding_params
 from ..parallel.state import Grid, build_grid
 from ..parallel.step import StepCompute
 from ..parallel.tensor import TensorParallelLayers
+from .host import to_host
 
 FORMAT = "megacrystal-engine/1"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
@@ -165,28 +167,35 @@ class Engine:
             )
         return None
 
-    def _prepare(self, micro_batches) -> tuple[list[dict], float]:
-        """Validate on every rank, agree on it (one all-reduce, so a bad batch on one rank fails
-        every rank instead of hanging them), move to the device; returns the batches on the device
-        and the global loss-token count."""
+    def _prepare(self, micro_batches, stop: bool = False) -> tuple[list[dict] | None, float]:
+        """Validate on every rank and agree on it, with the global loss-token count and the stop flag
+        in the same all-reduce and one host read (so a bad batch on one rank fails every rank instead
+        of hanging them); move to the device. Returns (batches on the device, or None when some rank
+        asked to stop; the global loss-token count)."""
         err = self._check_batches(micro_batches)
         g = self.grid
         count = 0.0
         if err is None and g.tp_rank == 0 and g.pp_rank == 0:
             count = float(sum(b["loss_mask"].double().sum() for b in micro_batches))
-        t = torch.tensor([1.0 if err else 0.0, count], dtype=torch.float64, device=self.device)
+        t = torch.tensor([1.0 if err else 0.0, count, 1.0 if stop else 0.0], dtype=torch.float64, device=self.device)
         C.all_reduce(t, g.world)
         if err is not None:
             raise ValueError(f"Engine: {err}")
-        if t[0].item() > 0:
-            raise ValueError(f"Engine: {int(t[0].item())} rank(s) reported invalid micro-batches (see their error)")
-        batches = [
-            {k: (v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in b.items()}
-            for b in micro_batches
-        ]
+        invalid, tokens, stops = to_host(t, "step.check")
+        if invalid > 0:
+            raise ValueError(f"Engine: {int(invalid)} rank(s) reported invalid micro-batches (see their error)")
+        if stops > 0:
+            return None, tokens
+        batches = []
+        for b in micro_batches:
+            if self.cfg.model.document_mask and b.get("segment_ids") is not None and "cu_seqlens" not in b:
+                b = finish_batch(dict(b))  # document boundaries computed on the host, as the loader does
+            batches.append(
+                {k: (v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in b.items()}
+            )
         for b in batches:
             b["loss_mask"] = b["loss_mask"].float()
-        return batches, float(t[1].item())
+        return batches, tokens
 
     def _step(self, batches: list[dict], scale: float) -> StepCompute:
         sync = torch.cuda.synchronize if self.device.type == "cuda" else None
@@ -198,21 +207,30 @@ class Engine:
             s //= self.grid.tp_size
         return P2P(self.grid, (b, s, self.cfg.model.hidden_size), self.dtype, self.device, self.trace)
 
-    def _global_loss_sum(self, step: StepCompute) -> float:
-        g = self.grid
-        holds = any(m.post_process for m in self.chunks) and g.tp_rank == 0
-        t = step.loss_sum.clone() if holds else torch.zeros(1, dtype=torch.float64, device=self.device)
-        C.all_reduce(t, g.world)
-        return float(t.item())
+    def _loss_part(self, step: StepCompute) -> torch.Tensor:
+        """This rank's part of the global loss sum (the last stage's tp rank 0 holds one per replica)."""
+        holds = any(m.post_process for m in self.chunks) and self.grid.tp_rank == 0
+        return step.loss_sum if holds else torch.zeros(1, dtype=torch.float64, device=self.device)
+
+    def _norm_and_loss(self, step: StepCompute) -> tuple[float, float]:
+        """The global gradient norm and loss sum: one all-reduce over the world, one host read."""
+        t = torch.cat([self.buffers.norm_sq_part(), self._loss_part(step)])
+        C.all_reduce(t, self.grid.world)
+        sq, loss = to_host(t, "step.norm")
+        return math.sqrt(sq), loss
 
     # ------------------------------------------------------------------ the API
 
-    def train_step(self, micro_batches: list[dict], lr: float) -> dict:
+    def train_step(self, micro_batches: list[dict], lr: float, stop: bool = False) -> dict:
+        """One optimizer step. `stop`: this rank got a stop signal; when any rank did, no step runs
+        and the result says `stopped` (every rank alike: the flag travels with the batch check)."""
         with record_function("megacrystal.train_step"):  # a profiler range (and a rehearsal's step marker)
-            return self._train_step(micro_batches, lr)
+            return self._train_step(micro_batches, lr, stop)
 
-    def _train_step(self, micro_batches: list[dict], lr: float) -> dict:
-        batches, tokens = self._prepare(micro_batches)
+    def _train_step(self, micro_batches: list[dict], lr: float, stop: bool) -> dict:
+        batches, tokens = self._prepare(micro_batches, stop)
+        if batches is None:
+            return dict(loss=math.nan, grad_norm=math.nan, tokens=tokens, skipped=False, stopped=True)
         denom = loss_denominator(self.cfg.optim.loss_normalization, tokens, batches, self.grid.dp_size)
         step = self._step(batches, 1.0 / denom)
         self.buffers.start_step(len(batches))
@@ -222,14 +240,14 @@ class Engine:
         self.buffers.finish()
         if self.sp:
             self.buffers.allreduce_sequence_parallel()
-        norm = self.buffers.grad_norm()
-        loss = self._global_loss_sum(step) / denom
+        norm, loss_sum = self._norm_and_loss(step)
+        loss = loss_sum / denom
         # both are reduced over every rank that holds a part: all ranks take the same decision.
         # A non-finite step changes no state (parameters, masters, moments, the optimizer's step count).
         skipped = not (math.isfinite(norm) and math.isfinite(loss))
         if not skipped:
             clip_and_step(self.optimizer, self.buffers, norm, self.cfg.optim.clip_grad, lr)
-        return dict(loss=loss, grad_norm=norm, tokens=tokens, skipped=skipped)
+        return dict(loss=loss, grad_norm=norm, tokens=tokens, skipped=skipped, stopped=False)
 
     @torch.no_grad()
     def eval_loss(self, micro_batches: list[dict]) -> tuple[float, float]:
@@ -239,7 +257,9 @@ class Engine:
         for m in self.chunks:
             m.eval()
         schedules.forward_only(step, self._p2p(batches), self.grid)
-        return self._global_loss_sum(step), tokens
+        t = self._loss_part(step).clone()
+        C.all_reduce(t, self.grid.world)
+        return to_host(t, "eval.loss")[0], tokens
 
     def state_dict(self) -> dict:
         model = {n: p.detach().to("cpu", copy=True) for m in self.chunks for n, p in m.named_parameters()}

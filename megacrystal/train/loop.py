@@ -142,10 +142,10 @@ def _train(cfg: Config, stop: StopSignals, dog: StepWatchdog) -> dict:
         ckptr.save(at_step, state, cfg.to_dict())
         last_saved = at_step
 
-    def stop_if_asked():
-        """Collective: a SIGTERM/SIGINT on any rank (since start-up, or during the step) stops here."""
-        if step >= total_steps or not stop.agreed(grid, device):
-            return
+    def stop_here():
+        """Every rank, at the same step boundary (the flag travels with the next step's batch check):
+        save the steps done, then end the run."""
+        loader.step = step  # the batches fetched for the step that will not run are read again on resume
         if step > last_saved:
             save(step)
         ckptr.close()  # the stop's checkpoint is committed before the exit
@@ -157,19 +157,23 @@ def _train(cfg: Config, stop: StopSignals, dog: StepWatchdog) -> dict:
     record: dict = {}
     it = iter(loader)
     dog.rank = grid.rank
-    stop_if_asked()  # a signal during start-up (data, process groups, loading) acts before any step
     while step < total_steps:
         span = schedule.span(step)
         lr = schedule.lr(step, skips.lag(span.name))
         t0 = time.perf_counter()
         dog.start(step + 1)
         mbs = next(it)
-        out = engine.train_step(mbs, lr)
+        # a SIGTERM/SIGINT on any rank (during start-up, or before this step) stops here, before it runs
+        out = engine.train_step(mbs, lr, stop=stop.signum is not None)
+        if out["stopped"]:
+            dog.stop()
+            stop_here()
         global_counts = loader.source_counts(step)  # the whole global batch's, from the data plan: no collective
         if global_counts is not None:
             counts += torch.from_numpy(global_counts).double()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        logged = (step + 1) % t.log_interval == 0 or step + 1 == total_steps or out["skipped"]
+        if logged and device.type == "cuda":
+            torch.cuda.synchronize(device)  # the step's time is measured where it is logged, and only there
         dt = time.perf_counter() - t0
         dog.stop()
         step += 1
@@ -191,7 +195,7 @@ def _train(cfg: Config, stop: StopSignals, dog: StepWatchdog) -> dict:
         )
         if t.eval_interval and valid and (step % t.eval_interval == 0 or step == total_steps):
             record["valid_loss"] = evaluate(engine, phase_validation(valid, schedule.phases[span.index]), cfg, grid)
-        if step % t.log_interval == 0 or step == total_steps or out["skipped"]:
+        if logged:
             metrics.write(record)
             if rank0 and out["skipped"]:
                 log.warning(
@@ -207,7 +211,6 @@ def _train(cfg: Config, stop: StopSignals, dog: StepWatchdog) -> dict:
         skips.record(out["skipped"], step, span.name, out["loss"], out["grad_norm"])  # raises: too many in a row
         if save_due(step, span, schedule.phases[span.index], t.save_interval) and step < total_steps:
             save(step)
-        stop_if_asked()  # every rank, the same step
     if step > last_saved:
         save(step)
     ckptr.close()
