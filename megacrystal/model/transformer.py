@@ -58,12 +58,12 @@ class Attention(nn.Module):
         # writes the packed d(qkv) directly instead of autograd's per-slice zero-filled buffers)
         self._qkv_rotary = op("qkv_rotary", cfg.kernels)
 
-    def forward(self, x, cos, sin, segment_ids=None):
+    def forward(self, x, cos, sin, segment_ids=None, bounds=None):
         qkv = self.qkv(x)
         b, s = qkv.shape[0], qkv.shape[1]
         qkv = qkv.view(b, s, self.hk, self.group + 2, self.head_dim)
         q, k, v = self._qkv_rotary(qkv, cos, sin, self.interleaved)
-        o = attention(q, k, v, self.scale, segment_ids, self.backend)
+        o = attention(q, k, v, self.scale, segment_ids, self.backend, bounds)
         return self.proj(o.reshape(b, s, self.hq * self.head_dim))
 
 
@@ -97,8 +97,8 @@ class Block(nn.Module):
         self.norm2 = Norm(cfg)
         self.mlp = MLP(cfg, layers)
 
-    def forward(self, x, cos, sin, segment_ids=None):
-        h = x + self.attn(self.norm1(x), cos, sin, segment_ids)
+    def forward(self, x, cos, sin, segment_ids=None, bounds=None):
+        h = x + self.attn(self.norm1(x), cos, sin, segment_ids, bounds)
         return h + self.mlp(self.norm2(h))
 
 
@@ -142,9 +142,13 @@ class Transformer(nn.Module):
         position_ids: torch.Tensor | None = None,
         segment_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
     ) -> torch.Tensor:
         """First stage takes `tokens` [b, s]; later stages `hidden`. The last stage returns logits, or
-        per-token fp32 losses [b, s] when `labels` is given; other stages return hidden states."""
+        per-token fp32 losses [b, s] when `labels` is given; other stages return hidden states.
+        `cu_seqlens`/`max_seqlen`: the documents of `segment_ids` over the flattened batch (data/batch.py),
+        for the varlen attention kernels; without them they are computed from `segment_ids` (a device sync)."""
         if self.pre_process:
             h = self.embed(tokens)
             if self.embed_scale != 1.0:
@@ -166,11 +170,12 @@ class Transformer(nn.Module):
         cos, sin = self.rope(position_ids, h.dtype)
         if not self.cfg.document_mask:  # packed documents attend across EOD, as in Crystal/Megatron
             segment_ids = None
+        bounds = (cu_seqlens, int(max_seqlen)) if segment_ids is not None and cu_seqlens is not None else None
         for block in self.layers.values():
             if self.cfg.recompute and self.training:
-                h = torch.utils.checkpoint.checkpoint(block, h, cos, sin, segment_ids, use_reentrant=False)
+                h = torch.utils.checkpoint.checkpoint(block, h, cos, sin, segment_ids, bounds, use_reentrant=False)
             else:
-                h = block(h, cos, sin, segment_ids)
+                h = block(h, cos, sin, segment_ids, bounds)
         if not self.post_process:
             return h
         h = self.final_norm(h)
