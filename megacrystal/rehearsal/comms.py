@@ -119,11 +119,13 @@ class Comms:
     # ---------------------------------------------------------------- calls
 
     def _bind(self, name: str, args, kwargs) -> dict:
-        sig = self._sigs.get(name)
-        if sig is None:
-            sig = self._sigs[name] = inspect.signature(self._orig[name])
-        b = sig.bind(*args, **kwargs)
-        return dict(b.arguments)
+        """The call's arguments by name (positional ones mapped by the signature; defaults left out)."""
+        names = self._sigs.get(name)
+        if names is None:
+            names = self._sigs[name] = list(inspect.signature(self._orig[name]).parameters)
+        out = dict(zip(names, args, strict=False))  # the rest keep their defaults
+        out.update(kwargs)
+        return out
 
     def _record(self, rec: dict) -> dict:
         rec.update(section=self.play.section, frame=where(), order=self.play.next_order())

@@ -3,8 +3,9 @@
 - `train.device: meta`; the (fake) process group is started by the rehearsal;
 - micro-batches per step capped at 2·pp·vpp (the interleaved schedule's steady state needs pp·vpp in
   flight; twice that reaches it), i.e. `train.global_batch_size` = micro·dp·cap;
-- each phase shortened to one step (the rehearsed steps run into as many phases), so the data plan
-  and the index builds cover only the samples the rehearsal reads, for every phase;
+- each phase shortened to one step (the rehearsed steps run into as many phases; a phase whose range
+  a later phase replays to what that range needs), so the data plan and the index builds cover only
+  about the samples the rehearsal reads, for every phase;
 - `train.eval_iters: 1`, no TensorBoard, no consolidated export, no `init_from`, no watchdog,
   `data.num_workers: 0`, the index cache in the rehearsal's work directory;
 - data files and the tokenizer that are not on this machine replaced by stand-ins (standin.py).
@@ -16,6 +17,7 @@ the world, and, when the files are here, the full data plan (epochs, tokenizer, 
 from __future__ import annotations
 
 import copy
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +55,24 @@ def _tokenizer(cfg: Config, workdir: Path, notes: list[str]):
     return "HuggingFaceTokenizer", path, load_tokenizer("HuggingFaceTokenizer", path)
 
 
+def _phase_steps(phases, steps: int, gbs: int) -> list[int]:
+    """One step per phase (the rehearsed steps run into as many phases; the last takes any more), and
+    enough steps in a phase that a later phase replays for its range to hold two samples."""
+    out = [1] * len(phases)
+    out[-1] += max(0, steps - len(phases))
+    index = {p.name: i for i, p in enumerate(phases)}
+    for ph in phases:
+        for e in ph.entries().values():
+            r = e.replay
+            if r is None or r.phase not in index:
+                continue
+            src = phases[index[r.phase]].entries()
+            share = src[r.source].weight / sum(x.weight for x in src.values()) if r.source in src else 1.0
+            need = 2.0 / max(share * (r.end - r.start), 1e-9)
+            out[index[r.phase]] = max(out[index[r.phase]], math.ceil(need / gbs))
+    return out
+
+
 def prepare(cfg: Config, world: int, steps: int, workdir: Path) -> Launch:
     """Check the user's configuration for `world` ranks (ConfigError as a launch raises it) and write
     the rehearsed one."""
@@ -75,10 +95,8 @@ def prepare(cfg: Config, world: int, steps: int, workdir: Path) -> Launch:
     else:
         notes.append("the full run's data plan is not checked here (its files are not on this machine)")
 
-    n_phases = len(d.phases)
-    phase_steps = [1] * n_phases
-    phase_steps[-1] += max(0, steps - n_phases)
     gbs = t.micro_batch_size * dp * rehearsed
+    phase_steps = _phase_steps(d.phases, steps, gbs)
     samples = sum(phase_steps) * gbs
     prefixes = standin.stand_in_sources(cfg, tok, workdir, samples, seed=d.seed)
     replaced = {n: [p for p, q in zip(ps, d.sources[n].prefixes, strict=True) if p != q] for n, ps in prefixes.items()}

@@ -39,15 +39,16 @@ class _Unhashable(Exception):
 
 def _key(a, flags: list):
     if isinstance(a, T):
-        if a.device.type == "meta":
-            flags[0] = True
-        else:
-            flags[1] = True
-        return (a.shape, a.stride(), a.dtype, a.device.type)
+        meta = a.is_meta
+        flags[0 if meta else 1] = True
+        return (a.shape, a.stride(), a.dtype, meta)
     if isinstance(a, _SIMPLE):
         return a
     if isinstance(a, (list, tuple)):
-        return tuple(_key(x, flags) for x in a)
+        out = []
+        for x in a:
+            out.append(_key(x, flags))
+        return tuple(out)
     raise _Unhashable
 
 
@@ -58,15 +59,16 @@ def _describe(func) -> tuple:
     """(kind, aliased argument for each return) of an op, from its schema."""
     s = func._schema
     name = func.__name__.split(".")[0]
+    track = func.namespace != "aten" or s.is_mutable  # may make or resize a storage outside the fast path
     if func in HOST_READS or name in DATA_DEPENDENT or name in INDEXING:
-        return CALL, (), True
+        return CALL, (), True, True
     if func.namespace != "aten" or name.startswith(("resize", "set_", "as_strided", "_resize")):
-        return CALL, (), False
+        return CALL, (), False, track
     returns_alias = [r.alias_info for r in s.returns]
     if not s.is_mutable:
-        return (CALL, (), False) if any(returns_alias) else (FRESH, (), False)
+        return (CALL, (), False, False) if any(returns_alias) else (FRESH, (), False, False)
     if s.overload_name == "out" or any(a is None for a in returns_alias):
-        return CALL, (), False
+        return CALL, (), False, True
     sets = {}
     for i, a in enumerate(s.arguments):
         if a.alias_info is not None and a.alias_info.is_write:
@@ -76,9 +78,9 @@ def _describe(func) -> tuple:
     for r in returns_alias:
         hit = [sets[n] for n in r.before_set if n in sets]
         if not hit:
-            return CALL, (), False
+            return CALL, (), False, True
         targets.append(hit[0])
-    return INPLACE, tuple(targets), False
+    return INPLACE, tuple(targets), False, True
 
 
 def _pick(args, kwargs, target):
@@ -96,6 +98,10 @@ def _flat_tensors(x, out: list) -> list:
 
 
 class MetaMode(TorchDispatchMode):
+    @classmethod
+    def _should_skip_dynamo(cls):  # no torch.compile in a play: skip torch's per-call dynamo guard
+        return False
+
     def __init__(self, play):
         super().__init__()
         self.play = play
@@ -113,7 +119,9 @@ class MetaMode(TorchDispatchMode):
             info = self._kinds[func] = _describe(func)
         kind = info[0]
         if kind == CALL:
-            return self._call(func, args, kwargs, info[2])
+            if not (info[2] or info[3]) and func.namespace == "aten":
+                return func(*args, **kwargs)  # a view: no new storage, nothing to count
+            return self._call(func, args, kwargs, info[2], info[3])
         flags = [False, False]
         try:
             key = (func, _key(args, flags), _key(tuple(kwargs.items()), flags) if kwargs else None)
@@ -129,7 +137,7 @@ class MetaMode(TorchDispatchMode):
         if hit is None:
             out = func(*args, **kwargs)
             if kind == FRESH and _aliases_input(out, args):  # a view the schema does not say is one
-                self._kinds[func] = (CALL, (), False)
+                self._kinds[func] = (CALL, (), False, False)
                 return out
             hit = self._remember(key, func, kind, info, args, kwargs, out)
             if hit is None:
@@ -169,16 +177,13 @@ class MetaMode(TorchDispatchMode):
 
     # ---------------------------------------------------------------- ops the fast path does not take
 
-    def _call(self, func, args, kwargs, special: bool):
+    def _call(self, func, args, kwargs, special: bool, track: bool):
         if func.namespace == "profiler":
             return self._range(func, args, kwargs)
         if func.namespace == "megacrystal" and func.__name__.startswith("attention_meta"):
             backward = "backward" in func.__name__
             q, k = (args[1], args[2]) if backward else (args[0], args[1])
             self.play.add_flops("attention", attention_flops(q.shape, k.shape, backward), 0)
-        track = func.namespace != "aten" or func._schema.is_mutable
-        if not (special or track):
-            return func(*args, **kwargs)  # a view: no new storage
         on_meta = any(t.device.type == "meta" for t in _flat_tensors(args, []))
         if on_meta and special:
             if func in HOST_READS:

@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from .comms import Comms
 from .findings import Finding
-from .frames import _PKG, _ROOT
+from .frames import ours, relative
 from .meta_mode import MetaMode
 from .play_state import PlayState
 
@@ -49,10 +49,8 @@ def _env(rank: int, world: int) -> dict:
 
 
 def _crash_frame(e: BaseException) -> str:
-    frames = [f for f in traceback.extract_tb(e.__traceback__) if f.filename.startswith(_PKG)]
-    own = os.path.join(_PKG, "rehearsal")
-    frames = [f for f in frames if not f.filename.startswith(own)]
-    shown = [f"{os.path.relpath(f.filename, _ROOT)}:{f.lineno} {f.name}" for f in reversed(frames[-3:])]
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if ours(f.filename)]
+    shown = [f"{relative(f.filename)}:{f.lineno} {f.name}" for f in reversed(frames[-3:])]
     return " <- ".join(shown) if shown else "(outside megacrystal)"
 
 
@@ -70,8 +68,9 @@ def play_rank(config_path: str, rank: int, world: int, coords: dict, group_names
     os.environ.update(_env(rank, world))
     cfg = load_config(config_path, [f"train.out_dir={out_dir}"])
     comms = Comms(play, group_names)
-    dist.init_process_group("meta:fake", store=fake_store(), rank=rank, world_size=world)
-    comms.group(None)
+    if world > 1:  # as a launch: one process starts no process group (parallel/init.py)
+        dist.init_process_group("meta:fake", store=fake_store(), rank=rank, world_size=world)
+        comms.group(None)
     old_stand_in = host.set_stand_in(play.stand_in)
     try:
         with comms.installed(), MetaMode(play), torch.autograd.graph.saved_tensors_hooks(_pack(play), _unpack):
@@ -83,7 +82,7 @@ def play_rank(config_path: str, rank: int, world: int, coords: dict, group_names
     finally:
         host.set_stand_in(old_stand_in)
         try:
-            state.destroy(timeout_s=0.0)
+            state.destroy(timeout_s=0.0)  # also forgets the grid of a one-process play
         finally:
             if dist.is_initialized():
                 dist.destroy_process_group()

@@ -134,6 +134,7 @@ def engine_facts(engine) -> dict:
     params = [p for m in engine.chunks for p in m.parameters()]
     out = dict(
         parameters=sum(p.numel() for p in params),
+        parameter_tensors=len(params),
         parameter_dtype=str(params[0].dtype).replace("torch.", "") if params else None,
     )
     buf = engine.buffers

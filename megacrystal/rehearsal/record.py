@@ -21,7 +21,7 @@ SEAMS = [
     "torch.distributed.checkpoint.save plans (local and global plan, bytes) and writes nothing",
     "a copy of a meta tensor to the host (checkpoint staging) copies nothing",
     "attention on meta: a flash-attention-shaped op (same outputs and saved tensors), FLOPs by formula",
-    "fused kernels: their torch twins (ops/*.py), as on any device without Triton",
+    "fused kernels: the Triton wrappers allocate and save as on the GPU, nothing is launched (torch twins without Triton)",
 ]
 
 
