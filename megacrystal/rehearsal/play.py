@@ -92,6 +92,7 @@ def play_rank(config_path: str, rank: int, world: int, coords: dict, group_names
                 else:
                     os.environ[k] = v
             shutil.rmtree(out_dir, ignore_errors=True)
+    play._set(play.section)  # close the last section's time
     return _result(play, comms, time.perf_counter() - t0)
 
 
@@ -113,6 +114,7 @@ def _result(play: PlayState, comms: Comms, seconds: float) -> dict:
         rank=play.rank,
         coords=play.coords,
         seconds=round(seconds, 2),
+        section_seconds={k: round(v, 2) for k, v in play.timing.items()},
         steps=play.steps,
         memory=play.memory.summary(),
         flops={s: dict(v) for s, v in play.flops.items()},

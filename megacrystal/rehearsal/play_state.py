@@ -8,6 +8,7 @@ engine's step belongs to it); `eval` and `checkpoint` while those ranges are ope
 from __future__ import annotations
 
 import sys
+import time
 from collections import defaultdict
 
 import torch
@@ -39,10 +40,15 @@ class PlayState:
         self.p2p: list[dict] = []
         self.checkpoint: list[dict] = []
         self.order = 0  # event counter: collective issues and waits, in program order
+        self.timing: dict[str, float] = {}  # section -> seconds of this play spent in it
+        self._since = time.perf_counter()
 
     # ---------------------------------------------------------------- sections
 
     def _set(self, section: str) -> None:
+        now = time.perf_counter()
+        self.timing[self.section] = self.timing.get(self.section, 0.0) + now - self._since
+        self._since = now
         self.section = section
         self.memory.section = section
 

@@ -10,6 +10,7 @@ differ only in shard offsets and data, which the last one stands for).
 from __future__ import annotations
 
 import itertools
+import math
 
 import torch
 
@@ -18,8 +19,12 @@ from ..parallel.state import ORDERS
 EVERY_COORDINATE = ("pp",)
 
 
-def axis_sizes(world: int, tp: int, pp: int) -> dict[str, int]:
-    return {"tp": tp, "pp": pp, "dp": world // (tp * pp)}
+def axis_sizes(parallel, world: int) -> dict[str, int]:
+    """Size of every axis of the grid (`parallel.<axis>`; dp is what the world leaves)."""
+    axes = ORDERS[parallel.order]
+    sizes = {a: int(getattr(parallel, a)) for a in axes if a != "dp"}
+    sizes["dp"] = world // math.prod(sizes.values())
+    return {a: sizes[a] for a in axes}
 
 
 def rank_of(world: int, sizes: dict[str, int], order: str) -> torch.Tensor:

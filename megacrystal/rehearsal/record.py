@@ -88,6 +88,7 @@ def rank_record(play: dict) -> dict:
         rank=play["rank"],
         coords=play["coords"],
         seconds=play["seconds"],
+        section_seconds=play["section_seconds"],
         memory=play["memory"],
         state=play["engine"],
         steps=steps,

@@ -47,7 +47,7 @@ def _pool(jobs: int) -> ProcessPoolExecutor:
 def _names(world: int, tp: int, pp: int, order: str) -> dict[tuple, str]:
     names: dict[tuple, str] = {}
     groups = group_ranks(world, tp, pp, order)
-    for kind in ("embedding", "mp", "dp", "pp", "tp"):  # the first kind in tp, pp, dp, mp order wins
+    for kind in reversed(list(groups)):  # the first kind in group_ranks' order (tp, pp, dp, ...) wins
         for ranks in groups[kind]:
             names[tuple(sorted(ranks))] = kind
     return names
@@ -98,7 +98,7 @@ def rehearse(
         f = Finding("config", 0, str(e), "(before any process group)")
         return dict(head, verdict="fail", findings=[f.to_dict()], lines=summarise([f]), ranks=[])
     par, m, t = cfg.parallel, cfg.model, cfg.train
-    sizes = axis_sizes(gpus, par.tp, par.pp)
+    sizes = axis_sizes(par, gpus)
     ranks = played_ranks(gpus, sizes, par.order)
     coords = {r: coordinates(gpus, sizes, par.order, r) for r in ranks}
     out_root = tempfile.mkdtemp(prefix="plays-", dir=workdir)
