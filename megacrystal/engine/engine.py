@@ -42,6 +42,7 @@ from ..parallel.pipeline import build_chunks, tied_embedding_params
 from ..parallel.state import Grid, build_grid
 from ..parallel.step import StepCompute
 from ..parallel.tensor import TensorParallelLayers
+from .batch_check import batch_problem
 from .host import to_host
 
 FORMAT = "megacrystal-engine/1"
@@ -124,48 +125,7 @@ class Engine:
 
     def _check_batches(self, micro_batches) -> str | None:
         """The first problem with this rank's micro-batches, or None."""
-        if not isinstance(micro_batches, (list, tuple)) or not micro_batches:
-            return "micro_batches: expected a non-empty list of dicts"
-        m, g = self.cfg.model, self.grid
-        shape = None
-        for i, b in enumerate(micro_batches):
-            where = f"micro_batches[{i}]"
-            if not isinstance(b, dict):
-                return f"{where}: expected a dict, got {type(b).__name__}"
-            for k in ("tokens", "labels", "loss_mask"):
-                if k not in b:
-                    return f"{where}: missing {k!r} (needs tokens, labels, loss_mask)"
-            for k, v in b.items():
-                if k not in ("tokens", "labels", "loss_mask", "position_ids", "segment_ids"):
-                    continue
-                if v is None and k in ("position_ids", "segment_ids"):
-                    continue
-                if not isinstance(v, torch.Tensor) or v.ndim != 2:
-                    return f"{where}.{k}: expected a 2-D tensor [batch, seq]"
-                if shape is None:
-                    shape = tuple(v.shape)
-                if tuple(v.shape) != shape:
-                    return f"{where}.{k}: shape {tuple(v.shape)}, expected {shape} like the others"
-            if b["tokens"].dtype.is_floating_point or b["labels"].dtype.is_floating_point:
-                return f"{where}: tokens and labels must be integer tensors"
-            tmin, tmax = int(b["tokens"].min()), int(b["tokens"].max())
-            if tmin < 0 or tmax >= m.vocab_size:
-                return f"{where}.tokens: ids in [{tmin}, {tmax}], expected [0, {m.vocab_size})"
-            lab = b["labels"]
-            if int(lab.max()) >= m.vocab_size or bool(((lab < 0) & (lab != -100)).any()):
-                bad = int(lab[(lab >= m.vocab_size) | ((lab < 0) & (lab != -100))][0])
-                return f"{where}.labels: id {bad}, expected [0, {m.vocab_size}) or -100 (ignored)"
-        s = shape[1]
-        if s > m.max_seq_len:
-            return f"micro_batches: sequence length {s} exceeds model.max_seq_len={m.max_seq_len}"
-        if self.sp and s % g.tp_size:
-            return f"micro_batches: sequence length {s} is not divisible by tp={g.tp_size} (sequence parallel)"
-        if g.vpp_size > 1 and len(micro_batches) % g.pp_size:
-            return (
-                f"micro_batches: interleaved 1F1B needs the number of micro-batches "
-                f"({len(micro_batches)}) divisible by pp={g.pp_size}"
-            )
-        return None
+        return batch_problem(micro_batches, self.cfg.model, self.grid, self.sp)
 
     def _prepare(self, micro_batches, stop: bool = False) -> tuple[list[dict] | None, float]:
         """Validate on every rank and agree on it, with the global loss-token count and the stop flag
