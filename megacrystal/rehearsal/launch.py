@@ -1,6 +1,6 @@
 """The configuration a rehearsal plays: the user's, with what a CPU cannot hold or afford changed, and said.
 
-- `train.device: meta`; the (fake) process group is started by the rehearsal;
+- `train.device: meta`; the (fake) process group is started by the rehearsal (`parallel.backend: auto`);
 - micro-batches per step capped at 2·pp·vpp (the interleaved schedule's steady state needs pp·vpp in
   flight; twice that reaches it), i.e. `train.global_batch_size` = micro·dp·cap;
 - each phase shortened to one step (the rehearsed steps run into as many phases; a phase whose range
@@ -117,6 +117,9 @@ def prepare(cfg: Config, world: int, steps: int, workdir: Path) -> Launch:
     if tt.get("eval_interval"):
         tt["eval_iters"] = 1
     data["log"].update(tensorboard=False, level="WARNING")
+    if data["parallel"].get("backend", "auto") != "auto":  # the rehearsal starts its own (fake) group
+        notes.append(f"parallel.backend {data['parallel']['backend']} played as the meta-only fake backend")
+        data["parallel"]["backend"] = "auto"
     sig = standin.signature(data)
     path = workdir / f"rehearsal-{sig}.yaml"
     if not path.is_file():
