@@ -48,6 +48,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "plot": ("megacrystal.train.plot", "main", "plot a run's metrics.jsonl"),
     "plan": ("megacrystal.cost_plan", "main", "memory/throughput plan for a config on N GPUs"),
+    "rehearse": (
+        "megacrystal.rehearsal.command",
+        "main",
+        "play a launch of N GPU ranks on this CPU: collectives, transfers, host reads, memory",
+    ),
     "eval": ("megacrystal.evaluation.command", "main", "per-source loss, FIM and completion scores of a checkpoint"),
     "compare": ("megacrystal.evaluation.compare", "main", "table + plot of several runs or evaluations"),
     "study": (

@@ -272,7 +272,7 @@ class TrainConfig:
     log_interval: int = 1
     eval_interval: int = 0
     eval_iters: int = 1
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # auto | cpu | cuda | meta (shapes only: `megacrystal rehearse`)
     max_skipped_steps: int = 5  # consecutive non-finite steps (skipped updates) before the run stops
     step_timeout_s: float | None = None  # watchdog: a longer step fails every rank (0: off; None: 600 s multi-rank)
     # checkpoints (docs/checkpoints.md)

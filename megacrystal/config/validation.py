@@ -79,7 +79,7 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
     _validate_context_parallel(cfg, m)
 
     _choice(cfg, "train.precision", t.precision, {"fp32", "bf16", "fp64"})
-    _choice(cfg, "train.device", t.device, {"auto", "cpu", "cuda"})
+    _choice(cfg, "train.device", t.device, {"auto", "cpu", "cuda", "meta"})
     _check(t.micro_batch_size >= 1, cfg, f"train.micro_batch_size: expected >= 1, got {t.micro_batch_size}")
     _check(t.global_batch_size >= 1, cfg, f"train.global_batch_size: expected >= 1, got {t.global_batch_size}")
     _check(t.log_interval >= 1, cfg, f"train.log_interval: expected >= 1, got {t.log_interval}")

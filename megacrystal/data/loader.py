@@ -112,6 +112,12 @@ class StepLoader:
         base = step * self.gbs + m * self.mbs * self.dp_size + self.dp_rank * self.mbs
         return list(range(base, base + self.mbs))
 
+    def source_counts(self, step: int):
+        """Samples per source in the global batch of `step` (every dp rank's micro-batches), computed
+        on the host from the data plan: no collective needed. None when the dataset cannot say."""
+        counts = getattr(self.dataset, "source_counts", None)
+        return None if counts is None else counts(step * self.gbs, (step + 1) * self.gbs)
+
     # --- resume
     def state_dict(self) -> dict:
         return {

@@ -1,5 +1,9 @@
-"""What the engine checks in every micro-batch list before a step (each rank alone; the ranks then
-agree on the verdict with one all-reduce, so a bad batch on one rank fails every rank)."""
+"""The engine's check of one rank's micro-batches, before any collective: keys, shapes, id ranges.
+
+A bad batch is found on the rank that holds it; `Engine._prepare` then agrees on the verdict with every
+rank (in the step's first all-reduce), so one rank's bad batch fails all ranks instead of hanging them.
+The batches are the loader's host tensors: reading them here costs no device synchronisation.
+"""
 
 from __future__ import annotations
 

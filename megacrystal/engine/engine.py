@@ -22,9 +22,11 @@ import math
 
 import torch
 import torch.distributed as dist
+from torch.profiler import record_function
 
 from ..compiled.select import resolve_grad_accum_fusion, resolve_optim_impl
 from ..config import Config, ResolvedModelConfig
+from ..data.batch import finish_batch
 from ..model import wgrad_fusion
 from ..model.layers import SerialLayers
 from ..model.mup import init_parameters, param_groups
@@ -36,6 +38,7 @@ from ..optim.loss_normalization import loss_denominator
 from ..parallel import collectives as C
 from ..parallel import pipeline_schedules as schedules
 from ..parallel.grad_buffers import GradBuffers
+from ..parallel.host import to_host
 from ..parallel.p2p import P2P
 from ..parallel.pipeline import build_chunks, tied_embedding_params
 from ..parallel.ring_attention import RingContext
@@ -77,7 +80,7 @@ class Engine:
         with torch.device(self.device), _default_dtype(self.dtype):
             self.chunks = build_chunks(cfg.model, self.layers, g)
         for m in self.chunks:
-            if init_weights:
+            if init_weights and self.device.type != "meta":  # meta tensors hold no values to draw
                 init_parameters(m, cfg.model, cfg.train.seed)
             else:
                 for p in m.parameters():
@@ -136,31 +139,43 @@ class Engine:
         """The model's parameters at their true sizes (padding not counted)."""
         return count_parameters(self.cfg.model)
 
-    def _prepare(self, micro_batches) -> tuple[list[dict], float]:
-        """Validate on every rank, agree on it (one all-reduce, so a bad batch on one rank fails
-        every rank instead of hanging them), move to the device; returns the batches on the device
-        and the global loss-token count."""
-        err = batch_problem(micro_batches, self.cfg, self.grid, self.sp)
+    def _check_batches(self, micro_batches) -> str | None:
+        """The first problem with this rank's micro-batches, or None."""
+        return batch_problem(micro_batches, self.cfg, self.grid, self.sp)
+
+    def _prepare(self, micro_batches, stop: bool = False) -> tuple[list[dict] | None, float]:
+        """Validate on every rank and agree on it, with the global loss-token count and the stop flag
+        in the same all-reduce and one host read (so a bad batch on one rank fails every rank instead
+        of hanging them); move to the device. Returns (batches on the device, or None when some rank
+        asked to stop; the global loss-token count)."""
+        err = self._check_batches(micro_batches)
         g = self.grid
         count = 0.0
         if err is None and g.tp_rank == 0 and g.pp_rank == 0:
             count = float(sum(b["loss_mask"].double().sum() for b in micro_batches))
-        t = torch.tensor([1.0 if err else 0.0, count], dtype=torch.float64, device=self.device)
+        t = torch.tensor([1.0 if err else 0.0, count, 1.0 if stop else 0.0], dtype=torch.float64, device=self.device)
         C.all_reduce(t, g.world)
         if err is not None:
             raise ValueError(f"Engine: {err}")
-        if t[0].item() > 0:
-            raise ValueError(f"Engine: {int(t[0].item())} rank(s) reported invalid micro-batches (see their error)")
-        batches = [
-            {k: (v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in b.items()}
-            for b in micro_batches
-        ]
+        invalid, tokens, stops = to_host(t, "step.check")
+        if invalid > 0:
+            raise ValueError(f"Engine: {int(invalid)} rank(s) reported invalid micro-batches (see their error)")
+        if stops > 0:
+            return None, tokens
+        batches = []
+        for b in micro_batches:
+            whole = g.cp_size == 1  # a cp rank's part attends through the ring (cp_doc_start), not cu_seqlens
+            if whole and self.cfg.model.document_mask and b.get("segment_ids") is not None and "cu_seqlens" not in b:
+                b = finish_batch(dict(b))  # document boundaries computed on the host, as the loader does
+            batches.append(
+                {k: (v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in b.items()}
+            )
         for b in batches:
             b["loss_mask"] = b["loss_mask"].float()
             if g.cp_size > 1:
                 starts = b.get("cp_doc_start") if self.cfg.model.document_mask else None
                 b["cp_context"] = RingContext(g.cp, starts)
-        return batches, float(t[1].item())
+        return batches, tokens
 
     def _step(self, batches: list[dict], scale: float) -> StepCompute:
         sync = torch.cuda.synchronize if self.device.type == "cuda" else None
@@ -172,17 +187,35 @@ class Engine:
             s //= self.grid.tp_size
         return P2P(self.grid, (b, s, self.cfg.model.hidden_size), self.dtype, self.device, self.trace)
 
-    def _global_loss_sum(self, step: StepCompute) -> float:
-        g = self.grid
-        holds = any(m.post_process for m in self.chunks) and g.tp_rank == 0
-        t = step.loss_sum.clone() if holds else torch.zeros(1, dtype=torch.float64, device=self.device)
-        C.all_reduce(t, g.world)
-        return float(t.item())
+    def _loss_part(self, step: StepCompute) -> torch.Tensor:
+        """This rank's part of the global loss sum (the last stage's tp rank 0 holds one per replica)."""
+        holds = any(m.post_process for m in self.chunks) and self.grid.tp_rank == 0
+        return step.loss_sum if holds else torch.zeros(1, dtype=torch.float64, device=self.device)
+
+    def _norm_and_loss(self, step: StepCompute) -> tuple[float, float, bool | None]:
+        """The global gradient norm, loss sum and (fused optimizer) whether a gradient it reads is
+        non-finite: one all-reduce over the world, one host read."""
+        parts = [self.buffers.norm_sq_part(), self._loss_part(step)]
+        fused = getattr(self.optimizer, "nonfinite_part", None)
+        if fused is not None:  # it updates in place: the verdict must come before its launches
+            parts.append(fused())
+        t = torch.cat(parts)
+        C.all_reduce(t, self.grid.world)
+        values = to_host(t, "step.norm")
+        return math.sqrt(values[0]), values[1], (values[2] > 0 if fused is not None else None)
 
     # ------------------------------------------------------------------ the API
 
-    def train_step(self, micro_batches: list[dict], lr: float) -> dict:
-        batches, tokens = self._prepare(micro_batches)
+    def train_step(self, micro_batches: list[dict], lr: float, stop: bool = False) -> dict:
+        """One optimizer step. `stop`: this rank got a stop signal; when any rank did, no step runs
+        and the result says `stopped` (every rank alike: the flag travels with the batch check)."""
+        with record_function("megacrystal.train_step"):  # a profiler range (and a rehearsal's step marker)
+            return self._train_step(micro_batches, lr, stop)
+
+    def _train_step(self, micro_batches: list[dict], lr: float, stop: bool) -> dict:
+        batches, tokens = self._prepare(micro_batches, stop)
+        if batches is None:
+            return dict(loss=math.nan, grad_norm=math.nan, tokens=tokens, skipped=False, stopped=True)
         g = self.grid  # each of the dp x cp ranks holds as many positions of the global batch
         denom = loss_denominator(self.cfg.optim.loss_normalization, tokens, batches, g.dp_size * g.cp_size)
         step = self._step(batches, 1.0 / denom)
@@ -193,14 +226,14 @@ class Engine:
         self.buffers.finish()
         if self.sp:
             self.buffers.allreduce_sequence_parallel()
-        norm = self.buffers.grad_norm()
-        loss = self._global_loss_sum(step) / denom
-        # both are reduced over every rank that holds a part: all ranks take the same decision.
+        norm, loss_sum, nonfinite = self._norm_and_loss(step)
+        loss = loss_sum / denom
+        # all are reduced over every rank that holds a part: all ranks take the same decision.
         # A non-finite step changes no state (parameters, masters, moments, the optimizer's step count).
-        skipped = not (math.isfinite(norm) and math.isfinite(loss))
+        skipped = not (math.isfinite(norm) and math.isfinite(loss)) or bool(nonfinite)
         if not skipped:
-            skipped = not clip_and_step(self.optimizer, self.buffers, norm, self.cfg.optim.clip_grad, lr)
-        return dict(loss=loss, grad_norm=norm, tokens=tokens, skipped=skipped)
+            skipped = not clip_and_step(self.optimizer, self.buffers, norm, self.cfg.optim.clip_grad, lr, nonfinite)
+        return dict(loss=loss, grad_norm=norm, tokens=tokens, skipped=skipped, stopped=False)
 
     @torch.no_grad()
     def eval_loss(self, micro_batches: list[dict]) -> tuple[float, float]:
@@ -210,7 +243,9 @@ class Engine:
         for m in self.chunks:
             m.eval()
         schedules.forward_only(step, self._p2p(batches), self.grid)
-        return self._global_loss_sum(step), tokens
+        t = self._loss_part(step).clone()
+        C.all_reduce(t, self.grid.world)
+        return to_host(t, "eval.loss")[0], tokens
 
     def state_dict(self) -> dict:
         model = {n: p.detach().to("cpu", copy=True) for m in self.chunks for n, p in m.named_parameters()}

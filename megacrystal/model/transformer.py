@@ -58,7 +58,7 @@ class Attention(nn.Module):
         # writes the packed d(qkv) directly instead of autograd's per-slice zero-filled buffers)
         self._qkv_rotary = op("qkv_rotary", cfg.kernels)
 
-    def forward(self, x, cos, sin, segment_ids=None, cp=None):
+    def forward(self, x, cos, sin, segment_ids=None, bounds=None, cp=None):
         qkv = self.qkv(x)
         b, s = qkv.shape[0], qkv.shape[1]
         qkv = qkv.view(b, s, self.hk, self.group + 2, self.head_dim)
@@ -66,7 +66,7 @@ class Attention(nn.Module):
         if cp is not None:  # context parallel: this rank holds part of the sequence (ring attention)
             o = cp.attention(q, k, v, self.scale, self.backend)
         else:
-            o = attention(q, k, v, self.scale, segment_ids, self.backend)
+            o = attention(q, k, v, self.scale, segment_ids, self.backend, bounds)
         return self.proj(o.reshape(b, s, self.hq * self.head_dim))
 
 
@@ -100,8 +100,8 @@ class Block(nn.Module):
         self.norm2 = Norm(cfg)
         self.mlp = MLP(cfg, layers)
 
-    def forward(self, x, cos, sin, segment_ids=None, cp=None):
-        h = x + self.attn(self.norm1(x), cos, sin, segment_ids, cp)
+    def forward(self, x, cos, sin, segment_ids=None, bounds=None, cp=None):
+        h = x + self.attn(self.norm1(x), cos, sin, segment_ids, bounds, cp)
         return h + self.mlp(self.norm2(h))
 
 
@@ -145,12 +145,17 @@ class Transformer(nn.Module):
         position_ids: torch.Tensor | None = None,
         segment_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
         cp=None,
     ) -> torch.Tensor:
         """First stage takes `tokens` [b, s]; later stages `hidden`. The last stage returns logits, or
-        per-token fp32 losses [b, s] when `labels` is given; other stages return hidden states. `cp`: under
-        context parallelism, the micro-batch's ring attention context (`parallel.ring_attention.RingContext`:
-        the tensors hold this rank's part of each sequence, `position_ids` their true positions)."""
+        per-token fp32 losses [b, s] when `labels` is given; other stages return hidden states.
+        `cu_seqlens`/`max_seqlen`: the documents of `segment_ids` over the flattened batch (data/batch.py),
+        for the varlen attention kernels; without them they are computed from `segment_ids` (a device sync).
+        `cp`: under context parallelism, the micro-batch's ring attention context
+        (`parallel.ring_attention.RingContext`: the tensors hold this rank's part of each sequence,
+        `position_ids` their true positions)."""
         if self.pre_process:
             h = self.embed(tokens)
             if self.embed_scale != 1.0:
@@ -172,11 +177,12 @@ class Transformer(nn.Module):
         cos, sin = self.rope(position_ids, h.dtype)
         if not self.cfg.document_mask:  # packed documents attend across EOD, as in Crystal/Megatron
             segment_ids = None
+        bounds = (cu_seqlens, int(max_seqlen)) if segment_ids is not None and cu_seqlens is not None else None
         for block in self.layers.values():
             if self.cfg.recompute and self.training:
-                h = torch.utils.checkpoint.checkpoint(block, h, cos, sin, segment_ids, cp, use_reentrant=False)
+                h = torch.utils.checkpoint.checkpoint(block, h, cos, sin, segment_ids, bounds, cp, use_reentrant=False)
             else:
-                h = block(h, cos, sin, segment_ids, cp)
+                h = block(h, cos, sin, segment_ids, bounds, cp)
         if not self.post_process:
             return h
         h = self.final_norm(h)

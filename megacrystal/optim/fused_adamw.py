@@ -28,6 +28,7 @@ import torch.distributed as dist
 
 from ..compiled.cuda_kernels import adamw_scalars
 from ..parallel import collectives as C
+from ..parallel.host import to_host
 from .adamw import adamw_
 from .distributed import DistributedOptimizer, shard_pieces
 
@@ -127,19 +128,31 @@ class FusedAdamW:
         self.skipped_last = False
 
     @torch.no_grad()
-    def _flag_nonfinite_grads(self) -> bool:
-        """Set the flag when a gradient this rank's launches read is inf/nan; agree over the world."""
+    def nonfinite_part(self) -> torch.Tensor:
+        """1.0 (float64, on the device) when a gradient this rank's launches will read is inf/nan, else
+        0.0: the replicas the global norm does not count included. No collective and no host read: the
+        engine sums it over the world with the norm in the step's second read (`Engine._norm_and_loss`)
+        and hands the verdict to `step` as `found_nonfinite`."""
         grads = [self.buf.grad_buffer[s["lo"] : s["hi"]] for s in self.shards if s["hi"] > s["lo"]]
-        if grads:
-            peaks = torch.stack([n.float() for n in torch._foreach_norm(grads, float("inf"))])
-            self.nonfinite_flag.fill_(0).add_((~torch.isfinite(peaks)).any().int())
-        C.all_reduce(self.nonfinite_flag, self.buf.grid.world, op=dist.ReduceOp.MAX)
-        return bool(self.nonfinite_flag.item())
+        if not grads:
+            return torch.zeros(1, dtype=torch.float64, device=self.buf.grad_buffer.device)
+        peaks = torch.stack([n.float() for n in torch._foreach_norm(grads, float("inf"))])
+        return (~torch.isfinite(peaks)).any().to(torch.float64).reshape(1)
 
     @torch.no_grad()
-    def step(self, lr: float) -> None:
-        self.skipped_last = self._flag_nonfinite_grads()
+    def _agree_nonfinite(self) -> bool:
+        """Outside the engine's step (no `found_nonfinite` given): agree over the world, one host read."""
+        flag = self.nonfinite_part()
+        C.all_reduce(flag, self.buf.grid.world, op=dist.ReduceOp.MAX)
+        return to_host(flag, "fused_adamw.nonfinite")[0] > 0
+
+    @torch.no_grad()
+    def step(self, lr: float, found_nonfinite: bool | None = None) -> None:
+        """One update. `found_nonfinite`: the world's verdict on the gradients (from the engine's step
+        read); None checks here (one all-reduce and one host read)."""
+        self.skipped_last = self._agree_nonfinite() if found_nonfinite is None else bool(found_nonfinite)
         if self.skipped_last:  # like the torch path on a non-finite norm: no state changes
+            self.nonfinite_flag.fill_(1)  # what `nonfinite()` reports (a device write, no sync)
             self.clip_coef = 1.0
             return
         self.step_count += 1
@@ -176,8 +189,9 @@ class FusedAdamW:
             C.wait_all(works)
 
     def nonfinite(self) -> bool:
-        """Did any (clipped) gradient seen since the last call hold inf/nan? Resets the flag (one sync)."""
-        seen = bool(self.nonfinite_flag.item())
+        """Did any (clipped) gradient the kernel saw since the last call hold inf/nan? Resets the flag
+        (one host read; a diagnostic, not called in the step)."""
+        seen = to_host(self.nonfinite_flag, "fused_adamw.kernel_flag")[0] > 0
         self.nonfinite_flag.zero_()
         return seen
 

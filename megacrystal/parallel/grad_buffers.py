@@ -198,8 +198,10 @@ class GradBuffers:
             return False
         return not (self.grid.tp_rank > 0 and not spec.sharded)
 
-    def grad_norm(self) -> float:
-        """Global L2 norm of the gradient (after reduction), each element counted once."""
+    def norm_sq_part(self) -> torch.Tensor:
+        """This rank's share of the squared global gradient norm (float64 [1], on the device): summed
+        over the world it counts every element once (the distributed optimizer's shards; replicated
+        gradients on dp rank 0 only)."""
         pieces = []
         if self.distributed:
             for b in self.buckets:
@@ -211,18 +213,11 @@ class GradBuffers:
                     z = min(hi, self.offset[id(p)] + p.numel())
                     if a < z:
                         pieces.append(self.grad_buffer[a:z])
-            group = self.grid.world
-        else:
+        elif self.grid.dp_rank == 0:
             pieces = [p.main_grad for p in self.params if self.counted(p)]
-            group = self.grid.mp
-        dev = self.grad_buffer.device
         if pieces:
-            norms = torch._foreach_norm(pieces)
-            sq = torch.stack(norms).double().pow(2).sum().reshape(1)
-        else:
-            sq = torch.zeros(1, dtype=torch.float64, device=dev)
-        C.all_reduce(sq, group)
-        return float(sq.sqrt().item())
+            return torch.stack(torch._foreach_norm(pieces)).double().pow(2).sum().reshape(1)
+        return torch.zeros(1, dtype=torch.float64, device=self.grad_buffer.device)
 
     @staticmethod
     def clip_coef(total_norm: float, max_norm: float) -> float:

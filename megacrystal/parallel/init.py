@@ -38,6 +38,8 @@ def _env_int(name: str, default: int) -> int:
 
 def pick_device(cfg: Config, local_rank: int) -> torch.device:
     want = cfg.train.device
+    if want == "meta":  # a rehearsal (megacrystal rehearse): tensors with shapes and no values
+        return torch.device("meta")
     has_cuda = torch.cuda.is_available()
     if want == "cuda" and not has_cuda:
         raise ConfigError("train.device: cuda requested but torch sees no CUDA device")
@@ -79,6 +81,8 @@ def init_distributed(cfg: Config, timeout_s: float | None = None) -> tuple[Grid,
     backend = pick_backend(cfg, device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    if device.type == "meta" and world > 1 and not dist.is_initialized():
+        raise ConfigError("train.device: meta runs under `megacrystal rehearse`, which starts the (fake) process group")
     if world > 1 and not dist.is_initialized():
         for k in ("MASTER_ADDR", "MASTER_PORT"):
             if not os.environ.get(k):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.profiler import record_function
 
 from ..checkpoint import Checkpointer, save_consolidated
 from ..checkpoint.files import find_resume_point
@@ -23,6 +24,7 @@ from ..data.loader import build_data
 from ..data.plan import make_plan
 from ..engine.engine import Engine
 from ..log import get_logger
+from ..parallel.host_group import host_group
 from ..parallel.init import init_distributed
 from .finite import SkipCounter, ensure_finite
 from .init_from import init_from
@@ -36,14 +38,13 @@ from .watchdog import StepWatchdog, step_timeout
 log = get_logger("megacrystal.train")
 
 
-def _dp_sum(values: torch.Tensor, grid) -> torch.Tensor:
-    if dist.is_initialized() and grid.dp_size > 1:
-        dist.all_reduce(values, group=grid.dp_group)
-    return values
-
-
 def evaluate(engine, valid: dict, cfg: Config, grid) -> dict:
     """Per-source validation loss (token mean over `train.eval_iters` global batches of each source)."""
+    with record_function("megacrystal.eval"):  # a profiler range (and a rehearsal's section marker)
+        return _evaluate(engine, valid, cfg, grid)
+
+
+def _evaluate(engine, valid: dict, cfg: Config, grid) -> dict:
     out = {}
     t = cfg.train
     for name, vset in valid.items():
@@ -90,12 +91,13 @@ def _train(cfg: Config, stop: StopSignals, dog: StepWatchdog) -> dict:
 
         (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
-    world = dist.group.WORLD if dist.is_initialized() else None
+    # the one host-side group: the data set-up handshake and checkpoint traffic (parallel/host_group.py)
+    host = host_group(cfg.parallel.timeout_s)
     plan, loader, valid = build_data(
         cfg,
         grid.dp_rank,
         grid.dp_size,
-        group=world,
+        group=host,
         with_validation=t.eval_interval > 0,
         plan=data_plan,
         cp_rank=grid.cp_rank,
@@ -108,7 +110,7 @@ def _train(cfg: Config, stop: StopSignals, dog: StepWatchdog) -> dict:
     counts = torch.zeros(len(source_names), dtype=torch.float64)
     step, tokens_seen = 0, 0
     skips = SkipCounter(t.max_skipped_steps)
-    ckptr = Checkpointer(engine, str(out_dir), t.async_save, cfg.data.tokenizer_model)
+    ckptr = Checkpointer(engine, str(out_dir), t.async_save, cfg.data.tokenizer_model, group=host)
     ckptr.keep, ckptr.keep_every = t.keep_checkpoints, t.keep_every
     ckpt, meta = find_resume_point(out_dir, t.resume, ckptr.group), None
     if ckpt is not None:
@@ -146,6 +148,10 @@ def _train(cfg: Config, stop: StopSignals, dog: StepWatchdog) -> dict:
     last_saved = step
 
     def save(at_step):
+        with record_function("megacrystal.checkpoint"):
+            _save(at_step)
+
+    def _save(at_step):
         nonlocal last_saved
         ensure_finite(engine, at_step)  # never a checkpoint holding NaN/Inf
         state = dict(
@@ -158,10 +164,10 @@ def _train(cfg: Config, stop: StopSignals, dog: StepWatchdog) -> dict:
         ckptr.save(at_step, state, cfg.to_dict())
         last_saved = at_step
 
-    def stop_if_asked():
-        """Collective: a SIGTERM/SIGINT on any rank (since start-up, or during the step) stops here."""
-        if step >= total_steps or not stop.agreed(grid, device):
-            return
+    def stop_here():
+        """Every rank, at the same step boundary (the flag travels with the next step's batch check):
+        save the steps done, then end the run."""
+        loader.step = step  # the batches fetched for the step that will not run are read again on resume
         if step > last_saved:
             save(step)
         ckptr.close()  # the stop's checkpoint is committed before the exit
@@ -173,20 +179,23 @@ def _train(cfg: Config, stop: StopSignals, dog: StepWatchdog) -> dict:
     record: dict = {}
     it = iter(loader)
     dog.rank = grid.rank
-    stop_if_asked()  # a signal during start-up (data, process groups, loading) acts before any step
     while step < total_steps:
         span = schedule.span(step)
         lr = schedule.lr(step, skips.lag(span.name))
         t0 = time.perf_counter()
         dog.start(step + 1)
         mbs = next(it)
-        local = torch.zeros(len(source_names), dtype=torch.float64)
-        for mb in mbs:
-            local += torch.bincount(mb["source_id"], minlength=len(source_names)).double()
-        out = engine.train_step(mbs, lr)
-        counts += _dp_sum(local, grid)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        # a SIGTERM/SIGINT on any rank (during start-up, or before this step) stops here, before it runs
+        out = engine.train_step(mbs, lr, stop=stop.signum is not None)
+        if out["stopped"]:
+            dog.stop()
+            stop_here()
+        global_counts = loader.source_counts(step)  # the whole global batch's, from the data plan: no collective
+        if global_counts is not None:
+            counts += torch.from_numpy(global_counts).double()
+        logged = (step + 1) % t.log_interval == 0 or step + 1 == total_steps or out["skipped"]
+        if logged and device.type == "cuda":
+            torch.cuda.synchronize(device)  # the step's time is measured where it is logged, and only there
         dt = time.perf_counter() - t0
         dog.stop()
         step += 1
@@ -208,7 +217,7 @@ def _train(cfg: Config, stop: StopSignals, dog: StepWatchdog) -> dict:
         )
         if t.eval_interval and valid and (step % t.eval_interval == 0 or step == total_steps):
             record["valid_loss"] = evaluate(engine, phase_validation(valid, schedule.phases[span.index]), cfg, grid)
-        if step % t.log_interval == 0 or step == total_steps or out["skipped"]:
+        if logged:
             metrics.write(record)
             if rank0 and out["skipped"]:
                 log.warning(
@@ -224,7 +233,6 @@ def _train(cfg: Config, stop: StopSignals, dog: StepWatchdog) -> dict:
         skips.record(out["skipped"], step, span.name, out["loss"], out["grad_norm"])  # raises: too many in a row
         if save_due(step, span, schedule.phases[span.index], t.save_interval, t.keep_every) and step < total_steps:
             save(step)
-        stop_if_asked()  # every rank, the same step
     if step > last_saved:
         save(step)
     ckptr.close()
