@@ -35,7 +35,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "import-hf": ("megacrystal.hf.convert", "import_main", "HF directory -> checkpoint"),
     "generate": ("megacrystal.generate", "main", "sample text from a checkpoint or HF directory"),
     "plot": ("megacrystal.train.plot", "main", "plot a run's metrics.jsonl"),
-    "plan": ("megacrystal.cost_plan", "main", "memory/throughput plan for a config on N GPUs"),
+    "plan": ("megacrystal.planner.command", "main", "rank layouts of a config on N GPUs by simulated step time"),
     "eval": ("megacrystal.evaluation.command", "main", "per-source loss, FIM and completion scores of a checkpoint"),
     "compare": ("megacrystal.evaluation.compare", "main", "table + plot of several runs or evaluations"),
     "study": (

@@ -47,6 +47,7 @@ class Plan:
     compute: dict  # op class -> seconds on the critical rank
     collectives: list  # dicts: name, group, algo, total_s, exposed_s, hidden_s
     sources: dict = field(default_factory=dict)
+    exact: bool = True  # False: step_s is only a lower bound (compute alone; the pipeline was not simulated)
 
     @property
     def tokens_per_s_per_gpu(self) -> float:
@@ -80,7 +81,10 @@ def compose(
     global_batch: int,
     source: CostSource = FORMULA,
     model_flops_per_token: float | None = None,
+    limit: float | None = None,
 ) -> Plan:
+    """The step of `layout`. With `limit`, a layout whose compute alone exceeds it is not simulated:
+    its plan carries that lower bound (`exact` False) and the memory, which need no simulation."""
     lay, F = layout, features
     m = global_batch // (lay.mbs * lay.dp)
     if m < 1 or global_batch % (lay.mbs * lay.dp):
@@ -142,8 +146,6 @@ def compose(
                 hop_cache[key] = comm.p2p(msg, intra, hw)
         return hop_cache[key]
 
-    pipe = simulate(lay.pp, lay.vpp, m, chunk_time, transfer, blocking=not F.overlap_p2p)
-
     # parameters per rank and chunk (reverse registration order is reverse chunk order)
     def chunk_params(r: int, c: int) -> float:
         vs = c * lay.pp + r
@@ -157,6 +159,27 @@ def compose(
         for r in range(lay.pp)
     ]
     cap = max(1, int(F.bucket_mb * 2**20 / 4))
+    ctx = _Ctx(lay, F, m, lc, ec, hc, Lc, rank_params, msg, cap)
+    mem, mem_rank = peak(ctx)
+    tokens = global_batch * seq
+    fits = sum(mem.values()) <= hw.usable_bytes
+    # Lower bound of the span: rank r's own work, plus the chain of virtual stages before its first
+    # forward (micro-batch 0) and after its last backward (micro-batch m-1, chunk 0); exact for
+    # equal stages without transfers. Plus what every step pays after the pipeline.
+    fb = [[chunk_time(vs % lay.pp, k, vs // lay.pp) for k in "FB"] for vs in range(nvs)]
+    bound = max(
+        sum(sum(fb[vs]) for vs in range(r)) + m * sum(sum(fb[c * lay.pp + r]) for c in range(lay.vpp))
+        for r in range(lay.pp)
+    )
+    bound += hw.step_overhead_s + min(
+        OPT_BYTES[F.optimizer] * p / (lay.dp if lay.dist_opt else 1) for p in rank_params
+    ) / (hw.hbm_bw * hw.mem_eff)
+    if limit is not None and bound > limit:
+        return Plan(
+            lay, hw.key, bound, tokens, world, 0.0, mem, mem_rank, fits, float("nan"), float("nan"), {}, [], exact=False
+        )
+
+    pipe = simulate(lay.pp, lay.vpp, m, chunk_time, transfer, blocking=not F.overlap_p2p)
     gb = F.grad_bytes
     dp_span = sp["dp"]
 
@@ -217,7 +240,9 @@ def compose(
     post += norm
     params = rank_params[crit]
     shard = params / (lay.dp if lay.dist_opt else 1)
-    opt_bytes = OPT_BYTES[F.optimizer] * (1 if F.master_bytes else 0.9) * shard + 8 * params
+    # + gradient-norm read, clipping (the whole buffer scaled when the norm exceeds clip_grad; counted
+    # every step, as early in training) and the zeroing at the next step's start: 4 + 8 + 4 B
+    opt_bytes = OPT_BYTES[F.optimizer] * (1 if F.master_bytes else 0.9) * shard + 16 * params
     opt_s = opt_bytes / (hw.hbm_bw * hw.mem_eff)
     post += opt_s
     if lay.dist_opt and lay.dp > 1:
@@ -231,10 +256,9 @@ def compose(
     step = finish[crit] + post
 
     # tensor-parallel and pipeline communication, counted on the critical rank
-    n_f = n_b = 0
-    for k, _mb, _c, _t0, _t1 in pipe.ranks[crit].entries:
-        n_f += k == "F"
-        n_b += k == "B"
+    counts = pipe.ranks[crit].counts
+    n_f = sum(v for (k, _c), v in counts.items() if k == "F")
+    n_b = sum(v for (k, _c), v in counts.items() if k == "B")
     for c in lc.colls:
         total = comm.collective(c.kind, c.nbytes, sp[c.group], hw)
         hidden = min(total, op_named(lc, c.hidden_by, c.phase, hw, prec)) if c.hidden_by else 0.0
@@ -250,11 +274,11 @@ def compose(
             count,
         )
     if lay.pp > 1:
-        w = pipe.ranks[crit].wait_s
-        add_coll("pp.p2p (transfers and waits)", "pp", "p2p", w, w)
+        x = pipe.ranks[crit].xfer_s  # waiting for a peer is bubble, not communication
+        add_coll("pp.p2p", "pp", "p2p", x, x)
 
     compute: dict = {}
-    for k, _mb, c, _t0, _t1 in pipe.ranks[crit].entries:
+    for (k, c), count in counts.items():
         vs = c * lay.pp + crit
         parts = [(lcls, Lc)] + ([(ecls, 1)] if vs == 0 else []) + ([(hcls, 1)] if vs == nvs - 1 else [])
         phases = ("fwd",) if k == "F" else ("bwd", "recompute")
@@ -262,13 +286,10 @@ def compose(
             for ph in phases:
                 for key, v in cls_t[ph].items():
                     if key not in ("host", "tp_comm"):
-                        compute[key] = compute.get(key, 0.0) + n * v
+                        compute[key] = compute.get(key, 0.0) + count * n * v
     compute["optimizer"] = opt_s
 
-    ctx = _Ctx(lay, F, m, lc, ec, hc, Lc, rank_params, msg, cap)
-    mem, mem_rank = peak(ctx)
     exposed_comm = sum(c["exposed_s"] for c in colls.values())
-    tokens = global_batch * seq
     mfu = (model_flops_per_token or 0.0) * tokens / (step * world * hw.peak_flops(prec))
     return Plan(
         layout=lay,
@@ -279,7 +300,7 @@ def compose(
         mfu=mfu,
         memory=mem,
         memory_rank=mem_rank,
-        fits=sum(mem.values()) <= hw.usable_bytes,
+        fits=fits,
         bubble=pipe.bubble if lay.pp > 1 else 0.0,
         exposed_comm_s=exposed_comm,
         compute=compute,

@@ -104,7 +104,8 @@ def from_entry(key: str, entry: dict, where: str) -> Hardware:
             raise ConfigError(f"{where}: missing field {k!r} (required: {', '.join(REQUIRED)})")
     e = dict(DEFAULTS)
     e.update(entry)
-    defaulted = tuple(sorted(k for k in DEFAULTS if k not in entry and k not in ("name", "sources")))
+    user = where.startswith("--hardware")
+    defaulted = tuple(sorted(k for k in DEFAULTS if k not in entry and k not in ("name", "sources"))) if user else ()
     peak = e["peak_tflops"]
     if not isinstance(peak, dict):
         peak = {"bf16": peak, "fp16": peak, "fp32": peak, "fp64": peak}

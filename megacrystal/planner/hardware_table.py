@@ -13,6 +13,13 @@ Kinds of figure, named in each entry's `sources`:
 
 from __future__ import annotations
 
+_HOST_NOTE = (
+    "assumed: ~2 us device-side gap between queued kernels; ~15 us host dispatch per eager op (queued ahead "
+    "of a GPU); 2 ms of host work per step that the device waits for (batch checks and copies before the "
+    "first kernel, the gradient-norm and loss synchronisations)"
+)
+_GPU_HOST = dict(launch_us=2.0, host_us_per_op=15.0, async_launch=True, step_overhead_us=2000.0, memory_reserve_gb=3.0)
+
 _NCCL_NOTE = (
     "assumed: NCCL ring bus bandwidth reaches ~80% of the per-direction NVLink rate inside a node and "
     "~90% of the NIC line rate across nodes (nccl-tests all_reduce_perf busbw on DGX systems); "
@@ -27,8 +34,8 @@ TABLE: dict[str, dict] = {
         hbm_gb_s=2039,
         sms=108,
         gemm_tile=[256, 128],
-        gemm_efficiency=0.80,
-        memory_efficiency=0.75,
+        gemm_efficiency=0.75,
+        memory_efficiency=0.65,
         attention_efficiency=dict(flash=0.40, sdpa=0.40),
         nvlink_gb_s=300,
         network_gb_s=25,
@@ -44,7 +51,9 @@ TABLE: dict[str, dict] = {
             "the validation rows ran Megatron's unfused attention, which the planner models from GEMMs and "
             "memory traffic instead",
             communication=_NCCL_NOTE,
+            host=_HOST_NOTE,
         ),
+        **_GPU_HOST,
     ),
     "h100": dict(
         name="NVIDIA H100 SXM5 80GB (DGX/HGX H100)",
@@ -72,7 +81,9 @@ TABLE: dict[str, dict] = {
             attention_efficiency="measured on the same die (H200): cuDNN SDPA causal fwd+bwd 443 TFLOP/s "
             "(kernels-NVIDIA_H200-20261126-035914.json) = 0.45 of 989",
             communication=_NCCL_NOTE,
+            host=_HOST_NOTE,
         ),
+        **_GPU_HOST,
     ),
     "h200": dict(
         name="NVIDIA H200 SXM 141GB (HGX H200)",
@@ -99,7 +110,9 @@ TABLE: dict[str, dict] = {
             attention_efficiency="measured: cuDNN SDPA, b4 s2048 h32 d128 causal, fwd+bwd 443 TFLOP/s "
             "(kernels-NVIDIA_H200-20261126-035914.json) = 0.45 of 989",
             communication=_NCCL_NOTE,
+            host=_HOST_NOTE,
         ),
+        **_GPU_HOST,
     ),
     "b200": dict(
         name="NVIDIA B200 (HGX/DGX B200, 1000 W)",
@@ -123,6 +136,8 @@ TABLE: dict[str, dict] = {
             memory_efficiency="assumed: the Hopper fraction",
             attention_efficiency="assumed: the Hopper fraction",
             communication=_NCCL_NOTE,
+            host=_HOST_NOTE,
         ),
+        **_GPU_HOST,
     ),
 }

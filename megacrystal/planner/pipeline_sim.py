@@ -82,15 +82,15 @@ def trace(pp: int, vpp: int, m: int) -> tuple:
 class RankTimeline:
     compute_s: float = 0.0  # busy time
     end_s: float = 0.0
-    entries: list = field(default_factory=list)  # (kind, mb, chunk, start, end)
     wait_s: float = 0.0  # time in exchanges (transfers and waiting for the peer)
+    xfer_s: float = 0.0  # the part of it spent transferring (the rest is waiting: bubble)
+    last_entry: dict = field(default_factory=dict)  # (kind, chunk) -> (start, end) of the last such entry
+    counts: dict = field(default_factory=dict)  # (kind, chunk) -> number of entries
+    first_start: float | None = None
 
     def last(self, kind: str, chunk: int) -> tuple[float, float]:
         """(start, end) of the last entry of `kind` for `chunk`."""
-        for k, _mb, c, t0, t1 in reversed(self.entries):
-            if k == kind and c == chunk:
-                return t0, t1
-        return 0.0, 0.0
+        return self.last_entry.get((kind, chunk), (0.0, 0.0))
 
 
 @dataclass
@@ -107,17 +107,20 @@ class PipelineResult:
         return sum(self.idle(r) for r in range(len(self.ranks))) / len(self.ranks)
 
 
+_PEER = {SEND_NEXT: (1, RECV_PREV), RECV_PREV: (-1, SEND_NEXT), SEND_PREV: (-1, RECV_NEXT), RECV_NEXT: (1, SEND_PREV)}
+_RECV = (RECV_PREV, RECV_NEXT)
+
+
 def simulate(pp: int, vpp: int, m: int, duration, transfer, blocking: bool = True) -> PipelineResult:
     """`duration(rank, kind, chunk)` -> seconds of one F or B; `transfer(src, dst)` -> seconds of one
     activation (or gradient) message between neighbouring pipeline ranks."""
     events = trace(pp, vpp, m)
-    posts = [{k: [] for k in (SEND_NEXT, SEND_PREV, RECV_PREV, RECV_NEXT)} for _ in range(pp)]
-    peer_of = {
-        SEND_NEXT: (1, RECV_PREV),
-        RECV_PREV: (-1, SEND_NEXT),
-        SEND_PREV: (-1, RECV_NEXT),
-        RECV_NEXT: (1, SEND_PREV),
-    }
+    dur = [{(k, c): duration(r, k, c) for k in "FB" for c in range(vpp)} for r in range(pp)]
+    hop = {}
+    for r in range(pp):
+        for q in ((r + 1) % pp, (r - 1) % pp):
+            hop[(r, q)] = transfer(r, q) if pp > 1 else 0.0
+    posts = [{k: [] for k in _PEER} for _ in range(pp)]
     clock = [0.0] * pp
     ptr = [0] * pp
     pending: list = [None] * pp  # the op indices of a posted, unfinished exchange
@@ -127,45 +130,53 @@ def simulate(pp: int, vpp: int, m: int, duration, transfer, blocking: bool = Tru
     while ready:
         r = ready.popleft()
         queued[r] = False
-        ev = events[r]
-        while ptr[r] < len(ev):
-            e = ev[ptr[r]]
+        ev, t, d_r, rt = events[r], clock[r], dur[r], tl[r]
+        i, n = ptr[r], len(ev)
+        while i < n:
+            e = ev[i]
             if e[0] != "X":
-                d = duration(r, e[0], e[2])
-                tl[r].entries.append((e[0], e[1], e[2], clock[r], clock[r] + d))
-                tl[r].compute_s += d
-                clock[r] += d
-                ptr[r] += 1
+                key = (e[0], e[2])
+                d = d_r[key]
+                if rt.first_start is None:
+                    rt.first_start = t
+                rt.last_entry[key] = (t, t + d)
+                rt.counts[key] = rt.counts.get(key, 0) + 1
+                rt.compute_s += d
+                t += d
+                i += 1
                 continue
             if pending[r] is None:  # post the batch
                 pending[r] = [(op, len(posts[r][op])) for op in e[1]]
                 for op in e[1]:
-                    posts[r][op].append(clock[r])
+                    posts[r][op].append(t)
                 for q in ((r + 1) % pp, (r - 1) % pp):
                     if not queued[q]:
                         ready.append(q)
                         queued[q] = True
-            done = clock[r]
-            for op, i in pending[r]:
-                step, other = peer_of[op]
+            done, longest = t, 0.0
+            for op, j in pending[r]:
+                step, other = _PEER[op]
                 q = (r + step) % pp
                 theirs = posts[q][other]
-                if len(theirs) <= i:
-                    if blocking or op in (RECV_PREV, RECV_NEXT):
+                if len(theirs) <= j:
+                    if blocking or op in _RECV:
                         done = None
                         break
                     continue  # a send that is not waited on
-                src, dst = (r, q) if op in (SEND_NEXT, SEND_PREV) else (q, r)
+                x = hop[(q, r)] if op in _RECV else hop[(r, q)]
+                longest = max(longest, x)
                 if blocking:
-                    done = max(done, max(clock[r], theirs[i]) + transfer(src, dst))
-                elif op in (RECV_PREV, RECV_NEXT):
-                    done = max(done, theirs[i] + transfer(src, dst))
+                    done = max(done, max(t, theirs[j]) + x)
+                elif op in _RECV:
+                    done = max(done, theirs[j] + x)
             if done is None:
                 break  # wait for the peer to post; it re-queues this rank when it does
-            tl[r].wait_s += done - clock[r]
-            clock[r] = done
+            rt.wait_s += done - t
+            rt.xfer_s += min(done - t, longest)
+            t = done
             pending[r] = None
-            ptr[r] += 1
+            i += 1
+        clock[r], ptr[r] = t, i
     stuck = [r for r in range(pp) if ptr[r] < len(events[r])]
     if stuck:
         raise RuntimeError(f"pipeline simulation: ranks {stuck} never completed an exchange (schedule mismatch)")
@@ -174,14 +185,22 @@ def simulate(pp: int, vpp: int, m: int, duration, transfer, blocking: bool = Tru
     return PipelineResult(max(clock), tl)
 
 
+@lru_cache(maxsize=4096)
+def _live_profiles(pp: int, vpp: int, m: int, rank: int) -> tuple:
+    """The distinct vectors (live forwards per chunk) the rank's schedule passes through after a forward."""
+    live = [0] * vpp
+    seen = set()
+    for e in trace(pp, vpp, m)[rank]:
+        if e[0] == "F":
+            live[e[2]] += 1
+            seen.add(tuple(live))
+        elif e[0] == "B":
+            live[e[2]] -= 1
+    return tuple(seen)
+
+
 def in_flight(pp: int, vpp: int, m: int, rank: int, weight) -> float:
     """Peak over the rank's schedule of the activations held: sum of `weight(chunk)` over forwards
     whose backward has not run yet (the activation memory the schedule needs)."""
-    live = peak = 0.0
-    for e in trace(pp, vpp, m)[rank]:
-        if e[0] == "F":
-            live += weight(e[2])
-            peak = max(peak, live)
-        elif e[0] == "B":
-            live -= weight(e[2])
-    return peak
+    w = [weight(c) for c in range(vpp)]
+    return max((sum(n * x for n, x in zip(v, w, strict=True)) for v in _live_profiles(pp, vpp, m, rank)), default=0.0)
