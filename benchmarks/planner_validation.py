@@ -29,7 +29,10 @@ from megacrystal.planner.shapes import Features, Layout, ModelShape  # noqa: E40
 
 DATA = ROOT / "benchmarks" / "planner_validation.json"
 DOC = ROOT / "docs" / "planner.md"
-BEGIN, END = "<!-- validation table: begin (benchmarks/planner_validation.py --write) -->", "<!-- validation table: end -->"
+BEGIN, END = (
+    "<!-- validation table: begin (benchmarks/planner_validation.py --write) -->",
+    "<!-- validation table: end -->",
+)
 
 
 def rows() -> list[dict]:
@@ -59,12 +62,16 @@ def predict(row: dict, hw=None) -> dict:
         pred = narayanan_flops(m, row["global_batch"], row["seq"]) / (plan.step_s * lay.gpus) / 1e12
     else:
         pred = plan.step_s
-    return dict(id=row["id"], published=pub["value"], predicted=pred, error=(pred - pub["value"]) / pub["value"], plan=plan)
+    return dict(
+        id=row["id"], published=pub["value"], predicted=pred, error=(pred - pub["value"]) / pub["value"], plan=plan
+    )
 
 
 def summary(results: list[dict], data: list[dict]) -> list[tuple[str, int, float, float]]:
     groups = {
-        "A100, held out": [r for r, d in zip(results, data, strict=True) if d["gpu"] == "a100" and not d["calibration"]],
+        "A100, held out": [
+            r for r, d in zip(results, data, strict=True) if d["gpu"] == "a100" and not d["calibration"]
+        ],
         "A100, calibration": [r for r, d in zip(results, data, strict=True) if d["calibration"]],
         "H200 records (held out)": [r for r, d in zip(results, data, strict=True) if d["gpu"] == "h200"],
     }
@@ -121,7 +128,9 @@ def calibrate() -> None:
             if best is None or key < best[0]:
                 best = (key, g, mem)
     (med, mx), g, mem = best
-    print(f"a100: gemm_efficiency {g:.2f}, memory_efficiency {mem:.2f}: calibration rows median |error| {med:.1%}, max {mx:.1%}")
+    print(
+        f"a100: gemm_efficiency {g:.2f}, memory_efficiency {mem:.2f}: calibration rows median |error| {med:.1%}, max {mx:.1%}"
+    )
 
 
 def main(argv=None) -> int:
