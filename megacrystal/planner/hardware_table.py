@@ -163,6 +163,6 @@ TABLE: dict[str, dict] = {
         async_launch=False,
         step_overhead_us=0.0,
         memory_reserve_gb=0.5,
-        sources=dict(all="measured: benchmarks/results/planner-cpu-probe-*.json"),
+        sources=dict(all="measured: benchmarks/results/planner-probe-cpu-*.json"),
     ),
 }

@@ -1,11 +1,13 @@
-"""The `cpu` entry of the planner's hardware table, measured: what one training rank of a 2-rank gloo
-run on this machine gets (torchrun gives each rank one thread): fp32 matmul rate (large, and by K),
-copy bandwidth, attention (SDPA) rate, host time per autograd op, and gloo all-reduce / p2p between
-two processes (latency and bandwidth from a fit over message sizes).
+"""A planner hardware entry, measured on this machine.
 
-    python benchmarks/planner_cpu_probe.py      # prints the entry, records benchmarks/results/planner-cpu-probe-*.json
+    python benchmarks/planner_probe.py               # the `cpu` entry: one training rank of a 2-rank
+                                                     # gloo run (torchrun gives each rank one thread)
+    python benchmarks/planner_probe.py --device cuda # a GPU's efficiencies (bf16), for its entry
 
-Run it on an idle machine: the load average before and after is recorded with the figures."""
+Measures the matmul rate (large, and by K: the K/(K + k_half) term), copy bandwidth, attention (SDPA,
+causal) rate, host time per autograd op, and on CPU gloo all-reduce between two processes (latency
+and bandwidth from the smallest and largest message). Records benchmarks/results/planner-probe-*.json
+with the load average before and after (run it on an idle machine)."""
 
 from __future__ import annotations
 
@@ -25,42 +27,55 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 
 
+DEV = torch.device("cpu")
+DT = torch.float32
+
+
+def sync() -> None:
+    if DEV.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def best(fn, reps: int = 5, inner: int = 1) -> float:
     fn()
     out = float("inf")
     for _ in range(reps):
+        sync()
         t = time.perf_counter()
         for _ in range(inner):
             fn()
+        sync()
         out = min(out, (time.perf_counter() - t) / inner)
     return out
 
 
 def matmul(m: int, n: int, k: int) -> float:
-    a, b = torch.randn(m, k), torch.randn(k, n)
-    return 2 * m * n * k / best(lambda: a @ b, inner=max(1, int(2e8 / (2 * m * n * k))))
+    a, b = torch.randn(m, k, device=DEV, dtype=DT), torch.randn(k, n, device=DEV, dtype=DT)
+    scale = 1e4 if DEV.type == "cuda" else 1
+    return 2 * m * n * k / best(lambda: a @ b, inner=max(1, int(2e8 * scale / (2 * m * n * k))))
 
 
 def copy_bw() -> float:
-    x = torch.randn(16 * 2**20)
+    x = torch.randn((256 if DEV.type == "cuda" else 16) * 2**20, device=DEV)
     y = torch.empty_like(x)
     return 2 * x.numel() * 4 / best(lambda: y.copy_(x), inner=4)
 
 
 def attention() -> float:
-    q, k, v = (torch.randn(4, 4, 128, 16, requires_grad=True) for _ in range(3))
+    b, h, s, d = (4, 32, 2048, 128) if DEV.type == "cuda" else (4, 4, 128, 16)
+    q, k, v = (torch.randn(b, h, s, d, device=DEV, dtype=DT, requires_grad=True) for _ in range(3))
 
     def run():
         o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         o.sum().backward()
 
-    fl = 3.5 * 2 * 4 * 4 * 128 * 128 * 16  # causal half of QK^T and AV, fwd + 2.5x bwd
+    fl = 3.5 * 2 * b * h * s * s * d  # causal half of QK^T and AV, fwd + 2.5x bwd
     return fl / best(run, inner=10)
 
 
 def host_per_op() -> float:
     """Seconds per autograd op (forward or backward) on tiny tensors: pure dispatch."""
-    x = torch.randn(8, 8, requires_grad=True)
+    x = torch.randn(8, 8, device=DEV, requires_grad=True)
     n = 200
 
     def run():
@@ -98,15 +113,40 @@ def gloo() -> list:
         return list(out["all_reduce"])
 
 
-def main() -> int:
-    torch.set_num_threads(1)
+def main(argv=None) -> int:
+    global DEV, DT
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    a = ap.parse_args(argv)
+    gpu = a.device == "cuda"
+    DEV, DT = torch.device(a.device), (torch.bfloat16 if gpu else torch.float32)
+    if not gpu:
+        torch.set_num_threads(1)
     load0 = os.getloadavg()
-    big = matmul(1024, 1024, 1024)
-    by_k = {k: matmul(512, 512, k) for k in (16, 64, 256, 1024)}
+    n = 8192 if gpu else 1024
+    big = matmul(n, n, n)
+    mk = 8192 if gpu else 512
+    by_k = {k: matmul(mk, mk, k) for k in ((128, 256, 1024, 4096) if gpu else (16, 64, 256, 1024))}
+    shapes = (
+        {
+            f"{m}x{nn}x{k}": matmul(m, nn, k)
+            for m, nn, k in (
+                (8192, 2048, 2048),
+                (8192, 6144, 2048),
+                (8192, 4096, 4096),
+                (8192, 11008, 4096),
+                (8192, 4096, 11008),
+            )
+        }
+        if gpu
+        else {}
+    )
     bw = copy_bw()
     att = attention()
     host = host_per_op()
-    ar = gloo()
+    ar = [(4096, 1e-5), (2**24, 1e-2)] if gpu else gloo()
     load1 = os.getloadavg()
     # ring all-reduce of 2 ranks: 2*(1/2)*M/B + 2*alpha: fit alpha, B on the smallest and largest message
     (m0, t0), (m1, t1) = ar[0], ar[-1]
@@ -147,14 +187,16 @@ def main() -> int:
         ),
         load_before=load0,
         load_after=load1,
-        matmul_flops=dict(large_1024=big, **{f"512x512xK{k}": v for k, v in by_k.items()}),
+        device=a.device,
+        matmul_flops=dict(large=big, **{f"{mk}x{mk}xK{k}": v for k, v in by_k.items()}, **shapes),
         copy_bytes_per_s=bw,
         sdpa_flops=att,
         host_s_per_op=host,
-        gloo_all_reduce=ar,
+        gloo_all_reduce=None if gpu else ar,
         entry=entry,
     )
-    out = ROOT / "benchmarks" / "results" / f"planner-cpu-probe-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    name = torch.cuda.get_device_name().replace(" ", "_") if gpu else "cpu"
+    out = ROOT / "benchmarks" / "results" / f"planner-probe-{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(rec, indent=1))
     print(json.dumps(entry, indent=1))
     print(f"load average {load0} -> {load1}; recorded {out}")
