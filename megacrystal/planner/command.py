@@ -55,7 +55,7 @@ def explain(p: Plan) -> str:
     out.append(f"  {'total':<12} {comp:8.3f} s")
     out.append("collectives (each: total time, exposed on the critical path, hidden behind compute):")
     for c in sorted(p.collectives, key=lambda c: -c["exposed_s"]):
-        hid = c["total_s"] - c["exposed_s"]
+        hid = max(0.0, c["total_s"] - c["exposed_s"])
         out.append(
             f"  {c['name']:<36} {c['group']:<9} {c['algo']:<5} {c['total_s']:8.3f} s  exposed {c['exposed_s']:7.3f}"
             f"  hidden {hid:7.3f}"

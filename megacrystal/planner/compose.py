@@ -285,8 +285,9 @@ def compose(
         for cls_t, n in parts:
             for ph in phases:
                 for key, v in cls_t[ph].items():
-                    if key not in ("host", "tp_comm"):
-                        compute[key] = compute.get(key, 0.0) + count * n * v
+                    if key == "tp_comm" or (key == "host" and hw.async_launch):
+                        continue  # tp collectives are listed with the collectives; a GPU's host runs ahead
+                    compute[key] = compute.get(key, 0.0) + count * n * v
     compute["optimizer"] = opt_s
 
     exposed_comm = sum(c["exposed_s"] for c in colls.values())
