@@ -142,7 +142,7 @@ def test_plan_cli_ranks_layouts_explains_and_writes_json(capsys):
     cfg = str(ROOT / "examples" / "crystal_7b.yaml")
     assert main(["plan", "--config", cfg, "--gpus", "16", "--gpu", "h100", "--top", "5"]) == 0
     out = capsys.readouterr().out
-    assert "whole run: 3 phase(s), 321,836 steps, 1.392 T tokens" in out and "GPU-hours" in out
+    assert "whole run: 3 phase(s), 321,836 steps, 1.39 T tokens" in out and "GPU-hours" in out
     assert main(["plan", "--config", cfg, "--gpus", "16", "--gpu", "h100", "--explain", "1"]) == 0
     out = capsys.readouterr().out
     assert "by op class" in out and "pipeline bubble" in out and "exposed" in out

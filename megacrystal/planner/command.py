@@ -21,6 +21,21 @@ from .shapes import ModelShape
 GB = 1e9
 
 
+def count(x: float) -> str:
+    for unit, v in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if x >= v:
+            return f"{x / v:.3g} {unit}"
+    return f"{x:.0f}"
+
+
+def duration(seconds: float) -> str:
+    if seconds >= 86400:
+        return f"{seconds / 86400:,.1f} days"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} hours"
+    return f"{seconds / 60:.1f} minutes"
+
+
 def row(p: Plan) -> dict:
     lay = p.layout
     return dict(
@@ -135,8 +150,8 @@ def main(argv=None) -> int:
         return 0
     m = ModelShape.from_config(cfg.model)
     print(
-        f"{m.total_params(1) / 1e9:.2f} B parameters (as executed), seq {cfg.data.seq_length}, global batch "
-        f"{cfg.train.global_batch_size} ({cfg.train.global_batch_size * cfg.data.seq_length / 1e6:.2f} M tokens/step), "
+        f"{count(m.total_params(1))} parameters (as executed), seq {cfg.data.seq_length}, global batch "
+        f"{cfg.train.global_batch_size} ({count(cfg.train.global_batch_size * cfg.data.seq_length)} tokens/step), "
         f"{a.gpus} x {hw.name}, {hw.gpus_per_node} per node"
     )
     print(f"costs: FLOPs from {plans[0].sources['flops']}; memory from {plans[0].sources['memory']}")
@@ -160,10 +175,10 @@ def main(argv=None) -> int:
             step = f">={p.step_s:6.3f}"
         print(f"{i:>3} {p.layout.label():<40} {step} {p.tokens_per_s_per_gpu:10,.0f} {tail}")
     if best:
-        days = best.step_s * steps / 86400
+        secs = best.step_s * steps
         print(
-            f"whole run: {len(cfg.data.phases)} phase(s), {steps:,} steps, {tokens / 1e12:.3f} T tokens: "
-            f"{days:,.1f} days and {days * 24 * a.gpus:,.0f} GPU-hours on {best.layout.label()}"
+            f"whole run: {len(cfg.data.phases)} phase(s), {steps:,} steps, {count(tokens)} tokens: "
+            f"{duration(secs)} and {secs / 3600 * a.gpus:,.1f} GPU-hours on {best.layout.label()}"
         )
     else:
         print("no layout fits in memory; see the GB/GPU column")
