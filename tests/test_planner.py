@@ -35,6 +35,13 @@ def test_simulation_plays_the_engines_interleaved_table():
         assert computed == interleaved_table(4, rank, 2, 8)
 
 
+def test_simulation_plays_the_engines_1f1b():
+    for rank in range(4):
+        kinds = "".join(e[0] for e in trace(4, 1, 8)[rank] if e[0] != "X")
+        warm = 4 - rank - 1  # PipeDream-flush: pp-r-1 forwards, then one forward one backward, then the rest
+        assert kinds == "F" * warm + "FB" * (8 - warm) + "B" * warm
+
+
 def test_blocking_transfers_cost_more_than_early_posted_ones():
     dur = lambda r, k, c: 0.01 if k == "F" else 0.02
     blocking = simulate(4, 2, 8, dur, lambda s, d: 0.0015, blocking=True)
