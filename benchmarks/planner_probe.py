@@ -36,16 +36,21 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
+def clock() -> float:
+    """CPU time of this thread on a CPU (other load on a shared machine does not count), wall time on a GPU."""
+    return time.perf_counter() if DEV.type == "cuda" else time.thread_time()
+
+
 def best(fn, reps: int = 5, inner: int = 1) -> float:
     fn()
     out = float("inf")
     for _ in range(reps):
         sync()
-        t = time.perf_counter()
+        t = clock()
         for _ in range(inner):
             fn()
         sync()
-        out = min(out, (time.perf_counter() - t) / inner)
+        out = min(out, (clock() - t) / inner)
     return out
 
 
@@ -73,6 +78,35 @@ def attention() -> float:
     return fl / best(run, inner=10)
 
 
+def special_rate() -> dict:
+    """Transcendental evaluations per second: exp (the ceiling the planner uses), and for reference
+    SiLU and log-softmax per element."""
+    x = torch.randn(2**22, device=DEV)
+    y = torch.randn(1024, 4096, device=DEV)
+    return dict(
+        exp=x.numel() / best(lambda: torch.exp(x)),
+        silu=x.numel() / best(lambda: F.silu(x)),
+        log_softmax=y.numel() / best(lambda: torch.log_softmax(y, -1)),
+    )
+
+
+def gemm_fit(rates: dict) -> tuple[float, float, float]:
+    """(e, k_half, n_half) with rate(n, k) ~ e * k/(k + k_half) * n/(n + n_half), by a grid over the
+    halves and least squares of the scale on log rates."""
+    import math
+
+    best_fit = None
+    for kh in range(0, 513, 4):
+        for nh in range(0, 513, 4):
+            shape = {nk: (nk[1] / (nk[1] + kh)) * (nk[0] / (nk[0] + nh)) for nk in rates}
+            logs = [math.log(r / shape[nk]) for nk, r in rates.items()]
+            e = math.exp(sum(logs) / len(logs))
+            err = sum((math.log(r) - math.log(e * shape[nk])) ** 2 for nk, r in rates.items())
+            if best_fit is None or err < best_fit[0]:
+                best_fit = (err, e, kh, nh)
+    return best_fit[1], best_fit[2], best_fit[3]
+
+
 def host_per_op() -> float:
     """Seconds per autograd op (forward or backward) on tiny tensors: pure dispatch."""
     x = torch.randn(8, 8, device=DEV, requires_grad=True)
@@ -87,8 +121,44 @@ def host_per_op() -> float:
     return best(run, inner=5) / (2 * n)
 
 
+def engine_overhead() -> dict:
+    """The engine's own host cost on this CPU, from train_step of a degenerate model (hidden 16, 16
+    tokens: the arithmetic is negligible) at 1 and 3 layers and 1 and 3 micro-batches, in thread CPU
+    time: seconds per step, per micro-batch and per layer and micro-batch."""
+    sys.path.insert(0, str(ROOT))
+    from megacrystal.config import load_config
+    from megacrystal.engine.engine import Engine
+    from megacrystal.engine.smoke import split_for_rank, synthetic_batch
+
+    def step_time(layers: int, m: int) -> float:
+        ov = [
+            "model.preset=tiny",
+            f"model.num_layers={layers}",
+            "model.hidden_size=16",
+            "model.num_heads=2",
+            "model.ffn_hidden_size=32",
+            "model.vocab_size=64",
+            "model.max_seq_len=16",
+            "model.mup_base_width=16",
+            "data.seq_length=16",
+            "train.micro_batch_size=1",
+            f"train.global_batch_size={m}",
+            "train.device=cpu",
+        ]
+        engine = Engine(load_config(None, ov), torch.device("cpu"))
+        mbs = split_for_rank(synthetic_batch(0, m, 16, 64, 0), 0, 1, 1)
+        return best(lambda: engine.train_step(mbs, 1e-3), reps=7, inner=3)
+
+    t11, t31, t13 = step_time(1, 1), step_time(3, 1), step_time(1, 3)
+    per_layer = (t31 - t11) / 2
+    per_mb = (t13 - t11) / 2 - per_layer
+    return dict(per_layer_mb_s=per_layer, per_mb_s=per_mb, fixed_s=t11 - per_layer - per_mb, samples=[t11, t31, t13])
+
+
 def _worker(rank: int, path: str, out: dict) -> None:
     dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=2)
+    import resource
+
     res = []
     for nbytes in (4096, 65536, 2**20, 4 * 2**20, 16 * 2**20):
         t = torch.zeros(nbytes // 4)
@@ -100,7 +170,14 @@ def _worker(rank: int, path: str, out: dict) -> None:
             t0 = time.perf_counter()
             dist.all_reduce(t)
             best_ar = min(best_ar, time.perf_counter() - t0)
-        res.append((nbytes, best_ar))
+        n = 30
+        dist.barrier()
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
+        for _ in range(n):
+            dist.all_reduce(t)
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = ((r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)) / n
+        res.append((nbytes, max(best_ar, cpu)))
     if rank == 0:
         out["all_reduce"] = res
     dist.destroy_process_group()
@@ -143,19 +220,36 @@ def main(argv=None) -> int:
         if gpu
         else {}
     )
+    grid = (
+        {} if gpu else {(n_, k_): matmul(512, n_, k_) for n_ in (64, 256, 1024, 4096) for k_ in (64, 256, 1024, 4096)}
+    )
     bw = copy_bw()
+    special = None if gpu else special_rate()
     att = attention()
     host = host_per_op()
+    eng = None if gpu else engine_overhead()
     ar = [(4096, 1e-5), (2**24, 1e-2)] if gpu else gloo()
     load1 = os.getloadavg()
+    if eng is not None:  # host time per op as the engine's layer shows it, on the planner's op count of a layer
+        from megacrystal.planner.costs import FORMULA
+        from megacrystal.planner.shapes import Features, LayerShape, ModelShape
+
+        tiny = ModelShape(layers=1, hidden=16, heads=2, kv_heads=2, head_dim=8, ffn=32, vocab=64)
+        n_ops = len(
+            FORMULA.layer(LayerShape(tiny, 1, False, "none", 1, 16, Features(precision="fp32", param_bytes=4))).ops
+        )
+        host = eng["per_layer_mb_s"] / n_ops
+        eng["planner_ops_per_layer"] = n_ops
     # ring all-reduce of 2 ranks: 2*(1/2)*M/B + 2*alpha: fit alpha, B on the smallest and largest message
     (m0, t0), (m1, t1) = ar[0], ar[-1]
     busbw = (m1 - m0) / (t1 - t0)
     alpha = max(1e-6, (t0 - m0 / busbw) / 2)
-    # K/(K + k_half) through the 512x512xK rates against the largest of them (least squares on 1/eff - 1 = k_half/K)
-    top = max(by_k.values())
-    k_half = max(0.0, sum((top / v - 1) * k for k, v in by_k.items()) / len(by_k))
-    big = max(big, top)
+    if gpu:  # K/(K + k_half) through the rates by K against the largest (least squares on 1/eff - 1 = k_half/K)
+        top = max(by_k.values())
+        k_half, n_half = max(0.0, sum((top / v - 1) * k for k, v in by_k.items()) / len(by_k)), 0.0
+        big = max(big, top)
+    else:  # the 512 x N x K grid: scale, k_half, n_half
+        big, k_half, n_half = gemm_fit(grid)
     entry = dict(
         name=f"CPU rank, one thread ({platform.processor() or platform.machine()}), gloo between local processes",
         memory_gb=round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9 / 2, 1),
@@ -166,6 +260,8 @@ def main(argv=None) -> int:
         gemm_tile=[1, 1],
         gemm_efficiency=1.0,
         gemm_k_half=round(k_half, 1),
+        gemm_n_half=round(n_half, 1),
+        **({} if gpu else dict(special_gelem_s=round(special["exp"] / 1e9, 4))),
         attention_efficiency=dict(flash=round(att / big, 3), sdpa=round(att / big, 3)),
         nvlink_gb_s=round(busbw / 1e9, 3),
         nvlink_efficiency=1.0,
@@ -175,6 +271,7 @@ def main(argv=None) -> int:
         launch_us=0.0,
         host_us_per_op=round(host * 1e6, 2),
         async_launch=False,
+        step_overhead_us=round(eng["fixed_s"] * 1e6, 1) if eng else 0.0,
     )
     rec = dict(
         machine=dict(
@@ -188,10 +285,17 @@ def main(argv=None) -> int:
         load_before=load0,
         load_after=load1,
         device=a.device,
-        matmul_flops=dict(large=big, **{f"{mk}x{mk}xK{k}": v for k, v in by_k.items()}, **shapes),
+        matmul_flops=dict(
+            large=big,
+            **{f"{mk}x{mk}xK{k}": v for k, v in by_k.items()},
+            **shapes,
+            **{f"512x{n_}x{k_}": v for (n_, k_), v in grid.items()},
+        ),
+        special_per_s=special,
         copy_bytes_per_s=bw,
         sdpa_flops=att,
         host_s_per_op=host,
+        engine_overhead=eng,
         gloo_all_reduce=None if gpu else ar,
         entry=entry,
     )

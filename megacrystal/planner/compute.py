@@ -1,7 +1,8 @@
 """Device time of the operations in a cost record, from their FLOPs and bytes and the hardware's
 performance table: GEMMs at the large-GEMM efficiency less tile, wave and short-K losses (roofline-
 capped by their memory traffic), fused attention at its backend's measured fraction of peak, and
-memory-bound kernels at a fraction of HBM bandwidth. Each kernel adds the device's launch gap; on a
+memory-bound kernels at a fraction of HBM bandwidth, or at the device's rate of transcendental
+evaluations where those bind (a CPU's exp/log in softmax and SiLU; never a GPU's). Each kernel adds the device's launch gap; on a
 device that runs its own host code (CPU) the host time per op adds too, on a GPU the host queues
 ahead and only shows where it is longer than the device work (`host_bound`)."""
 
@@ -20,7 +21,8 @@ TILE_CHOICES = ((1.0, 1.0, 1.0), (0.5, 1.0, 0.92), (0.5, 0.5, 0.8))
 def gemm_efficiency(hw: Hardware, m: int, n: int, k: int, batch: int = 1) -> float:
     """Fraction of peak one GEMM reaches: the best tile choice's quantisation x wave quantisation x
     K/(K + k_half), times the large-GEMM efficiency."""
-    return hw.gemm_eff * _shape_eff(hw.gemm_tile, hw.sms, m, n, batch) * k / (k + hw.gemm_k_half)
+    eff = hw.gemm_eff * _shape_eff(hw.gemm_tile, hw.sms, m, n, batch) * k / (k + hw.gemm_k_half)
+    return eff * n / (n + hw.gemm_n_half) if hw.gemm_n_half else eff
 
 
 @lru_cache(maxsize=65536)
@@ -38,7 +40,7 @@ def _shape_eff(tile0: tuple, sms: int, m: int, n: int, batch: int) -> float:
 
 def op_time(op: Op, hw: Hardware, precision: str, attention: str = "flash") -> float:
     peak = hw.peak_flops(precision)
-    mem = op.nbytes / (hw.hbm_bw * hw.mem_eff)
+    mem = max(op.nbytes / (hw.hbm_bw * hw.mem_eff), op.special / hw.special_rate)
     if op.cls == "gemm":
         m, n, k, batch = op.gemm
         return max(op.flops / (peak * gemm_efficiency(hw, m, n, k, batch)), mem) + hw.launch_s

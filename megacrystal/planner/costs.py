@@ -31,6 +31,7 @@ class Op:
     flops: float = 0.0
     nbytes: float = 0.0
     gemm: tuple | None = None  # (m, n, k, batch)
+    special: float = 0.0  # transcendental evaluations (exp, log, tanh): a CPU's ceiling, not a GPU's
 
 
 @dataclass(frozen=True)
@@ -102,8 +103,8 @@ class FormulaCosts:
         colls: list[Coll] = []
         acc = F.grad_accum_fused
 
-        def mem(name, nbytes, phase="fwd"):
-            ops.append(Op(name, "memory", phase, 0.0, nbytes))
+        def mem(name, nbytes, phase="fwd", special=0.0):
+            ops.append(Op(name, "memory", phase, 0.0, nbytes, special=special))
 
         def tp_in(name):  # input of a column-parallel linear
             if s.sp and t > 1:
@@ -144,7 +145,7 @@ class FormulaCosts:
         core = []
         if unfused:
             core += _gemm_ops("attn.qk", sq, sq, d, e, "fwd", acc, batch=b * a, weight=False)
-            core.append(Op("attn.softmax", "memory", "fwd", 0.0, 2 * b * a * sq * sq * e))
+            core.append(Op("attn.softmax", "memory", "fwd", 0.0, 2 * b * a * sq * sq * e, special=b * a * sq * sq))
             core.append(Op("attn.softmax.bwd", "memory", "bwd", 0.0, 3 * b * a * sq * sq * e))
             if drop:
                 core.append(Op("attn.dropout", "memory", "fwd", 0.0, b * a * sq * sq * (2 * e + 1)))
@@ -166,11 +167,11 @@ class FormulaCosts:
         if swiglu:
             tp_in("gate")
             ops += _gemm_ops("gate", T, f, h, e, "fwd", acc)
-            mem("swiglu", 3 * T * f * e)
-            mem("swiglu.bwd", 5 * T * f * e, "bwd")
+            mem("swiglu", 3 * T * f * e, special=T * f)
+            mem("swiglu.bwd", 5 * T * f * e, "bwd", special=T * f)
         else:
-            mem("gelu", 2 * T * f * e)
-            mem("gelu.bwd", 3 * T * f * e, "bwd")
+            mem("gelu", 2 * T * f * e, special=T * f)
+            mem("gelu.bwd", 3 * T * f * e, "bwd", special=T * f)
         ops += _gemm_ops("down", T, h, f, e, "fwd", acc)
         tp_out("down")
         residual("down.residual")
@@ -252,8 +253,8 @@ class FormulaCosts:
         elif t > 1:
             colls.append(Coll("head.all_reduce", "all_reduce", "tp", T * h * e, "bwd"))
         ops += _gemm_ops("head", T, v, h, e, "fwd", F.grad_accum_fused)
-        ops.append(Op("cross_entropy", "memory", "fwd", 0.0, T * v * e))
-        ops.append(Op("cross_entropy.bwd", "memory", "bwd", 0.0, 2 * T * v * e))
+        ops.append(Op("cross_entropy", "memory", "fwd", 0.0, T * v * e, special=T * v))
+        ops.append(Op("cross_entropy.bwd", "memory", "bwd", 0.0, 2 * T * v * e, special=T * v))
         if t > 1:
             colls.append(Coll("cross_entropy.all_reduce", "all_reduce", "tp", 3 * T * 4, "fwd"))
         params = 2 * h + (0 if M.tied else v * h)

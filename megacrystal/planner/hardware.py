@@ -21,6 +21,8 @@ DEFAULTS = dict(
     gemm_tile=[128, 128],
     gemm_efficiency=0.75,
     gemm_k_half=128,
+    gemm_n_half=0,
+    special_gelem_s=10000.0,
     memory_efficiency=0.8,
     attention_efficiency=dict(flash=0.4, sdpa=0.4),
     nvlink_gb_s=None,  # None: no fast intra-node link (the network is used between all devices)
@@ -51,6 +53,8 @@ class Hardware:
     gemm_tile: tuple
     gemm_eff: float  # large GEMMs: fraction of peak before tile/wave/K losses
     gemm_k_half: float  # K at which prologue/epilogue halve a GEMM's rate: k / (k + k_half)
+    gemm_n_half: float  # likewise for a narrow N (a CPU's packing); 0 on GPUs (tiles cover it)
+    special_rate: float  # transcendental evaluations per second (exp, log, tanh)
     mem_eff: float  # memory-bound kernels: fraction of hbm_bw
     attn_eff: dict  # fused attention backend -> fraction of peak (fwd+bwd, causal-half FLOPs)
     intra_bw: float | None  # bytes/s per device per direction inside a node (None: use the network)
@@ -133,6 +137,8 @@ def from_entry(key: str, entry: dict, where: str) -> Hardware:
         gemm_tile=tuple(tile),
         gemm_eff=_frac(where, "gemm_efficiency", e["gemm_efficiency"]),
         gemm_k_half=_num(where, "gemm_k_half", e["gemm_k_half"]),
+        gemm_n_half=_num(where, "gemm_n_half", e["gemm_n_half"], positive=False),
+        special_rate=_num(where, "special_gelem_s", e["special_gelem_s"]) * 1e9,
         mem_eff=_frac(where, "memory_efficiency", e["memory_efficiency"]),
         attn_eff={b: _frac(where, f"attention_efficiency.{b}", v) for b, v in attn.items()},
         intra_bw=None if nv is None else nv * 1e9,

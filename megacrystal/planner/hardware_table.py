@@ -141,28 +141,33 @@ TABLE: dict[str, dict] = {
         **_GPU_HOST,
     ),
     "cpu": dict(
-        # measured by benchmarks/planner_cpu_probe.py (the file named in sources); one training rank of a
-        # 2-rank gloo run on this project's 2-core machines, one thread each
-        name="CPU rank, one thread, gloo between local processes (PROVISIONAL: re-measure)",
-        memory_gb=12.0,
-        peak_tflops=dict(bf16=0.05, fp32=0.05, fp64=0.025),
-        hbm_gb_s=8.0,
+        # one training rank of a 2-rank gloo run on this project's 2-core machines (torchrun: one thread each)
+        name="CPU rank, one thread, gloo between two local processes",
+        memory_gb=12.6,
+        peak_tflops=dict(bf16=0.0953, fp32=0.0953, fp64=0.0476),
+        hbm_gb_s=19.49,
         memory_efficiency=1.0,
         sms=1,
         gemm_tile=[1, 1],
         gemm_efficiency=1.0,
-        gemm_k_half=16.0,
-        attention_efficiency=dict(flash=0.3, sdpa=0.3),
-        nvlink_gb_s=1.5,
+        gemm_k_half=4.0,
+        gemm_n_half=0.0,
+        special_gelem_s=1.1891,
+        attention_efficiency=dict(flash=0.24, sdpa=0.24),
+        nvlink_gb_s=1.002,
         nvlink_efficiency=1.0,
-        nvlink_latency_us=50.0,
-        network_gb_s=1.5,
+        nvlink_latency_us=146.8,
+        network_gb_s=1.002,
         gpus_per_node=2,
         launch_us=0.0,
-        host_us_per_op=10.0,
+        host_us_per_op=27.88,
         async_launch=False,
-        step_overhead_us=0.0,
+        step_overhead_us=676.8,
         memory_reserve_gb=0.5,
-        sources=dict(all="measured: benchmarks/results/planner-probe-cpu-*.json"),
+        sources=dict(
+            all="measured: benchmarks/results/planner-probe-cpu-20261207-041209.json (benchmarks/planner_probe.py; "
+            "compute figures in thread CPU time, so the machine's other load (average 3.8-4.0 then) does not "
+            "count; gloo all-reduce the larger of its best wall time and its CPU time; host time per op from the engine's own train_step on a degenerate model (hidden 16, 16 tokens) per layer and micro-batch, over the planner's op count of a layer; step overhead: that step's fixed part)"
+        ),
     ),
 }
