@@ -111,7 +111,7 @@ def _plan_cost(variants: dict, seeds: int, gpus: int, gpu: str) -> str:
         hours = best["step_s"] * steps / 3600
         total_h += hours * seeds
         lines.append(
-            f"{v:<11} tp {best['tp']} pp {best['pp']} dp {best['dp']}: {best['step_s']} s/step x {steps} steps = "
+            f"{v:<11} tp {best['tp']} pp {best['pp']} dp {best['dp']}: {best['step_s']:.3g} s/step x {steps} steps = "
             f"{hours:,.0f} h on {gpus} GPUs ({hours * gpus:,.0f} GPU-hours) per seed"
         )
     lines.append(
