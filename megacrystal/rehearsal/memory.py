@@ -127,8 +127,19 @@ class MemoryTracker:
             out[self.role.get(sid, "temporaries")] += n
         return out
 
+    def peak_of(self, role: str) -> int:
+        """The most bytes of one role alive at any moment (activations peak inside the step, before the
+        optimizer's peak; the breakdown at the overall peak may hold none)."""
+        cur = best = 0
+        for sid, delta in self.events:
+            if self.role.get(sid, "temporaries") == role:
+                cur += delta
+                best = max(best, cur)
+        return best
+
     def summary(self) -> dict:
         return dict(
+            peak_activations=self.peak_of("activations"),
             peak_bytes=self.peak,
             peak_breakdown=self.breakdown(self.peak_at),
             peak_section=self._section_of_peak(),

@@ -92,6 +92,11 @@ class PlayState:
             return False
         return 0 if not t.dtype.is_floating_point else 0.0
 
+    def host_operand(self, op: str, t: torch.Tensor) -> None:
+        """A host tensor (not a scalar) mixed into a device op in the step: position ids, document
+        boundaries or masks left on the host are copied to the GPU at every use."""
+        self.finding("host_tensor", f"{op}({_describe(t)}) with device operands", where(skip=3))
+
     def data_dependent(self, op: str) -> None:
         self.finding("data_dependent", op, where(skip=3))
 

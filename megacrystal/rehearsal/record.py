@@ -44,12 +44,17 @@ def _aggregate(recs: list[dict]) -> list[dict]:
     return sorted(agg.values(), key=lambda a: (-a["bytes"] * a["count"], a["op"]))
 
 
-def _p2p(recs: list[dict]) -> dict:
+def _p2p(recs: list[dict], by_group: bool = True) -> dict:
+    """Totals of the transfers, and the same per group kind (`by_group`: pp for pipeline transfers, cp for
+    the ring's K/V blocks)."""
     out = dict(sends=0, recvs=0, send_bytes=0, recv_bytes=0)
     for r in recs:
         k = "send" if r["kind"] == "send" else "recv"
         out[k + "s"] += 1
         out[k + "_bytes"] += r["bytes"]
+    if by_group:
+        names = sorted({r.get("group_name", "group") for r in recs})
+        out["by_group"] = {n: _p2p([r for r in recs if r.get("group_name", "group") == n], False) for n in names}
     return out
 
 

@@ -19,7 +19,7 @@ def table(rec: dict) -> str:
     mb = rec.get("micro_batches", {})
     lines = [
         f"rehearsal of {rec.get('config')} on {rec['world']} x {rec['gpu']['name']} "
-        f"(tp {lay.get('tp')} pp {lay.get('pp')} vpp {lay.get('vpp')} dp {lay.get('dp')}"
+        f"(tp {lay.get('tp')} cp {lay.get('cp', 1)} pp {lay.get('pp')} vpp {lay.get('vpp')} dp {lay.get('dp')}"
         f"{' +sp' if lay.get('sequence_parallel') else ''}{' +zero1' if lay.get('distributed_optimizer') else ''})",
         f"played {len(rec.get('ranks', []))} of {rec['world']} ranks {rec.get('played', {}).get('axes')}; "
         f"{rec.get('steps')} step(s) of {mb.get('rehearsed')} micro-batches (configured {mb.get('configured')})",

@@ -44,10 +44,10 @@ def _pool(jobs: int) -> ProcessPoolExecutor:
     return pool
 
 
-def _names(world: int, tp: int, pp: int, order: str) -> dict[tuple, str]:
+def _names(world: int, tp: int, pp: int, order: str, cp: int = 1) -> dict[tuple, str]:
     names: dict[tuple, str] = {}
-    groups = group_ranks(world, tp, pp, order)
-    for kind in reversed(list(groups)):  # the first kind in group_ranks' order (tp, pp, dp, ...) wins
+    groups = group_ranks(world, tp, pp, order, cp)
+    for kind in reversed(list(groups)):  # the first kind in group_ranks' order (tp, pp, dp, ..., cp, dp_cp) wins
         for ranks in groups[kind]:
             names[tuple(sorted(ranks))] = kind
     return names
@@ -104,7 +104,7 @@ def rehearse(
     out_root = tempfile.mkdtemp(prefix="plays-", dir=workdir)
     try:
         plays = _play_all(
-            str(launch.path), gpus, ranks, coords, _names(gpus, par.tp, par.pp, par.order), out_root, jobs
+            str(launch.path), gpus, ranks, coords, _names(gpus, par.tp, par.pp, par.order, par.cp), out_root, jobs
         )
     finally:
         shutil.rmtree(out_root, ignore_errors=True)
@@ -112,6 +112,7 @@ def rehearse(
     findings += checks.collective_order(plays) + checks.p2p_matching(plays) + checks.memory_fit(plays, spec, gpu)
     layout = dict(
         tp=par.tp,
+        cp=par.cp,
         pp=par.pp,
         vpp=par.vpp,
         dp=sizes["dp"],
@@ -127,6 +128,7 @@ def rehearse(
         layout=layout,
         layer_shape=dict(
             tp=par.tp,
+            cp=par.cp,
             sequence_parallel=layout["sequence_parallel"],
             recompute=bool(m.recompute),
             micro_batch_size=t.micro_batch_size,
@@ -141,6 +143,8 @@ def rehearse(
             ffn=m.ffn_hidden_size,
             vocab=m.vocab_size,
             precision=t.precision,
+            document_mask=bool(m.document_mask),
+            attention_backend=m.attention_backend,
         ),
         micro_batches=launch.micro_batches,
         steps=steps,
