@@ -1,5 +1,5 @@
 """Memory per device of one layout, from the cost records and the schedule the engine runs:
-weights, fp32 gradient buffer, optimizer state (sharded over dp with the distributed optimizer),
+weights, fp32 gradient buffer, optimizer state (sharded over dp x cp with the distributed optimizer),
 activations (the per-micro-batch records times what the rank's schedule holds at its peak, counted
 on the schedule itself), communication buffers and the largest temporary. The activation and
 temporary figures are the cost source's (formula today, marked as such)."""
@@ -16,7 +16,7 @@ def rank_memory(ctx, r: int) -> dict:
     state = 8 if F.precision == "fp64" else 4
     weights = params * F.param_bytes
     grads = params * max(4, F.param_bytes)  # the main-grad buffer
-    optim = params * (F.master_bytes + 2 * state) / (lay.dp if lay.dist_opt else 1)
+    optim = params * (F.master_bytes + 2 * state) / (lay.dp * lay.cp if lay.dist_opt else 1)
 
     def per_chunk(c: int) -> float:
         a = ctx.layers_per_chunk * ctx.layer.activations

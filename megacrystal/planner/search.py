@@ -16,6 +16,15 @@ TP = (1, 2, 4, 8, 16)
 PP = (1, 2, 4, 8, 16, 32, 64)
 VPP = (1, 2, 3, 4)
 MBS = (1, 2, 4, 8)
+CP = (1, 2, 4, 8, 16)
+# Context parallelism is a candidate while every cp rank keeps at least this many tokens of a sequence:
+# below it a ring hop's K/V transfer outlasts a block's compute on NVLink (docs/parallelism.md, "Cost"),
+# so cp only adds communication (the Crystal recipe's 2k sequences get no cp candidates).
+MIN_CP_TOKENS = 2048
+
+
+def cp_choices(seq: int) -> tuple[int, ...]:
+    return tuple(c for c in CP if c == 1 or seq // c >= MIN_CP_TOKENS)
 
 
 def recompute_choices() -> tuple[str, ...]:
@@ -34,6 +43,7 @@ def with_layout(cfg, lay: Layout):
     trial.parallel = dataclasses.replace(
         cfg.parallel,
         tp=lay.tp,
+        cp=lay.cp,
         pp=lay.pp,
         vpp=lay.vpp,
         dp=None,
@@ -55,6 +65,7 @@ def candidates(cfg, gpus: int, hw: Hardware, base: bool = False) -> tuple[list[t
         grid = [
             (
                 par.tp,
+                par.cp,
                 par.pp,
                 par.vpp,
                 par.sequence_parallel,
@@ -65,8 +76,9 @@ def candidates(cfg, gpus: int, hw: Hardware, base: bool = False) -> tuple[list[t
         ]
     else:
         grid = [
-            (tp, pp, vpp, sp, zero, mbs, rc)
+            (tp, cp, pp, vpp, sp, zero, mbs, rc)
             for tp in TP
+            for cp in cp_choices(cfg.data.seq_length)
             for pp in PP
             for vpp in VPP
             for sp in (False, True)
@@ -74,16 +86,16 @@ def candidates(cfg, gpus: int, hw: Hardware, base: bool = False) -> tuple[list[t
             for mbs in MBS
             for rc in recompute_choices()
         ]
-    for tp, pp, vpp, sp, zero, mbs, rc in grid:
-        if gpus % (tp * pp) or (vpp > 1 and pp == 1) or (sp and tp == 1):
+    for tp, cp, pp, vpp, sp, zero, mbs, rc in grid:
+        if gpus % (tp * cp * pp) or (vpp > 1 and pp == 1) or (sp and tp == 1):
             continue  # not a grid of this world / not a distinct layout
-        dp = gpus // (tp * pp)
-        if zero and dp == 1:
+        dp = gpus // (tp * cp * pp)
+        if zero and dp * cp == 1:
             continue  # the distributed optimizer over one replica is the replicated one
         if tp > hw.gpus_per_node and not base:
             rejected["tp larger than a node"] = rejected.get("tp larger than a node", 0) + 1
             continue
-        lay = Layout(tp, pp, vpp, dp, sp, zero, mbs, rc, par.order)
+        lay = Layout(tp, pp, vpp, dp, sp, zero, mbs, rc, par.order, cp)
         trial = with_layout(cfg, lay)
         try:
             validate_config(trial, gpus)

@@ -81,14 +81,17 @@ class Layout:
     mbs: int = 1
     recompute: str = "none"
     order: str = "tp-dp-pp"
+    cp: int = 1  # context parallel: each sequence split over cp ranks (ring attention)
 
     @property
     def gpus(self) -> int:
-        return self.tp * self.pp * self.dp
+        return self.tp * self.cp * self.pp * self.dp
 
     def label(self) -> str:
-        """Short name, also what `--explain` takes: tp2.pp1.vpp1.dp128.mbs2.sp.zero.rc-none"""
-        s = f"tp{self.tp}.pp{self.pp}.vpp{self.vpp}.dp{self.dp}.mbs{self.mbs}"
+        """Short name, also what `--explain` takes: tp2.pp1.vpp1.dp128.mbs2.sp.zero.rc-none (tp2.cp4.pp1...
+        with context parallelism)"""
+        cp = f".cp{self.cp}" if self.cp > 1 else ""
+        s = f"tp{self.tp}{cp}.pp{self.pp}.vpp{self.vpp}.dp{self.dp}.mbs{self.mbs}"
         s += ".sp" if self.sp else ""
         s += ".zero" if self.dist_opt else ""
         return s + f".rc-{self.recompute}"
@@ -163,7 +166,9 @@ class LayerShape:
     mbs: int
     seq: int
     features: Features
+    cp: int = 1
 
     @property
     def tokens(self) -> int:
-        return self.mbs * self.seq
+        """Tokens of one micro-batch this rank holds (its 2 of the sequence's 2·cp chunks)."""
+        return self.mbs * self.seq // self.cp
