@@ -114,3 +114,37 @@ def test_activation_memory_per_rank_falls_as_one_over_cp(workdir):
         acts[cp] = per_rank.pop()
     for cp in (2, 4):
         assert acts[cp] * cp == pytest.approx(acts[1], rel=0.01), acts
+
+
+AT_128K = ["data.seq_length=131072", "model.max_seq_len=131072", "parallel.tp=8", "parallel.sequence_parallel=true"]
+AT_128K += ["train.micro_batch_size=1", "model.recompute=false", "train.eval_interval=0"]
+
+
+@pytest.mark.slow  # ~3 min here; the tp2.cp2.pp2.dp2 layout above is the representative case
+def test_llama_8b_at_128k_fits_an_h100_at_cp4_not_cp1(workdir):
+    """tp8 + sp, no recomputation, micro-batch 1, dp2 + ZeRO: activations per rank are what does not fit."""
+    fit = {}
+    for cp in (1, 4):
+        rec = rehearse(
+            "examples/llama_long.yaml",
+            16 * cp,
+            "h100",
+            AT_128K + [f"parallel.cp={cp}"],
+            steps=1,
+            jobs=2,
+            workdir=workdir,
+        )
+        assert {f["check"] for f in rec["findings"]} <= {"memory"}, "\n".join(rec["lines"])
+        fit[cp] = rec["verdict"] == "pass"
+        acts = {r["memory"]["peak_activations"] for r in rec["ranks"]}
+        assert len(acts) == 1  # every played rank (tp, cp and dp coordinates) holds the same
+        fit[f"acts{cp}"] = acts.pop()
+    assert fit[1] is False and fit[4] is True
+    assert fit["acts4"] * 4 == pytest.approx(fit["acts1"], rel=0.01)
+
+
+@pytest.mark.slow  # ~2 min here
+def test_llama_long_example_rehearses_on_16_gpus(workdir):
+    rec = rehearse("examples/llama_long.yaml", 16, "h100", [], steps=1, jobs=2, workdir=workdir)
+    assert rec["verdict"] == "pass", "\n".join(rec["lines"])
+    assert rec["layout"]["cp"] == 2 and rec["played"]["axes"]["cp"] == [0, 1]
