@@ -222,7 +222,8 @@ class Engine:
         self.buffers.start_step(len(batches))
         for m in self.chunks:
             m.train()
-        schedules.run(step, self._p2p(batches), self.grid)
+        with record_function("megacrystal.schedule"):  # forwards and backwards (a rehearsal's memory sub-section)
+            schedules.run(step, self._p2p(batches), self.grid)
         self.buffers.finish()
         if self.sp:
             self.buffers.allreduce_sequence_parallel()

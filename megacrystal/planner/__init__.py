@@ -2,7 +2,8 @@
 
 shapes    the model, a layout, the engine features (overlaps) a step has
 hardware  a device, node and network (hardware_table: the entries and their sources)
-costs     the cost record of one distinct layer shape and its source (formula today)
+costs     the cost record of one distinct layer shape, and the formula source
+rehearsed the rehearsal-backed source (the default): each layer shape played on meta once, cached
 compute   operation times from FLOPs, bytes and the hardware's efficiencies
 comm      collective and p2p times (alpha-beta per link class, real rank placement)
 pipeline_sim  the engine's schedules replayed and simulated event by event
@@ -13,15 +14,17 @@ compose   one layout's step; search: every valid layout, ranked; command: the CL
 from __future__ import annotations
 
 
-def plan(cfg, gpus: int, gpu: str = "h100") -> list[dict]:
+def plan(cfg, gpus: int, gpu: str = "h100", cost_source: str = "rehearsal") -> list[dict]:
     """Every valid layout of `cfg` on `gpus` devices of kind `gpu`, best first, as plain rows:
     tp pp vpp dp mbs ... step_s (simulated, or a lower bound where `exact` is False), tokens_per_s,
-    fits, memory_gb and its parts (parts_gb), bubble, mfu."""
+    fits, memory_gb and its parts (parts_gb), memory_source, bubble, mfu. `cost_source`: rehearsal
+    (per layer shape, cached) or formula."""
     from . import hardware
     from .command import row
+    from .search import cost_source as make_source
     from .search import plan_layouts
 
-    plans, _ = plan_layouts(cfg, gpus, hardware.get(gpu))
+    plans, _ = plan_layouts(cfg, gpus, hardware.get(gpu), source=make_source(cfg, cost_source))
     out = []
     for p in plans:
         r = row(p)

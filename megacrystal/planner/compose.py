@@ -70,6 +70,7 @@ class _Ctx:
     rank_params: list
     p2p_bytes: float
     bucket_elems: int
+    measured: bool = False  # the records come from a rehearsal: memory as it counts it
 
 
 def coll_time(cost, c, hw, sp: dict, prec: str) -> tuple[float, float]:
@@ -93,6 +94,16 @@ def record_times(cost, hw, sp: dict, prec: str, attn: str) -> tuple[dict, dict]:
         key = "cp_comm" if c.group == "cp" else "tp_comm"
         cls[c.phase][key] = cls[c.phase].get(key, 0.0) + total - hidden
     return t, cls
+
+
+def sources_of(source, lc, ec, hc) -> dict:
+    """Where a plan's figures came from: the source's lines, and each record's own (a rehearsal that
+    failed for a shape leaves that shape's record to the formula, said here)."""
+    recs = dict(layer=lc, embedding=ec, head=hc)
+    fallback = [f"{k}: {r.source}" for k, r in recs.items() if r.source.startswith("formula") and source is not FORMULA]
+    out = dict(flops=source.flops_from, memory=source.memory_from if not fallback else "; ".join(fallback))
+    out["records"] = {k: dict(source=r.source, **r.measured) for k, r in recs.items()}
+    return out
 
 
 def compose(
@@ -171,7 +182,7 @@ def compose(
         for r in range(lay.pp)
     ]
     cap = max(1, int(F.bucket_mb * 2**20 / 4))
-    ctx = _Ctx(lay, F, m, lc, ec, hc, Lc, rank_params, msg, cap)
+    ctx = _Ctx(lay, F, m, lc, ec, hc, Lc, rank_params, msg, cap, bool(getattr(source, "measured", False)))
     mem, mem_rank = peak(ctx)
     tokens = global_batch * seq
     fits = sum(mem.values()) <= hw.usable_bytes
@@ -188,7 +199,21 @@ def compose(
     ) / (hw.hbm_bw * hw.mem_eff)
     if limit is not None and bound > limit:
         return Plan(
-            lay, hw.key, bound, tokens, world, 0.0, mem, mem_rank, fits, float("nan"), float("nan"), {}, [], exact=False
+            lay,
+            hw.key,
+            bound,
+            tokens,
+            world,
+            0.0,
+            mem,
+            mem_rank,
+            fits,
+            float("nan"),
+            float("nan"),
+            {},
+            [],
+            sources=sources_of(source, lc, ec, hc),
+            exact=False,
         )
 
     pipe = simulate(lay.pp, lay.vpp, m, chunk_time, transfer, blocking=not F.overlap_p2p)
@@ -314,5 +339,5 @@ def compose(
         exposed_comm_s=exposed_comm,
         compute=compute,
         collectives=list(colls.values()),
-        sources=dict(flops=source.flops_from, memory=source.memory_from),
+        sources=sources_of(source, lc, ec, hc),
     )

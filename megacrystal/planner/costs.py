@@ -53,6 +53,8 @@ class LayerCost:
     params: float = 0.0  # on this rank
     activations: float = 0.0  # bytes kept from forward to backward, per micro-batch
     temporaries: float = 0.0  # peak transient bytes inside the layer
+    source: str = "formula"  # where the memory and the FLOP/byte totals came from
+    measured: dict = field(default_factory=dict)  # a measured source's ratios to the formula, its seconds
 
     def flops(self, phase: str | None = None, cls: str | None = None) -> float:
         return sum(o.flops for o in self.ops if (phase is None or o.phase == phase) and (cls is None or o.cls == cls))
@@ -105,7 +107,7 @@ def _gemm_ops(name, m, n, k, e, phase_f, fused_accum, batch=1, weight=True):
 
 class FormulaCosts:
     flops_from = "model accounting (train/metrics.py shapes)"
-    memory_from = "formula (tensors autograd keeps; until `megacrystal rehearse` measures it)"
+    memory_from = "formula (tensors autograd keeps; the fallback, --cost-source formula)"
 
     @lru_cache(maxsize=4096)  # noqa: B019 - one source per process; the cache is the point
     def layer(self, s: LayerShape) -> LayerCost:

@@ -9,6 +9,7 @@ import dataclasses
 from ..config import ConfigError, ModelConfig, validate_config
 from ..train.metrics import flops_per_token
 from .compose import Plan, compose
+from .costs import FORMULA, CostSource
 from .hardware import Hardware
 from .shapes import Features, Layout, ModelShape, recompute_of
 
@@ -33,7 +34,7 @@ def recompute_choices() -> tuple[str, ...]:
     return ("none", "selective", "full") if isinstance(ModelConfig().recompute, str) else ("none", "full")
 
 
-def _recompute_value(choice: str):
+def recompute_value(choice: str):
     return choice if isinstance(ModelConfig().recompute, str) else choice == "full"
 
 
@@ -51,7 +52,7 @@ def with_layout(cfg, lay: Layout):
         distributed_optimizer=lay.dist_opt,
     )
     trial.train = dataclasses.replace(cfg.train, micro_batch_size=lay.mbs)
-    trial.model = dataclasses.replace(cfg.model, recompute=_recompute_value(lay.recompute))
+    trial.model = dataclasses.replace(cfg.model, recompute=recompute_value(lay.recompute))
     return trial
 
 
@@ -111,36 +112,75 @@ def device_of(hw: Hardware) -> str:
     return "cpu" if hw.key == "cpu" else "cuda"
 
 
-def plan_one(cfg, lay: Layout, hw: Hardware, features: Features | None = None, limit: float | None = None) -> Plan:
-    """One layout of `cfg`, simulated (or its bound beyond `limit`)."""
+def plan_one(
+    cfg,
+    lay: Layout,
+    hw: Hardware,
+    features: Features | None = None,
+    limit: float | None = None,
+    source: CostSource = FORMULA,
+) -> Plan:
+    """One layout of `cfg`, simulated (or its bound beyond `limit`), its records from `source`."""
     trial = with_layout(cfg, lay)
     feat = features or Features.from_config(trial, device_of(hw))
     fpt = flops_per_token(cfg.model.resolve(), cfg.data.seq_length)
     model = ModelShape.from_config(cfg.model)
     return compose(
-        model, lay, feat, hw, cfg.data.seq_length, cfg.train.global_batch_size, model_flops_per_token=fpt, limit=limit
+        model,
+        lay,
+        feat,
+        hw,
+        cfg.data.seq_length,
+        cfg.train.global_batch_size,
+        source=source,
+        model_flops_per_token=fpt,
+        limit=limit,
     )
 
 
+# A layout whose formula memory is within this share beyond the usable memory may still fit once the
+# rehearsal measures it: it is simulated (and rehearsed) rather than ruled out by the formula.
+FIT_MARGIN = 0.10
+
+
+def cost_source(cfg, name: str = "rehearsal", jobs: int = 2) -> CostSource:
+    """`rehearsal` (the default: planner/rehearsed.py) or `formula`."""
+    if name == "formula":
+        return FORMULA
+    if name != "rehearsal":
+        raise ConfigError(f"--cost-source: expected rehearsal or formula, got {name!r}")
+    from .rehearsed import RehearsalCosts
+
+    return RehearsalCosts(cfg, jobs=jobs)
+
+
 def plan_layouts(
-    cfg, gpus: int, hw: Hardware, features: Features | None = None, base: bool = False, exact: int = 20
+    cfg,
+    gpus: int,
+    hw: Hardware,
+    features: Features | None = None,
+    base: bool = False,
+    exact: int = 20,
+    source: CostSource = FORMULA,
 ) -> tuple[list[Plan], dict]:
     """Every valid layout costed, best first (layouts that fit before those that do not). Lower
-    bounds come first (compute and the pipeline's fill and drain, no simulation); layouts are then
-    simulated in that order until a bound exceeds the `exact`-th best simulated step, so the best
-    `exact` are ranked exactly and the others carry their bound (`Plan.exact` False)."""
+    bounds come first (compute and the pipeline's fill and drain, no simulation, from the formula);
+    layouts are then simulated with `source` in that order until a bound exceeds the `exact`-th best
+    simulated step, so the best `exact` are ranked exactly and the others carry their bound and the
+    formula's memory (`Plan.exact` False)."""
     cands, rejected = candidates(cfg, gpus, hw, base)
+    margin = FIT_MARGIN if source is not FORMULA else 0.0
 
-    def run(lay, trial, limit):
-        return plan_one(cfg, lay, hw, features, limit)
+    def maybe_fits(p: Plan) -> bool:
+        return p.memory_bytes <= hw.usable_bytes * (1 + margin)
 
-    bounds = [(run(lay, trial, 0.0), lay, trial) for lay, trial in cands]
-    bounds.sort(key=lambda x: (not x[0].fits, x[0].step_s))
+    bounds = [(plan_one(cfg, lay, hw, features, 0.0), lay, trial) for lay, trial in cands]
+    bounds.sort(key=lambda x: (not maybe_fits(x[0]), x[0].step_s))
     plans, best = [], []
-    for b, lay, trial in bounds:
+    for b, lay, _trial in bounds:
         limit = best[exact - 1] if len(best) >= exact else None
-        skip = limit is not None and (b.step_s > limit or not b.fits)
-        p = b if skip else run(lay, trial, limit)
+        skip = limit is not None and (b.step_s > limit or not maybe_fits(b))
+        p = b if skip else plan_one(cfg, lay, hw, features, limit, source)
         if p.exact and p.fits:
             best = sorted([*best, p.step_s])
         plans.append(p)

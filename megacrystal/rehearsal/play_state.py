@@ -2,7 +2,9 @@
 
 Sections follow the product's profiler ranges: `setup` until the first `megacrystal.train_step`;
 `step N` from the N-th train step until the next one (the loop's own per-step work after the
-engine's step belongs to it); `eval` and `checkpoint` while those ranges are open.
+engine's step belongs to it); `eval` and `checkpoint` while those ranges are open. Memory also keeps
+the peak of `step N schedule` (the `megacrystal.schedule` range: the forwards and backwards), a part
+of `step N`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from .frames import where
 from .memory import MemoryTracker
 
 STEP_RANGE, EVAL_RANGE, SAVE_RANGE = "megacrystal.train_step", "megacrystal.eval", "megacrystal.checkpoint"
+SCHEDULE_RANGE = "megacrystal.schedule"  # the forwards and backwards of a step: memory section "step N schedule"
 MAX_READS_PER_STEP = 2
 
 
@@ -61,8 +64,13 @@ class PlayState:
         elif name in (EVAL_RANGE, SAVE_RANGE):
             self._stack.append(self.section)
             self._set("eval" if name == EVAL_RANGE else "checkpoint")
+        elif name == SCHEDULE_RANGE and self.section.startswith("step"):
+            self.memory.subsection = f"{self.section} schedule"  # memory only, inside the step's own section
 
     def exit(self, name: str) -> None:
+        if name == SCHEDULE_RANGE:
+            self.memory.subsection = None
+            return
         if name == STEP_RANGE and not self._stack and self.engine is not None:
             self.memory.mark_engine(self.engine)
             if not self.engine_facts:
