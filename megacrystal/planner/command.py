@@ -16,7 +16,8 @@ import time
 from ..config import ConfigError, load_config
 from . import hardware
 from .compose import Plan
-from .search import cost_source, plan_layouts, plan_one, total_tokens
+from .costs import FORMULA
+from .search import plan_layouts, plan_one, total_tokens
 from .shapes import ModelShape
 
 GB = 1e9
@@ -97,7 +98,10 @@ def _gb(p: Plan) -> str:
     return f"{p.memory_bytes / GB:6.1f}{mark}"
 
 
-def main(argv=None) -> int:
+def main(argv=None, sources: dict | None = None) -> int:
+    """The command; `sources`: cost sources by name (a factory of the config each), the first the
+    default. `megacrystal plan` (megacrystal/plan_cli.py) gives the rehearsal's and the formula."""
+    sources = sources or {"formula": lambda cfg: FORMULA}
     ap = argparse.ArgumentParser(prog="megacrystal plan", description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", required=True, help="the run config (YAML) to plan")
     ap.add_argument("--gpus", type=int, required=True, help="number of devices (world size)")
@@ -112,8 +116,8 @@ def main(argv=None) -> int:
     ap.add_argument("--config-layout", action="store_true", help="cost only the config's own layout")
     ap.add_argument(
         "--cost-source",
-        choices=("rehearsal", "formula"),
-        default="rehearsal",
+        choices=tuple(sources),
+        default=next(iter(sources)),
         help="where per-layer memory, FLOPs and collective bytes come from: the real code rehearsed on meta once "
         "per layer shape and cached (default), or a formula from the shapes (the fallback)",
     )
@@ -125,7 +129,7 @@ def main(argv=None) -> int:
         hw = hardware.with_nodes_of(hw, a.nodes_of)
         if a.gpus < 1:
             raise ConfigError(f"--gpus: expected a positive integer, got {a.gpus}")
-        source = cost_source(cfg, a.cost_source)
+        source = sources[a.cost_source](cfg)
         t0 = time.perf_counter()
         plans, rejected = plan_layouts(cfg, a.gpus, hw, base=a.config_layout, source=source)
         elapsed = time.perf_counter() - t0

@@ -7,7 +7,7 @@ import copy
 import dataclasses
 
 from ..config import ConfigError, ModelConfig, validate_config
-from ..train.metrics import flops_per_token
+from ..model.flops import flops_per_token
 from .compose import Plan, compose
 from .costs import FORMULA, CostSource
 from .hardware import Hardware
@@ -92,7 +92,9 @@ def candidates(cfg, gpus: int, hw: Hardware, base: bool = False) -> tuple[list[t
             continue  # not a grid of this world / not a distinct layout
         dp = gpus // (tp * cp * pp)
         if zero and dp * cp == 1:
-            continue  # the distributed optimizer over one replica is the replicated one
+            if not base:
+                continue  # the distributed optimizer over one replica is the replicated one
+            zero = False  # the config's own layout: costed as what it is
         if tp > hw.gpus_per_node and not base:
             rejected["tp larger than a node"] = rejected.get("tp larger than a node", 0) + 1
             continue
@@ -141,17 +143,6 @@ def plan_one(
 # A layout whose formula memory is within this share beyond the usable memory may still fit once the
 # rehearsal measures it: it is simulated (and rehearsed) rather than ruled out by the formula.
 FIT_MARGIN = 0.10
-
-
-def cost_source(cfg, name: str = "rehearsal", jobs: int = 2) -> CostSource:
-    """`rehearsal` (the default: planner/rehearsed.py) or `formula`."""
-    if name == "formula":
-        return FORMULA
-    if name != "rehearsal":
-        raise ConfigError(f"--cost-source: expected rehearsal or formula, got {name!r}")
-    from .rehearsed import RehearsalCosts
-
-    return RehearsalCosts(cfg, jobs=jobs)
 
 
 def plan_layouts(

@@ -15,20 +15,13 @@ from pathlib import Path
 
 import torch
 
-from ..config import ModelConfig
 from ..hardware_table import TABLE, match_device
 from ..hardware_table import peak_flops as table_peak
 from ..log import get_logger
+from ..model.flops import flops_per_token
 
+__all__ = ["MetricsWriter", "flops_per_token", "gpu_peak", "measure_cpu_peak", "peak_flops", "tf32_matmuls"]
 CPU_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
-
-
-def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
-    h, L, f, v = cfg.hidden_size, cfg.num_layers, cfg.ffn_hidden_size, cfg.vocab_size
-    d = cfg.head_dim
-    per_layer = h * (cfg.num_heads + 2 * cfg.num_kv_heads) * d + cfg.num_heads * d * h + 3 * h * f
-    n = L * per_layer + v * h  # matmul parameters incl. the output head
-    return 6.0 * n + 12.0 * L * h * seq_len
 
 
 def measure_cpu_peak(dtype=torch.float32, n: int = 1024, reps: int = 3, trials: int = 3) -> float:

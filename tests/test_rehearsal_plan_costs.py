@@ -1,4 +1,4 @@
-"""The planner's rehearsal-backed cost source (planner/rehearsed.py): each distinct layer shape is
+"""The planner's rehearsal-backed cost source (rehearsal/plan_costs.py): each distinct layer shape is
 rehearsed once (1 and 2 layers, two micro-batches, pp1 dp1), cached in memory and on disk, and a
 layout's memory composed from those pieces on the schedule matches a full rehearsal of that layout."""
 
@@ -8,11 +8,11 @@ import pytest
 
 from megacrystal.cli import main
 from megacrystal.config import load_config
-from megacrystal.planner import hardware, rehearsed
-from megacrystal.planner.rehearsed import RehearsalCosts
+from megacrystal.planner import hardware
 from megacrystal.planner.search import plan_one
 from megacrystal.planner.shapes import Layout
-from megacrystal.rehearsal import rehearse
+from megacrystal.rehearsal import plan_costs, rehearse
+from megacrystal.rehearsal.plan_costs import RehearsalCosts
 
 H100 = hardware.get("h100")
 
@@ -73,7 +73,7 @@ def test_each_shape_is_rehearsed_once_then_cached_by_shape_and_code(tmp_path, mo
     again = RehearsalCosts(cfg, cache=tmp_path)
     same = [plan_one(cfg, lay, H100, source=again) for lay in lays]
     assert again.rehearsed == 0 and [p.memory for p in same] == [p.memory for p in plans]
-    monkeypatch.setattr(rehearsed, "code_version", lambda: "another version of the code")
+    monkeypatch.setattr(plan_costs, "code_version", lambda: "another version of the code")
     changed = RehearsalCosts(cfg, cache=tmp_path)
     plan_one(cfg, lays[0], H100, source=changed)
     assert changed.rehearsed == 1  # the code changed: measured again

@@ -1,4 +1,7 @@
-"""A cost source backed by `megacrystal rehearse`: the real code played on meta, once per distinct layer shape.
+"""The planner's cost source backed by `megacrystal rehearse` (`megacrystal plan`'s default): the real
+code played on meta, once per distinct layer shape. It lives with the rehearsal, which sits above the
+planner (the planner's simulator imports nothing of the training code, so training can ask it for an
+estimate: train/long_run.py).
 
 For a `LayerShape` (tp, cp, sequence parallelism, recompute, micro-batch size, sequence length) the
 user's configuration is cut to a minimal launch: two micro-batches (the second runs beside what the
@@ -32,8 +35,9 @@ import json
 import os
 from pathlib import Path
 
-from .costs import FORMULA, Coll, LayerCost
-from .shapes import LayerShape
+from ..planner.costs import FORMULA, Coll, LayerCost
+from ..planner.search import recompute_value
+from ..planner.shapes import LayerShape
 
 CLASS = {"gemm": "matmul", "attention": "attention"}
 # Micro-batches of a minimal run: two, so the second runs beside what the first leaves until the step
@@ -66,8 +70,6 @@ def code_version() -> str:
 
 def minimal_config(cfg, s: LayerShape, layers: int):
     """`cfg` cut to MICRO micro-batches of shape `s` on tp x cp ranks (pp 1, dp 1) with `layers` layers."""
-    from .search import recompute_value
-
     c = copy.copy(cfg)
     c.parallel = dataclasses.replace(
         cfg.parallel,
@@ -115,7 +117,7 @@ def _collective_bytes(one: dict, two: dict) -> dict:
 def measure(cfg, s: LayerShape, jobs: int = 2, workdir: str | None = None) -> dict:
     """The pieces of shape `s` from two rehearsals (1 and 2 layers), per micro-batch where per step;
     `error` set where they failed."""
-    from ..rehearsal import rehearse
+    from .run import rehearse
 
     recs = []
     for layers in (1, 2):
