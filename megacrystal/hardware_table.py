@@ -179,16 +179,22 @@ TABLE: dict[str, dict] = {
         attention_efficiency=dict(flash=0.24, sdpa=0.24),
         nvlink_gb_s=1.002,
         nvlink_efficiency=1.0,
-        nvlink_latency_us=146.8,
+        nvlink_latency_us=453.6,
+        network_latency_us=453.6,
         network_gb_s=1.002,
         gpus_per_node=2,
         launch_us=0.0,
-        host_us_per_op=27.88,
+        host_us_per_op=21.24,
         async_launch=False,
         step_overhead_us=676.8,
         memory_reserve_gb=0.5,
         memory_fragmentation=0.0,
         sources=dict(
+            calibrated="host_us_per_op (per op the host dispatches, counted by rehearsing the torch kernels) and "
+            "the gloo latency per ring step inside a run (nvlink/network_latency_us): fitted on two runs that are "
+            "not reported as predictions, the demo on one rank and tp2 at seq 64 / micro-batch 8 "
+            "(benchmarks/results/planner-cpu-calibration-20261207-053750.json, benchmarks/planner_cpu_demo.py "
+            "--calibrate); the probe measured 146.8 us in isolation, the ranks of a run arrive apart",
             all="measured: benchmarks/results/planner-probe-cpu-20261207-041209.json (benchmarks/planner_probe.py; "
             "compute figures in thread CPU time, so the machine's other load (average 3.8-4.0 then) does not "
             "count; gloo all-reduce the larger of its best wall time and its CPU time; host time per op from the engine's own train_step on a degenerate model (hidden 16, 16 tokens) per layer and micro-batch, over the planner's op count of a layer; step overhead: that step's fixed part)"

@@ -12,7 +12,8 @@ def main(argv=None) -> int:
     from .planner.costs import FORMULA
     from .rehearsal.plan_costs import RehearsalCosts
 
-    return plan_main(argv, sources={"rehearsal": RehearsalCosts, "formula": lambda cfg: FORMULA})
+    sources = {"rehearsal": lambda cfg, hw: RehearsalCosts(cfg, hardware=hw.key), "formula": lambda cfg, hw: FORMULA}
+    return plan_main(argv, sources=sources)
 
 
 if __name__ == "__main__":

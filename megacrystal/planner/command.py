@@ -99,9 +99,9 @@ def _gb(p: Plan) -> str:
 
 
 def main(argv=None, sources: dict | None = None) -> int:
-    """The command; `sources`: cost sources by name (a factory of the config each), the first the
+    """The command; `sources`: cost sources by name (a factory of the config and hardware each), the first the
     default. `megacrystal plan` (megacrystal/plan_cli.py) gives the rehearsal's and the formula."""
-    sources = sources or {"formula": lambda cfg: FORMULA}
+    sources = sources or {"formula": lambda cfg, hw: FORMULA}
     ap = argparse.ArgumentParser(prog="megacrystal plan", description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", required=True, help="the run config (YAML) to plan")
     ap.add_argument("--gpus", type=int, required=True, help="number of devices (world size)")
@@ -129,7 +129,7 @@ def main(argv=None, sources: dict | None = None) -> int:
         hw = hardware.with_nodes_of(hw, a.nodes_of)
         if a.gpus < 1:
             raise ConfigError(f"--gpus: expected a positive integer, got {a.gpus}")
-        source = sources[a.cost_source](cfg)
+        source = sources[a.cost_source](cfg, hw)
         t0 = time.perf_counter()
         plans, rejected = plan_layouts(cfg, a.gpus, hw, base=a.config_layout, source=source)
         elapsed = time.perf_counter() - t0

@@ -53,6 +53,7 @@ class LayerCost:
     params: float = 0.0  # on this rank
     activations: float = 0.0  # bytes kept from forward to backward, per micro-batch
     temporaries: float = 0.0  # peak transient bytes inside the layer
+    host_ops: float = 0.0  # ops the host dispatches per micro-batch, as measured (0: one per record op)
     source: str = "formula"  # where the memory and the FLOP/byte totals came from
     measured: dict = field(default_factory=dict)  # a measured source's ratios to the formula, its seconds
 

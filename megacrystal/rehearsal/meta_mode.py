@@ -121,6 +121,7 @@ class MetaMode(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        self.play.ops[self.play.section] += 1  # every op the step dispatches: a CPU's host cost is per op
         info = self._kinds.get(func)
         if info is None:
             info = self._kinds[func] = _describe(func)

@@ -7,6 +7,7 @@ For a `LayerShape` (tp, cp, sequence parallelism, recompute, micro-batch size, s
 user's configuration is cut to a minimal launch: two micro-batches (the second runs beside what the
 first leaves, as under gradient accumulation), pp 1, dp 1, world tp x cp, and 1 and 2 layers. The two rehearsals differ by exactly one layer, so from their records:
 - a layer's parameters, the activations it keeps per micro-batch (the peak of tensors autograd saved),
+  the ops the host dispatches for it (every aten op, views included: a CPU's host cost is per op),
   its matmul and attention FLOPs (fwd, bwd and recompute, as executed), and its collective bytes per
   group and kind (calls whose count grows with the layers; the cp ring's p2p bytes), by difference;
 - the embedding and the head with its loss: the 1-layer run less one layer, split between the two as
@@ -142,6 +143,8 @@ def measure(cfg, s: LayerShape, jobs: int = 2, workdir: str | None = None) -> di
         acts_rest=2 * one["memory"]["peak_activations"] - two["memory"]["peak_activations"],
         transient=transient,
         update_per_param=update,
+        ops_layer=(two["steps"][0]["ops"] - one["steps"][0]["ops"]) / MICRO,
+        ops_rest=(2 * one["steps"][0]["ops"] - two["steps"][0]["ops"]) / MICRO,
         flops_layer={k: (f2[k] - f1[k]) / MICRO for k in ("matmul", "attention")},
         flops_rest={k: (2 * f1[k] - f2[k]) / MICRO for k in ("matmul", "attention")},
         collectives_layer={k: v / MICRO for k, v in _collective_bytes(one, two).items()},
@@ -183,7 +186,10 @@ class RehearsalCosts:
     )
     measured = True
 
-    def __init__(self, cfg, jobs: int = 2, cache: Path | None = None):
+    def __init__(self, cfg, jobs: int = 2, cache: Path | None = None, hardware: str | None = None):
+        if hardware == "cpu":  # a CPU run dispatches the torch kernels: rehearse those (on meta the GPU's would run)
+            cfg = copy.copy(cfg)
+            cfg.model = dataclasses.replace(cfg.model, kernels="torch")
         self.cfg = cfg
         self.jobs = jobs
         self.cache = Path(cache) if cache else cache_dir()
@@ -226,6 +232,7 @@ class RehearsalCosts:
             return dataclasses.replace(base, source=f"formula (the rehearsal failed: {p['error']})")
         if part == "layer":
             params, acts, flops, colls = p["params_layer"], p["acts_layer"], p["flops_layer"], p["collectives_layer"]
+            ops = p.get("ops_layer", 0.0)
         else:  # the rest, split as the formula splits it between the embedding and the head
             wp, wa = _share(emb.params, head.params), _share(emb.activations, head.activations)
             if part == "head":
@@ -234,15 +241,18 @@ class RehearsalCosts:
             # the embedding does no matmul: the rest's FLOPs are the head's (and its loss)
             flops = {k: v * (1.0 if part == "head" else 0.0) for k, v in p["flops_rest"].items()}
             colls = {}
-        ops, out, ratios = _scaled(base, flops, colls)
+            wo = _share(len(emb.ops), len(head.ops))  # the rest's ops, split by the formula's op counts
+            ops = p.get("ops_rest", 0.0) * (wo if part == "embedding" else 1 - wo)
+        scaled, out, ratios = _scaled(base, flops, colls)
         return LayerCost(
-            ops=ops,
+            ops=scaled,
             colls=out,
             params=float(params),
             activations=float(max(acts, 0)),
             # the minimal runs peak at the head's loss: their transient is the head's; a stage without
             # the head keeps the formula's largest layer / embedding temporary
             temporaries=float(p["transient"]) if part == "head" else base.temporaries,
+            host_ops=float(max(ops, 0.0)),
             source="rehearsal",
             measured=dict(ratios=ratios, seconds=p["seconds"], update_per_param=p["update_per_param"]),
         )

@@ -118,6 +118,7 @@ def _result(play: PlayState, comms: Comms, seconds: float) -> dict:
         memory=play.memory.summary(),
         flops={s: dict(v) for s, v in play.flops.items()},
         other_bytes=dict(play.other_bytes),
+        ops=dict(play.ops),
         host_reads={s: [list(r) for r in v] for s, v in play.host_reads.items()},
         d2h_bytes=dict(play.d2h_bytes),
         findings=[f.to_dict() for f in play.findings],

@@ -33,6 +33,7 @@ class PlayState:
         self.steps = 0
         self.flops: dict = defaultdict(lambda: defaultdict(int))  # section -> class -> FLOPs
         self.other_bytes: dict = defaultdict(int)  # section -> bytes in + out of non-matmul ops
+        self.ops: dict = defaultdict(int)  # section -> ops dispatched (views and in-place ops included)
         self.host_reads: dict = defaultdict(list)  # section -> [(what, frame)]
         self.d2h_bytes: dict = defaultdict(int)
         self.findings: list[Finding] = []

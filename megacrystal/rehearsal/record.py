@@ -63,6 +63,7 @@ def section(play: dict, name: str) -> dict:
     return dict(
         flops={k: int(flops.get(k, 0)) for k in ("matmul", "attention", "other")},
         other_bytes=int(play["other_bytes"].get(name, 0)),
+        ops=int(play.get("ops", {}).get(name, 0)),
         collectives=_aggregate([r for r in play["collectives"] if r["section"] == name]),
         p2p=_p2p([r for r in play["p2p"] if r["section"] == name]),
         host_reads=[w for w, _ in play["host_reads"].get(name, [])],
