@@ -19,10 +19,21 @@ import json
 import sys
 
 from .config import ConfigError, load_config, validate_config, validate_world
+from .model.recompute import activation_elements
 from .model.transformer import count_parameters
 from .train.metrics import flops_per_token
 
 GPUS = {"h100": dict(mem=80e9, peak=989e12), "h200": dict(mem=141e9, peak=989e12)}
+
+
+def recompute_factor(m) -> float:
+    """Share of the per-layer activations kept under `model.recompute` (full: the block inputs plus
+    slack; selective: model/recompute.py's accounting, selective over none)."""
+    if m.recompute == "full":
+        return 0.1
+    if m.recompute == "selective":
+        return activation_elements(m, "selective") / activation_elements(m, "none")
+    return 1.0
 
 
 def estimate(cfg, tp: int, pp: int, dp: int, vpp: int, gpu: str, mfu: float = 0.45) -> dict:
@@ -36,7 +47,7 @@ def estimate(cfg, tp: int, pp: int, dp: int, vpp: int, gpu: str, mfu: float = 0.
     sp = cfg.parallel.sequence_parallel and tp > 1
     per_layer = s * b * h * (34 / tp if sp else (24 / tp + 10))
     in_flight = pp if pp > 1 else 1
-    acts = per_layer * (L / pp) * in_flight * (0.1 if m.recompute else 1.0)
+    acts = per_layer * (L / pp) * in_flight * recompute_factor(m)
     logits = s * b * m.vocab_size * 6 / tp
     total = weights + grads + optim + acts + logits
     n_micro = cfg.train.global_batch_size // (b * dp)

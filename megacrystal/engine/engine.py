@@ -15,7 +15,6 @@ divided by the global token count before backward, and dp gradients are summed.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 
@@ -40,6 +39,7 @@ from ..parallel.pipeline import build_chunks, tied_embedding_params
 from ..parallel.state import Grid, build_grid
 from ..parallel.step import StepCompute
 from ..parallel.tensor import TensorParallelLayers
+from .tensors import default_dtype, to_cpu, to_device
 
 FORMAT = "megacrystal-engine/1"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
@@ -69,7 +69,7 @@ class Engine:
         self.layers = SerialLayers() if g.tp_size == 1 else TensorParallelLayers(g, self.sp)
         # parameters are allocated in their final dtype on the device (no fp32 or host copy of the
         # model on the way); their values are drawn on the CPU in fp32, per name, then copied in
-        with torch.device(self.device), _default_dtype(self.dtype):
+        with torch.device(self.device), default_dtype(self.dtype):
             self.chunks = build_chunks(cfg.model, self.layers, g)
         if init_weights:
             for m in self.chunks:
@@ -103,7 +103,19 @@ class Engine:
         if self.wgrad_fusion != "off":
             wgrad_fusion.enable(self.chunks, self.wgrad_fusion)
         groups = self._param_groups()
-        self.optimizer = make_optimizer(self.optim_impl, self.buffers, groups, self.cfg.optim, self._names)
+        overlap = bool(par.overlap_param_gather)
+        self.optimizer = make_optimizer(self.optim_impl, self.buffers, groups, self.cfg.optim, self._names, overlap)
+        gather = getattr(self.optimizer, "param_gather", None)
+        if gather is not None and overlap:
+            gather.install(self.chunks)  # forward pre-hooks: each unit waits for its buckets' gathers
+
+    def sync_params(self) -> None:
+        """Wait for every parameter all-gather still in flight (ZeRO-1 with `parallel.overlap_param_gather`
+        leaves them to the next forward). Every reader of parameters outside the forward calls this:
+        the state exports here, checkpoint save and load, the end of a run."""
+        gather = getattr(self.optimizer, "param_gather", None)
+        if gather is not None:
+            gather.wait_all()
 
     # ------------------------------------------------------------------ helpers
 
@@ -195,7 +207,8 @@ class Engine:
         b, s = batches[0]["tokens"].shape
         if self.sp:
             s //= self.grid.tp_size
-        return P2P(self.grid, (b, s, self.cfg.model.hidden_size), self.dtype, self.device, self.trace)
+        shape = (b, s, self.cfg.model.hidden_size)
+        return P2P(self.grid, shape, self.dtype, self.device, self.trace, self.cfg.parallel.overlap_p2p_comm)
 
     def _global_loss_sum(self, step: StepCompute) -> float:
         g = self.grid
@@ -230,6 +243,7 @@ class Engine:
     def eval_loss(self, micro_batches: list[dict]) -> tuple[float, float]:
         """(sum of masked per-token losses, sum of the mask), both over the global batch."""
         batches, tokens = self._prepare(micro_batches)
+        self.sync_params()  # the forward pre-hooks would wait too; evaluation needs no overlap
         step = self._step(batches, 1.0)
         for m in self.chunks:
             m.eval()
@@ -237,8 +251,9 @@ class Engine:
         return self._global_loss_sum(step), tokens
 
     def state_dict(self) -> dict:
+        self.sync_params()
         model = {n: p.detach().to("cpu", copy=True) for m in self.chunks for n, p in m.named_parameters()}
-        return dict(format=FORMAT, layout=self._layout(), model=model, optimizer=_to_cpu(self.optimizer.state_dict()))
+        return dict(format=FORMAT, layout=self._layout(), model=model, optimizer=to_cpu(self.optimizer.state_dict()))
 
     @torch.no_grad()
     def load_state_dict(self, sd: dict) -> None:
@@ -252,6 +267,7 @@ class Engine:
             saved.pop("dp_rank", None)
         if saved != mine:
             raise ValueError(f"engine state: saved by rank layout {sd.get('layout')}, this rank is {self._layout()}")
+        self.sync_params()
         params = {n: p for m in self.chunks for n, p in m.named_parameters()}
         missing = sorted(set(params) - set(sd["model"]))
         extra = sorted(set(sd["model"]) - set(params))
@@ -262,7 +278,7 @@ class Engine:
             if tuple(src.shape) != tuple(p.shape):
                 raise ValueError(f"engine state: model.{n} has shape {tuple(src.shape)}, expected {tuple(p.shape)}")
             p.copy_(src.to(p.dtype))
-        self.optimizer.load_state_dict(_to_device(sd["optimizer"], self.device))
+        self.optimizer.load_state_dict(to_device(sd["optimizer"], self.device))
 
     def _layout(self) -> dict:
         g = self.grid
@@ -286,6 +302,7 @@ class Engine:
     def full_model_state(self) -> dict | None:
         """The whole model under serial names and shapes (vocabulary and FFN padded as in the serial
         model), gathered over tp and pp onto global rank 0 as CPU tensors; None on the other ranks."""
+        self.sync_params()
         g = self.grid
         local = self._gather_tp() if g.dp_rank == 0 else {}
         if g.dp_rank == 0 and g.tp_rank == 0 and g.pp_size > 1:
@@ -346,6 +363,7 @@ class Engine:
                 sd = first[0]
         if sd is None:
             raise ValueError("load_full_model_state: no state dict on rank 0")
+        self.sync_params()
         layout = serial_layout(self.cfg.model)
         missing = sorted(set(layout) - set(sd))
         extra = sorted(set(sd) - set(layout))
@@ -365,33 +383,3 @@ class Engine:
                 p.copy_(spec.shard(full).to(device=p.device, dtype=p.dtype))
         if self.optimizer is not None:
             self.optimizer.reload_masters()
-
-
-@contextlib.contextmanager
-def _default_dtype(dtype: torch.dtype):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
-
-
-def _to_cpu(obj):
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
-
-
-def _to_device(obj, device):
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: _to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_device(v, device) for v in obj)
-    return obj

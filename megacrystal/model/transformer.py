@@ -18,15 +18,16 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-import torch.utils.checkpoint
 
 from ..config import ModelConfig
 from ..ops.dispatch import op
 from ..ops.precision import wide_dtype
 from ..ops.rotary import rope_angles
 from .attention import attention
+from .compile import compile_blocks
 from .layers import LayerFactory, SerialLayers, mark
 from .padding import set_true_shape, true_shape
+from .recompute import recompute_groups, recompute_into, run_blocks
 
 
 class Norm(nn.Module):
@@ -58,13 +59,20 @@ class Attention(nn.Module):
         # writes the packed d(qkv) directly instead of autograd's per-slice zero-filled buffers)
         self._qkv_rotary = op("qkv_rotary", cfg.kernels)
 
-    def forward(self, x, cos, sin, segment_ids=None):
+    def forward(self, x, cos, sin, segment_ids=None, selective: bool = False):
         qkv = self.qkv(x)
-        b, s = qkv.shape[0], qkv.shape[1]
-        qkv = qkv.view(b, s, self.hk, self.group + 2, self.head_dim)
-        q, k, v = self._qkv_rotary(qkv, cos, sin, self.interleaved)
-        o = attention(q, k, v, self.scale, segment_ids, self.backend)
-        return self.proj(o.reshape(b, s, self.hq * self.head_dim))
+
+        def core(qkv):  # rotary + attention: no parameters, recomputed under selective recompute
+            b, s = qkv.shape[0], qkv.shape[1]
+            q, k, v = self._qkv_rotary(
+                qkv.view(b, s, self.hk, self.group + 2, self.head_dim), cos, sin, self.interleaved
+            )
+            o = attention(q, k, v, self.scale, segment_ids, self.backend)
+            return o.reshape(b, s, self.hq * self.head_dim)
+
+        if selective:
+            return recompute_into(core, (qkv,), self.proj)
+        return self.proj(core(qkv))
 
 
 class MLP(nn.Module):
@@ -85,8 +93,11 @@ class MLP(nn.Module):
         set_true_shape(self.down.weight, (h, f))
         self._swiglu = op("swiglu", cfg.kernels)
 
-    def forward(self, x):
-        return self.down(self._swiglu(self.up(x), self.gate(x)))
+    def forward(self, x, selective: bool = False):
+        u, g = self.up(x), self.gate(x)
+        if selective:  # keep up and gate, recompute the activation
+            return recompute_into(self._swiglu, (u, g), self.down)
+        return self.down(self._swiglu(u, g))
 
 
 class Block(nn.Module):
@@ -96,10 +107,12 @@ class Block(nn.Module):
         self.attn = Attention(cfg, layers)
         self.norm2 = Norm(cfg)
         self.mlp = MLP(cfg, layers)
+        self.selective = cfg.recompute == "selective"
 
     def forward(self, x, cos, sin, segment_ids=None):
-        h = x + self.attn(self.norm1(x), cos, sin, segment_ids)
-        return h + self.mlp(self.norm2(h))
+        sel = self.selective and self.training
+        h = x + self.attn(self.norm1(x), cos, sin, segment_ids, sel)
+        return h + self.mlp(self.norm2(h), sel)
 
 
 class Transformer(nn.Module):
@@ -121,6 +134,11 @@ class Transformer(nn.Module):
         self.rot_dim = int(cfg.head_dim * cfg.rotary_fraction)
         self.embed = layers.embedding(cfg.vocab_size, cfg.hidden_size) if pre_process else None
         self.layers = nn.ModuleDict({str(i): Block(cfg, layers) for i in self.layer_ids})
+        self.recompute = recompute_groups(
+            len(self.layer_ids), cfg.recompute, cfg.recompute_method, cfg.recompute_num_layers
+        )
+        if cfg.compile:
+            compile_blocks(list(self.layers.values()))
         if post_process:
             self.final_norm = Norm(cfg)
             if not cfg.tie_embeddings:
@@ -166,11 +184,9 @@ class Transformer(nn.Module):
         cos, sin = self.rope(position_ids, h.dtype)
         if not self.cfg.document_mask:  # packed documents attend across EOD, as in Crystal/Megatron
             segment_ids = None
-        for block in self.layers.values():
-            if self.cfg.recompute and self.training:
-                h = torch.utils.checkpoint.checkpoint(block, h, cos, sin, segment_ids, use_reentrant=False)
-            else:
-                h = block(h, cos, sin, segment_ids)
+        blocks = list(self.layers.values())
+        for a, z, ckpt in self.recompute:  # model.recompute=full: checkpointed groups of blocks
+            h = run_blocks(blocks[a:z], h, cos, sin, segment_ids, ckpt and self.training)
         if not self.post_process:
             return h
         h = self.final_norm(h)
