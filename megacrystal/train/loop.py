@@ -125,6 +125,7 @@ def _train(cfg: Config, stop: StopSignals, dog: StepWatchdog) -> dict:
 
     def save(at_step):
         nonlocal last_saved
+        engine.sync_params()  # the parameter all-gathers left to the next forward complete first
         ensure_finite(engine, at_step)  # never a checkpoint holding NaN/Inf
         state = dict(
             loader=loader.state_dict(),
@@ -203,6 +204,7 @@ def _train(cfg: Config, stop: StopSignals, dog: StepWatchdog) -> dict:
         if save_due(step, span, schedule.phases[span.index], t.save_interval) and step < total_steps:
             save(step)
         stop_if_asked()  # every rank, the same step
+    engine.sync_params()  # the run ends: nothing left in flight
     if step > last_saved:
         save(step)
     ckptr.close()
