@@ -43,9 +43,11 @@ class CompiledForward:
     def __init__(self, eager):
         self.eager = eager
         self.compiled = torch.compile(eager)
+        self.calls = 0
 
     def __call__(self, *args, **kwargs):
-        if CompiledForward.broken is None:
+        self.calls += 1
+        if self.calls > 1 and CompiledForward.broken is None:  # the first call runs eager: kernels chosen, logged
             try:
                 return self.compiled(*args, **kwargs)
             except Exception as e:  # any compile failure: run eager, said once
