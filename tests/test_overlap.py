@@ -43,14 +43,16 @@ def test_overlap_on_and_off_equal_the_serial_run_with_zero_pp_vpp():
     )
 
 
-def _single_tag(rank, world, configs, batches):
-    P2P.SINGLE_TAG = True
+def _nccl_order(rank, world, configs, batches):
+    P2P.NCCL_ORDER = True
     return run_configs(rank, world, configs, batches)
 
 
-def test_pipeline_transfers_pair_by_order_alone():
-    """pp=2 with interleaving is the one layout where both kinds of message share a direction."""
-    _check(2, [VPP + ["parallel.pp=2"], VPP + ["parallel.pp=2"] + OFF[1:], ["parallel.pp=2"]], _single_tag)
+def test_pipeline_transfers_follow_nccl_rules():
+    """Messages paired by order alone and each batch complete before the next (`P2P.NCCL_ORDER`); pp=2
+    with interleaving is the layout where both kinds of message share a link."""
+    _check(2, [VPP + ["parallel.pp=2"], VPP + ["parallel.pp=2"] + OFF[1:], ["parallel.pp=2"]], _nccl_order)
+    _check(4, [VPP + ["parallel.pp=4"], ["parallel.pp=4"]], _nccl_order)
 
 
 def _gather_events(rank, world, overlap: bool):

@@ -37,9 +37,11 @@ class P2P:
     """Send/receive activations and their gradients between neighbouring pipeline ranks.
     Every tensor exchanged in one schedule has the same shape and dtype ([b, s(/tp), h])."""
 
-    # Test hook: activations and gradients on one tag, so that gloo pairs messages between two ranks by
-    # their order alone, as NCCL (which has no tags) does; a schedule that relies on tags then fails.
-    SINGLE_TAG = False
+    # Test hook, NCCL's rules on gloo: activations and gradients on one tag, so messages between two
+    # ranks pair by their order alone (NCCL has no tags), and each batch completes before the next is
+    # posted (NCCL runs a rank's batches one after another on its stream). A schedule that relies on
+    # tags mispairs; one that needs a later batch to complete an earlier one hangs (tests time out).
+    NCCL_ORDER = False
 
     def __init__(
         self,
@@ -97,7 +99,7 @@ class P2P:
             return None, None
         ops, kinds, bufs = [], [], []  # kinds: "send", "prev" / "next" (a receive from that side)
         pg = g.pp.pg
-        act, grad = (ACT_TAG, ACT_TAG) if P2P.SINGLE_TAG else (ACT_TAG, GRAD_TAG)
+        act, grad = (ACT_TAG, ACT_TAG) if P2P.NCCL_ORDER else (ACT_TAG, GRAD_TAG)
         if send_next is not None:
             ops.append(dist.P2POp(dist.isend, self._check(send_next), g.next_rank, pg, act))
             kinds.append("send")
@@ -132,6 +134,9 @@ class P2P:
         }
         if sent is not None:
             self.sending.append((sent, send_next))
+        if P2P.NCCL_ORDER:
+            for h in {id(h): h for h in recvs + ([sent] if sent else [])}.values():
+                h.wait()
         if not self.overlap:
             out = tuple(got[k].get() if k in got else None for k in ("prev", "next"))
             if sent is not None:

@@ -13,11 +13,14 @@ groups of pp through chunk 0, 1, ..., vpp-1 (forward) and back (backward); rank 
 2*(pp-r-1) + (vpp-1)*pp warm-up forwards, then one forward and one backward in turn, then the
 remaining backwards. That cuts the bubble from (pp-1)/(m+pp-1) to (pp-1)/(vpp*m+pp-1). Needs m % pp == 0.
 
-Transfers (`parallel.overlap_p2p_comm`): every batch is posted where it always is, in the same order on
-the wire, but nothing waits at the post; a received value is resolved (`P2P.ready`) just before the
-compute that uses it, and sends complete in the background (`P2P.finish` at the end). So a gradient
-received after slot k travels while the forward of slot k+1 runs, inputs queued for a later chunk
-travel behind everything before their forward, and no rank ever blocks on its own send.
+Transfers (`parallel.overlap_p2p_comm`, Megatron's overlap_p2p_comm): nothing waits where a batch is
+posted; a received value is resolved (`P2P.ready`) just before the compute that uses it, and sends
+complete in the background (`P2P.finish` at the end). The interleaved steady state then posts two
+batches per slot instead of one: the forward's (its output to the next rank, the next input from the
+previous one) right after the forward, so they travel during the backward, and the backward's right
+after it, so they travel during the next forward. Inputs queued for a later chunk travel behind
+everything before their forward, and no rank blocks on its own send. The order of the messages on
+each link is the same either way; tests/test_overlap.py checks it with NCCL's rules (`P2P.NCCL_ORDER`).
 """
 
 from __future__ import annotations
@@ -187,10 +190,15 @@ def interleaved_one_f_one_b(step: StepCompute, p2p: P2P, grid: Grid) -> None:
     for i in range(remaining):
         kf, kb = warmup + i, i
         y = forward(fwd[kf])
-        gx = backward(bwd[kb])
         cf = next_input_chunk(kf) if i < remaining - 1 else None
+        if p2p.overlap:  # the forward's transfers are posted now and travel during the backward
+            x, _ = p2p.exchange(send_next=y, recv_prev=cf is not None)
+        gx = backward(bwd[kb])
         cb = next_grad_chunk(kb)
-        x, gy = p2p.exchange(send_next=y, send_prev=gx, recv_prev=cf is not None, recv_next=cb is not None)
+        if p2p.overlap:  # ... and the backward's during the next forward
+            _, gy = p2p.exchange(send_prev=gx, recv_next=cb is not None)
+        else:  # one batch after both (Megatron's send_forward_backward_recv_forward_backward)
+            x, gy = p2p.exchange(send_next=y, send_prev=gx, recv_prev=cf is not None, recv_next=cb is not None)
         if cf is not None:
             inputs[cf].append(x)
         if cb is not None:
