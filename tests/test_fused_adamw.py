@@ -44,6 +44,7 @@ def _run(overrides, fused: bool, steps: int = 3):
     g = e.grid
     for b in data(steps=steps):
         e.train_step(split(b, g.dp_rank, g.dp_size, e.cfg.train.micro_batch_size), LR)
+    e.sync_params()  # the parameters are read directly: the all-gathers left to the next forward complete
     params = {n: p.detach().clone() for m in e.chunks for n, p in m.named_parameters()}
     return e, params
 
