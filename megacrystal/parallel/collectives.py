@@ -213,7 +213,7 @@ class Handle:
         self.work, self.kind, self.info = work, kind, info or {}
         self.done = False
         self.deadline = 0.0
-        d = _delay.get(kind, 0.0)
+        d = _delay.get(kind, 0.0) if work is not None else 0.0  # a no-op (group of one) takes no time
         if d > 0:  # the link carries one collective of a kind at a time, as a real one does
             start = max(time.perf_counter(), _link_free.get(kind, 0.0))
             self.deadline = _link_free[kind] = start + d
