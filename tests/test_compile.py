@@ -1,5 +1,5 @@
-"""`model.compile: true` (each block through torch.compile; inductor on CPU): one tiny model, two steps
-(the second runs the compiled forward and backward), equal to the eager run within 20 times the fp32
+"""`model.compile: true` (each block through torch.compile; inductor on CPU): one tiny model, two steps,
+compiled and checkpointed (model.recompute=full), equal to the eager run within 20 times the fp32
 noise floor measured here (the eager fp32 run against fp64, tests/parallel_cases.py)."""
 
 import pytest
@@ -16,7 +16,8 @@ def test_compiled_blocks_train_like_eager():
         pytest.skip(f"torch.compile cannot run here: {reason}")
     batches = data(steps=2)
     refs = {tuple(TINY): train(TINY, batches)}
-    got = train(TINY + ["model.compile=true"], batches)
+    # with full recomputation: the checkpointed block's recompute replays the same compiled graph
+    got = train(TINY + ["model.compile=true", "model.recompute=full"], batches)
     assert CompiledForward.broken is None  # it compiled: no fallback to eager
     floor = noise_floor(tuple(TINY), batches, refs)
     worst = max(differences(got, refs[tuple(TINY)], make_cfg(TINY).model))

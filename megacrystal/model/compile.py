@@ -47,7 +47,10 @@ class CompiledForward:
 
     def __call__(self, *args, **kwargs):
         self.calls += 1
-        if self.calls > 1 and CompiledForward.broken is None:  # the first call runs eager: kernels chosen, logged
+        if self.calls == 1 and CompiledForward.broken is None:
+            with torch.no_grad():  # once, eager and discarded: kernels chosen and logged outside the graph
+                self.eager(*args, **kwargs)
+        if CompiledForward.broken is None:
             try:
                 return self.compiled(*args, **kwargs)
             except Exception as e:  # any compile failure: run eager, said once

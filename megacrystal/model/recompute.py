@@ -51,7 +51,8 @@ def run_blocks(blocks, h, cos, sin, segment_ids, checkpointed: bool):
         return x
 
     if checkpointed:
-        return torch.utils.checkpoint.checkpoint(run, h, cos, sin, segment_ids, use_reentrant=False)
+        with torch.utils.checkpoint.set_checkpoint_early_stop(False):  # compiled blocks recompute in full
+            return torch.utils.checkpoint.checkpoint(run, h, cos, sin, segment_ids, use_reentrant=False)
     return run(h, cos, sin, segment_ids)
 
 
