@@ -75,6 +75,7 @@ setup(
         "safetensors>=0.4",
         "tensorboard>=2.14",
         "psutil>=5.9",
+        "matplotlib>=3.7",  # the figures of plot / compare / study (megacrystal/plotting.py)
     ],
     # Each extra installs the package it names and only that (the table in docs/kernels.md, checked by
     # tests/test_extras.py). NVIDIA apex is not on PyPI (the registry's `apex` is an unrelated web toolkit)
@@ -85,7 +86,7 @@ setup(
         "dali": ["nvidia-dali-cuda130"],
         "gpu": ["triton>=3.2", "flash-attn-4>=4.0.0b36"],
         "eval": ["lm-eval[hf]>=0.4.5", "transformers>=4.45", "protobuf"],  # protobuf: SentencePiece -> fast tokenizer
-        "plot": ["matplotlib>=3.7"],  # megacrystal compare / study plots
+        "plot": [],  # matplotlib is a dependency now; kept so `pip install 'megacrystal[plot]'` still works
         "dev": [
             "pytest>=7",
             "pytest-timeout",
@@ -94,6 +95,7 @@ setup(
             "megatron-core==0.16.1",
             "transformers>=4.45",
             "ruff==0.17.6",
+            "pybind11>=2.12",  # tests/test_cmake_configure.py: a bare `cmake` at the root asks Python for it
         ],
     },
     entry_points={"console_scripts": ["megacrystal=megacrystal.cli:main"]},

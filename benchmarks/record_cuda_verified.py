@@ -1,10 +1,12 @@
-"""Record that this build of the CUDA kernels passed its GPU tests on this GPU (called by gpu_check.sh).
+"""Keep this machine's CUDA-kernel verification as evidence under benchmarks/results/ (called by gpu_check.sh
+after `megacrystal doctor --verify`).
 
-    python benchmarks/record_cuda_verified.py PYTEST_SUMMARY_LINE [--file benchmarks/results/cuda-kernels-verified.json]
+    python benchmarks/record_cuda_verified.py [--out benchmarks/results]
 
-Appends {build_id, capability, gpu, date, passed, tests} to the JSON list (atomic write). `optim.impl: auto`
-and `model.grad_accum_fusion: auto` pick the CUDA kernels only for a (build_id, capability) recorded here
-with passed=true (megacrystal/compiled/select.py).
+Copies the record `doctor --verify` wrote in the user's cache directory (megacrystal/compiled/record.py) for
+the loaded library's build and this GPU into OUT/cuda-kernels-verified-<GPU>-<date>.json, a new file each
+time. Evidence only: `optim.impl: auto` reads the user's cache, never this folder. Exit 0 when the record
+says every check passed, 1 otherwise (no GPU, no library, no record, or a failed check).
 """
 
 from __future__ import annotations
@@ -12,8 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import re
 import sys
 from pathlib import Path
 
@@ -21,39 +21,31 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from megacrystal.compiled import cuda_kernels
-from megacrystal.compiled.select import RECORD, capability
+from megacrystal.compiled.record import read_record, record_path
+from megacrystal.compiled.select import capability
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("summary", help="pytest's last line for tests/test_cuda_kernels_gpu.py")
-    ap.add_argument("--file", default=str(RECORD))
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="benchmarks/results", help="folder for the evidence file")
     a = ap.parse_args(argv)
-    lib = cuda_kernels.library()
+    lib = cuda_kernels.library(quiet=True)
     if lib is None or not torch.cuda.is_available():
         print(f"record_cuda_verified: nothing to record ({cuda_kernels.why_missing() or 'no GPU'})", file=sys.stderr)
         return 1
-    passed = bool(re.search(r"\b\d+ passed\b", a.summary)) and not re.search(r"\b(failed|error|skipped)\b", a.summary)
-    entry = dict(
-        build_id=lib.build_id,
-        capability=capability(torch.device("cuda")),
-        gpu=torch.cuda.get_device_name(0),
-        date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        torch=torch.__version__,
-        passed=passed,
-        tests=a.summary.strip(),
-    )
-    path = Path(a.file)
-    entries = json.loads(path.read_text()) if path.exists() else []
-    entries.append(entry)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
-        f.write(json.dumps(entries, indent=1) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-    print(f"recorded {entry} in {path}")
-    return 0 if passed else 1
+    cap = capability(torch.device("cuda"))
+    rec = read_record(lib.build_id, cap)
+    if rec is None:
+        print(f"record_cuda_verified: no record at {record_path(lib.build_id, cap)}", file=sys.stderr)
+        return 1
+    gpu = torch.cuda.get_device_name(0).replace(" ", "_")
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    out = Path(a.out) / f"cuda-kernels-verified-{gpu}-{stamp}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "x") as f:  # a new file: earlier evidence is never overwritten
+        f.write(json.dumps(rec, indent=1) + "\n")
+    print(f"{out}: build {rec['build_id']} on sm {cap}: {'passed' if rec['passed'] else 'FAILED'}")
+    return 0 if rec["passed"] else 1
 
 
 if __name__ == "__main__":

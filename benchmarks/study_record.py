@@ -5,7 +5,8 @@
 Writes benchmarks/results/study-<start time>.json (never over an existing record): machine (CPU model, cores, memory, versions, date), the
 study's study.json (wall time, parallel jobs, load average at start and end, seconds per run), the
 compare summary (per-source final losses, FIM/completion scores, tokens per source, mean/std/min/max
-over seeds) and the code commit the study ran with.
+over seeds), the trajectory (compare/trajectory.json: every evaluated checkpoint of each run, the means
+per variant and the values at each phase end) when the study drew one, and the code commit it ran with.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ def main() -> int:
     summary = json.loads((d / "compare" / "compare.json").read_text())
     info = dict(machine(), cpu_model=cpu_model())
     out = {"machine": info, "commit": a.commit, "study": study, "compare": summary}
+    trajectory = d / "compare" / "trajectory.json"
+    if trajectory.is_file():
+        out["trajectory"] = json.loads(trajectory.read_text())
     start = study.get("started", "").replace(" UTC", "").replace(" ", "T").replace(":", "")
     stamp = start[:15] or datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H%M%S")
     path = Path(__file__).resolve().parent / "results" / f"study-{stamp}.json"

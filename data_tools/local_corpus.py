@@ -231,7 +231,7 @@ def build_local_corpus(out_dir: str, max_mb_per_source: float | None = 4.0, sour
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="megacrystal local-corpus", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="megacrystal local-corpus", description=__doc__.split("\n\n")[0])
     ap.add_argument("--output", required=True, help="directory for the per-source jsonl files")
     ap.add_argument("--max-mb-per-source", type=float, default=4.0, help="cap per source in MB of text (default 4)")
     ap.add_argument("--all", action="store_true", help="no cap: take every file found")

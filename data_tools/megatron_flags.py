@@ -31,27 +31,29 @@ MEGATRON_TOKENIZER_TYPES = (
 
 def add_megatron_flags(ap: argparse.ArgumentParser) -> None:
     g = ap.add_argument_group("Megatron compatibility (see docs/data.md)")
-    hide = argparse.SUPPRESS
+    ignored = "accepted, no effect (as in Megatron for GPT-style documents)"
+    other = "refused: another tokenizer family"
+    search = "refused: Megatron's worker-count search (use benchmarks/preprocess.py)"
     # honoured: our partitions are always contiguous runs of the input in order
     g.add_argument("--keep-sequential-samples", action="store_true", help="accepted: partitions are always in order")
     # no effect without --split-sentences, as in Megatron
-    g.add_argument("--keep-newlines", action="store_true", help=hide)
-    g.add_argument("--lang", default="english", help=hide)
+    g.add_argument("--keep-newlines", action="store_true", help=ignored)
+    g.add_argument("--lang", default="english", help=ignored)
     g.add_argument("--split-sentences", action="store_true", help="refused (GPT-style pretraining keeps documents)")
     # tokenizer flags Megatron's script ignores for SentencePiece/HF (it resets vocab_extra_ids to 0)
-    g.add_argument("--vocab-size", type=int, default=None, help=hide)
-    g.add_argument("--vocab-extra-ids", type=int, default=0, help=hide)
+    g.add_argument("--vocab-size", type=int, default=None, help=ignored)
+    g.add_argument("--vocab-extra-ids", type=int, default=0, help=ignored)
     # refused when given: other tokenizer families
-    g.add_argument("--vocab-file", default=None, help=hide)
-    g.add_argument("--merge-file", default=None, help=hide)
-    g.add_argument("--tiktoken-pattern", default=None, help=hide)
-    g.add_argument("--tiktoken-num-special-tokens", type=int, default=None, help=hide)
-    g.add_argument("--tiktoken-special-tokens", nargs="+", default=None, help=hide)
-    # refused: the worker-count search (use benchmarks/preprocess.py); its knobs alone have no effect
-    g.add_argument("--find-optimal-num-workers", action="store_true", help=hide)
-    g.add_argument("--workers-to-check", nargs="+", default=None, help=hide)
-    g.add_argument("--max-documents", type=int, default=None, help=hide)
-    g.add_argument("--performance-dir", default=None, help=hide)
+    g.add_argument("--vocab-file", default=None, help=other)
+    g.add_argument("--merge-file", default=None, help=other)
+    g.add_argument("--tiktoken-pattern", default=None, help=other)
+    g.add_argument("--tiktoken-num-special-tokens", type=int, default=None, help=other)
+    g.add_argument("--tiktoken-special-tokens", nargs="+", default=None, help=other)
+    # refused: the worker-count search; its knobs alone have no effect
+    g.add_argument("--find-optimal-num-workers", action="store_true", help=search)
+    g.add_argument("--workers-to-check", nargs="+", default=None, help=ignored)
+    g.add_argument("--max-documents", type=int, default=None, help=ignored)
+    g.add_argument("--performance-dir", default=None, help=ignored)
 
 
 def refusal(a: argparse.Namespace) -> str | None:

@@ -30,9 +30,9 @@ def resolve_prefixes(specs: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="megacrystal merge", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="megacrystal merge", description=__doc__.split("\n\n")[0])
     ap.add_argument("--inputs", nargs="+", required=True, help="prefixes, globs of .idx, or directories")
-    ap.add_argument("--output-prefix", required=True)
+    ap.add_argument("--output-prefix", required=True, help="writes PREFIX.bin/.idx (not one of the inputs)")
     a = ap.parse_args(argv)
     try:
         prefixes = resolve_prefixes(a.inputs)

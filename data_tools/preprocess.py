@@ -260,9 +260,9 @@ def _write_json(path: str, obj) -> None:
     os.replace(path + ".tmp", path)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "preprocess_data.py") -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="preprocess_data.py", description="Tokenize a corpus into Megatron .bin/.idx files (Megatron's flags)."
+        prog=prog, description="Tokenize a corpus into Megatron .bin/.idx files (Megatron's flags)."
     )
     g = ap.add_argument_group("input data")
     g.add_argument("--input", nargs="+", required=True, help="file(s), glob(s) or directory of shards")
@@ -297,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
+    a = build_parser("preprocess_data.py" if argv is None else "megacrystal preprocess").parse_args(argv)
     refused = refusal(a)
     if refused:
         print(f"preprocess: {refused}", file=sys.stderr)

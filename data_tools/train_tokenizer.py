@@ -131,14 +131,14 @@ def train_tokenizer(
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="megacrystal train-tokenizer", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="megacrystal train-tokenizer", description=__doc__.split("\n\n")[0])
     ap.add_argument("--input", nargs="+", required=True, help="corpus files, globs or directories")
-    ap.add_argument("--vocab-size", type=int, required=True)
+    ap.add_argument("--vocab-size", type=int, required=True, help="pieces, special tokens included")
     ap.add_argument("--output", required=True, help="directory for tokenizer.model / tokenizer.vocab")
-    ap.add_argument("--json-key", default="text")
-    ap.add_argument("--input-format", default="auto")
+    ap.add_argument("--json-key", default="text", help="field of jsonl records to read (default text)")
+    ap.add_argument("--input-format", default="auto", help="auto (by extension) or a reader name, as in preprocess")
     ap.add_argument("--max-lines", type=int, default=2_000_000, help="lines sampled for training")
-    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--seed", type=int, default=1234, help="seed of the line sample")
     a = ap.parse_args(argv)
     try:
         path = train_tokenizer(

@@ -31,11 +31,28 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "per phase: samples, tokens, epochs, realised weights, FIM share",
     ),
     "train": ("megacrystal.train.main", "main", "train a model from a YAML config (+ dotted overrides)"),
-    "export-hf": ("megacrystal.hf.convert", "export_main", "checkpoint -> HF directory (crystalcoder or llama layout)"),
-    "import-hf": ("megacrystal.hf.convert", "import_main", "HF directory -> checkpoint"),
-    "generate": ("megacrystal.generate", "main", "sample text from a checkpoint or HF directory"),
+    "export-hf": (
+        "megacrystal.hf.convert",
+        "export_main",
+        "run, checkpoint or model directory -> HF directory (crystalcoder or llama layout)",
+    ),
+    "import-hf": (
+        "megacrystal.hf.convert",
+        "import_main",
+        "HF directory (crystalcoder or llama layout) -> model directory",
+    ),
+    "generate": (
+        "megacrystal.generate",
+        "main",
+        "sample text from a run, checkpoint or model directory, or an HF directory",
+    ),
     "plot": ("megacrystal.train.plot", "main", "plot a run's metrics.jsonl"),
     "plan": ("megacrystal.cost_plan", "main", "memory/throughput plan for a config on N GPUs"),
+    "rehearse": (
+        "megacrystal.rehearsal.command",
+        "main",
+        "play a launch of N GPU ranks on this CPU: collectives, transfers, host reads, memory",
+    ),
     "eval": ("megacrystal.evaluation.command", "main", "per-source loss, FIM and completion scores of a checkpoint"),
     "compare": ("megacrystal.evaluation.compare", "main", "table + plot of several runs or evaluations"),
     "study": (

@@ -1,12 +1,13 @@
 """`megacrystal plan --config C.yaml --gpus N --gpu {h100,h200}`: per-GPU memory and step-time
-estimates for every valid (tp, pp, dp) layout of a config, best first.
+estimates for every valid (tp, pp, dp) layout of a config, best first, at the config's cp.
 
 Memory per GPU (bytes), Megatron's accounting:
   weights 2·P/(tp·pp) (bf16) + grads 4·P/(tp·pp) (fp32 main grads)
   + optimizer 12·P/(tp·pp) (fp32 master + Adam m, v), divided by dp with the distributed optimizer
   + activations per layer ≈ s·b·h·34 / tp (flash attention; /tp needs sequence parallelism, else the
     norm/dropout part, 10·s·b·h, is not divided), times layers per stage, times pp in flight for 1F1B's
-    first stage; + logits s·b·V·(2+4)/tp.
+    first stage; + logits s·b·V·(2+4)/tp; activations and logits divided by cp (each cp rank holds
+    s/cp tokens; no parameter is split by cp, the optimizer shards over dp·cp).
 Time: FLOPs/token · tokens / (gpus · peak · assumed MFU), plus the pipeline bubble (p−1)/(v·m+p−1).
 These are estimates to choose a layout, not measurements.
 """
@@ -39,24 +40,26 @@ def recompute_factor(m) -> float:
 def estimate(cfg, tp: int, pp: int, dp: int, vpp: int, gpu: str, mfu: float = 0.45) -> dict:
     m = cfg.model
     P = count_parameters(m)
+    cp = cfg.parallel.cp
     mp = tp * pp
     s, b, h, L = cfg.data.seq_length, cfg.train.micro_batch_size, m.hidden_size, m.num_layers
     weights = 2 * P / mp
     grads = 4 * P / mp
-    optim = 12 * P / mp / (dp if cfg.parallel.distributed_optimizer else 1)
+    optim = 12 * P / mp / (dp * cp if cfg.parallel.distributed_optimizer else 1)
     sp = cfg.parallel.sequence_parallel and tp > 1
     per_layer = s * b * h * (34 / tp if sp else (24 / tp + 10))
     in_flight = pp if pp > 1 else 1
-    acts = per_layer * (L / pp) * in_flight * recompute_factor(m)
-    logits = s * b * m.vocab_size * 6 / tp
+    acts = per_layer * (L / pp) * in_flight * recompute_factor(m) / cp
+    logits = s * b * m.vocab_size * 6 / tp / cp
     total = weights + grads + optim + acts + logits
     n_micro = cfg.train.global_batch_size // (b * dp)
     bubble = (pp - 1) / (vpp * n_micro + pp - 1) if pp > 1 else 0.0
     tokens = cfg.train.global_batch_size * s
-    ideal = flops_per_token(m, s) * tokens / (mp * dp * GPUS[gpu]["peak"] * mfu)
+    ideal = flops_per_token(m, s) * tokens / (mp * cp * dp * GPUS[gpu]["peak"] * mfu)
     step = ideal / (1 - bubble)
     return dict(
         tp=tp,
+        cp=cp,
         pp=pp,
         dp=dp,
         vpp=vpp,
@@ -79,7 +82,7 @@ def plan(cfg, gpus: int, gpu: str) -> list[dict]:
     rows = []
     for tp in (1, 2, 4, 8):
         for pp in (1, 2, 4, 8, 16):
-            if gpus % (tp * pp):
+            if gpus % (tp * pp * cfg.parallel.cp):
                 continue
             for vpp in (1, 2) if pp > 1 else (1,):
                 trial = copy.deepcopy(cfg)
@@ -96,11 +99,11 @@ def plan(cfg, gpus: int, gpu: str) -> list[dict]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="megacrystal plan", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--gpus", type=int, required=True)
-    ap.add_argument("--gpu", choices=sorted(GPUS), default="h100")
-    ap.add_argument("--json", action="store_true")
-    ap.add_argument("overrides", nargs="*")
+    ap.add_argument("--config", required=True, help="a run config (YAML)")
+    ap.add_argument("--gpus", type=int, required=True, help="number of GPUs")
+    ap.add_argument("--gpu", choices=sorted(GPUS), default="h100", help="GPU type (default h100)")
+    ap.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    ap.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the config")
     a = ap.parse_args(argv)
     try:
         cfg = load_config(a.config, a.overrides, validate=False)
@@ -116,7 +119,7 @@ def main(argv=None) -> int:
         return 0
     print(
         f"{count_parameters(cfg.model) / 1e9:.2f} B parameters, seq {cfg.data.seq_length}, global batch "
-        f"{cfg.train.global_batch_size}, {a.gpus}x {a.gpu} (estimates; assumed MFU 45%)"
+        f"{cfg.train.global_batch_size}, cp {cfg.parallel.cp}, {a.gpus}x {a.gpu} (estimates; assumed MFU 45%)"
     )
     print(
         f"{'tp':>3} {'pp':>3} {'vpp':>3} {'dp':>5} {'GB/GPU':>7} {'fits':>5} {'bubble':>7} {'step s':>8} {'tok/s':>11}"

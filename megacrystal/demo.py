@@ -45,9 +45,9 @@ def _step(title: str, argv: list[str]) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="megacrystal demo", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data-dir", default="demo_data")
-    ap.add_argument("--out-dir", default="runs/demo")
-    ap.add_argument("--vocab-size", type=int, default=4096)
+    ap.add_argument("--data-dir", default="demo_data", help="corpus, tokenizer and tokens go here (reused)")
+    ap.add_argument("--out-dir", default="runs/demo", help="the training run's train.out_dir")
+    ap.add_argument("--vocab-size", type=int, default=4096, help="tokenizer vocabulary size")
     ap.add_argument("--skip-train", action="store_true", help="stop after preprocessing")
     ap.add_argument("overrides", nargs="*", help="dotted.key=value overrides for training")
     a = ap.parse_args(argv)

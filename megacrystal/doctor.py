@@ -3,11 +3,19 @@ on this machine and why -- versions, GPU and compute capability, and for every m
 command that adds it. `--json` prints the same as one JSON object.
 
     megacrystal doctor [--json] [--device cuda|cpu]
+    megacrystal doctor --verify      # check the CUDA kernels on this GPU, record the result
+
+`--verify` runs the kernel checks that ship with the package (`kernel_checks.py`) on this GPU and writes
+the result to the user's cache directory (`compiled/record.py`), where `optim.impl: auto` and
+`model.grad_accum_fusion: auto` look for it. Exit codes: 0 every check passed (recorded), 1 a check
+failed (recorded as failed) or the record could not be written, 3 no CUDA GPU here, 4 the CUDA kernels
+are not built.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import importlib.metadata as md
 import importlib.util
 import json
@@ -20,6 +28,7 @@ from .compiled import apex as apex_support
 from .compiled import build as cuda_build
 from .compiled import cuda_kernels
 from .compiled import select as cuda_select
+from .compiled.record import record_path, verified, write_record
 from .model import flash_backends as fb
 
 DISTS = {  # what `pip` calls it -> the extra or recipe that adds it
@@ -92,7 +101,8 @@ def report(device: torch.device | None = None) -> dict:
         built=lib is not None,
         path=str(lib.path) if lib else None,
         build_id=lib.build_id if lib else None,
-        verified=bool(lib and cuda_select.verified(lib.build_id, cap)),
+        verified=bool(lib and verified(lib.build_id, cap)),
+        record=str(record_path(lib.build_id, cap)) if lib and cap else None,
         nvcc=cuda_build.find_nvcc(),
         why=cuda_kernels.why_missing() or None,
     )
@@ -132,7 +142,8 @@ def render(r: dict) -> str:
     lines.append(f"  {'apex':22s} {r['apex']['detail']}")
     k = r["cuda_kernels"]
     state = (
-        f"{k['path']} (build {k['build_id']}, GPU-tested here: {'yes' if k['verified'] else 'no'})"
+        f"{k['path']} (build {k['build_id']}, verified on this GPU: "
+        f"{'yes' if k['verified'] else 'no, see megacrystal doctor --verify'})"
         if k["built"]
         else k["why"]
     )
@@ -147,13 +158,56 @@ def render(r: dict) -> str:
     return "\n".join(lines)
 
 
+EXIT_FAILED, EXIT_NO_GPU, EXIT_NOT_BUILT = 1, 3, 4
+
+
+def verify(record_dir=None) -> int:
+    """Run the kernel checks on this GPU and record the result; returns the exit code."""
+    say = "megacrystal doctor --verify"
+    if not torch.cuda.is_available():
+        cuda = torch.version.cuda or "none: a CPU build"
+        print(f"{say}: no CUDA GPU here (torch {torch.__version__}, CUDA {cuda}); nothing to verify", file=sys.stderr)
+        return EXIT_NO_GPU
+    lib = cuda_kernels.library(quiet=True)
+    if lib is None:
+        print(f"{say}: the CUDA kernels are {cuda_kernels.why_missing()}", file=sys.stderr)
+        return EXIT_NOT_BUILT
+    from .kernel_checks import run_checks
+
+    device = torch.device("cuda")
+    cap, gpu = cuda_select.capability(device), torch.cuda.get_device_name(device)
+    print(f"checking CUDA kernels build {lib.build_id} ({lib.path}) on {gpu} (sm {cap}):")
+    checks = run_checks(lib)
+    passed = all(c["passed"] for c in checks)
+    versions = {d: _version(d) for d in ("megacrystal", "torch", "triton")}
+    versions.update(python=platform.python_version(), torch_cuda=torch.version.cuda)
+    rec = dict(build_id=lib.build_id, capability=cap, gpu=gpu, passed=passed, library=str(lib.path))
+    rec.update(versions=versions, date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), checks=checks)
+    try:
+        path = write_record(rec, record_dir)
+    except OSError as e:
+        print(f"{say}: could not write the record ({e})", file=sys.stderr)
+        return EXIT_FAILED
+    n_bad = sum(not c["passed"] for c in checks)
+    verdict = "every check passed" if passed else f"{n_bad} of {len(checks)} checks FAILED"
+    print(f"{verdict}; recorded in {path}: `auto` {'uses' if passed else 'does not use'} these kernels on sm {cap}")
+    return 0 if passed else EXIT_FAILED
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="megacrystal doctor", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="megacrystal doctor", description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", action="store_true", help="one JSON object instead of the text report")
     ap.add_argument(
         "--device", choices=["cuda", "cpu"], default=None, help="the device to report for (default: cuda if any)"
     )
+    ap.add_argument(
+        "--verify",
+        action="store_true",
+        help="check the CUDA kernels on this GPU and record the result (exit 3: no GPU)",
+    )
     a = ap.parse_args(argv)
+    if a.verify:
+        return verify()
     if a.device == "cuda" and not torch.cuda.is_available():
         print("megacrystal doctor: --device cuda, but torch sees no CUDA device", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""`megacrystal generate`: sample text from a model directory or an HF directory.
+"""`megacrystal generate`: sample text from a run, checkpoint or model directory, or an HF directory.
 
     megacrystal generate (--checkpoint DIR | --hf DIR) --prompt TEXT [--max-new-tokens N] [--greedy]
                          [--fim PREFIX SUFFIX] [--temperature T] [--top-k K] [--seed S] [--device D]
@@ -92,18 +92,18 @@ def generate_ids(
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="megacrystal generate", description="sample from a model")
+    ap = argparse.ArgumentParser(prog="megacrystal generate", description=__doc__.split("\n")[0].split(": ", 1)[1])
     src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="model directory (model.safetensors + model_config.json)")
+    src.add_argument("--checkpoint", help="run, checkpoint or model directory")
     src.add_argument("--hf", help="HF directory (crystalcoder or llama layout)")
     ap.add_argument("--prompt", help="text to continue")
     ap.add_argument("--fim", nargs=2, metavar=("PREFIX", "SUFFIX"), help="fill in the middle between PREFIX and SUFFIX")
-    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate (default 64)")
     ap.add_argument("--greedy", action="store_true", help="argmax decoding (default: sampling)")
-    ap.add_argument("--temperature", type=float, default=0.8)
-    ap.add_argument("--top-k", type=int, default=50)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default 0.8)")
+    ap.add_argument("--top-k", type=int, default=50, help="sample among the k likeliest tokens (default 50)")
+    ap.add_argument("--seed", type=int, default=0, help="sampling seed")
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda if available")
     a = ap.parse_args(argv)
     if (a.prompt is None) == (a.fim is None):
         print("megacrystal generate: give --prompt TEXT or --fim PREFIX SUFFIX (one of them)", file=sys.stderr)

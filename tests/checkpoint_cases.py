@@ -18,7 +18,7 @@ from megacrystal.checkpoint import Checkpointer
 from megacrystal.checkpoint.dcp import PieceLoadPlanner, Pieces, SafeFileSystemReader
 from megacrystal.checkpoint.layout import Piece
 from megacrystal.engine.engine import Engine
-from tests.parallel_cases import LR, data, make_cfg, split
+from tests.parallel_cases import LR, RTOL, data, make_cfg, rank_batches, state_problems
 
 STEPS, SAVE_AT = 6, 3
 
@@ -29,7 +29,7 @@ def batches(steps: int = STEPS) -> list[dict]:
 
 def _step(engine, cfg, batch) -> float:
     g = engine.grid
-    return engine.train_step(split(batch, g.dp_rank, g.dp_size, cfg.train.micro_batch_size), LR)["loss"]
+    return engine.train_step(rank_batches(batch, g, cfg.train.micro_batch_size), LR)["loss"]
 
 
 def save_run(overrides: list[str], out_dir: str, bs: list[dict], async_save: bool = True) -> dict:
@@ -90,3 +90,24 @@ def exact_problems(label: str, a_dir, b_dir) -> list[str]:
     if set(a) != set(b):
         return [f"{label}: keys differ {sorted(set(a) ^ set(b))[:4]}"]
     return [f"{label}: {k} not bitwise equal after the reshard" for k in a if not torch.equal(a[k], b[k])]
+
+
+def _loss_problems(label, ref, got, rtol):
+    return [
+        f"{label}: step {4 + i} loss {b!r} vs uninterrupted {a!r}"
+        for i, (a, b) in enumerate(zip(ref[3:], got, strict=True))
+        if abs(a - b) > rtol * abs(a)
+    ]
+
+
+def resume_problems(label, tmp, a_name, b_name, a_res, b_res, cfg_overrides, rtol=RTOL, state_rtol=RTOL):
+    """Layout A's run saved at step 3 into tmp/a_name; layout B resumed it into tmp/b_name: the state B
+    loaded is A's bit for bit, and B's steps 4-6 and final weights equal A's within `rtol`/`state_rtol`."""
+    problems = exact_problems(
+        label, tmp / a_name / "checkpoints/step_00000003", tmp / b_name / "checkpoints/step_00000003"
+    )
+    problems += _loss_problems(label, a_res["losses"], b_res["losses"], rtol)
+    if b_res["step"] != STEPS:
+        problems.append(f"{label}: optimizer step {b_res['step']} after resuming, expected {STEPS}")
+    problems += state_problems(label, a_res["state"], b_res["state"], make_cfg(cfg_overrides).model, rtol=state_rtol)
+    return problems

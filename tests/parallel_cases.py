@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 
 from megacrystal.config import load_config
+from megacrystal.data.context_parallel import split_micro_batch
 from megacrystal.engine.engine import Engine
 
 STEPS = 5
@@ -75,12 +76,17 @@ def split(batch: dict, dp_rank: int, dp: int, micro: int) -> list[dict]:
     return [{k: v[i : i + micro] for k, v in mine.items()} for i in range(0, n, micro)]
 
 
+def rank_batches(batch: dict, g, micro: int) -> list[dict]:
+    """This rank's micro-batches of a global batch: its dp share, and under context parallelism its cp part."""
+    return [split_micro_batch(mb, g.cp_rank, g.cp_size) for mb in split(batch, g.dp_rank, g.dp_size, micro)]
+
+
 def train(overrides: list[str], batches: list[dict]) -> dict:
     """Run the steps; returns losses/grad norms (every rank) and the consolidated state (rank 0)."""
     cfg = make_cfg(overrides)
     engine = Engine(cfg, torch.device("cpu"))
     g = engine.grid
-    outs = [engine.train_step(split(b, g.dp_rank, g.dp_size, cfg.train.micro_batch_size), LR) for b in batches]
+    outs = [engine.train_step(rank_batches(b, g, cfg.train.micro_batch_size), LR) for b in batches]
     return dict(losses=[o["loss"] for o in outs], norms=[o["grad_norm"] for o in outs], state=engine.full_model_state())
 
 
@@ -190,4 +196,6 @@ def check_matrix(world: int, configs: list[list[str]], segments: bool = False, s
             rtol = NOISE_FACTOR * floor
             print(f"{' '.join(c)}: fp32 noise floor {floor:.2e}, bound {rtol:.2e}")
         problems += compare(" ".join(c), refs[key], [r[i] for r in results], list(key), rtol)
+        worst = max(differences(results[0][i], refs[key], make_cfg(list(key)).model))
+        print(f"{' '.join(c)}: largest relative difference from the serial run {worst:.2e}")
     assert not problems, "\n".join(problems)

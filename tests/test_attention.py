@@ -110,3 +110,37 @@ def test_cu_seqlens_is_recomputed_when_the_ids_change():
     seg[0, 1] = 1  # in-place edit bumps the version
     assert cu_seqlens(seg)[0].tolist() == [0, 1, 4]
     assert cu_seqlens(torch.tensor([[3, 3, 3, 3]]))[0].tolist() == [0, 4]
+
+
+def test_the_batch_boundaries_reach_the_varlen_kernel_without_a_device_read(monkeypatch):
+    """Training batches carry cu_seqlens/max_seqlen from the loader (computed on the host): the model
+    hands them to the attention kernel, which then never derives them from segment_ids on the device."""
+    import megacrystal.model.attention as A
+    from megacrystal.data.batch import finish_batch
+
+    from .model_util import tiny_model
+
+    cfg, model = tiny_model(document_mask=True, attention_backend="sdpa")
+    seg = _segments(2, 16, seed=3).to(torch.int32)
+    batch = finish_batch(dict(segment_ids=seg))
+    seen = []
+    sdpa = A.BACKENDS["sdpa"]
+
+    def recording(q, k, v, scale, segment_ids=None, bounds=None):
+        seen.append(bounds)
+        return sdpa(q, k, v, scale, segment_ids, bounds)
+
+    monkeypatch.setitem(A.BACKENDS, "sdpa", recording)
+    monkeypatch.setattr(A, "cu_seqlens", lambda s: pytest.fail("boundaries derived on the device"))
+    tokens = torch.randint(0, cfg.vocab_size, (2, 16))
+    model(tokens=tokens, segment_ids=seg, cu_seqlens=batch["cu_seqlens"], max_seqlen=batch["max_seqlen"])
+    assert len(seen) == cfg.num_layers
+    assert all(b[0] is batch["cu_seqlens"] and b[1] == batch["max_seqlen"] for b in seen)
+    # and the varlen driver takes them as given
+    q, k, v = _qkv(2, 16, 4, 2, 8, seed=4)
+
+    def dense(q, k, v, softmax_scale, causal):
+        return attention_math(q, k, v, softmax_scale)
+
+    got = attention_varlen(q, k, v, 0.125, seg, dense, varlen_math, bounds=(batch["cu_seqlens"], batch["max_seqlen"]))
+    torch.testing.assert_close(got, attention_math(q, k, v, 0.125, seg), rtol=1e-6, atol=1e-6)

@@ -5,33 +5,14 @@ bf16: twice the gap, in losses and in final weights, between from-scratch runs o
 
 from __future__ import annotations
 
-from tests.checkpoint_cases import STEPS, exact_problems, run_jobs, save_run
+from tests.checkpoint_cases import resume_problems, run_jobs, save_run
 from tests.dist import run_ranks
-from tests.parallel_cases import RTOL, make_cfg, rel, state_problems
+from tests.parallel_cases import RTOL, rel
 
 L8 = ["model.num_layers=8"]
 ZERO = "parallel.distributed_optimizer=true"
 BF16 = "train.precision=bf16"
 F64 = "train.precision=fp64"
-
-
-def _loss_problems(label, ref, got, rtol):
-    return [
-        f"{label}: step {4 + i} loss {b!r} vs uninterrupted {a!r}"
-        for i, (a, b) in enumerate(zip(ref[3:], got, strict=True))
-        if abs(a - b) > rtol * abs(a)
-    ]
-
-
-def _check_pair(label, tmp, a_name, b_name, a_res, b_res, cfg_overrides, rtol=RTOL, state_rtol=RTOL):
-    problems = exact_problems(
-        label, tmp / a_name / "checkpoints/step_00000003", tmp / b_name / "checkpoints/step_00000003"
-    )
-    problems += _loss_problems(label, a_res["losses"], b_res["losses"], rtol)
-    if b_res["step"] != STEPS:
-        problems.append(f"{label}: optimizer step {b_res['step']} after resuming, expected {STEPS}")
-    problems += state_problems(label, a_res["state"], b_res["state"], make_cfg(cfg_overrides).model, rtol=state_rtol)
-    return problems
 
 
 def _state_gap(a: dict, b: dict) -> float:
@@ -65,7 +46,9 @@ def test_reshard_matrix_on_four_ranks(tmp_path):
         rtol = max(RTOL, 2 * bf16_gap) if bf16 else RTOL
         state_rtol = max(RTOL, 2 * bf16_state_gap) if bf16 else RTOL
         label = f"{a_name} -> {b_name}"
-        problems += _check_pair(label, tmp_path, a_name, b_name, res[2 * i], res[2 * i + 1], serial, rtol, state_rtol)
+        problems += resume_problems(
+            label, tmp_path, a_name, b_name, res[2 * i], res[2 * i + 1], serial, rtol, state_rtol
+        )
     assert not problems, "\n".join(problems)
 
 
@@ -86,6 +69,6 @@ def test_one_rank_to_tp2_pp2_dp2_sp_zero_and_back(tmp_path):
     ck = "checkpoints/step_00000003"
     resumed, big = run_ranks(_eight, 8, (str(tmp_path / "serial" / ck), str(tmp_path)), timeout=1500)[0]
     back = resume_run([F64], str(tmp_path / "big" / ck), str(tmp_path / "back"), bs)
-    problems = _check_pair("1 -> tp2pp2dp2+sp+zero", tmp_path, "serial", "big-resumed", serial, resumed, [])
-    problems += _check_pair("tp2pp2dp2+sp+zero -> 1", tmp_path, "big", "back", big, back, [])
+    problems = resume_problems("1 -> tp2pp2dp2+sp+zero", tmp_path, "serial", "big-resumed", serial, resumed, [])
+    problems += resume_problems("tp2pp2dp2+sp+zero -> 1", tmp_path, "big", "back", big, back, [])
     assert not problems, "\n".join(problems)

@@ -2,7 +2,6 @@
 selection of `optim.impl` / `model.grad_accum_fusion` with the library absent."""
 
 import ctypes
-import json
 
 import pytest
 import torch
@@ -80,16 +79,34 @@ def test_missing_library_keeps_torch_paths(lib_at, tmp_path):
         cuda_select.resolve_optim_impl("apex", cpu)
 
 
-def test_verified_record_matches_build_and_capability(tmp_path):
-    rec = tmp_path / "cuda-kernels-verified.json"
-    assert cuda_select.verified("abc", "9.0", rec) is None  # no file
-    rec.write_text(json.dumps([dict(build_id="abc", capability="9.0", passed=True, gpu="NVIDIA H200")]))
-    assert cuda_select.verified("abc", "9.0", rec)["gpu"] == "NVIDIA H200"
-    assert cuda_select.verified("abc", "10.0", rec) is None  # another GPU generation: not verified
-    assert cuda_select.verified("abd", "9.0", rec) is None  # other sources: not verified
-    assert cuda_select.verified("abc", None, rec) is None  # no GPU
-    rec.write_text("not json")
-    assert cuda_select.verified("abc", "9.0", rec) is None
+def test_cuda_paths_that_cannot_run_are_refused_or_fall_back(monkeypatch):
+    gpu, fp64, bf16 = torch.device("cuda"), torch.float64, torch.bfloat16
+    # the fused AdamW keeps fp32 state: fp64 never reaches it (auto: torch; cuda: refused)
+    assert cuda_select.resolve_optim_impl("auto", gpu, dtype=fp64) == "torch"
+    with pytest.raises(RuntimeError, match="optim.impl=cuda: the fused CUDA AdamW keeps fp32 state"):
+        cuda_select.resolve_optim_impl("cuda", gpu, dtype=fp64)
+    with pytest.raises(ConfigError, match=r"optim.impl: cuda with train.precision=fp64"):
+        make_cfg(["optim.impl=cuda", "train.precision=fp64"])
+    # torch.addmm(out_dtype=) arrived in torch 2.8: an older torch refuses `torch` fusion, `on` turns it off
+    assert cuda_select.addmm_out_dtype_ok("2.8.0") and cuda_select.addmm_out_dtype_ok("2.11.0+cu128")
+    assert not cuda_select.addmm_out_dtype_ok("2.7.1+cu126") and not cuda_select.addmm_out_dtype_ok("2.4.0")
+    monkeypatch.setattr(cuda_kernels, "library", lambda quiet=False: None)
+    monkeypatch.setattr(torch, "__version__", "2.7.1")
+    with pytest.raises(RuntimeError, match=r"grad_accum_fusion=torch: needs torch >= 2.8 .*2.7.1"):
+        cuda_select.resolve_grad_accum_fusion("torch", gpu, bf16)
+    assert cuda_select.resolve_grad_accum_fusion("on", gpu, bf16) == "off"
+
+
+def test_the_test_only_device_group_backend_is_validated():
+    from megacrystal.parallel.init import pick_backend
+
+    cfg = make_cfg(["parallel.backend=cuda:gloo"])
+    assert cfg.parallel.backend == "cuda:gloo"
+    assert pick_backend(cfg, torch.device("cuda", 0)) == "cuda:gloo"
+    with pytest.raises(ConfigError, match="parallel.backend: cuda:gloo needs CUDA devices"):
+        pick_backend(cfg, torch.device("cpu"))
+    with pytest.raises(ConfigError, match="parallel.backend: expected one of"):
+        make_cfg(["parallel.backend=cuda:nccl"])
 
 
 def test_config_fields_are_validated():
@@ -99,6 +116,8 @@ def test_config_fields_are_validated():
         make_cfg(["optim.impl=fast"])
     with pytest.raises(ConfigError, match="model.grad_accum_fusion: expected one of"):
         make_cfg(["model.grad_accum_fusion=always"])
+    assert make_cfg(["model.grad_accum_fusion=off"]).model.grad_accum_fusion == "off"  # not YAML's False
+    assert make_cfg(["model.grad_accum_fusion=on"]).model.grad_accum_fusion == "on"
 
 
 def test_architectures_follow_the_nvcc_version():

@@ -1,5 +1,5 @@
 """The evaluation engine on several gloo ranks gives the serial model's losses and logits (tensor,
-pipeline and data parallel), and spreads generation work over data-parallel replicas."""
+pipeline, context and data parallel), and spreads generation work over data-parallel replicas."""
 
 import torch
 
@@ -50,15 +50,16 @@ def _on_ranks(rank, world, layouts):
     samples = _samples(5, cfg.vocab_size)
     prompt = [int(x) for x in samples[0]["tokens"][:9]]
     out = []
-    for tp, pp in layouts:
-        r = EvalRunner(cfg, sd, tp=tp, pp=pp, micro_batch_size=2, precision="fp32", device="cpu")
+    for tp, pp, cp in layouts:
+        r = EvalRunner(cfg, sd, tp=tp, pp=pp, micro_batch_size=2, precision="fp32", device="cpu", cp=cp)
         total, count = 0.0, 0.0
         for i in range(0, len(samples), r.global_batch):
             s, c = r.loss(samples[i : i + r.global_batch])
             total, count = total + s, count + c
-        logits = r.logits(prompt).double() if pp == 1 else None
-        spread = r.map(list(range(7)), lambda xs, r=r: [(x * x, r.grid.dp_rank) for x in xs], 2) if pp == 1 else None
-        out.append(dict(layout=(tp, pp), loss=total / count, count=count, logits=logits, spread=spread))
+        gen = pp == 1 and cp == 1
+        logits = r.logits(prompt).double() if gen else None
+        spread = r.map(list(range(7)), lambda xs, r=r: [(x * x, r.grid.dp_rank) for x in xs], 2) if gen else None
+        out.append(dict(layout=(tp, pp, cp), loss=total / count, count=count, logits=logits, spread=spread))
     return out
 
 
@@ -67,7 +68,7 @@ def test_eval_runner_on_two_ranks_matches_the_serial_model():
     samples = _samples(5, cfg.vocab_size)
     want_loss, want_logits = _serial(cfg, model, samples, [int(x) for x in samples[0]["tokens"][:9]])
     want_count = sum(float(s["loss_mask"].sum()) for s in samples)
-    results = run_ranks(_on_ranks, 2, args=([(2, 1), (1, 2), (1, 1)],), timeout=300)
+    results = run_ranks(_on_ranks, 2, args=([(2, 1, 1), (1, 2, 1), (1, 1, 1), (1, 1, 2)],), timeout=300)
     for rank, res in enumerate(results):
         for r in res:
             assert r["count"] == want_count, r["layout"]
@@ -75,7 +76,7 @@ def test_eval_runner_on_two_ranks_matches_the_serial_model():
             if r["logits"] is not None:
                 err = float((r["logits"] - want_logits).norm() / want_logits.norm())
                 assert err <= RTOL, (rank, r["layout"], err)
-        tp2, _, dp2 = res
+        tp2, _, dp2, _ = res
         assert [v for v, _ in tp2["spread"]] == [x * x for x in range(7)]
         assert [v for v, _ in dp2["spread"]] == [x * x for x in range(7)]
         assert [who for _, who in dp2["spread"]] == [i % 2 for i in range(7)]  # each replica did every 2nd

@@ -3,13 +3,16 @@ gloo ranks, replicated buckets), muP groups, the clip coefficient folded into th
 model copy, the non-finite flag and the state dicts, with `adamw_flat_reference` (the CUDA kernel's
 contract in torch) standing in for the kernel. Against the torch paths the parameters and the
 optimizer state must be identical (the same foreach arithmetic, element for element). The CUDA
-kernel itself is compared with torch in tests/test_cuda_kernels_gpu.py."""
+kernel itself is compared with torch by megacrystal/kernel_checks.py (tests/test_cuda_kernels_gpu.py, doctor --verify)."""
+
+import math
 
 import pytest
 import torch
 
 from megacrystal.engine.engine import Engine
 from megacrystal.optim.adamw import AdamW
+from megacrystal.optim.factory import clip_and_step
 from megacrystal.optim.fused_adamw import CHUNK, FusedAdamW, adamw_flat_reference, chunk_table
 from megacrystal.parallel.grad_buffers import GradBuffers
 from megacrystal.parallel.state import build_grid
@@ -79,12 +82,17 @@ def _zero_ranks(rank, world):
     other = _engine(ov, fused=True)
     other.load_state_dict(ref.state_dict())
     same_resume = _same_state(other.optimizer.state_dict(), ref.optimizer.state_dict())
-    return _same_params(want, got), _same_state(ref.optimizer.state_dict(), got_e.optimizer.state_dict()), same_resume
+    # a NaN in rank 1's shard only: both ranks skip the update (the flag is agreed over the world)
+    if rank == 1:
+        other.buffers.grad_buffer[other.optimizer.shards[0]["lo"]] = float("nan")
+    stepped = clip_and_step(other.optimizer, other.buffers, 1.0, 1.0, LR)
+    diff, same_state = _same_params(want, got), _same_state(ref.optimizer.state_dict(), got_e.optimizer.state_dict())
+    return diff, same_state, same_resume, stepped
 
 
 def test_fused_matches_distributed_optimizer_on_zero_shards():
-    for diff, same_state, same_resume in run_ranks(_zero_ranks, 2, timeout=240):
-        assert diff == [] and same_state and same_resume
+    for diff, same_state, same_resume, stepped in run_ranks(_zero_ranks, 2, timeout=240):
+        assert diff == [] and same_state and same_resume and not stepped
 
 
 def _replicated(fused: bool, precision):
@@ -123,9 +131,40 @@ def test_fused_matches_replicated_adamw_and_its_state_dict(precision):
     assert _same_state(o_got.state_dict(), sd_ref)
 
 
-def test_nonfinite_gradient_sets_the_flag():
+def test_a_nonfinite_gradient_skips_the_fused_step_and_changes_no_state():
     e = _engine(["parallel.distributed_optimizer=true"], fused=True)
+    params, state = e.buffers.param_buffer.clone(), _clone(e.optimizer.state_dict())
     e.buffers.grad_buffer[3] = float("nan")
-    e.optimizer.step(LR)
+    # a finite norm that did not see it (e.g. a replica the norm does not count): the flag decides
+    assert not clip_and_step(e.optimizer, e.buffers, 1.0, 1.0, LR)
+    assert e.optimizer.skipped_last and e.optimizer.step_count == 0
+    assert torch.equal(e.buffers.param_buffer, params) and _same_state(e.optimizer.state_dict(), state)
     assert e.optimizer.nonfinite()
     assert not e.optimizer.nonfinite()  # reading clears it
+    e.buffers.grad_buffer.zero_()
+    assert clip_and_step(e.optimizer, e.buffers, 0.0, 1.0, LR) and e.optimizer.step_count == 1
+
+
+def _nan_on_a_replica(rank, world):
+    e = _engine(["parallel.tp=2", "parallel.distributed_optimizer=true"], fused=True)  # dp1: whole buckets
+    g = e.grid
+    if rank == 1:  # tp rank 1's copy of a replicated norm weight: the global norm does not count it
+        dict(e.chunks[0].named_parameters())["layers.0.norm1.weight"].register_hook(lambda x: x * float("nan"))
+    params = e.buffers.param_buffer.clone()
+    out = e.train_step(split(data(steps=1)[0], g.dp_rank, g.dp_size, e.cfg.train.micro_batch_size), LR)
+    unchanged = torch.equal(e.buffers.param_buffer, params) and e.optimizer.step_count == 0
+    return out["skipped"], math.isfinite(out["grad_norm"]), unchanged
+
+
+def test_the_engine_reports_a_nonfinite_gradient_the_norm_missed_as_a_skipped_step():
+    assert run_ranks(_nan_on_a_replica, 2, timeout=240) == [(True, True, True)] * 2
+
+
+def _clone(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.clone()
+    if isinstance(obj, dict):
+        return {k: _clone(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_clone(v) for v in obj)
+    return obj

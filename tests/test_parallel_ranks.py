@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from megacrystal.engine.engine import Engine
+from megacrystal.model.transformer import serial_layout
 from megacrystal.ops.cross_entropy import cross_entropy_reference
 from megacrystal.parallel import collectives as C
 from megacrystal.parallel.cross_entropy import vocab_parallel_cross_entropy
@@ -120,13 +121,12 @@ def _full_state(rank, world, overrides):
     cfg = make_cfg(overrides)
     e = Engine(cfg, torch.device("cpu"))
     initial = e.full_model_state()
-    new = None
-    if rank == 0:  # a different serial model: only rank 0 gives it, the others receive it
-        g = torch.Generator().manual_seed(7)
-        new = {k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in initial.items()}
-        for k in ("embed.weight", "head.weight"):
-            if k in new:
-                new[k][cfg.model.vocab_size :] = 0
+    # a different serial model, given on every rank (each reads its part); full_model_state is on rank 0
+    g = torch.Generator().manual_seed(7)
+    new = {}
+    for k, (shape, true) in serial_layout(e.cfg.model).items():
+        new[k] = torch.zeros(shape, dtype=e.dtype)
+        new[k][tuple(slice(0, n) for n in true)] = 0.05 * torch.randn(true, generator=g, dtype=e.dtype)
     e.load_full_model_state(new)
     back = e.full_model_state()
     loss = e.eval_loss(split(data(steps=1)[0], e.grid.dp_rank, e.grid.dp_size, 2))

@@ -12,6 +12,9 @@ def test_save_steps_count_from_each_phase_start_and_include_its_end():
     saved = [s for s in range(1, 23) if save_due(s, sched.span(s - 1), phases[sched.span(s - 1).index], 3)]
     # a: every 3 of the run's default + its end (7); b: 4 and 8 steps into it + its end (17); c: none
     assert saved == [3, 6, 7, 11, 15, 17]
+    # train.keep_every counts the run's steps, whatever the phase: a checkpoint at every multiple of 5 too
+    saved = [s for s in range(1, 23) if save_due(s, sched.span(s - 1), phases[sched.span(s - 1).index], 3, 5)]
+    assert saved == [3, 5, 6, 7, 10, 11, 15, 17, 20]
 
 
 def test_validation_sources_per_phase():

@@ -9,24 +9,38 @@ from megacrystal.cli import main
 from megacrystal.config import load_config
 from megacrystal.cost_plan import plan
 from megacrystal.train.plot import plot_run
+from tests.figure_util import axes_count, png_size, svg_texts
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_plot_draws_every_panel_and_marks_phase_changes(tmp_path):
+def test_plot_draws_every_panel_and_marks_phase_changes(tmp_path, capsys):
     rows = [
         dict(step=i, phase="a" if i <= 3 else "b", loss=5.0 - 0.1 * i, lr=1e-3, grad_norm=1.0, tokens_per_s=100.0 + i)
         for i in range(1, 7)
     ]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    svg = Path(plot_run(str(tmp_path))).read_text()
-    # one line per panel, and in each panel one marker where phase "a" turns into "b"
-    assert svg.count("<path ") == 4 and svg.count('stroke="#c33"') == 4 and svg.count(">b</text>") == 4
+    assert main(["plot", "--run", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.split() == [
+        "wrote",
+        str(tmp_path / "metrics.png"),
+        "wrote",
+        str(tmp_path / "metrics.svg"),
+    ]
+    png_size(tmp_path / "metrics.png")
+    texts = svg_texts(tmp_path / "metrics.svg")
+    # four panels, and in each one phase mark where "a" turns into "b"
+    assert axes_count(tmp_path / "metrics.svg") == 4
+    assert {"loss", "learning rate", "grad norm", "tokens/s"} <= set(texts) and texts.count(" b") == 4
+    assert plot_run(str(tmp_path), str(tmp_path / "other.svg")) == [
+        str(tmp_path / "other.png"),
+        str(tmp_path / "other.svg"),
+    ]
 
 
 def test_plot_errors_name_the_file(tmp_path, capsys):
     assert main(["plot", "--run", str(tmp_path)]) == 2
-    assert "no metrics.jsonl" in capsys.readouterr().out
+    assert "no metrics.jsonl" in capsys.readouterr().err
     (tmp_path / "metrics.jsonl").write_text('{"step": 1}\nnot json\n')
     with pytest.raises(ValueError, match="metrics.jsonl:2: not a JSON object"):
         plot_run(str(tmp_path))

@@ -12,6 +12,7 @@ from megacrystal.cli import main
 from megacrystal.data.indexed import write_documents
 from megacrystal.model.serialization import save_model
 from megacrystal.tokenizer import CRYSTAL_SPECIALS
+from tests.figure_util import png_size, svg_texts
 from tests.model_util import make_tokenizer, tiny_model
 
 FIRST_ID = 3 + len(CRYSTAL_SPECIALS)  # ids below are <unk> <s> </s> and the specials
@@ -167,24 +168,27 @@ def test_a_finished_run_is_reused_and_a_started_one_keeps_its_config(study_dir, 
     job = Job("v/seed1", run, study_dir / "c.yaml", 12, ["--max-samples", "4"])
     job.plan()
     assert [w for w, _ in job.steps] == ["train", "eval"] and job.status == "todo"
-    ckpt = run / "checkpoints" / "step_00000006"
-    ckpt.mkdir(parents=True)
-    (ckpt / "trainer.json").write_text(json.dumps({"step": 6}))
-    (run / "checkpoints" / "latest").write_text("step_00000006")
-    job.plan()
-    assert [w for w, _ in job.steps] == ["train", "eval"]  # resumes: the trainer continues from step 6
-    ckpt = run / "checkpoints" / "step_00000012"
-    ckpt.mkdir(parents=True)
-    (ckpt / "trainer.json").write_text(json.dumps({"step": 12}))
-    (run / "checkpoints" / "latest").write_text("step_00000012")
-    job.plan()
+    for step in (6, 12):
+        ckpt = run / "checkpoints" / f"step_{step:08d}"
+        ckpt.mkdir(parents=True)
+        (ckpt / "trainer.json").write_text(json.dumps({"step": step}))
+        (ckpt / "manifest.json").write_text("{}")
+        (run / "checkpoints" / "latest").write_text(ckpt.name)
+        job.plan()
+        if step == 6:
+            assert [w for w, _ in job.steps] == ["train", "eval"]  # resumes: the trainer continues from step 6
     assert (
         [w for w, _ in job.steps] == ["eval"]
         and job.status == "trained"
-        and job.steps[0][1][-2:] == ["--max-samples", "4"]
+        and job.steps[0][1][-4:] == ["--all", "--no-progress", "--max-samples", "4"]
     )
-    job.eval_file.parent.mkdir()
-    job.eval_file.write_text("{}")
+    files = job.eval_files()  # every kept checkpoint's result under the study's eval settings
+    assert [f.name[:13] for f in files] == ["step_00000006", "step_00000012"]
+    files[0].parent.mkdir()
+    files[0].write_text("{}")
+    job.plan()
+    assert [w for w, _ in job.steps] == ["eval"]  # step 12 still to score
+    files[1].write_text("{}")
     job.plan()
     assert job.steps == [] and job.status == "done"
     # a run that has started is never silently given another config
@@ -211,6 +215,7 @@ def test_study_trains_evaluates_compares_and_reuses(study_dir, capsys):
             "data.phases.0.steps=2",
             "data.phases.1.steps=2",
             "train.eval_interval=2",
+            "train.save_interval=2",
             "log.tensorboard=false",
         ],
         "eval_args": [
@@ -235,11 +240,17 @@ def test_study_trains_evaluates_compares_and_reuses(study_dir, capsys):
     }
     assert rows["crystal"]["step"] == rows["mixed"]["step"] == 4
     assert rows["crystal"]["samples_per_source"] == rows["mixed"]["samples_per_source"]  # what training really read
-    for v in ("crystal", "mixed"):
-        rep = json.loads((out / v / "seed3" / "eval" / "step_00000004.json").read_text())
-        assert set(rep["losses"]) == {"prose_a", "prose_b", "code_a", "code_b"}
+    for v in ("crystal", "mixed"):  # every kept checkpoint evaluated
+        reports = sorted((out / v / "seed3" / "eval").glob("step_*.json"))
+        assert [p.name[:13] for p in reports] == ["step_00000002", "step_00000004"]
+        assert set(json.loads(reports[-1].read_text())["losses"]) == {"prose_a", "prose_b", "code_a", "code_b"}
     table = (out / "compare" / "compare.md").read_text()
     assert "| crystal | 1 | eval |" in table and "| mixed | 1 | eval |" in table
+    for name in ("valid_loss.png", "trajectory.png"):
+        png_size(out / "compare" / name)
+    assert "loss code_a" in svg_texts(out / "compare" / "trajectory.svg")
+    trajectory = (out / "compare" / "trajectory.md").read_text()
+    assert "| crystal | language | 2 | 2 |" in trajectory and "| mixed | mixed | 4 | 4 |" in trajectory
     logs = {v: (out / v / "seed3" / "study.log").stat().st_size for v in ("crystal", "mixed")}
     assert main(["study", "--config", str(study_dir / "e2e.yaml")]) == 0  # everything reused
     assert {v: (out / v / "seed3" / "study.log").stat().st_size for v in logs} == logs

@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 
+from megacrystal.model import init_draw
 from tests.data_helpers import session_dir, small_corpus, small_sp_model
 from tests.dist import torchrun
 
@@ -110,9 +111,13 @@ def read_metrics(out_dir: Path) -> list[dict]:
     return [json.loads(x) for x in (out_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_phases_metrics_checkpoint_and_export(data_dir, tmp_path):
+def test_two_phases_metrics_checkpoint_and_export(data_dir, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
+    monkeypatch.setattr("megacrystal.train.long_run.LONG_RUN_STEPS", 8)  # these 8 steps count as a long run
     assert train_cli(["--config", str(run_config(data_dir, out)), "train.save_consolidated=true"]) == 0
+    err = capsys.readouterr().err
+    assert "checkpoints only at its end" in err and "(8 steps)" in err  # the start-up warning
+    assert "step watchdog off, MFU peak: measured CPU fp32 matmul" in err  # one rank: no watchdog by default
     rows = read_metrics(out)
     assert [r["step"] for r in rows] == list(range(1, 9))
     assert [r["phase"] for r in rows] == ["language"] * 4 + ["code"] * 4
@@ -218,7 +223,9 @@ def test_a_tokenizer_larger_than_the_vocabulary_fails_fast(data_dir, tmp_path, c
 def test_retention_fallback_past_a_damaged_checkpoint_and_init_from(data_dir, tmp_path):
     run = tmp_path / "run"
     cfg = run_config(data_dir, run, save_interval=1, keep_checkpoints=2)
+    drawn = init_draw.elements_drawn()
     assert train_cli(["--config", str(cfg), "train.max_steps=4"]) == 0
+    assert init_draw.elements_drawn() > drawn  # a fresh run draws its initial weights
     root = run / "checkpoints"
     assert sorted(p.name for p in root.iterdir()) == ["latest", "step_00000003", "step_00000004"]
     shard = root / "step_00000004" / "__0_0.distcp"
@@ -226,7 +233,9 @@ def test_retention_fallback_past_a_damaged_checkpoint_and_init_from(data_dir, tm
     raw[len(raw) // 3] ^= 0x01
     shard.write_bytes(bytes(raw))
     first = read_metrics(run)
+    drawn = init_draw.elements_drawn()
     assert train_cli(["--config", str(cfg), "train.max_steps=4"]) == 0  # falls back to step 3, replays step 4
+    assert init_draw.elements_drawn() == drawn  # a resume draws nothing
     assert [r["step"] for r in read_metrics(run)] == [1, 2, 3, 4]
     assert read_metrics(run)[3]["loss"] == first[3]["loss"]  # the replay is the same step
     side = [json.loads(x) for x in (run / "metrics.superseded.jsonl").read_text().splitlines()]
@@ -236,5 +245,6 @@ def test_retention_fallback_past_a_damaged_checkpoint_and_init_from(data_dir, tm
     new = tmp_path / "new"
     ncfg = run_config(data_dir, new, init_from=str(run), init_optimizer=False)
     assert train_cli(["--config", str(ncfg), "train.max_steps=1"]) == 0
+    assert init_draw.elements_drawn() == drawn  # nor does train.init_from
     # a new run (step 1, same first batch) from the trained weights: lower loss than the fresh start
     assert read_metrics(new)[0]["step"] == 1 and read_metrics(new)[0]["loss"] < first[0]["loss"] - 0.1

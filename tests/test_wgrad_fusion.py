@@ -3,7 +3,7 @@ main_grad): the weight gradient lands in main_grad with no bf16 .grad, the bucke
 every micro-batch, and the result equals the unfused path within the bf16 rounding that the unfused
 path adds (its weight gradient is rounded to bf16 before the add). On 2 tensor-parallel gloo ranks
 with sequence parallelism the column/row layers train to the same losses within that noise.
-The cuBLASLt path is compared on a GPU (tests/test_cuda_kernels_gpu.py)."""
+The cuBLASLt path is compared on a GPU (megacrystal/kernel_checks.py, run by tests/test_cuda_kernels_gpu.py)."""
 
 import torch
 

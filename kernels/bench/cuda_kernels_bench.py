@@ -25,7 +25,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from kernels.bench.bench_common import bench_ms, copy_bandwidth_gbps, machine, table
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # not `kernels.bench`: a pip package is named kernels
+from bench_common import bench_ms, copy_bandwidth_gbps, machine, table
+
 from megacrystal.compiled import cuda_kernels
 from megacrystal.compiled.cuda_kernels import adamw_scalars
 from megacrystal.model.wgrad_fusion import accumulate_wgrad

@@ -1,5 +1,5 @@
 /* megacrystal's CUDA kernels: a plain C ABI (pointers, sizes, a cudaStream_t passed as void*),
- * loaded from Python with ctypes (megacrystal/cuda_kernels.py). No torch headers are needed to build it.
+ * loaded from Python with ctypes (megacrystal/compiled/cuda_kernels.py). No torch headers are needed to build it.
  *
  * Every function returns 0 on success or a non-zero code; mc_last_error() then says what failed. */
 #ifndef MEGACRYSTAL_CUDA_H

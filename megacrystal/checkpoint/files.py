@@ -160,6 +160,18 @@ def checkpoint_dirs(root: Path) -> list[tuple[int, Path]]:
     return sorted(out, reverse=True)
 
 
+def kept_checkpoints(run_dir) -> list[tuple[int, Path]]:
+    """(step, dir) of every committed checkpoint (its manifest written) of a run directory, or of a
+    `checkpoints/` folder, oldest first: what retention kept. Reading one verifies its checksums."""
+    root = Path(run_dir)
+    if (root / "checkpoints").is_dir():
+        root = root / "checkpoints"
+    found = [(s, p) for s, p in checkpoint_dirs(root) if (p / MANIFEST).is_file()]
+    if not found:
+        raise CheckpointError(f"{run_dir}: no committed checkpoint (expected a run directory with checkpoints/step_*)")
+    return sorted(found)
+
+
 def find_resume_point(out_dir, resume: str = "auto", group=None) -> Path | None:
     """The checkpoint a run in `out_dir` resumes from: with `resume="auto"` the newest intact one
     (damaged or incomplete ones are reported and skipped; None when there is none at all); with a

@@ -12,6 +12,10 @@ global offsets.
   tensor, starting at tp_rank * its size along that dimension.
 - The distributed optimizer (ZeRO-1) keeps a flat slice [a, z) of each parameter's shard; of a 2-D
   shard that is up to three rectangles: the tail of a first row, whole rows, the head of a last row.
+  It shards over the replicas, dp x cp (`GradBuffers.shard_range`): context parallelism splits the
+  sequence, never a parameter, so a cp rank's pieces are those of a data-parallel replica and a
+  checkpoint moves between cp sizes as between dp sizes (the loader cursor counts global samples,
+  which every cp rank reads alike).
 - Padding beyond the true shape is cut off; a tied-embedding copy (last pipeline stage) is not saved
   and loads from the embedding's name; replicas (dp without ZeRO, norms over tp) offer identical
   pieces and DCP's planner keeps one of each, spreading the writes over the ranks.

@@ -23,7 +23,6 @@ import shutil
 import warnings
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -31,6 +30,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
 from ..log import get_logger
+from ..parallel.host_group import host_group
 from .dcp import Pieces, PieceSavePlanner, WatchedFileSystemWriter, one_line, root_causes
 from .files import apply_retention, atomic_write, file_crc, fsync_dir, move_aside, write_manifest
 from .format import FORMAT, MANIFEST, TRAINER, VERSION, CheckpointError, CheckpointSpaceError, step_name
@@ -55,9 +55,7 @@ def _dist() -> bool:
 
 def checkpoint_group(timeout_s: float = 1800.0):
     """A gloo process group over every rank for checkpoint traffic (None on one process)."""
-    if not _dist() or dist.get_world_size() == 1:
-        return None
-    return dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
+    return host_group(timeout_s)
 
 
 def _rank(group) -> int:

@@ -1,9 +1,9 @@
 """Which implementation runs: `optim.impl` (auto | torch | cuda) and `model.grad_accum_fusion`
 (auto | on | off | torch | cuda). One log line each says what was chosen and why.
 
-`auto` picks the CUDA kernels only on a build whose GPU tests have passed on this kind of GPU: a record
-in benchmarks/results/cuda-kernels-verified.json (written by benchmarks/gpu_check.sh) with this library's
-build id (a hash of kernels/cuda/) and this device's compute capability. Otherwise the torch paths run.
+`auto` picks the CUDA kernels only on a build whose checks have passed on this kind of GPU: a record in the
+user's cache directory (`record.py`, written by `megacrystal doctor --verify`) for this library's build id
+(a hash of kernels/cuda/) and this device's compute capability. Otherwise the torch paths run.
 
 Gradient-accumulation fusion: `on` uses the CUDA library's cuBLASLt GEMM when it loads, else torch's
 mixed-dtype `addmm(..., out_dtype=float32)` on CUDA; `torch` / `cuda` force one; `off` keeps the plain
@@ -13,17 +13,23 @@ already accumulate in place into main_grad).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from ..log import say_once
 from . import cuda_kernels
+from .record import record_path, verified
 
-RECORD = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "cuda-kernels-verified.json"
 OPTIM_IMPLS = ("auto", "torch", "cuda")
 FUSION_MODES = ("auto", "on", "off", "torch", "cuda")
+
+
+def addmm_out_dtype_ok(version: str | None = None) -> bool:
+    """Does this torch have `torch.addmm(..., out_dtype=)` (the mixed-dtype GEMM, torch >= 2.8)?"""
+    from torch.torch_version import TorchVersion
+
+    return TorchVersion(version or torch.__version__) >= (2, 8)
 
 
 def capability(device: torch.device) -> str | None:
@@ -33,40 +39,33 @@ def capability(device: torch.device) -> str | None:
     return f"{major}.{minor}"
 
 
-def verified(build_id: str, cap: str | None, record: Path | None = None) -> dict | None:
-    """The GPU-test record for this build on this compute capability, or None."""
-    path = record or RECORD
-    if cap is None or not path.exists():
-        return None
-    try:
-        entries = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    for e in entries if isinstance(entries, list) else []:
-        if e.get("build_id") == build_id and e.get("capability") == cap and e.get("passed"):
-            return e
-    return None
-
-
-def auto_reason(device: torch.device, record: Path | None) -> tuple[bool, str]:
-    """(use CUDA, why) for `auto`."""
+def auto_reason(device: torch.device, record_dir: Path | None = None) -> tuple[bool, str]:
+    """(use CUDA, why) for `auto`; `record_dir`: the directory of the records (default: the user's cache)."""
     if device.type != "cuda":
         return False, f"the device is {device.type}"
     lib = cuda_kernels.library(quiet=True)
     if lib is None:
         return False, f"the CUDA kernels are {cuda_kernels.why_missing()}"
     cap = capability(device)
-    if verified(lib.build_id, cap, record) is None:
-        return False, f"build {lib.build_id} has no passed GPU-test record for sm {cap} in {(record or RECORD).name}"
-    return True, f"build {lib.build_id} passed its GPU tests on sm {cap}"
+    if verified(lib.build_id, cap, record_dir) is None:
+        where = record_path(lib.build_id, cap, record_dir)
+        return False, f"build {lib.build_id} has no passed check on sm {cap} ({where}; megacrystal doctor --verify)"
+    return True, f"build {lib.build_id} passed its checks on sm {cap} (megacrystal doctor --verify)"
 
 
-def resolve_optim_impl(impl: str, device: torch.device, record: Path | None = None) -> str:
-    """'torch' or 'cuda' for `optim.impl`; raises with one line when `cuda` cannot run here."""
+def resolve_optim_impl(
+    impl: str, device: torch.device, record_dir: Path | None = None, dtype: torch.dtype | None = None
+) -> str:
+    """'torch' or 'cuda' for `optim.impl`; raises with one line when `cuda` cannot run here. The fused
+    kernel keeps fp32 state: fp64 parameters take the torch path (config validation refuses `cuda`)."""
     if impl not in OPTIM_IMPLS:
         raise ValueError(f"optim.impl: expected one of {list(OPTIM_IMPLS)}, got {impl!r}")
     if impl == "torch":
         which, why = "torch", "optim.impl=torch"
+    elif dtype == torch.float64:
+        if impl == "cuda":
+            raise RuntimeError("optim.impl=cuda: the fused CUDA AdamW keeps fp32 state; fp64 parameters need torch")
+        which, why = "torch", "auto: fp64 parameters (the fused CUDA AdamW keeps fp32 state)"
     elif impl == "cuda":
         if device.type != "cuda":
             raise RuntimeError(f"optim.impl=cuda: needs a CUDA device, this run is on {device.type}")
@@ -74,7 +73,7 @@ def resolve_optim_impl(impl: str, device: torch.device, record: Path | None = No
             raise RuntimeError(f"optim.impl=cuda: the CUDA kernels are {cuda_kernels.why_missing()}")
         which, why = "cuda", "optim.impl=cuda"
     else:
-        use, why = auto_reason(device, record)
+        use, why = auto_reason(device, record_dir)
         which, why = ("cuda" if use else "torch"), f"auto: {why}"
     say_once(
         f"optim-impl-{which}",
@@ -83,7 +82,9 @@ def resolve_optim_impl(impl: str, device: torch.device, record: Path | None = No
     return which
 
 
-def resolve_grad_accum_fusion(mode: str, device: torch.device, dtype: torch.dtype, record: Path | None = None) -> str:
+def resolve_grad_accum_fusion(
+    mode: str, device: torch.device, dtype: torch.dtype, record_dir: Path | None = None
+) -> str:
     """'off', 'torch' or 'cuda' for `model.grad_accum_fusion`."""
     if mode not in FUSION_MODES:
         raise ValueError(f"model.grad_accum_fusion: expected one of {list(FUSION_MODES)}, got {mode!r}")
@@ -94,7 +95,7 @@ def resolve_grad_accum_fusion(mode: str, device: torch.device, dtype: torch.dtyp
             raise RuntimeError(f"model.grad_accum_fusion={mode}: needs bf16 parameters (train.precision=bf16)")
         which, why = "off", f"{dtype} parameters accumulate into main_grad in place already"
     elif mode == "auto":
-        use, why = auto_reason(device, record)
+        use, why = auto_reason(device, record_dir)
         which, why = ("cuda" if use else "off"), f"auto: {why}"
     else:
         if device.type != "cuda":
@@ -104,6 +105,12 @@ def resolve_grad_accum_fusion(mode: str, device: torch.device, dtype: torch.dtyp
             raise RuntimeError(f"model.grad_accum_fusion=cuda: the CUDA kernels are {cuda_kernels.why_missing()}")
         which = "cuda" if (mode == "cuda" or lib is not None) else "torch"
         why = f"model.grad_accum_fusion={mode}"
+        if which == "torch" and not addmm_out_dtype_ok():
+            if mode == "torch":
+                raise RuntimeError(
+                    f"model.grad_accum_fusion=torch: needs torch >= 2.8 (addmm out_dtype), this is {torch.__version__}"
+                )
+            which, why = "off", f"{why}: no CUDA kernels and torch {torch.__version__} < 2.8 has no addmm out_dtype"
     text = {
         "off": "off (bf16 weight gradient, then added to main_grad)",
         "torch": "torch addmm(out_dtype=fp32) into main_grad",

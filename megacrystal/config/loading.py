@@ -71,6 +71,8 @@ def coerce(value: Any, tp: Any, path: str, origin: str | None) -> Any:
             raise ConfigError(where(origin, f"{path}: expected a finite number, got {value!r}"))
         return float(value)
     if tp is str:
+        if isinstance(value, bool):  # YAML 1.1 reads on/off as booleans (model.grad_accum_fusion: off)
+            value = "on" if value else "off"
         if not isinstance(value, str):
             raise ConfigError(where(origin, f"{path}: expected a string, got {value!r}"))
         return value

@@ -88,7 +88,7 @@ class ModelConfig:
     mup_output_alpha: float = 2.22
     mup_scale_qk_dot_by_d: bool = True
     init_std: float | None = None  # embeddings; hidden = init_std*sqrt(m) under muP
-    recompute: str | bool = "none"  # none | selective | full (true/false read as full/none)
+    recompute: bool | str = "none"  # none | selective | full (true/false read as full/none)
     recompute_method: str | None = None  # full only: uniform (default) | block (Megatron's meanings)
     recompute_num_layers: int | None = None  # full only: layers per group (uniform) / per stage (block); None: 1 / all
     compile: bool = False  # torch.compile each block (falls back to eager with one log line)
@@ -164,9 +164,10 @@ class ResolvedModelConfig(ModelConfig):
 @dataclass
 class ParallelConfig:
     tp: int = 1
+    cp: int = 1  # context parallel: each sequence split over cp ranks (ring attention)
     pp: int = 1
     vpp: int = 1  # virtual stages per pipeline rank (interleaved 1F1B when > 1)
-    dp: int | None = None  # None: world_size // (tp*pp)
+    dp: int | None = None  # None: world_size // (tp*cp*pp)
     sequence_parallel: bool = False
     distributed_optimizer: bool = False
     order: str = "tp-dp-pp"  # rank order, fastest-varying first (Megatron's default)
@@ -174,7 +175,7 @@ class ParallelConfig:
     overlap_grad_reduce: bool = True
     overlap_param_gather: bool = True  # ZeRO-1: each bucket's all-gather waited for by the next forward
     overlap_p2p_comm: bool = True  # pipeline transfers posted early, waited for just before use
-    backend: str = "auto"  # auto (nccl on cuda, else gloo) | gloo | nccl
+    backend: str = "auto"  # auto (nccl on cuda, else gloo) | gloo | nccl | cuda:gloo (test-only, docs/config.md)
     timeout_s: float = 1800.0  # a collective waiting longer than this fails (process-group timeout)
 
 
@@ -187,7 +188,7 @@ class SourceConfig:
 
     prefixes: list[str] = field(default_factory=list)
     weights: list[float] | None = None
-    kind: str = "nl"  # nl | code  (FIM applies to code sources only)
+    kind: str = "nl"  # nl | code: eval scores FIM/completion on code sources; training FIM is `fim`
     language: str | None = None
     optional: bool = False  # no tokens: dropped from the phases' blends instead of an error
     fim: bool = False  # opts in to FIM: a phase's fim_rate applies to this source (docs/data-sampling.md)
@@ -280,13 +281,13 @@ class TrainConfig:
     log_interval: int = 1
     eval_interval: int = 0
     eval_iters: int = 1
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # auto | cpu | cuda | meta (shapes only: `megacrystal rehearse`)
     max_skipped_steps: int = 5  # consecutive non-finite steps (skipped updates) before the run stops
-    step_timeout_s: float = 0.0  # watchdog: a step taking longer fails every rank (0: off)
+    step_timeout_s: float | None = None  # watchdog: a longer step fails every rank (0: off; None: 600 s multi-rank)
     # checkpoints (docs/checkpoints.md)
     resume: str = "auto"  # auto: newest intact checkpoint | step_00001200 | a checkpoint path
     keep_checkpoints: int = 0  # keep the newest N complete checkpoints (0: all)
-    keep_every: int = 0  # and also every checkpoint whose step is a multiple of this
+    keep_every: int = 0  # also save and keep every checkpoint whose step is a multiple of this (global steps)
     async_save: bool = True  # write checkpoints in the background while training continues
     init_from: str | None = None  # new run from a DCP checkpoint, a consolidated model/ or an HF directory
     init_optimizer: bool = True  # with init_from a DCP checkpoint: also its Adam moments and step

@@ -50,10 +50,10 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
     _choice(cfg, "optim.impl", o.impl, {"auto", "torch", "cuda"})
     _validate_recompute(cfg, m)
 
-    for k in ("tp", "pp", "vpp"):
+    for k in ("tp", "cp", "pp", "vpp"):
         _check(getattr(par, k) >= 1, cfg, f"parallel.{k}: expected >= 1, got {getattr(par, k)}")
     _choice(cfg, "parallel.order", par.order, {"tp-dp-pp", "tp-pp-dp"})
-    _choice(cfg, "parallel.backend", par.backend, {"auto", "gloo", "nccl"})
+    _choice(cfg, "parallel.backend", par.backend, {"auto", "gloo", "nccl", "cuda:gloo"})
     _check(
         m.num_heads % par.tp == 0, cfg, f"parallel.tp: model.num_heads={m.num_heads} is not divisible by tp={par.tp}"
     )
@@ -77,13 +77,21 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
         f"parallel.sequence_parallel: data.seq_length={d.seq_length} is not divisible by tp={par.tp}",
     )
 
+    _validate_context_parallel(cfg, m)
+
     _choice(cfg, "train.precision", t.precision, {"fp32", "bf16", "fp64"})
-    _choice(cfg, "train.device", t.device, {"auto", "cpu", "cuda"})
+    _choice(cfg, "train.device", t.device, {"auto", "cpu", "cuda", "meta"})
     _check(t.micro_batch_size >= 1, cfg, f"train.micro_batch_size: expected >= 1, got {t.micro_batch_size}")
     _check(t.global_batch_size >= 1, cfg, f"train.global_batch_size: expected >= 1, got {t.global_batch_size}")
     _check(t.log_interval >= 1, cfg, f"train.log_interval: expected >= 1, got {t.log_interval}")
     _check(t.save_interval >= 0, cfg, f"train.save_interval: expected >= 0, got {t.save_interval}")
     _choice(cfg, "optim.name", o.name, {"adamw"})
+    _check(
+        not (o.impl == "cuda" and t.precision == "fp64"),
+        cfg,
+        "optim.impl: cuda with train.precision=fp64: the fused CUDA AdamW keeps fp32 state "
+        "(use optim.impl=torch or auto for fp64)",
+    )
     _choice(cfg, "optim.loss_normalization", o.loss_normalization, {"tokens", "fixed"})
     _choice(cfg, "log.level", cfg.log.level, {"DEBUG", "INFO", "WARNING", "ERROR"})
     _check(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, cfg, "optim.beta1/beta2: expected values in [0, 1)")
@@ -163,8 +171,37 @@ def _validate_run_safety(cfg: Config) -> None:
     _check(o.weight_decay >= 0, cfg, f"optim.weight_decay: expected >= 0, got {o.weight_decay}")
     _check(o.clip_grad >= 0, cfg, f"optim.clip_grad: expected >= 0 (0: no clipping), got {o.clip_grad}")
     _check(t.max_skipped_steps >= 1, cfg, f"train.max_skipped_steps: expected >= 1, got {t.max_skipped_steps}")
-    _check(t.step_timeout_s >= 0, cfg, f"train.step_timeout_s: expected >= 0 (0: no watchdog), got {t.step_timeout_s}")
+    _check(
+        t.step_timeout_s is None or t.step_timeout_s >= 0,
+        cfg,
+        f"train.step_timeout_s: expected >= 0 (0: no watchdog), got {t.step_timeout_s}",
+    )
     _check(par.timeout_s > 0, cfg, f"parallel.timeout_s: expected > 0 seconds, got {par.timeout_s}")
+
+
+# attention backends the ring can run on: their kernels return the log-sum-exp and take one back in
+# the backward (math; SDPA's CPU flash, CUDA flash and memory-efficient aten ops)
+CP_BACKENDS = ("auto", "sdpa", "math")
+
+
+def _validate_context_parallel(cfg: Config, m) -> None:
+    par, d = cfg.parallel, cfg.data
+    if par.cp == 1:
+        return
+    chunks = 2 * par.cp * (par.tp if par.sequence_parallel else 1)
+    what = f"2*cp*tp = {chunks} (sequence parallel)" if par.sequence_parallel else f"2*cp = {chunks}"
+    _check(
+        d.seq_length % chunks == 0,
+        cfg,
+        f"parallel.cp: data.seq_length={d.seq_length} is not divisible by {what} (each cp rank holds 2 equal chunks)",
+    )
+    _check(
+        m.attention_backend in CP_BACKENDS,
+        cfg,
+        f"parallel.cp: model.attention_backend={m.attention_backend} cannot run ring attention (its kernel takes "
+        f"no outside log-sum-exp in the backward); use one of {list(CP_BACKENDS)} (auto/sdpa: SDPA's flash or "
+        f"memory-efficient kernels on CUDA)",
+    )
 
 
 def _validate_blend(cfg: Config, i: int) -> None:
@@ -241,15 +278,16 @@ def _validate_checkpointing(cfg: Config) -> None:
 def validate_world(cfg: Config, world_size: int) -> int:
     """Grid rules against the launched world; returns dp."""
     par, t = cfg.parallel, cfg.train
-    mp = par.tp * par.pp
-    _check(
-        world_size % mp == 0,
-        cfg,
-        f"parallel: world size {world_size} is not divisible by tp*pp={mp} (tp={par.tp}, pp={par.pp})",
+    mp = par.tp * par.cp * par.pp
+    what = (
+        f"tp*cp*pp={mp} (tp={par.tp}, cp={par.cp}, pp={par.pp})"
+        if par.cp > 1
+        else f"tp*pp={mp} (tp={par.tp}, pp={par.pp})"
     )
+    _check(world_size % mp == 0, cfg, f"parallel: world size {world_size} is not divisible by {what}")
     dp = world_size // mp
     if par.dp is not None:
-        _check(par.dp == dp, cfg, f"parallel.dp: {par.dp} but world size {world_size} / (tp*pp={mp}) = {dp}")
+        _check(par.dp == dp, cfg, f"parallel.dp: {par.dp} but world size {world_size} / {what.split(' ')[0]} = {dp}")
     _check(
         t.global_batch_size % (t.micro_batch_size * dp) == 0,
         cfg,

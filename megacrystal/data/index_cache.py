@@ -8,7 +8,8 @@ which repeats the description and records each array's shape and dtype (+ `meta`
 results such as counts). The description is written last, so a half-written cache is never
 taken for a complete one.
 
-Who builds: with a process group, its rank 0 builds (under the file lock) and the others wait
+Who builds: with a process group (a host group: the handshake's tensor lives on the CPU, so an
+NCCL group is refused with a message), its rank 0 builds (under the file lock) and the others wait
 on a collective that also carries rank 0's success, so a failure on rank 0 raises everywhere
 instead of hanging; without one, every process takes an exclusive file lock, and the first
 builds. Then all memory-map.
@@ -157,7 +158,14 @@ def cached(
 
     import torch
 
+    from ..parallel.host_group import carries_host_tensors
+
     g = None if group is None else group
+    if not carries_host_tensors(g):
+        raise IndexCacheError(
+            f"index cache {cache_dir}: the {dist.get_backend(g)} process group takes no host tensors; "
+            f"pass a host (gloo) group (parallel.host_group) for this handshake"
+        )
     rank = dist.get_rank(g)
     ok = torch.ones(1, dtype=torch.int32)
     error = None

@@ -193,10 +193,10 @@ def main(argv=None) -> int:
     from ..config import ConfigError, load_config
 
     ap = argparse.ArgumentParser(prog="megacrystal data-inspect", description=__doc__.splitlines()[0])
-    ap.add_argument("--config", required=True)
+    ap.add_argument("--config", required=True, help="a run config (YAML)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ap.add_argument("--decode", type=int, default=0, metavar="N", help="show the first N samples of each phase")
-    ap.add_argument("overrides", nargs="*", help="dotted.key=value")
+    ap.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the config")
     a = ap.parse_args(argv)
     try:
         cfg = load_config(a.config, a.overrides)

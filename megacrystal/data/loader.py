@@ -9,6 +9,8 @@
             mb["segment_ids"]               # int32 [b, s]: document number within each sample
             mb["cu_seqlens"], mb["max_seqlen"]  # int32 [n_docs + 1] over the flattened batch (varlen attention)
             mb["source_id"], mb["phase_id"], mb["sample_id"]  # int64 [b]
+            # with parallel.cp > 1: this cp rank's part of each sequence (data/context_parallel.py):
+            # per-token arrays [b, s/cp], mb["cp_doc_start"], mb["cp_split"]; no cu_seqlens
         ckpt["data"] = loader.state_dict()  # {"step": next step, ...}; load_state_dict() resumes exactly
 
 Global batch of step s: global samples [s*G, (s+1)*G). Micro-batch m of DP rank r holds
@@ -27,6 +29,7 @@ import numpy as np
 
 from ..log import get_logger, say_once
 from .batch import collate
+from .context_parallel import CollateForRank, split_micro_batch
 from .dali import dali_micro_batches
 from .phases import PhasedDataset, SourceStream, make_sample
 from .plan import DataPlan, make_plan
@@ -82,6 +85,8 @@ class StepLoader:
         total_steps: int | None = None,
         backend: str = "torch",
         prefetch_factor: int = 2,
+        cp_rank: int = 0,
+        cp_size: int = 1,
     ):
         if not 0 <= dp_rank < dp_size:
             raise ValueError(f"loader: dp_rank {dp_rank} not in [0, {dp_size})")
@@ -92,6 +97,7 @@ class StepLoader:
             )
         self.dataset = dataset
         self.dp_rank, self.dp_size = dp_rank, dp_size
+        self.cp_rank, self.cp_size = cp_rank, cp_size  # every cp rank reads the same samples, keeps its part
         self.mbs, self.gbs = micro_batch_size, global_batch_size
         self.num_microbatches = global_batch_size // (micro_batch_size * dp_size)
         self.total_steps = len(dataset) // global_batch_size if total_steps is None else total_steps
@@ -105,6 +111,12 @@ class StepLoader:
     def micro_batch_ids(self, step: int, m: int) -> list[int]:
         base = step * self.gbs + m * self.mbs * self.dp_size + self.dp_rank * self.mbs
         return list(range(base, base + self.mbs))
+
+    def source_counts(self, step: int):
+        """Samples per source in the global batch of `step` (every dp rank's micro-batches), computed
+        on the host from the data plan: no collective needed. None when the dataset cannot say."""
+        counts = getattr(self.dataset, "source_counts", None)
+        return None if counts is None else counts(step * self.gbs, (step + 1) * self.gbs)
 
     # --- resume
     def state_dict(self) -> dict:
@@ -134,7 +146,8 @@ class StepLoader:
     def _micro_batches(self, start: int) -> Iterator[dict]:
         batches = _MicroBatchIds(self, start)
         if self.backend == "dali":
-            yield from dali_micro_batches(self.dataset, batches, self.num_workers)
+            for mb in dali_micro_batches(self.dataset, batches, self.num_workers):
+                yield split_micro_batch(mb, self.cp_rank, self.cp_size)
             return
         import torch
 
@@ -143,7 +156,7 @@ class StepLoader:
             say_once("loader-no-pin", "data loader: no CUDA device, pinned memory off")
         if self.num_workers == 0:
             for ids in batches:
-                mb = collate([self.dataset[g] for g in ids])
+                mb = split_micro_batch(collate([self.dataset[g] for g in ids]), self.cp_rank, self.cp_size)
                 yield {k: (v.pin_memory() if pin and torch.is_tensor(v) else v) for k, v in mb.items()} if pin else mb
             return
         # forked workers and the HF tokenizer's thread pool (FIM) do not mix; FIM encodes 3 pieces at a time
@@ -152,7 +165,7 @@ class StepLoader:
             _Samples(self.dataset),
             batch_sampler=batches,
             num_workers=self.num_workers,
-            collate_fn=collate,
+            collate_fn=collate if self.cp_size == 1 else CollateForRank(self.cp_rank, self.cp_size),
             pin_memory=pin,
             prefetch_factor=self.prefetch_factor,
         )
@@ -187,11 +200,24 @@ class ValidationSet:
         return out
 
     def batches(
-        self, steps: int, dp_rank: int, dp_size: int, micro_batch_size: int, global_batch_size: int
+        self,
+        steps: int,
+        dp_rank: int,
+        dp_size: int,
+        micro_batch_size: int,
+        global_batch_size: int,
+        cp_rank: int = 0,
+        cp_size: int = 1,
     ) -> StepLoader:
         """A loader over `steps` global batches of this source (wrapping around a small held-out set)."""
         return StepLoader(
-            _Repeat(self, steps * global_batch_size), dp_rank, dp_size, micro_batch_size, global_batch_size
+            _Repeat(self, steps * global_batch_size),
+            dp_rank,
+            dp_size,
+            micro_batch_size,
+            global_batch_size,
+            cp_rank=cp_rank,
+            cp_size=cp_size,
         )
 
 
@@ -227,9 +253,16 @@ def build_validation(plan: DataPlan, cache_dir: str | None, group=None, eod: int
 
 
 def build_data(
-    cfg, dp_rank: int = 0, dp_size: int = 1, group=None, with_validation: bool = True, plan: DataPlan | None = None
+    cfg,
+    dp_rank: int = 0,
+    dp_size: int = 1,
+    group=None,
+    with_validation: bool = True,
+    plan: DataPlan | None = None,
+    cp_rank: int = 0,
 ):
-    """(plan, train StepLoader, {source: ValidationSet}) for a validated config.
+    """(plan, train StepLoader, {source: ValidationSet}) for a validated config. The train loader gives
+    cp rank `cp_rank` (of `parallel.cp`) its part of each sequence.
 
     Call `make_plan(cfg)` before creating process groups and pass it as `plan`: every data problem
     (missing file, empty source, too many epochs, FIM tokenizer) is raised there, on every rank alike.
@@ -252,6 +285,8 @@ def build_data(
         num_workers=d.num_workers,
         pin_memory=d.pin_memory,
         backend=d.backend,
+        cp_rank=cp_rank,
+        cp_size=cfg.parallel.cp,
     )
     valid = build_validation(plan, cache_dir, group, tok.eod if tok else None) if with_validation else {}
     return plan, loader, valid

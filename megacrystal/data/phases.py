@@ -184,6 +184,21 @@ class PhasedDataset:
         src, idx = self.phase_arrays[p]
         return self.entry_sample(p, int(src[t]), int(idx[t]), t)
 
+    def source_counts(self, lo: int, hi: int) -> np.ndarray:
+        """Samples per source (source_id order) among global samples [lo, hi), from the blend
+        indices alone (no sample is read): what a step's global batch holds, known on every rank."""
+        out = np.zeros(len(self.source_ids), dtype=np.int64)
+        hi = min(hi, len(self))
+        while lo < hi:
+            p = bisect.bisect_right(self.starts, lo) - 1
+            end = min(hi, self.starts[p] + self.plan.phases[p].num_samples)
+            entries = self.phase_arrays[p][0][lo - self.starts[p] : end - self.starts[p]]
+            per_entry = np.bincount(np.asarray(entries, dtype=np.int64), minlength=len(self.plan.phases[p].entries))
+            for e, n in zip(self.plan.phases[p].entries, per_entry.tolist(), strict=True):
+                out[self.source_ids[e.source]] += n
+            lo = end
+        return out
+
     def entry_sample(self, p: int, i: int, c: int, t: int = -1) -> Located:
         """Where the c-th sample of entry i of phase p comes from."""
         e = self.plan.phases[p].entries[i]

@@ -1,32 +1,36 @@
-"""The training engine: one model, wrapped in whatever tp x pp x dp grid the config asks for.
+"""The training engine: one model, wrapped in whatever tp x cp x pp x dp grid the config asks for.
 
     engine = Engine(cfg, device)                      # after init_distributed (or a plain process)
     out = engine.train_step(micro_batches, lr)        # {loss, grad_norm, tokens, skipped}
     loss_sum, tokens = engine.eval_loss(micro_batches)
     engine.state_dict() / load_state_dict(sd)         # this rank's model + optimizer shard
-    engine.full_model_state() / load_full_model_state(sd)   # serial-named, consolidated on rank 0
+    engine.full_model_state() / load_full_model_state(src)  # serial-named: gathered on rank 0 / read per rank
 
 `micro_batches` are this dp rank's micro-batches of one optimizer step (every tp/pp rank of the
 replica gets the same list): dicts of CPU tensors tokens, labels, loss_mask [b, s] and optionally
-position_ids, segment_ids. The loss is sum(loss * mask) / sum(mask) over the global batch, and its
+position_ids, segment_ids. Under context parallelism each cp rank gets its part of every sequence
+(`data.context_parallel.split_micro_batch`), and gradients are summed over dp x cp. The loss is sum(loss * mask) / sum(mask) over the global batch, and its
 gradient is exactly that of the serial model on the whole batch: every micro-batch's loss is
 divided by the global token count before backward, and dp gradients are summed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 
 import torch
 import torch.distributed as dist
+from torch.profiler import record_function
 
 from ..compiled.select import resolve_grad_accum_fusion, resolve_optim_impl
 from ..config import Config, ResolvedModelConfig
+from ..data.batch import finish_batch
 from ..model import wgrad_fusion
 from ..model.layers import SerialLayers
 from ..model.mup import init_parameters, param_groups
-from ..model.padding import fit_problem, full_shape, refit, true_part, true_shape
+from ..model.padding import refit, true_part, true_shape
 from ..model.param_spec import param_spec
 from ..model.transformer import count_parameters, serial_layout
 from ..optim.factory import clip_and_step, make_optimizer
@@ -34,12 +38,15 @@ from ..optim.loss_normalization import loss_denominator
 from ..parallel import collectives as C
 from ..parallel import pipeline_schedules as schedules
 from ..parallel.grad_buffers import GradBuffers
+from ..parallel.host import to_host
 from ..parallel.p2p import P2P
 from ..parallel.pipeline import build_chunks, tied_embedding_params
+from ..parallel.ring_attention import RingContext
 from ..parallel.state import Grid, build_grid
 from ..parallel.step import StepCompute
 from ..parallel.tensor import TensorParallelLayers
-from .tensors import default_dtype, to_cpu, to_device
+from .batch_checks import batch_problem
+from .weights import load_weights
 
 FORMAT = "megacrystal-engine/1"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
@@ -55,8 +62,9 @@ class Engine:
         init_weights: bool = True,
     ):
         """`for_training=False`: forward passes only (eval_loss, evaluation), no gradient buffers or
-        optimizer state allocated. `init_weights=False`: the parameters are left uninitialised, for a
-        caller that sets every one of them next (`load_full_model_state` checks that it does). `cfg` is read, never changed (an unresolved model config is resolved
+        optimizer state allocated. `init_weights=False`: the parameters start at zero and nothing is
+        drawn, for a caller that loads weights next (a checkpoint, `load_full_model_state`) or calls
+        `draw_initial_weights`. `cfg` is read, never changed (an unresolved model config is resolved
         into a copy)."""
         if not isinstance(cfg.model, ResolvedModelConfig):
             cfg = dataclasses.replace(cfg, model=cfg.model.resolve())
@@ -68,12 +76,15 @@ class Engine:
         self.sp = bool(par.sequence_parallel) and g.tp_size > 1
         self.layers = SerialLayers() if g.tp_size == 1 else TensorParallelLayers(g, self.sp)
         # parameters are allocated in their final dtype on the device (no fp32 or host copy of the
-        # model on the way); their values are drawn on the CPU in fp32, per name, then copied in
-        with torch.device(self.device), default_dtype(self.dtype):
+        # model on the way); each rank draws the values of its own slice there (model/init_draw.py)
+        with torch.device(self.device), _default_dtype(self.dtype):
             self.chunks = build_chunks(cfg.model, self.layers, g)
-        if init_weights:
-            for m in self.chunks:
+        for m in self.chunks:
+            if init_weights and self.device.type != "meta":  # meta tensors hold no values to draw
                 init_parameters(m, cfg.model, cfg.train.seed)
+            else:
+                for p in m.parameters():
+                    p.detach().zero_()
         if self.sp:  # everything replicated over tp sees a slice of the sequence: partial grads
             for m in self.chunks:
                 for p in m.parameters():
@@ -89,7 +100,7 @@ class Engine:
 
     def _build_training_state(self, named: list) -> None:
         par, g = self.cfg.parallel, self.grid
-        self.optim_impl = resolve_optim_impl(self.cfg.optim.impl, self.device)
+        self.optim_impl = resolve_optim_impl(self.cfg.optim.impl, self.device, dtype=self.dtype)
         self.buffers = GradBuffers(
             named,
             g,
@@ -117,6 +128,15 @@ class Engine:
         if gather is not None:
             gather.wait_all()
 
+    @torch.no_grad()
+    def draw_initial_weights(self) -> None:
+        """The seeded initial weights (what `init_weights=True` draws), after an `init_weights=False`
+        construction; the optimizer's masters follow."""
+        for m in self.chunks:
+            init_parameters(m, self.cfg.model, self.cfg.train.seed)
+        if self.optimizer is not None:
+            self.optimizer.reload_masters()
+
     # ------------------------------------------------------------------ helpers
 
     def _param_groups(self) -> list[dict]:
@@ -133,71 +153,41 @@ class Engine:
 
     def _check_batches(self, micro_batches) -> str | None:
         """The first problem with this rank's micro-batches, or None."""
-        if not isinstance(micro_batches, (list, tuple)) or not micro_batches:
-            return "micro_batches: expected a non-empty list of dicts"
-        m, g = self.cfg.model, self.grid
-        shape = None
-        for i, b in enumerate(micro_batches):
-            where = f"micro_batches[{i}]"
-            if not isinstance(b, dict):
-                return f"{where}: expected a dict, got {type(b).__name__}"
-            for k in ("tokens", "labels", "loss_mask"):
-                if k not in b:
-                    return f"{where}: missing {k!r} (needs tokens, labels, loss_mask)"
-            for k, v in b.items():
-                if k not in ("tokens", "labels", "loss_mask", "position_ids", "segment_ids"):
-                    continue
-                if v is None and k in ("position_ids", "segment_ids"):
-                    continue
-                if not isinstance(v, torch.Tensor) or v.ndim != 2:
-                    return f"{where}.{k}: expected a 2-D tensor [batch, seq]"
-                if shape is None:
-                    shape = tuple(v.shape)
-                if tuple(v.shape) != shape:
-                    return f"{where}.{k}: shape {tuple(v.shape)}, expected {shape} like the others"
-            if b["tokens"].dtype.is_floating_point or b["labels"].dtype.is_floating_point:
-                return f"{where}: tokens and labels must be integer tensors"
-            tmin, tmax = int(b["tokens"].min()), int(b["tokens"].max())
-            if tmin < 0 or tmax >= m.vocab_size:
-                return f"{where}.tokens: ids in [{tmin}, {tmax}], expected [0, {m.vocab_size})"
-            lab = b["labels"]
-            if int(lab.max()) >= m.vocab_size or bool(((lab < 0) & (lab != -100)).any()):
-                bad = int(lab[(lab >= m.vocab_size) | ((lab < 0) & (lab != -100))][0])
-                return f"{where}.labels: id {bad}, expected [0, {m.vocab_size}) or -100 (ignored)"
-        s = shape[1]
-        if s > m.max_seq_len:
-            return f"micro_batches: sequence length {s} exceeds model.max_seq_len={m.max_seq_len}"
-        if self.sp and s % g.tp_size:
-            return f"micro_batches: sequence length {s} is not divisible by tp={g.tp_size} (sequence parallel)"
-        if g.vpp_size > 1 and len(micro_batches) % g.pp_size:
-            return (
-                f"micro_batches: interleaved 1F1B needs the number of micro-batches "
-                f"({len(micro_batches)}) divisible by pp={g.pp_size}"
-            )
-        return None
+        return batch_problem(micro_batches, self.cfg, self.grid, self.sp)
 
-    def _prepare(self, micro_batches) -> tuple[list[dict], float]:
-        """Validate on every rank, agree on it (one all-reduce, so a bad batch on one rank fails
-        every rank instead of hanging them), move to the device; returns the batches on the device
-        and the global loss-token count."""
+    def _prepare(self, micro_batches, stop: bool = False) -> tuple[list[dict] | None, float]:
+        """Validate on every rank and agree on it, with the global loss-token count and the stop flag
+        in the same all-reduce and one host read (so a bad batch on one rank fails every rank instead
+        of hanging them); move to the device. Returns (batches on the device, or None when some rank
+        asked to stop; the global loss-token count)."""
         err = self._check_batches(micro_batches)
         g = self.grid
         count = 0.0
         if err is None and g.tp_rank == 0 and g.pp_rank == 0:
             count = float(sum(b["loss_mask"].double().sum() for b in micro_batches))
-        t = torch.tensor([1.0 if err else 0.0, count], dtype=torch.float64, device=self.device)
+        t = torch.tensor([1.0 if err else 0.0, count, 1.0 if stop else 0.0], dtype=torch.float64, device=self.device)
         C.all_reduce(t, g.world)
         if err is not None:
             raise ValueError(f"Engine: {err}")
-        if t[0].item() > 0:
-            raise ValueError(f"Engine: {int(t[0].item())} rank(s) reported invalid micro-batches (see their error)")
-        batches = [
-            {k: (v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in b.items()}
-            for b in micro_batches
-        ]
+        invalid, tokens, stops = to_host(t, "step.check")
+        if invalid > 0:
+            raise ValueError(f"Engine: {int(invalid)} rank(s) reported invalid micro-batches (see their error)")
+        if stops > 0:
+            return None, tokens
+        batches = []
+        for b in micro_batches:
+            whole = g.cp_size == 1  # a cp rank's part attends through the ring (cp_doc_start), not cu_seqlens
+            if whole and self.cfg.model.document_mask and b.get("segment_ids") is not None and "cu_seqlens" not in b:
+                b = finish_batch(dict(b))  # document boundaries computed on the host, as the loader does
+            batches.append(
+                {k: (v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in b.items()}
+            )
         for b in batches:
             b["loss_mask"] = b["loss_mask"].float()
-        return batches, float(t[1].item())
+            if g.cp_size > 1:
+                starts = b.get("cp_doc_start") if self.cfg.model.document_mask else None
+                b["cp_context"] = RingContext(g.cp, starts)
+        return batches, tokens
 
     def _step(self, batches: list[dict], scale: float) -> StepCompute:
         sync = torch.cuda.synchronize if self.device.type == "cuda" else None
@@ -210,18 +200,37 @@ class Engine:
         shape = (b, s, self.cfg.model.hidden_size)
         return P2P(self.grid, shape, self.dtype, self.device, self.trace, self.cfg.parallel.overlap_p2p_comm)
 
-    def _global_loss_sum(self, step: StepCompute) -> float:
-        g = self.grid
-        holds = any(m.post_process for m in self.chunks) and g.tp_rank == 0
-        t = step.loss_sum.clone() if holds else torch.zeros(1, dtype=torch.float64, device=self.device)
-        C.all_reduce(t, g.world)
-        return float(t.item())
+    def _loss_part(self, step: StepCompute) -> torch.Tensor:
+        """This rank's part of the global loss sum (the last stage's tp rank 0 holds one per replica)."""
+        holds = any(m.post_process for m in self.chunks) and self.grid.tp_rank == 0
+        return step.loss_sum if holds else torch.zeros(1, dtype=torch.float64, device=self.device)
+
+    def _norm_and_loss(self, step: StepCompute) -> tuple[float, float, bool | None]:
+        """The global gradient norm, loss sum and (fused optimizer) whether a gradient it reads is
+        non-finite: one all-reduce over the world, one host read."""
+        parts = [self.buffers.norm_sq_part(), self._loss_part(step)]
+        fused = getattr(self.optimizer, "nonfinite_part", None)
+        if fused is not None:  # it updates in place: the verdict must come before its launches
+            parts.append(fused())
+        t = torch.cat(parts)
+        C.all_reduce(t, self.grid.world)
+        values = to_host(t, "step.norm")
+        return math.sqrt(values[0]), values[1], (values[2] > 0 if fused is not None else None)
 
     # ------------------------------------------------------------------ the API
 
-    def train_step(self, micro_batches: list[dict], lr: float) -> dict:
-        batches, tokens = self._prepare(micro_batches)
-        denom = loss_denominator(self.cfg.optim.loss_normalization, tokens, batches, self.grid.dp_size)
+    def train_step(self, micro_batches: list[dict], lr: float, stop: bool = False) -> dict:
+        """One optimizer step. `stop`: this rank got a stop signal; when any rank did, no step runs
+        and the result says `stopped` (every rank alike: the flag travels with the batch check)."""
+        with record_function("megacrystal.train_step"):  # a profiler range (and a rehearsal's step marker)
+            return self._train_step(micro_batches, lr, stop)
+
+    def _train_step(self, micro_batches: list[dict], lr: float, stop: bool) -> dict:
+        batches, tokens = self._prepare(micro_batches, stop)
+        if batches is None:
+            return dict(loss=math.nan, grad_norm=math.nan, tokens=tokens, skipped=False, stopped=True)
+        g = self.grid  # each of the dp x cp ranks holds as many positions of the global batch
+        denom = loss_denominator(self.cfg.optim.loss_normalization, tokens, batches, g.dp_size * g.cp_size)
         step = self._step(batches, 1.0 / denom)
         self.buffers.start_step(len(batches))
         for m in self.chunks:
@@ -230,14 +239,14 @@ class Engine:
         self.buffers.finish()
         if self.sp:
             self.buffers.allreduce_sequence_parallel()
-        norm = self.buffers.grad_norm()
-        loss = self._global_loss_sum(step) / denom
-        # both are reduced over every rank that holds a part: all ranks take the same decision.
+        norm, loss_sum, nonfinite = self._norm_and_loss(step)
+        loss = loss_sum / denom
+        # all are reduced over every rank that holds a part: all ranks take the same decision.
         # A non-finite step changes no state (parameters, masters, moments, the optimizer's step count).
-        skipped = not (math.isfinite(norm) and math.isfinite(loss))
+        skipped = not (math.isfinite(norm) and math.isfinite(loss)) or bool(nonfinite)
         if not skipped:
-            clip_and_step(self.optimizer, self.buffers, norm, self.cfg.optim.clip_grad, lr)
-        return dict(loss=loss, grad_norm=norm, tokens=tokens, skipped=skipped)
+            skipped = not clip_and_step(self.optimizer, self.buffers, norm, self.cfg.optim.clip_grad, lr, nonfinite)
+        return dict(loss=loss, grad_norm=norm, tokens=tokens, skipped=skipped, stopped=False)
 
     @torch.no_grad()
     def eval_loss(self, micro_batches: list[dict]) -> tuple[float, float]:
@@ -248,12 +257,14 @@ class Engine:
         for m in self.chunks:
             m.eval()
         schedules.forward_only(step, self._p2p(batches), self.grid)
-        return self._global_loss_sum(step), tokens
+        t = self._loss_part(step).clone()
+        C.all_reduce(t, self.grid.world)
+        return to_host(t, "eval.loss")[0], tokens
 
     def state_dict(self) -> dict:
         self.sync_params()
         model = {n: p.detach().to("cpu", copy=True) for m in self.chunks for n, p in m.named_parameters()}
-        return dict(format=FORMAT, layout=self._layout(), model=model, optimizer=to_cpu(self.optimizer.state_dict()))
+        return dict(format=FORMAT, layout=self._layout(), model=model, optimizer=_to_cpu(self.optimizer.state_dict()))
 
     @torch.no_grad()
     def load_state_dict(self, sd: dict) -> None:
@@ -262,9 +273,10 @@ class Engine:
                 f"engine state: expected format {FORMAT!r}, got {sd.get('format') if isinstance(sd, dict) else sd!r}"
             )
         mine, saved = self._layout(), dict(sd.get("layout") or {})
-        if not self.cfg.parallel.distributed_optimizer:  # replicas are identical: any dp rank's state will do
-            mine.pop("dp_rank")
-            saved.pop("dp_rank", None)
+        if not self.cfg.parallel.distributed_optimizer:  # replicas are identical: any dp/cp rank's state will do
+            for k in ("dp_rank", "cp_rank"):
+                mine.pop(k, None)
+                saved.pop(k, None)
         if saved != mine:
             raise ValueError(f"engine state: saved by rank layout {sd.get('layout')}, this rank is {self._layout()}")
         self.sync_params()
@@ -278,7 +290,7 @@ class Engine:
             if tuple(src.shape) != tuple(p.shape):
                 raise ValueError(f"engine state: model.{n} has shape {tuple(src.shape)}, expected {tuple(p.shape)}")
             p.copy_(src.to(p.dtype))
-        self.optimizer.load_state_dict(to_device(sd["optimizer"], self.device))
+        self.optimizer.load_state_dict(_to_device(sd["optimizer"], self.device))
 
     def _layout(self) -> dict:
         g = self.grid
@@ -290,6 +302,7 @@ class Engine:
             dp_rank=g.dp_rank,
             distributed_optimizer=bool(self.cfg.parallel.distributed_optimizer),
             precision=self.cfg.train.precision,
+            **(dict(cp_rank=g.cp_rank) if g.cp_size > 1 else {}),
         )
 
     # ------------------------------------------------------------------ consolidated weights
@@ -304,8 +317,9 @@ class Engine:
         model), gathered over tp and pp onto global rank 0 as CPU tensors; None on the other ranks."""
         self.sync_params()
         g = self.grid
-        local = self._gather_tp() if g.dp_rank == 0 else {}
-        if g.dp_rank == 0 and g.tp_rank == 0 and g.pp_size > 1:
+        first = g.dp_rank == 0 and g.cp_rank == 0  # the replica that holds global rank 0
+        local = self._gather_tp() if first else {}
+        if first and g.tp_rank == 0 and g.pp_size > 1:
             local = self._gather_pp(local)
         if g.rank != 0:
             return None
@@ -348,38 +362,39 @@ class Engine:
                 local[n] = t
         return local
 
-    @torch.no_grad()
-    def load_full_model_state(self, sd: dict | None) -> None:
-        """Set the weights from a serial-named state dict (as `full_model_state` returns). Give it on
-        every rank, or on rank 0 only (then it is broadcast). The optimizer's fp32 masters follow;
-        its moments are left as they are."""
-        g = self.grid
-        if g.world_size > 1:
-            have = torch.tensor([1.0 if sd is not None else 0.0], device=self.device)
-            C.all_reduce(have, g.world)
-            if have.item() < g.world_size:
-                first = [sd if g.rank == 0 else None]
-                dist.broadcast_object_list(first, src=0)
-                sd = first[0]
-        if sd is None:
-            raise ValueError("load_full_model_state: no state dict on rank 0")
-        self.sync_params()
-        layout = serial_layout(self.cfg.model)
-        missing = sorted(set(layout) - set(sd))
-        extra = sorted(set(sd) - set(layout))
-        if missing or extra:
-            raise ValueError(
-                f"load_full_model_state: keys differ from the model's (missing {missing[:5]}, unexpected {extra[:5]})"
-            )
-        for n, (shape, true) in layout.items():  # every rank checks every tensor: none is left waiting
-            problem = fit_problem(sd[n], true, shape)
-            if problem:
-                raise ValueError(f"load_full_model_state: {n} {problem}")
-        for m in self.chunks:
-            for n, p in m.named_parameters():
-                spec = param_spec(p)
-                key = (spec.seed_name or n) if spec.tied_copy else n
-                full = refit(sd[key], true_shape(p), full_shape(p))
-                p.copy_(spec.shard(full).to(device=p.device, dtype=p.dtype))
-        if self.optimizer is not None:
-            self.optimizer.reload_masters()
+    def load_full_model_state(self, source) -> None:
+        """Set the weights from serial-named tensors: a dict, or a `model/weight_source.py` source
+        (files read by slices), given on every rank; each rank reads only the part it keeps
+        (engine/weights.py). The optimizer's masters follow; its moments are left as they are."""
+        self.sync_params()  # no parameter all-gather still in flight may overwrite what is loaded
+        load_weights(self, source)
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def _to_device(obj, device):
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(v, device) for v in obj)
+    return obj

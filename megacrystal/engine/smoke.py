@@ -18,6 +18,7 @@ import time
 import torch
 
 from ..config import ConfigError, load_config
+from ..data.context_parallel import split_micro_batch
 from ..parallel.init import init_distributed
 from ..parallel.state import destroy
 from .engine import Engine
@@ -57,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     for step in range(args.steps):
         batch = synthetic_batch(step, t.global_batch_size, cfg.data.seq_length, m.vocab_size, t.seed)
         t0 = time.perf_counter()
-        out = engine.train_step(split_for_rank(batch, grid.dp_rank, grid.dp_size, t.micro_batch_size), args.lr)
+        mbs = split_for_rank(batch, grid.dp_rank, grid.dp_size, t.micro_batch_size)
+        mbs = [split_micro_batch(mb, grid.cp_rank, grid.cp_size) for mb in mbs]  # context parallel: this rank's part
+        out = engine.train_step(mbs, args.lr)
         rec = dict(
             step=step,
             loss=out["loss"],

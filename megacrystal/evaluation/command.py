@@ -6,11 +6,13 @@
                      --code-sources py --seq-length 2048
     torchrun --nproc-per-node 8 -m megacrystal.cli eval --checkpoint CKPT --tp 2 ...   # several ranks
     megacrystal eval --checkpoint hf_dir --harness hellaswag,arc_easy                  # lm-evaluation-harness
+    megacrystal eval --checkpoint runs/demo --all [--steps 100,200]   # every kept checkpoint (eval_all.py)
 
 Reports (a) per-source loss and perplexity (token mean of the training loss, by the training engine),
 (b) fill-in-the-middle exact match and edit similarity, PSM and SPM, (c) next-line completion exact
 match, on a fixed sample of held-out code documents. Console table + JSON (default for a run's
-checkpoint: RUN/eval/step_XXXXXXXX.json; an existing file is kept unless --force).
+checkpoint: RUN/eval/step_XXXXXXXX-<settings fingerprint>.json, see results.py; an existing file is
+kept unless --force).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ log = get_logger("megacrystal.eval")
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="megacrystal eval", description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", required=True, help="run dir, checkpoint, model dir or HF directory")
+    ap.add_argument("--all", action="store_true", help="score every kept checkpoint of the run --checkpoint names")
+    ap.add_argument("--steps", help="with --all: only these steps (comma-separated, e.g. 1000,2000)")
     ap.add_argument("--config", help="config whose validation split to use (default: the run's own)")
     ap.add_argument("--data", action="append", default=[], metavar="NAME=PREFIX[,PREFIX]", help="evaluate on files")
     ap.add_argument("--code-sources", nargs="*", help="with --data: sources FIM/completion use (default code*)")
@@ -36,23 +40,24 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--documents", type=int, default=64, help="held-out code documents to draw lines from")
     ap.add_argument("--fim-examples", type=int, default=64, help="lines scored by FIM, each PSM and SPM (0: skip)")
     ap.add_argument("--completion-examples", type=int, default=64, help="lines scored by completion (0: skip)")
-    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--max-new-tokens", type=int, default=32, help="longest FIM middle / completion decoded")
     ap.add_argument("--no-loss", action="store_true", help="skip the per-source losses")
     ap.add_argument("--seed", type=int, default=0, help="document sample and scored lines")
-    ap.add_argument("--tp", type=int, default=1)
-    ap.add_argument("--pp", type=int, default=1)
+    ap.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks for the losses")
+    ap.add_argument("--pp", type=int, default=1, help="pipeline-parallel ranks for the losses")
+    ap.add_argument("--cp", type=int, default=1, help="context-parallel ranks for the losses (each sequence split)")
     ap.add_argument("--micro-batch-size", type=int, default=8, help="samples per forward for the losses")
     ap.add_argument("--generation-batch-size", type=int, default=16, help="prompts decoded together")
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="auto: bf16 on GPU")
-    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    ap.add_argument("--output", help="JSON path (default RUN/eval/step_N.json for a run's checkpoint)")
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda if available")
+    ap.add_argument("--output", help="JSON path (default RUN/eval/step_N-<settings fingerprint>.json)")
     ap.add_argument("--force", action="store_true", help="replace an existing --output")
-    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     h = ap.add_argument_group("lm-evaluation-harness (instead of the built-in scores)")
     h.add_argument("--harness", metavar="TASKS", help="comma-separated harness tasks")
     h.add_argument("--limit", type=float, help="examples per task (or fraction)")
-    h.add_argument("--batch-size", default=1)
-    h.add_argument("--num-fewshot", type=int)
+    h.add_argument("--batch-size", default=1, help="harness batch size")
+    h.add_argument("--num-fewshot", type=int, help="few-shot examples (default: the task's)")
     h.add_argument("--include-path", help="directory of extra task YAMLs")
     ap.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the config")
     return ap
@@ -128,18 +133,52 @@ def _eval_data(a, loaded, tok):
     return from_config(cfg)
 
 
+def resolve_precision(a) -> str:
+    import torch
+
+    cuda = a.device == "cuda" or (a.device == "auto" and torch.cuda.is_available())
+    return a.precision if a.precision != "auto" else ("bf16" if cuda else "fp32")
+
+
+def scoring_settings(a, precision: str) -> dict:
+    """What decides the scores (the data, what is scored, how), fingerprinted in the result's name. Not
+    the layout, batch sizes or device: they change rounding only."""
+    config = None
+    if a.config:
+        import hashlib
+
+        config = hashlib.sha256(Path(a.config).read_bytes()).hexdigest()[:16]
+    return dict(
+        config=config,
+        overrides=list(a.overrides),
+        data=sorted(a.data),
+        code_sources=None if a.code_sources is None else sorted(a.code_sources),
+        seq_length=a.seq_length,
+        max_samples=a.max_samples,
+        documents=a.documents,
+        fim_examples=a.fim_examples,
+        completion_examples=a.completion_examples,
+        max_new_tokens=a.max_new_tokens,
+        no_loss=a.no_loss,
+        seed=a.seed,
+        precision=precision,
+    )
+
+
 def _default_output(a, loaded) -> Path | None:
+    from .results import report_path, settings_fingerprint
+
     if a.output:
         return Path(a.output)
     o = loaded.origin
     if o.get("run_dir") and o.get("step") is not None:
-        return Path(o["run_dir"]) / "eval" / f"step_{int(o['step']):08d}.json"
+        return report_path(o["run_dir"], o["step"], settings_fingerprint(scoring_settings(a, resolve_precision(a))))
     return None
 
 
-def evaluate(a, loaded=None) -> dict | None:
-    """Run the evaluation (of `loaded`, else of --checkpoint); returns the report on rank 0 (None elsewhere)."""
-    import torch
+def evaluate(a, loaded=None, cache: dict | None = None) -> dict | None:
+    """Run the evaluation (of `loaded`, else of --checkpoint); returns the report on rank 0 (None elsewhere).
+    `cache` (a dict kept between calls) reuses the engine for the next model of the same shape."""
 
     from ..model.transformer import count_parameters
     from ..tokenizer import load_tokenizer
@@ -147,6 +186,7 @@ def evaluate(a, loaded=None) -> dict | None:
     from .engine_runner import EvalRunner
     from .model_loading import load_for_eval
     from .per_source_loss import source_losses, total_samples
+    from .results import settings_fingerprint
     from .validation_data import tokenizer_fingerprint
 
     t0 = time.perf_counter()
@@ -154,14 +194,22 @@ def evaluate(a, loaded=None) -> dict | None:
     tok = load_tokenizer(None, loaded.tokenizer_path) if loaded.tokenizer_path else None
     if tok is None and (a.fim_examples or a.completion_examples):
         raise ValueError(f"{a.checkpoint}: no tokenizer saved with the model (needed for FIM/completion)")
-    if a.pp > 1 and (a.fim_examples or a.completion_examples):
-        raise ValueError("--pp > 1 serves the losses only; pass --fim-examples 0 --completion-examples 0")
+    for flag, n in (("--pp", a.pp), ("--cp", a.cp)):
+        if n > 1 and (a.fim_examples or a.completion_examples):
+            raise ValueError(f"{flag} > 1 serves the losses only; pass --fim-examples 0 --completion-examples 0")
     data = _eval_data(a, loaded, tok)
     if data.seq_length > loaded.cfg.max_seq_len:
         raise ValueError(f"sequence length {data.seq_length} exceeds the model's max_seq_len {loaded.cfg.max_seq_len}")
-    cuda = a.device == "cuda" or (a.device == "auto" and torch.cuda.is_available())
-    precision = a.precision if a.precision != "auto" else ("bf16" if cuda else "fp32")
-    runner = EvalRunner(loaded.cfg, loaded.state_dict, a.tp, a.pp, a.micro_batch_size, precision, a.device)
+    precision = resolve_precision(a)
+    runner = (cache or {}).get("runner")
+    if runner is not None and runner.cfg.model == loaded.cfg:
+        runner.engine.load_full_model_state(loaded.state_dict)
+    else:
+        runner = EvalRunner(
+            loaded.cfg, loaded.state_dict, a.tp, a.pp, a.micro_batch_size, precision, a.device, data.seq_length, cp=a.cp
+        )
+        if cache is not None:
+            cache["runner"] = runner
     docs = []
     if a.fim_examples or a.completion_examples:
         docs = sample_code_documents(data.code_files, tok, a.documents, a.seed)
@@ -185,9 +233,12 @@ def evaluate(a, loaded=None) -> dict | None:
             precision=precision,
             tp=a.tp,
             pp=a.pp,
+            cp=a.cp,
             world=runner.grid.world_size,
         ),
     }
+    scoring = scoring_settings(a, precision)
+    report["scoring"] = dict(fingerprint=settings_fingerprint(scoring), settings=scoring)
     if not a.no_loss:
         report["losses"] = source_losses(runner, data.valid, a.max_samples, bar.update)
     if docs and a.fim_examples:
@@ -245,6 +296,10 @@ def main(argv=None) -> int:
     from ..config import ConfigError
 
     a = build_parser().parse_args(argv)
+    if a.all or a.steps:
+        from .eval_all import main_all
+
+        return main_all(a)
     if a.harness:
         return _harness(a)
     from .model_loading import load_for_eval

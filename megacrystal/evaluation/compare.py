@@ -3,16 +3,16 @@
     megacrystal compare runs/study/crystal/seed1 runs/study/crystal/seed2 runs/study/mixed/seed1 ... --output cmp/
 
 Each input is a run directory (metrics.jsonl, config.yaml, and the newest eval/step_*.json when there
-is one) or an eval JSON. Runs named `seedN` are grouped under their parent directory's name (mean and
+is one: results.py) or an eval JSON. Runs named `seedN` are grouped under their parent directory's name (mean and
 spread over the seeds); other runs are their own group. Inputs measured with different tokenizers or on
 different validation sets are refused: their losses are not comparable.
 
 Final per-source losses come from the eval report (all held-out samples) or, without one, from the last
 validation in metrics.jsonl (train.eval_iters batches); the "loss from" column says which.
 
-Writes DIR/compare.json, DIR/compare.md (the table printed on the console) and DIR/valid_loss.svg/png
-(per-source validation loss vs tokens, one panel per source, phase boundaries marked; needs
-matplotlib: pip install 'megacrystal[plot]').
+Writes DIR/compare.json, DIR/compare.md (the table printed on the console) and DIR/valid_loss.png/svg
+(per-source validation loss vs tokens, one panel per source, phase boundaries marked). With
+--trajectory also DIR/trajectory.* (every evaluated checkpoint of each run: trajectory.py).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..plotting import FORMATS
 from .report import read_report, write_json
 
 SEED_DIR = re.compile(r"^seed[-_]?\d+$")
@@ -65,6 +66,24 @@ class RunRecord:
                 return {k: int(v) * seq for k, v in r["samples_per_source"].items()}
         return {}
 
+    def phase_ends(self) -> list[tuple[str, int, int]]:
+        """(phase, last step, tokens seen at it) of every phase: from the run's config (phases in steps),
+        else from metrics.jsonl (the last logged step of each phase)."""
+        cfg = self.config or {}
+        phases = (cfg.get("data") or {}).get("phases") or []
+        seq, gbs = (cfg.get("data") or {}).get("seq_length"), (cfg.get("train") or {}).get("global_batch_size")
+        if phases and seq and gbs and all(p.get("steps") for p in phases):
+            out, steps = [], 0
+            for p in phases:
+                steps += p["steps"]
+                out.append((str(p.get("name")), steps, steps * gbs * seq))
+            return out
+        ends: dict[str, tuple[int, int]] = {}
+        for r in self.rows:
+            if "step" in r:
+                ends[str(r.get("phase"))] = (r["step"], r.get("tokens", 0))
+        return [(name, s, t) for name, (s, t) in ends.items()]
+
     def scores(self) -> dict:
         out = {}
         rep = self.report or {}
@@ -83,8 +102,11 @@ def _label(run_dir: Path) -> str:
 
 
 def _newest_report(run_dir: Path) -> dict | None:
-    reps = sorted((run_dir / "eval").glob("step_*.json"))
-    return read_report(reps[-1]) if reps else None
+    """The report of the newest evaluated checkpoint (of several settings: the one written last)."""
+    from .results import run_reports
+
+    reps = [(step, p.stat().st_mtime_ns, p) for by_step in run_reports(run_dir).values() for step, p in by_step.items()]
+    return read_report(max(reps)[2]) if reps else None
 
 
 def _read_rows(run_dir: Path) -> list:
@@ -221,7 +243,7 @@ def render_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def compare(paths: list[str], output: str, formats=("svg", "png")) -> dict:
+def compare(paths: list[str], output: str, formats=FORMATS, with_trajectory: bool = False) -> dict:
     if not paths:
         raise CompareError("give at least one run directory or eval JSON")
     records = [load_record(p) for p in paths]
@@ -237,30 +259,78 @@ def compare(paths: list[str], output: str, formats=("svg", "png")) -> dict:
     tmp.replace(out / "compare.md")
     summary["table"] = table
     summary["plots"] = []
-    if any(r.rows for r in records):
-        try:
-            from .compare_plot import plot_curves
-        except ImportError as e:
-            summary["plot_error"] = f"plot skipped: {e} (pip install 'megacrystal[plot]')"
-        else:
-            summary["plots"] = plot_curves(records, summary["sources"], out / "valid_loss", formats)
+    if any(r.rows for r in records) and formats:
+        summary["plots"] = plot_curves(records, summary["sources"], out / "valid_loss", formats)
+    if with_trajectory:
+        from .trajectory import trajectory
+
+        summary["trajectory"] = trajectory(records, out, formats)
     return summary
+
+
+def _curve(rows: list, source: str) -> dict:
+    return {
+        r["tokens"]: r["valid_loss"][source]
+        for r in rows
+        if isinstance(r.get("valid_loss"), dict) and source in r["valid_loss"] and "tokens" in r
+    }
+
+
+def plot_curves(records: list[RunRecord], sources: list[str], stem: Path, formats=FORMATS) -> list[str]:
+    """Per-source validation loss (metrics.jsonl) vs training tokens, one panel per source, one colour per
+    group: the mean over its seeds, a band from the lowest to the highest seed, its phase ends dashed."""
+    from ..plotting import Line, Mark, Panel, draw
+
+    groups: dict[str, list[RunRecord]] = {}
+    for r in records:
+        if r.rows:
+            groups.setdefault(r.label, []).append(r)
+    panels = []
+    for src in sources:
+        lines, marks = [], []
+        for label, rs in groups.items():
+            per_seed = [_curve(r.rows, src) for r in rs]
+            xs = sorted(set.intersection(*(set(c) for c in per_seed)))
+            if not xs:
+                continue
+            vals = [[c[x] for c in per_seed] for x in xs]
+            band = len(rs) > 1
+            lines.append(
+                Line(
+                    f"{label} (n={len(rs)})",
+                    [x / 1e6 for x in xs],
+                    [statistics.fmean(v) for v in vals],
+                    [min(v) for v in vals] if band else None,
+                    [max(v) for v in vals] if band else None,
+                )
+            )
+            marks += [Mark(t / 1e6, of=lines[-1].label) for _, _, t in rs[0].phase_ends()[:-1]]
+        panels.append(Panel(src, "training tokens (M)", "validation loss", lines, marks))
+    title = "validation loss per source (mean over seeds, band: min-max; dashed: phase boundaries)"
+    return draw(panels, stem, title, formats)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="megacrystal compare", description=__doc__.split("\n\n")[0])
-    ap.add_argument("inputs", nargs="+", metavar="RUN_OR_EVAL")
+    ap.add_argument("inputs", nargs="+", metavar="RUN_OR_EVAL", help="run directories or eval JSON reports")
     ap.add_argument("--output", required=True, help="directory for compare.json, compare.md and the plot")
-    ap.add_argument("--format", default="svg,png", help="plot formats (comma-separated)")
+    ap.add_argument("--format", default="png,svg", help="plot formats, comma-separated ('': no plot)")
+    ap.add_argument(
+        "--trajectory",
+        action="store_true",
+        help="also every evaluated checkpoint of each run vs tokens seen: DIR/trajectory.{png,svg,md,csv,json}",
+    )
     a = ap.parse_args(argv)
     try:
-        s = compare(a.inputs, a.output, tuple(f for f in a.format.split(",") if f))
+        s = compare(a.inputs, a.output, tuple(f for f in a.format.split(",") if f), a.trajectory)
     except (CompareError, ValueError, FileNotFoundError) as e:
         print(f"megacrystal compare: {e}", file=sys.stderr)
         return 2
     print(s["table"])
-    if s.get("plot_error"):
-        print(f"megacrystal compare: {s['plot_error']}", file=sys.stderr)
+    if "trajectory" in s:
+        print(f"\nAt each phase end (eval settings {s['trajectory']['settings']['eval']}):\n")
+        print(s["trajectory"]["table"])
+        s["plots"] += s["trajectory"]["files"]
     for p in s["plots"]:
         print(f"wrote {p}")
     print(f"wrote {Path(a.output) / 'compare.md'}, {Path(a.output) / 'compare.json'}")

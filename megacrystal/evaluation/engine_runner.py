@@ -6,9 +6,10 @@ loaded with consolidated weights, asked only for forward passes.
     ids = runner.next_tokens(batch)                # greedy next tokens (tp gathers the vocabulary shards)
     results = runner.map(tasks, fn, batch_size)    # batches split over data-parallel replicas, gathered
 
-Launched by torchrun it uses the world torchrun gives (dp = world / (tp x pp)); otherwise it is a
-world of one. The loss is the engine's `eval_loss`, i.e. exactly the training loss; generation needs
-pp = 1 (each replica decodes its share of the documents; tensor-parallel ranks decode together).
+Launched by torchrun it uses the world torchrun gives (dp = world / (tp x cp x pp)); otherwise it is a
+world of one. The loss is the engine's `eval_loss`, i.e. exactly the training loss (under context
+parallelism each cp rank scores its part of every sequence); generation needs pp = cp = 1 (each
+replica decodes its share of the documents; tensor-parallel ranks decode together).
 """
 
 from __future__ import annotations
@@ -32,15 +33,19 @@ class EvalRunner:
         precision: str = "fp32",
         device: str = "auto",
         seq_length: int | None = None,
+        cp: int = 1,
     ):
         from ..engine.engine import Engine
         from ..parallel.init import init_distributed
 
         world = int(dist.get_world_size()) if dist.is_initialized() else _env_world()
-        dp = max(1, world // (tp * pp))
+        dp = max(1, world // (tp * cp * pp))
+        seq = seq_length or model_cfg.max_seq_len
+        if cp > 1 and seq % (2 * cp):
+            raise ValueError(f"--cp {cp}: sequence length {seq} is not divisible by 2*cp = {2 * cp}")
         cfg = Config(
             model=model_cfg,
-            parallel=ParallelConfig(tp=tp, pp=pp, overlap_grad_reduce=False),
+            parallel=ParallelConfig(tp=tp, pp=pp, cp=cp, overlap_grad_reduce=False),
             data=DataConfig(seq_length=seq_length or model_cfg.max_seq_len),
             train=TrainConfig(
                 micro_batch_size=micro_batch_size,
@@ -73,6 +78,7 @@ class EvalRunner:
         """(sum of masked token losses, number of loss tokens) of up to `global_batch` samples (numpy
         dicts as the data layer makes them; every rank passes the same list). A short list is padded
         with copies whose loss mask is zero, so the result is exact."""
+        from ..data.context_parallel import split_micro_batch
         from ..data.loader import collate
 
         g, b = self.grid, self.micro_batch_size
@@ -87,7 +93,7 @@ class EvalRunner:
         mbs = []
         for m in range(g.pp_size):
             base = m * b * g.dp_size + g.dp_rank * b
-            mbs.append(collate(padded[base : base + b]))
+            mbs.append(split_micro_batch(collate(padded[base : base + b]), g.cp_rank, g.cp_size))
         return self.engine.eval_loss(mbs)
 
     # ------------------------------------------------------------------ generation
@@ -102,8 +108,8 @@ class EvalRunner:
         """Next-token logits [len(batch), vocab] after each sequence (each at most max_seq_len long):
         one forward over the batch right-padded to its longest sequence (causal attention: a position
         never sees the padding after it)."""
-        if self.grid.pp_size > 1:
-            raise ValueError("generation needs parallel pp=1 (use tp and data-parallel ranks)")
+        if self.grid.pp_size > 1 or self.grid.cp_size > 1:
+            raise ValueError("generation needs parallel pp=1 and cp=1 (use tp and data-parallel ranks)")
         lengths = [len(x) for x in batch]
         if min(lengths) < 1 or max(lengths) > self.max_seq_len:
             raise ValueError(

@@ -26,7 +26,7 @@ class LoadedModel:
     cfg: ModelConfig
     state_dict: dict
     tokenizer_path: str | None
-    origin: dict = field(default_factory=dict)  # path, kind, checkpoint, step, run_dir
+    origin: dict = field(default_factory=dict)  # path, kind, checkpoint, step, tokens, phase, run_dir
 
 
 def load_for_eval(path: str) -> LoadedModel:
@@ -54,14 +54,15 @@ def load_for_eval(path: str) -> LoadedModel:
             ckpt = model_dir.parent if model_dir.name == "model" else model_dir
     except CheckpointError as e:
         raise EvalInputError(str(e)) from None
-    step, run_dir = None, None
+    meta, run_dir = {}, None
     trainer = ckpt / "trainer.json"
     if trainer.is_file():
         try:
-            step = json.loads(trainer.read_text()).get("step")
+            meta = json.loads(trainer.read_text())
         except json.JSONDecodeError:
             raise EvalInputError(f"{trainer}: not valid JSON") from None
         if ckpt.parent.name == "checkpoints":
             run_dir = str(ckpt.parent.parent)
-    origin = dict(path=str(p), kind="checkpoint", checkpoint=str(ckpt), step=step, run_dir=run_dir)
+    origin = dict(path=str(p), kind="checkpoint", checkpoint=str(ckpt), step=meta.get("step"), run_dir=run_dir)
+    origin.update(tokens=meta.get("tokens"), phase=meta.get("phase"))  # tokens seen, phase at the save
     return LoadedModel(cfg, sd, checkpoint_tokenizer(p), origin)

@@ -1,6 +1,7 @@
 """Hugging Face interop: `megacrystal export-hf` and `megacrystal import-hf`.
 
     megacrystal export-hf --checkpoint DIR --format {crystalcoder,llama} --output DIR [--dtype D]
+    megacrystal export-hf --checkpoint RUN --all --format F --output DIR   # DIR/step_N/ per kept checkpoint
     megacrystal import-hf --hf DIR --output DIR [--dtype D]
 
 A checkpoint here is a training checkpoint (DCP, read offline; a run directory means its newest intact
@@ -8,7 +9,8 @@ one) or a consolidated model directory of `model/serialization.py`; checkpoints 
 `checkpoint/reader.py`. The HF side is config.json + safetensors (one file, or shards + index above
 --max-shard-size) + the tokenizer file and a tokenizer_config.json; a crystalcoder export also carries
 its modeling code (`hf/remote/`, named by `auto_map`). Import also reads PyTorch `pytorch_model*.bin`
-files (weights only). Layouts: `hf/layouts.py`.
+files (weights only). Layouts: `hf/layouts.py`. An export of a training checkpoint carries its step,
+tokens seen and phase in config.json's "megacrystal" entry; `--all`: hf/export_all.py.
 """
 
 from __future__ import annotations
@@ -21,18 +23,18 @@ from pathlib import Path
 import torch
 
 from ..checkpoint.format import CheckpointError
-from ..checkpoint.reader import read_checkpoint
+from ..checkpoint.reader import read_checkpoint, resolve_checkpoint
 from ..model.serialization import (
     ModelFormatError,
     atomic_write_bytes,
     copy_tokenizer,
-    read_json_object,
     save_model,
     save_state_dict,
-    tokenizer_in,
 )
-from .layouts import LAYOUTS, LayoutError, from_crystalcoder, from_llama
+from .layout_common import serial_shapes
+from .layouts import LAYOUTS, LayoutError
 from .remote import write_remote_code
+from .sliced import hf_source
 
 DTYPES = {"keep": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -126,54 +128,12 @@ def write_hf(out_dir, conf: dict, tensors: dict, tokenizer_path: str | None, max
     return out
 
 
-def _load_weights_file(path: Path) -> dict:
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise HFError(f"{path}: cannot read weights ({e})") from None
-
-
-def read_hf(hf_dir) -> tuple[dict, dict, str | None]:
-    """-> (config.json as a dict, every tensor by name, the tokenizer file or None)."""
-    d = Path(hf_dir)
-    conf = read_json_object(d / "config.json", HFError, "expected a Hugging Face model directory")
-    tensors: dict = {}
-    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        index = d / index_name
-        if index.is_file():
-            try:
-                files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-                raise HFError(f"{index}: expected {{\"weight_map\": {{name: file}}}} ({e})") from None
-            for f in files:
-                if not (d / f).is_file():
-                    raise HFError(f"{index}: names {f}, which is not in {d}")
-                tensors.update(_load_weights_file(d / f))
-            break
-    else:
-        for single in ("model.safetensors", "pytorch_model.bin"):
-            if (d / single).is_file():
-                tensors = _load_weights_file(d / single)
-                break
-        else:
-            raise HFError(f"{d}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
-    return conf, tensors, tokenizer_in(d)
-
-
 def hf_to_model(hf_dir) -> tuple:
-    """Read an HF directory into (ModelConfig, our state dict, tokenizer file or None)."""
-    conf, tensors, tok = read_hf(hf_dir)
-    where = str(Path(hf_dir) / "config.json")
-    kind = conf.get("model_type")
-    readers = {"crystalcoder": from_crystalcoder, "llama": from_llama}
-    if kind not in readers:
-        raise HFError(f"{where}: model_type {kind!r}; supported: {sorted(readers)}")
+    """Read an HF directory into (ModelConfig, our state dict, tokenizer file or None): the whole model
+    in this process (`hf/sliced.py` `hf_source` reads it by slices instead)."""
+    cfg, src, tok = hf_source(hf_dir, HFError)
     try:
-        cfg, sd = readers[kind](conf, tensors, where)
+        sd = serial_shapes(cfg, src.read_all())
     except LayoutError as e:
         raise HFError(str(e)) from None
     return cfg, sd, tok
@@ -186,10 +146,29 @@ def _cast(sd: dict, dtype: torch.dtype | None) -> dict:
     return sd if dtype is None else {k: v.to(dtype) for k, v in sd.items()}
 
 
+def training_meta(checkpoint) -> tuple[Path | None, dict | None]:
+    """(the training checkpoint directory, {step, tokens, phase, checkpoint}) of a checkpoint or run
+    directory; (None, None) for a consolidated model directory."""
+    from ..checkpoint.files import trainer_meta
+
+    try:
+        ckpt = resolve_checkpoint(checkpoint)
+        meta = trainer_meta(ckpt)
+    except CheckpointError:
+        return None, None
+    return ckpt, {
+        "step": meta.get("step"),
+        "tokens": meta.get("tokens"),
+        "phase": meta.get("phase"),
+        "checkpoint": ckpt.name,
+    }
+
+
 def export_hf(checkpoint, fmt: str, output, dtype: torch.dtype | None = None, max_shard_bytes: int = 5 * 2**30) -> Path:
     if fmt not in LAYOUTS:
         raise HFError(f"--format: expected one of {sorted(LAYOUTS)}, got {fmt!r}")
-    cfg, sd, tok = read_checkpoint(checkpoint)
+    ckpt, meta = training_meta(checkpoint)
+    cfg, sd, tok = read_checkpoint(ckpt or checkpoint)
     make_config, convert, _ = LAYOUTS[fmt]
     ids = tokenizer_ids(tok)
     sd = _cast(sd, dtype)
@@ -202,6 +181,8 @@ def export_hf(checkpoint, fmt: str, output, dtype: torch.dtype | None = None, ma
         tensors = convert(cfg, sd)
     except LayoutError as e:
         raise HFError(str(e)) from None
+    if meta is not None:
+        conf["megacrystal"] = meta
     out = write_hf(output, conf, tensors, tok, max_shard_bytes)
     if fmt == "crystalcoder":  # the modeling code `auto_map` names (trust_remote_code)
         write_remote_code(out)
@@ -225,6 +206,11 @@ def _size(text: str) -> int:
     raise argparse.ArgumentTypeError(f"expected a size like 5GB or 500MB, got {text!r}")
 
 
+# the same words as in `megacrystal --help` (cli.py COMMANDS; tests/test_cli_help.py checks it)
+EXPORT_HELP = "run, checkpoint or model directory -> HF directory (crystalcoder or llama layout)"
+IMPORT_HELP = "HF directory (crystalcoder or llama layout) -> model directory"
+
+
 def _run(fn, prog: str) -> int:
     try:
         out = fn()
@@ -236,20 +222,33 @@ def _run(fn, prog: str) -> int:
 
 
 def export_main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="megacrystal export-hf", description="model directory -> HF directory")
+    ap = argparse.ArgumentParser(prog="megacrystal export-hf", description=EXPORT_HELP)
     ap.add_argument("--checkpoint", required=True, help="run dir, checkpoint dir, or model directory")
-    ap.add_argument("--format", required=True, choices=sorted(LAYOUTS))
-    ap.add_argument("--output", required=True)
-    ap.add_argument("--dtype", default="keep", choices=sorted(DTYPES))
+    ap.add_argument("--format", required=True, choices=sorted(LAYOUTS), help="the HF layout to write")
+    ap.add_argument("--output", required=True, help="the HF directory to write")
+    ap.add_argument("--dtype", default="keep", choices=sorted(DTYPES), help="tensor dtype written (keep: as stored)")
     ap.add_argument("--max-shard-size", type=_size, default=5 * 2**30, help="e.g. 5GB (default)")
+    ap.add_argument(
+        "--all",
+        action="store_true",
+        help="every kept checkpoint of the run into OUTPUT/step_N/ (existing ones skipped)",
+    )
     a = ap.parse_args(argv)
+    if a.all:
+        from .export_all import export_all
+
+        def every():
+            written = export_all(a.checkpoint, a.format, a.output, DTYPES[a.dtype], a.max_shard_size)
+            return f"{len(written)} new folder(s) in {a.output}"
+
+        return _run(every, "export-hf")
     return _run(lambda: export_hf(a.checkpoint, a.format, a.output, DTYPES[a.dtype], a.max_shard_size), "export-hf")
 
 
 def import_main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="megacrystal import-hf", description="HF directory -> model directory")
+    ap = argparse.ArgumentParser(prog="megacrystal import-hf", description=IMPORT_HELP)
     ap.add_argument("--hf", required=True, help="HF model directory (crystalcoder or llama)")
-    ap.add_argument("--output", required=True)
-    ap.add_argument("--dtype", default="keep", choices=sorted(DTYPES))
+    ap.add_argument("--output", required=True, help="the model directory to write")
+    ap.add_argument("--dtype", default="keep", choices=sorted(DTYPES), help="tensor dtype written (keep: as stored)")
     a = ap.parse_args(argv)
     return _run(lambda: import_hf(a.hf, a.output, DTYPES[a.dtype]), "import-hf")

@@ -1,7 +1,9 @@
-"""Shared pieces of the Hugging Face layouts (hf_layouts.py): errors, QKV/rotary permutations, padding refits,
-tensor lookups with one-line errors."""
+"""Shared pieces of the Hugging Face layouts (layouts.py): errors, QKV/rotary permutations, padding refits,
+shape lookups with one-line errors, and import plans (`Run`s: which HF rows make each of our rows)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -59,27 +61,57 @@ def serial_shapes(cfg: ModelConfig, sd: dict) -> dict:
     return {k: x.contiguous() for k, x in refit_state(sd, serial_layout(cfg)).items()}
 
 
-def get_tensor(tensors: dict, key: str, shape: tuple, where: str) -> torch.Tensor:
-    if key not in tensors:
+def get_shape(shapes: dict, key: str, shape: tuple, where: str) -> str:
+    """`key`, checked to be among `shapes` ({name: shape}, metadata only) with shape `shape`."""
+    if key not in shapes:
         raise LayoutError(f"{where}: missing tensor {key!r}")
-    t = tensors[key]
-    if tuple(t.shape) != tuple(shape):
-        raise LayoutError(f"{where}: tensor {key!r} has shape {tuple(t.shape)}, expected {tuple(shape)}")
-    return t
+    if tuple(shapes[key]) != tuple(shape):
+        raise LayoutError(f"{where}: tensor {key!r} has shape {tuple(shapes[key])}, expected {tuple(shape)}")
+    return key
 
 
-def check_used(tensors: dict, used: set, where: str) -> None:
+def check_used(shapes: dict, used: set, where: str) -> None:
     extra = sorted(
         k
-        for k in tensors
-        if k not in used
-        and not k.endswith(IGNORED_SUFFIXES)
-        and not (k.endswith(".attn.bias") and tensors[k].dim() == 4)
+        for k in shapes
+        if k not in used and not k.endswith(IGNORED_SUFFIXES) and not (k.endswith(".attn.bias") and len(shapes[k]) == 4)
     )  # GPT-2 causal-mask buffer
     if extra:
         raise LayoutError(
             f"{where}: unexpected tensor {extra[0]!r}" + (f" (+{len(extra) - 1} more)" if len(extra) > 1 else "")
         )
+
+
+# ----------------------------------------------------------------------------- import plans
+
+
+@dataclass(frozen=True)
+class Run:
+    """Our rows [at, at + n) are rows [src, src + n) of the HF tensor `key`, or its columns when
+    `transposed` (a Conv1D weight stored [in, out]); our columns are its other dimension, unchanged."""
+
+    at: int
+    n: int
+    key: str
+    src: int = 0
+    transposed: bool = False
+
+
+def whole(key: str, rows: int, transposed: bool = False) -> list[Run]:
+    return [Run(0, rows, key, 0, transposed)]
+
+
+def qkv_runs(q: tuple, k: tuple, v: tuple, hq: int, hk: int, d: int, transposed: bool = False) -> list[Run]:
+    """Our grouped fused QKV rows ([q of group j | k_j | v_j] for each KV head j, as `qkv_join`) from
+    q, k, v given as (HF key, first row there): three runs per KV head."""
+    g = hq // hk
+    runs = []
+    for j in range(hk):
+        at = j * (g + 2) * d
+        runs.append(Run(at, g * d, q[0], q[1] + j * g * d, transposed))
+        runs.append(Run(at + g * d, d, k[0], k[1] + j * d, transposed))
+        runs.append(Run(at + (g + 1) * d, d, v[0], v[1] + j * d, transposed))
+    return runs
 
 
 def need(cond: bool, fmt: str, what: str) -> None:

@@ -13,13 +13,13 @@ from ..config import ModelConfig
 from .layout_common import (
     LayoutError,
     check_used,
-    get_tensor,
+    get_shape,
     need,
     positive_int,
-    qkv_join,
+    qkv_runs,
     qkv_split,
-    serial_shapes,
     true_shapes,
+    whole,
 )
 
 CRYSTALCODER_AUTO_MAP = {
@@ -188,38 +188,39 @@ def crystalcoder_to_model_config(conf: dict, where: str) -> ModelConfig:
     return cfg
 
 
-def from_crystalcoder(conf: dict, tensors: dict, where: str) -> tuple[ModelConfig, dict]:
+def crystalcoder_plan(conf: dict, shapes: dict, where: str) -> tuple[ModelConfig, dict]:
+    """-> (our config, {our name: (true shape, [Run])}) from config.json and the HF tensors' shapes."""
     cfg = crystalcoder_to_model_config(conf, where)
     h, f, v, hq, d = cfg.hidden_size, cfg.ffn_hidden_size, cfg.vocab_size, cfg.num_heads, cfg.head_dim
     used: set = set()
 
     def get(key, shape):
         used.add(key)
-        return get_tensor(tensors, key, shape, where)
+        return get_shape(shapes, key, shape, where)
 
-    sd = {"embed.weight": get("transformer.wte.weight", (v, h))}
+    plan = {"embed.weight": ((v, h), whole(get("transformer.wte.weight", (v, h)), v))}
     for i in range(cfg.num_layers):
         p, t = f"layers.{i}.", f"transformer.h.{i}."
         for ours, theirs in (("norm1", "ln_1"), ("norm2", "ln_2")):
-            sd[p + ours + ".weight"] = get(t + theirs + ".weight", (h,))
-            sd[p + ours + ".bias"] = get(t + theirs + ".bias", (h,))
-        w = get(t + "attn.c_attn.weight", (h, 3 * h)).t()
+            for n in ("weight", "bias"):
+                plan[f"{p}{ours}.{n}"] = ((h,), whole(get(f"{t}{theirs}.{n}", (h,)), h))
+        w = get(t + "attn.c_attn.weight", (h, 3 * h))  # Conv1D [in, out]: q, k, v are column blocks
         b = get(t + "attn.c_attn.bias", (3 * h,))
-        sd[p + "attn.qkv.weight"] = qkv_join(*w.split(h), hq, hq, d)
-        sd[p + "attn.qkv.bias"] = qkv_join(*b.split(h), hq, hq, d)
-        for ours, theirs, shape in (
+        plan[p + "attn.qkv.weight"] = ((3 * h, h), qkv_runs((w, 0), (w, h), (w, 2 * h), hq, hq, d, transposed=True))
+        plan[p + "attn.qkv.bias"] = ((3 * h,), qkv_runs((b, 0), (b, h), (b, 2 * h), hq, hq, d))
+        for ours, theirs, (rows, cols) in (
             ("attn.proj", "attn.c_proj", (h, h)),
             ("mlp.up", "mlp.c_fc", (h, f)),
             ("mlp.gate", "mlp.c_fc2", (h, f)),
             ("mlp.down", "mlp.c_proj", (f, h)),
         ):
-            sd[p + ours + ".weight"] = get(t + theirs + ".weight", shape).t()
-            sd[p + ours + ".bias"] = get(t + theirs + ".bias", (shape[1],))
-    sd["final_norm.weight"] = get("transformer.ln_f.weight", (h,))
-    sd["final_norm.bias"] = get("transformer.ln_f.bias", (h,))
+            plan[p + ours + ".weight"] = ((cols, rows), whole(get(t + theirs + ".weight", (rows, cols)), cols, True))
+            plan[p + ours + ".bias"] = ((cols,), whole(get(t + theirs + ".bias", (cols,)), cols))
+    for n in ("weight", "bias"):
+        plan[f"final_norm.{n}"] = ((h,), whole(get(f"transformer.ln_f.{n}", (h,)), h))
     if not cfg.tie_embeddings:
-        sd["head.weight"] = get("lm_head.weight", (v, h))
+        plan["head.weight"] = ((v, h), whole(get("lm_head.weight", (v, h)), v))
     else:
         used.add("lm_head.weight")  # a tied copy some checkpoints carry
-    check_used(tensors, used, where)
-    return cfg, serial_shapes(cfg, sd)
+    check_used(shapes, used, where)
+    return cfg, plan

@@ -8,14 +8,14 @@ from ..config import ModelConfig
 from .layout_common import (
     LayoutError,
     check_used,
-    get_tensor,
+    get_shape,
     interleaved_to_half,
     need,
     positive_int,
-    qkv_join,
+    qkv_runs,
     qkv_split,
-    serial_shapes,
     true_shapes,
+    whole,
 )
 
 
@@ -116,7 +116,8 @@ def llama_to_model_config(conf: dict, where: str) -> ModelConfig:
     ).resolve()
 
 
-def from_llama(conf: dict, tensors: dict, where: str) -> tuple[ModelConfig, dict]:
+def llama_plan(conf: dict, shapes: dict, where: str) -> tuple[ModelConfig, dict]:
+    """-> (our config, {our name: (true shape, [Run])}) from config.json and the HF tensors' shapes."""
     cfg = llama_to_model_config(conf, where)
     h, f, v, hq, hk, d = (
         cfg.hidden_size,
@@ -130,14 +131,17 @@ def from_llama(conf: dict, tensors: dict, where: str) -> tuple[ModelConfig, dict
 
     def get(key, shape):
         used.add(key)
-        return get_tensor(tensors, key, shape, where)
+        return get_shape(shapes, key, shape, where)
 
-    sd = {"embed.weight": get("model.embed_tokens.weight", (v, h))}
+    def one(key, shape):
+        return (shape, whole(get(key, shape), shape[0]))
+
+    plan = {"embed.weight": one("model.embed_tokens.weight", (v, h))}
     names = ["weight"] + (["bias"] if cfg.bias else [])
     for i in range(cfg.num_layers):
         p, t = f"layers.{i}.", f"model.layers.{i}."
-        sd[p + "norm1.weight"] = get(t + "input_layernorm.weight", (h,))
-        sd[p + "norm2.weight"] = get(t + "post_attention_layernorm.weight", (h,))
+        plan[p + "norm1.weight"] = one(t + "input_layernorm.weight", (h,))
+        plan[p + "norm2.weight"] = one(t + "post_attention_layernorm.weight", (h,))
         for n in names:
 
             def shape(rows, cols, n=n):
@@ -146,15 +150,15 @@ def from_llama(conf: dict, tensors: dict, where: str) -> tuple[ModelConfig, dict
             q = get(f"{t}self_attn.q_proj.{n}", shape(hq * d, h))
             k = get(f"{t}self_attn.k_proj.{n}", shape(hk * d, h))
             vv = get(f"{t}self_attn.v_proj.{n}", shape(hk * d, h))
-            sd[f"{p}attn.qkv.{n}"] = qkv_join(q, k, vv, hq, hk, d)
-            sd[f"{p}attn.proj.{n}"] = get(f"{t}self_attn.o_proj.{n}", shape(h, hq * d))
-            sd[f"{p}mlp.up.{n}"] = get(f"{t}mlp.up_proj.{n}", shape(f, h))
-            sd[f"{p}mlp.gate.{n}"] = get(f"{t}mlp.gate_proj.{n}", shape(f, h))
-            sd[f"{p}mlp.down.{n}"] = get(f"{t}mlp.down_proj.{n}", shape(h, f))
-    sd["final_norm.weight"] = get("model.norm.weight", (h,))
+            plan[f"{p}attn.qkv.{n}"] = (shape((hq + 2 * hk) * d, h), qkv_runs((q, 0), (k, 0), (vv, 0), hq, hk, d))
+            plan[f"{p}attn.proj.{n}"] = one(f"{t}self_attn.o_proj.{n}", shape(h, hq * d))
+            plan[f"{p}mlp.up.{n}"] = one(f"{t}mlp.up_proj.{n}", shape(f, h))
+            plan[f"{p}mlp.gate.{n}"] = one(f"{t}mlp.gate_proj.{n}", shape(f, h))
+            plan[f"{p}mlp.down.{n}"] = one(f"{t}mlp.down_proj.{n}", shape(h, f))
+    plan["final_norm.weight"] = one("model.norm.weight", (h,))
     if not cfg.tie_embeddings:
-        sd["head.weight"] = get("lm_head.weight", (v, h))
+        plan["head.weight"] = one("lm_head.weight", (v, h))
     else:
         used.add("lm_head.weight")
-    check_used(tensors, used, where)
-    return cfg, serial_shapes(cfg, sd)
+    check_used(shapes, used, where)
+    return cfg, plan

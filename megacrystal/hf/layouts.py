@@ -1,4 +1,4 @@
-"""Our serial state dict <-> the two Hugging Face layouts (pure functions; files are hf.py's job).
+"""Our serial state dict <-> the two Hugging Face layouts (pure functions; files are convert.py's job).
 
 CrystalCoder (the released Crystal model, GPT-2-style modules, Conv1D weights stored [in, out]):
     transformer.wte.weight                 embedding (tied head: no lm_head.weight unless untied)
@@ -24,22 +24,22 @@ from .layout_common import LayoutError, interleaved_to_half, qkv_join, qkv_split
 from .layout_crystalcoder import (
     CRYSTALCODER_AUTO_MAP,
     crystalcoder_config,
+    crystalcoder_plan,
     crystalcoder_to_model_config,
-    from_crystalcoder,
     to_crystalcoder,
 )
-from .layout_llama import from_llama, llama_config, llama_to_model_config, to_llama
+from .layout_llama import llama_config, llama_plan, llama_to_model_config, to_llama
 
 __all__ = [
     "CRYSTALCODER_AUTO_MAP",
     "LAYOUTS",
     "LayoutError",
     "crystalcoder_config",
+    "crystalcoder_plan",
     "crystalcoder_to_model_config",
-    "from_crystalcoder",
-    "from_llama",
     "interleaved_to_half",
     "llama_config",
+    "llama_plan",
     "llama_to_model_config",
     "qkv_join",
     "qkv_split",
@@ -48,6 +48,6 @@ __all__ = [
 ]
 
 LAYOUTS = {
-    "crystalcoder": (crystalcoder_config, to_crystalcoder, from_crystalcoder),
-    "llama": (llama_config, to_llama, from_llama),
+    "crystalcoder": (crystalcoder_config, to_crystalcoder, crystalcoder_plan),
+    "llama": (llama_config, to_llama, llama_plan),
 }

@@ -14,6 +14,7 @@ Backends (`model.attention_backend`):
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Callable
 
@@ -42,7 +43,7 @@ def _mask(s: int, segment_ids: torch.Tensor | None, device) -> torch.Tensor:
     return (causal[None] & same)[:, None]
 
 
-def attention_math(q, k, v, scale: float, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+def attention_math(q, k, v, scale: float, segment_ids: torch.Tensor | None = None, bounds=None) -> torch.Tensor:
     """q [b, s, hq, d], k/v [b, s, hk, d] -> [b, s, hq, d]; fp32 scores and softmax."""
     k, v = _expand_kv(k, v, q.shape[2])
     qf, kf, vf = (widen(t.transpose(1, 2)) for t in (q, k, v))
@@ -52,7 +53,7 @@ def attention_math(q, k, v, scale: float, segment_ids: torch.Tensor | None = Non
     return torch.matmul(p, vf).transpose(1, 2).to(q.dtype)
 
 
-def attention_sdpa(q, k, v, scale: float, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+def attention_sdpa(q, k, v, scale: float, segment_ids: torch.Tensor | None = None, bounds=None) -> torch.Tensor:
     gqa = k.shape[2] != q.shape[2]
     qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
     if segment_ids is None:
@@ -72,8 +73,9 @@ _cu_cache: dict = {}
 def cu_seqlens(segment_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Document boundaries of a packed batch for varlen kernels: int32 offsets into the flattened
     [b*s] tokens where a run of equal segment ids (or a row) starts, plus the total, and the longest run.
-    Remembered for the last `segment_ids` tensor (every layer of a step asks for the same one, and the
-    longest run costs a device sync)."""
+    For callers without them: training batches carry `cu_seqlens`/`max_seqlen` from the loader
+    (data/batch.py, computed on the host), since this costs a device sync (`nonzero`, the longest run).
+    Remembered for the last `segment_ids` tensor (every layer asks for the same one)."""
     hit = _cu_cache.get("key")
     if hit is not None and hit[0]() is segment_ids and hit[1] == segment_ids._version:
         return _cu_cache["value"]
@@ -114,28 +116,37 @@ def _first(out):
 
 
 def attention_varlen(
-    q, k, v, scale: float, segment_ids: torch.Tensor | None, dense: Callable, varlen: Callable
+    q, k, v, scale: float, segment_ids: torch.Tensor | None, dense: Callable, varlen: Callable, bounds=None
 ) -> torch.Tensor:
     """Causal attention through flash-attn style kernels: `dense(q, k, v, softmax_scale=, causal=)` on
     [b, s, h, d], or with document masking `varlen(q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale=,
-    causal=)` on the flattened tokens."""
+    causal=)` on the flattened tokens. `bounds`: (cu_seqlens on the device, longest document) as the
+    batch carries them; computed from `segment_ids` when not given."""
     if segment_ids is None:
         return _first(dense(q, k, v, softmax_scale=scale, causal=True))
     b, s, hq, d = q.shape
-    cu, longest = cu_seqlens(segment_ids)
+    cu, longest = bounds if bounds is not None else cu_seqlens(segment_ids)
     flat = [t.reshape(b * s, t.shape[2], d) for t in (q, k, v)]
     o = _first(varlen(*flat, cu, cu, longest, longest, softmax_scale=scale, causal=True))
     return o.reshape(b, s, hq, d)
 
 
 def _flash(flavour: str | None):
-    def run(q, k, v, scale: float, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def run(q, k, v, scale: float, segment_ids: torch.Tensor | None = None, bounds=None) -> torch.Tensor:
         name, why = fb.pick(q.device, flavour)
         if name is None:
             raise RuntimeError(f"model.attention_backend={flavour or 'flash'}: {why}")
-        return fb.call(name, q, k, v, scale, segment_ids, attention_varlen)
+        driver = attention_varlen if bounds is None else functools.partial(attention_varlen, bounds=bounds)
+        return fb.call(name, q, k, v, scale, segment_ids, driver)
 
     return run
+
+
+def attention_meta(q, k, v, scale: float, segment_ids=None, bounds=None) -> torch.Tensor:
+    """Shapes only (a rehearsal on the meta device): flash-attention's outputs and saved tensors."""
+    from .attention_meta import attention_meta as run
+
+    return run(q, k, v, scale, segment_ids)
 
 
 attention_flash = _flash(None)  # the best installed flavour for the device (fb.order)
@@ -146,6 +157,7 @@ BACKENDS: dict[str, Callable] = {
     "fa2": _flash("fa2"),
     "fa3": _flash("fa3"),
     "fa4": _flash("fa4"),
+    "meta": attention_meta,
 }
 FLASH = ("flash", "fa2", "fa3", "fa4")
 
@@ -154,6 +166,8 @@ def select_backend(requested: str, device: torch.device, dtype: torch.dtype | No
     """The backend that runs: `auto` is the best flash flavour on bf16/fp16 CUDA tensors, else sdpa; a
     named flash backend that cannot run here is refused with one line saying why and what installs it."""
     half = dtype in (torch.bfloat16, torch.float16)
+    if device.type == "meta":  # a rehearsal: whatever runs on the GPU, its shapes are flash-attention's
+        return "meta"
     if requested == "auto":
         if device.type == "cuda" and half and fb.pick(device)[0] is not None:
             return "flash"
@@ -174,8 +188,10 @@ def select_backend(requested: str, device: torch.device, dtype: torch.dtype | No
     return requested
 
 
-def attention(q, k, v, scale: float, segment_ids=None, backend: str = "auto") -> torch.Tensor:
+def attention(q, k, v, scale: float, segment_ids=None, backend: str = "auto", bounds=None) -> torch.Tensor:
+    """`bounds`: (cu_seqlens, max_seqlen) of the documents in `segment_ids`, as the batch carries them
+    (the flash backends' varlen kernels take them; the others mask by `segment_ids`)."""
     name = select_backend(backend, q.device, q.dtype)
     name_full = f"{name} ({fb.pick(q.device, None if name == 'flash' else name)[1]})" if name in FLASH else name
     say_once(f"attention-{name}-{q.device.type}", f"attention backend: {name_full} on {q.device.type}")
-    return BACKENDS[name](q, k, v, scale, segment_ids)
+    return BACKENDS[name](q, k, v, scale, segment_ids, bounds)

@@ -2,9 +2,10 @@
 
     σ_embedding = init_std (0.073)      σ_hidden = init_std·sqrt(m)      σ_output = σ_hidden / sqrt(2·layers)
     groups: embeddings LR×1 wd on; norms and biases LR×1 wd 0; other matrices LR×m wd on
-with m = base_width / width (1 without muP). Init is seeded per parameter *name* and drawn at the
-parameter's true shape (padding, see padding.py, is zero), so any pipeline or tensor-parallel split of
-the model, and any amount of padding, draws exactly the values of the serial model.
+with m = base_width / width (1 without muP). Init is seeded per parameter *name*, and each element's value
+is a function of (seed, name, its index in the parameter's true shape) only (init_draw.py): a rank draws
+exactly the slice it holds, on its own device, and any pipeline or tensor-parallel split of the model,
+with any amount of padding (zero, see padding.py), holds the values of the serial model.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import torch
 import torch.nn as nn
 
 from ..config import ModelConfig
-from .padding import full_shape, refit, true_shape
+from .init_draw import draw_box
+from .padding import local_true_box, true_shape
 from .param_spec import param_spec
 
 
@@ -37,28 +39,35 @@ def _seed(seed: int, name: str) -> int:
 
 
 def full_init(cfg: ModelConfig, name: str, kind: str, shape: tuple, seed: int) -> torch.Tensor:
-    """The unsharded initial value of parameter `name` (fp32, CPU)."""
-    if kind == "ones":
-        return torch.ones(shape)
-    if kind == "zeros":
-        return torch.zeros(shape)
-    std = init_std(cfg, kind)
-    g = torch.Generator().manual_seed(_seed(seed, name))
+    """The unsharded initial value of parameter `name` at its true `shape` (fp32, CPU)."""
     t = torch.empty(shape)
-    nn.init.trunc_normal_(t, 0.0, std, -2 * std, 2 * std, generator=g)
+    _fill(t, cfg, name, kind, seed, shape, (0,) * len(shape))
     return t
+
+
+def _fill(out: torch.Tensor, cfg: ModelConfig, name: str, kind: str, seed: int, true: tuple, start: tuple) -> None:
+    if kind == "ones":
+        out.fill_(1.0)
+    elif kind == "zeros":
+        out.zero_()
+    else:
+        draw_box(out, _seed(seed, name), init_std(cfg, kind), tuple(true), start)
 
 
 @torch.no_grad()
 def init_parameters(model: nn.Module, cfg: ModelConfig, seed: int) -> None:
-    """Initialise every parameter from its metadata (see layers.py); shards take their slice."""
+    """Initialise every parameter from its metadata (see layers.py), in place on its device: each rank
+    draws only the true part of its own piece; padding is zero."""
     for name, p in model.named_parameters():
         spec = param_spec(p)
         if spec.init is None:
             raise ValueError(f"parameter {name} has no init kind (ParamSpec.init)")
-        true = true_shape(p)
-        full = refit(full_init(cfg, spec.seed_name or name, spec.init, true, seed), true, full_shape(p))
-        p.copy_(spec.shard(full).to(p.dtype))
+        start, size = local_true_box(p)
+        mine = p[tuple(slice(0, n) for n in size)]
+        if mine.numel() < p.numel():
+            p.zero_()
+        if mine.numel():
+            _fill(mine, cfg, spec.seed_name or name, spec.init, seed, true_shape(p), start)
 
 
 def param_groups(model: nn.Module, cfg: ModelConfig, weight_decay: float) -> list[dict]:

@@ -96,3 +96,17 @@ def refit_state(sd: dict, layout: dict, to_true: bool = False) -> dict:
             raise ValueError(f"tensor {name!r} {problem}")
         out[name] = refit(sd[name], true, true if to_true else shape)
     return out
+
+
+def local_true_box(p: torch.Tensor) -> tuple[tuple, tuple]:
+    """(start, size) per dimension: the part of this rank's piece `p` that lies in the true block, in
+    the unsharded parameter's coordinates; it is `p[:size[0], :size[1], ...]` (a size may be 0, when
+    the piece is all padding). Everything else in `p` is padding, zero."""
+    spec = param_spec(p)
+    true = true_shape(p)
+    start, size = [], []
+    for d, n in enumerate(p.shape):
+        lo = spec.tp_rank * n if d == spec.shard_dim else 0
+        start.append(lo)
+        size.append(max(0, min(lo + n, true[d]) - lo))
+    return tuple(start), tuple(size)

@@ -44,16 +44,18 @@ def recompute_groups(n: int, mode: str, method: str | None, num_layers: int | No
     return [(i, min(i + k, n), True) for i in range(0, n, k)]
 
 
-def run_blocks(blocks, h, cos, sin, segment_ids, checkpointed: bool):
-    def run(x, c, s, seg):
+def run_blocks(blocks, h, args: tuple, checkpointed: bool):
+    """h through `blocks` in turn, each called as block(h, *args); `checkpointed`: as one checkpoint."""
+
+    def run(x, *a):
         for b in blocks:
-            x = b(x, c, s, seg)
+            x = b(x, *a)
         return x
 
     if checkpointed:
         with torch.utils.checkpoint.set_checkpoint_early_stop(False):  # compiled blocks recompute in full
-            return torch.utils.checkpoint.checkpoint(run, h, cos, sin, segment_ids, use_reentrant=False)
-    return run(h, cos, sin, segment_ids)
+            return torch.utils.checkpoint.checkpoint(run, h, *args, use_reentrant=False)
+    return run(h, *args)
 
 
 class _Holder:

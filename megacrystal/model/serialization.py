@@ -22,6 +22,7 @@ import torch
 from ..config import Config, ConfigError, DataConfig, ModelConfig, coerce, validate_config
 from .padding import fit_problem, refit_state
 from .transformer import Transformer, serial_layout
+from .weight_source import FileSource
 
 FORMAT = "megacrystal-model"
 VERSION = 1
@@ -127,6 +128,17 @@ def load_model(directory) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
         raise ModelFormatError(f"{path}: cannot read safetensors ({e})") from None
     check_state_dict(cfg, sd, str(path))
     return cfg, sd
+
+
+def open_model(directory) -> tuple[ModelConfig, FileSource]:
+    """-> (resolved ModelConfig, a source reading `model.safetensors` by slices); names and shapes are
+    checked from the file's metadata (the padding, by whoever reads it: engine/weights.py)."""
+    directory = find_model_dir(directory)
+    cfg = read_model_config(directory)
+    path = directory / MODEL_FILE
+    src = FileSource([path], ModelFormatError)
+    check_state_dict(cfg, {k: torch.empty(s, device="meta") for k, s in src.shapes().items()}, str(path))
+    return cfg, src
 
 
 def find_model_dir(path) -> Path:

@@ -59,7 +59,7 @@ class Attention(nn.Module):
         # writes the packed d(qkv) directly instead of autograd's per-slice zero-filled buffers)
         self._qkv_rotary = op("qkv_rotary", cfg.kernels)
 
-    def forward(self, x, cos, sin, segment_ids=None, selective: bool = False):
+    def forward(self, x, cos, sin, segment_ids=None, bounds=None, cp=None, selective: bool = False):
         qkv = self.qkv(x)
 
         def core(qkv):  # rotary + attention: no parameters, recomputed under selective recompute
@@ -67,10 +67,13 @@ class Attention(nn.Module):
             q, k, v = self._qkv_rotary(
                 qkv.view(b, s, self.hk, self.group + 2, self.head_dim), cos, sin, self.interleaved
             )
-            o = attention(q, k, v, self.scale, segment_ids, self.backend)
+            if cp is not None:  # context parallel: this rank holds part of the sequence (ring attention)
+                o = cp.attention(q, k, v, self.scale, self.backend)
+            else:
+                o = attention(q, k, v, self.scale, segment_ids, self.backend, bounds)
             return o.reshape(b, s, self.hq * self.head_dim)
 
-        if selective:
+        if selective and cp is None:  # (ring attention's transfers are not replayed: kept under cp)
             return recompute_into(core, (qkv,), self.proj)
         return self.proj(core(qkv))
 
@@ -109,9 +112,9 @@ class Block(nn.Module):
         self.mlp = MLP(cfg, layers)
         self.selective = cfg.recompute == "selective"
 
-    def forward(self, x, cos, sin, segment_ids=None):
+    def forward(self, x, cos, sin, segment_ids=None, bounds=None, cp=None):
         sel = self.selective and self.training
-        h = x + self.attn(self.norm1(x), cos, sin, segment_ids, sel)
+        h = x + self.attn(self.norm1(x), cos, sin, segment_ids, bounds, cp, sel)
         return h + self.mlp(self.norm2(h), sel)
 
 
@@ -137,7 +140,7 @@ class Transformer(nn.Module):
         self.recompute = recompute_groups(
             len(self.layer_ids), cfg.recompute, cfg.recompute_method, cfg.recompute_num_layers
         )
-        if cfg.compile:
+        if cfg.compile and not any(p.is_meta for p in self.layers.parameters()):  # (a rehearsal runs eager)
             compile_blocks(list(self.layers.values()))
         if post_process:
             self.final_norm = Norm(cfg)
@@ -160,9 +163,17 @@ class Transformer(nn.Module):
         position_ids: torch.Tensor | None = None,
         segment_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
+        cp=None,
     ) -> torch.Tensor:
         """First stage takes `tokens` [b, s]; later stages `hidden`. The last stage returns logits, or
-        per-token fp32 losses [b, s] when `labels` is given; other stages return hidden states."""
+        per-token fp32 losses [b, s] when `labels` is given; other stages return hidden states.
+        `cu_seqlens`/`max_seqlen`: the documents of `segment_ids` over the flattened batch (data/batch.py),
+        for the varlen attention kernels; without them they are computed from `segment_ids` (a device sync).
+        `cp`: under context parallelism, the micro-batch's ring attention context
+        (`parallel.ring_attention.RingContext`: the tensors hold this rank's part of each sequence,
+        `position_ids` their true positions)."""
         if self.pre_process:
             h = self.embed(tokens)
             if self.embed_scale != 1.0:
@@ -184,9 +195,10 @@ class Transformer(nn.Module):
         cos, sin = self.rope(position_ids, h.dtype)
         if not self.cfg.document_mask:  # packed documents attend across EOD, as in Crystal/Megatron
             segment_ids = None
+        bounds = (cu_seqlens, int(max_seqlen)) if segment_ids is not None and cu_seqlens is not None else None
         blocks = list(self.layers.values())
         for a, z, ckpt in self.recompute:  # model.recompute=full: checkpointed groups of blocks
-            h = run_blocks(blocks[a:z], h, cos, sin, segment_ids, ckpt and self.training)
+            h = run_blocks(blocks[a:z], h, (cos, sin, segment_ids, bounds, cp), ckpt and self.training)
         if not self.post_process:
             return h
         h = self.final_norm(h)

@@ -8,8 +8,9 @@ post-accumulate hook (with `.grad` None), so the engine's bucket counting and ov
 see every micro-batch as before (tested).
 
   cuda   the project's cuBLASLt GEMM (kernels/cuda/wgrad.cu): bf16 inputs, fp32 output with beta = 1
-  torch  torch's mixed-dtype `addmm(main_grad, dy^T, x, out_dtype=float32)` on CUDA (the same cuBLASLt
-         GEMM class, reached through torch); on other devices an fp32 addmm of the upcast inputs
+  torch  torch's mixed-dtype `addmm(main_grad, dy^T, x, out_dtype=float32)` on CUDA with torch >= 2.8
+         (the same cuBLASLt GEMM class, reached through torch; `grad_accum_fusion: torch` is refused on
+         an older torch, `on`/`auto` fall back); elsewhere an fp32 addmm of the upcast inputs
          (exact products of bf16 values, fp32 sums: the same arithmetic class), so CPU tests run it
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..compiled.select import addmm_out_dtype_ok
 from .param_spec import param_spec
 
 
@@ -28,9 +30,9 @@ def accumulate_wgrad(main_grad: torch.Tensor, dy: torch.Tensor, x: torch.Tensor,
         from ..compiled.cuda_kernels import library
 
         library().wgrad_accum(main_grad, dy.contiguous(), x.contiguous())
-    elif main_grad.device.type == "cuda":
+    elif main_grad.device.type == "cuda" and addmm_out_dtype_ok():
         torch.addmm(main_grad, dy.t(), x, out_dtype=torch.float32, out=main_grad)
-    else:
+    else:  # other devices, and CUDA on torch < 2.8: upcast (the same arithmetic class, more memory traffic)
         main_grad.addmm_(dy.t().float(), x.float())
 
 

@@ -44,7 +44,9 @@ def ce_grad_reference(
     p = torch.exp(widen(logits) - lse[:, None])
     local = labels - vocab_start
     here = (labels != ignore_index) & (local >= 0) & (local < logits.shape[-1])
-    p[here, local[here]] -= 1.0
+    # subtract the one-hot without data-dependent indexing (no device sync, same shapes every time):
+    # rows whose label is elsewhere add 0 at column 0
+    p.scatter_add_(1, torch.where(here, local, 0)[:, None], -here.to(p.dtype)[:, None])
     g = torch.where(labels == ignore_index, torch.zeros_like(widen(dloss)), widen(dloss))
     return (p * g[:, None]).to(logits.dtype)
 

@@ -70,9 +70,10 @@ def resolve(name: str, impl: str, device_type: str, apex: bool = False) -> tuple
         )
     if impl == "torch":
         return "torch", _load(ref_spec)
-    want_triton = impl == "triton" or (impl == "auto" and device_type == "cuda")
+    # on meta (a rehearsal) the GPU's choice: the Triton wrappers allocate and save what they do on CUDA
+    want_triton = impl == "triton" or (impl == "auto" and device_type in ("cuda", "meta"))
     if want_triton:
-        if impl == "triton" and device_type != "cuda" and not _interpreting():
+        if impl == "triton" and device_type not in ("cuda", "meta") and not _interpreting():
             raise RuntimeError(
                 f"model.kernels=triton on {device_type}: compiled Triton needs CUDA; on CPU set "
                 f"TRITON_INTERPRET=1 (before triton is imported) or use model.kernels=torch/auto"

@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 
 from .cross_entropy import rescale_sumexp  # noqa: F401  (re-exported for the vocab-parallel recipe)
-from .triton_util import check_device, rows2d
+from .triton_util import check_device, on_meta, rows2d
 
 
 @triton.jit
@@ -138,7 +138,7 @@ def ce_stats(
     mx = torch.empty(rows, dtype=torch.float32, device=dev)
     se = torch.empty(rows, dtype=torch.float32, device=dev)
     tg = torch.empty(rows, dtype=torch.float32, device=dev)
-    if rows:
+    if rows and not on_meta(logits):
         cfg = cfg or STATS_CONFIG
         bv, nc, w = _chunks(v, cfg)
         _ce_stats[(rows,)](
@@ -173,7 +173,7 @@ def ce_grad(
     check_device(logits)
     rows, v = logits.shape
     out = torch.empty_like(logits) if out is None else out
-    if rows:
+    if rows and not on_meta(logits):
         cfg = cfg or GRAD_CONFIG
         bv, nc, w = _chunks(v, cfg)
         _ce_grad[(rows,)](

@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from .norm_config import BwdConfig, FwdConfig, bwd_config, fwd_config
-from .triton_util import block, check_device, rows2d, sm_count
+from .triton_util import block, check_device, on_meta, rows2d, sm_count
 
 
 @triton.jit
@@ -151,7 +151,7 @@ def norm_forward(
     rstd = torch.empty(m, dtype=torch.float32, device=x2.device)
     mean = torch.empty(0 if rms else m, dtype=torch.float32, device=x2.device)
     blk = block(n)
-    if m:
+    if m and not on_meta(x2):
         cfg = cfg or fwd_config(n, x2.element_size())
         _norm_fwd[(triton.cdiv(m, cfg.rows),)](
             x2,
@@ -187,7 +187,7 @@ def norm_backward(dy2, x2, weight, bias, mean, rstd, rms: bool, cfg: BwdConfig |
     dw_part = torch.empty((progs, n), dtype=torch.float32, device=x2.device)
     db_part = torch.empty((progs, n), dtype=torch.float32, device=x2.device) if has_bias else dw_part
     blk = block(n)
-    if m:
+    if m and not on_meta(x2):
         _norm_bwd[(progs,)](
             x2,
             weight,
@@ -210,12 +210,14 @@ def norm_backward(dy2, x2, weight, bias, mean, rstd, rms: bool, cfg: BwdConfig |
             BLOCK=blk,
             num_warps=cfg.warps,
         )
-    else:
+    elif not m:
         dw_part.zero_()
         db_part.zero_()
     dw = torch.empty_like(weight)
     db = torch.empty_like(bias) if has_bias else None
     bp, bn = 32, 64
+    if on_meta(x2):
+        return dx, dw, db
     _sum_partials[(triton.cdiv(n, bn),)](
         dw_part,
         db_part,

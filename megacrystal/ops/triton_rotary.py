@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_util import block, check_device, unit_last
+from .triton_util import block, check_device, on_meta, unit_last
 
 
 @triton.jit
@@ -173,7 +173,7 @@ def _launch(
     """q5/oq5: [b, s, groups, g, d] views; k, ok: [b, s, hk, d]; v, ov: [b, s, hk, d] or None."""
     bsz, seq, groups, g, d = q5.shape
     hq, hk = groups * g, k.shape[2]
-    if bsz * seq == 0:
+    if bsz * seq == 0 or on_meta(q5):
         return
     copy_v = v is not None
     bhq, bhk, br = block(hq), block(hk), block(half)

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_util import check_device
+from .triton_util import check_device, on_meta
 
 _BLOCK = 1024
 
@@ -42,7 +42,7 @@ def _swiglu_bwd(UP, GATE, DY, DUP, DGATE, n, BLOCK: tl.constexpr):
 def swiglu_forward(up: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     y = torch.empty(up.shape, dtype=up.dtype, device=up.device)
     n = up.numel()
-    if n:
+    if n and not on_meta(up):
         _swiglu_fwd[(triton.cdiv(n, _BLOCK),)](up, gate, y, n, BLOCK=_BLOCK, num_warps=4)
     return y
 
@@ -52,7 +52,7 @@ def swiglu_backward(dy, up, gate):
     dup = torch.empty(up.shape, dtype=up.dtype, device=up.device)
     dgate = torch.empty(gate.shape, dtype=gate.dtype, device=gate.device)
     n = up.numel()
-    if n:
+    if n and not on_meta(up):
         _swiglu_bwd[(triton.cdiv(n, _BLOCK),)](up, gate, dy, dup, dgate, n, BLOCK=_BLOCK, num_warps=4)
     return dup, dgate
 

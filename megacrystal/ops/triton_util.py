@@ -12,11 +12,17 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def on_meta(*tensors: torch.Tensor) -> bool:
+    """Meta tensors (a rehearsal, `megacrystal rehearse`): the kernel is not launched; the wrappers still
+    allocate the outputs and save for the backward exactly what they do on the GPU."""
+    return any(t is not None and t.is_meta for t in tensors)
+
+
 def check_device(*tensors: torch.Tensor) -> None:
     """Compiled Triton runs on CUDA tensors only; CPU tensors need the interpreter (TRITON_INTERPRET=1
-    set before triton is imported)."""
+    set before triton is imported). Meta tensors pass (nothing is launched for them)."""
     for t in tensors:
-        if t.device.type != "cuda" and not interpreting():
+        if t.device.type not in ("cuda", "meta") and not interpreting():
             raise RuntimeError(
                 f"Triton kernel called on a {t.device.type} tensor; compiled Triton needs CUDA "
                 f"(on CPU set TRITON_INTERPRET=1 before importing triton, or use model.kernels=torch)"

@@ -122,8 +122,8 @@ class DistributedOptimizer(AdamWSteps):
 
     def layout(self) -> dict:
         return dict(
-            dp=self.buf.grid.dp_size,
-            dp_rank=self.buf.grid.dp_rank,
+            dp=self.buf.group.size,
+            dp_rank=self.buf.group.rank,
             buckets=[(b.start, b.size) for b in self.buf.buckets],
         )
 

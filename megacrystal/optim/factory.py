@@ -20,10 +20,16 @@ def make_optimizer(impl: str, buffers, groups: list[dict], o, names: dict, overl
     return AdamW(groups, o.beta1, o.beta2, o.eps, names=names)
 
 
-def clip_and_step(optimizer, buffers, norm: float, max_norm: float, lr: float) -> None:
-    """Clip to `max_norm` (the fused step folds the coefficient in instead of scaling the gradients), step."""
+def clip_and_step(optimizer, buffers, norm: float, max_norm: float, lr: float, nonfinite: bool | None = None) -> bool:
+    """Clip to `max_norm` (the fused step folds the coefficient in instead of scaling the gradients), step.
+    False when the optimizer skipped the update (the fused step found a non-finite gradient; no state
+    changed), which the engine reports as a skipped step."""
     if getattr(optimizer, "folds_clip", False):
         optimizer.clip_coef = buffers.clip_coef(norm, max_norm)
     else:
         buffers.clip_(norm, max_norm)
-    optimizer.step(lr)
+    if nonfinite is None:
+        optimizer.step(lr)
+    else:  # the fused step: the world's verdict on its gradients came with the engine's norm read
+        optimizer.step(lr, found_nonfinite=nonfinite)
+    return not getattr(optimizer, "skipped_last", False)

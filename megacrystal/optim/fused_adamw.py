@@ -9,6 +9,13 @@ a non-finite flag set when a (clipped) gradient is inf/nan. With the distributed
 bucket's all-gather is issued right after its launch, in forward order, and waited for as
 `DistributedOptimizer`'s are (`parallel.param_gather`: by the next forward with overlap, else here).
 
+Non-finite gradients: the update runs in place, so the flag must be known before it. `step` first
+sets the flag on the device from the gradients its launches would read (every element, also the
+replicas the global norm does not count), takes its maximum over the world (every rank skips
+together, as the torch path does on a non-finite norm) and reads it: when set, nothing changes
+(masters, moments, parameters, step count) and `skipped_last` is True, which `clip_and_step` reports
+to the engine as a skipped step. One host read per step, on this path only.
+
 The update is `optim.adamw.adamw_`'s, element for element (see kernels/cuda/adamw.cu). The state dicts
 are those of the torch paths (`distributed-adamw` per shard, or `adamw` keyed by parameter name), so a
 checkpoint resumes with either implementation. `kernel` defaults to the CUDA library's `adamw_flat`;
@@ -18,8 +25,11 @@ checkpoint resumes with either implementation. `kernel` defaults to the CUDA lib
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
 from ..compiled.cuda_kernels import adamw_scalars
+from ..parallel import collectives as C
+from ..parallel.host import to_host
 from ..parallel.param_gather import ParamGather, write_and_gather
 from .adamw import adamw_
 from .distributed import DistributedOptimizer, shard_pieces
@@ -71,6 +81,8 @@ class FusedAdamW:
     ):
         if buffers.param_buffer is None:
             raise ValueError("FusedAdamW needs GradBuffers(contiguous_params=True)")
+        if buffers.param_buffer.dtype == torch.float64:
+            raise ValueError("FusedAdamW: fp64 parameters are not supported (the kernel keeps fp32 state)")
         if kernel is None:
             from ..compiled.cuda_kernels import library
 
@@ -117,9 +129,36 @@ class FusedAdamW:
             )
         self.nonfinite_flag = torch.zeros(1, dtype=torch.int32, device=dev)
         self.param_gather = ParamGather(buffers, overlap_param_gather) if buffers.distributed else None
+        self.skipped_last = False
 
     @torch.no_grad()
-    def step(self, lr: float) -> None:
+    def nonfinite_part(self) -> torch.Tensor:
+        """1.0 (float64, on the device) when a gradient this rank's launches will read is inf/nan, else
+        0.0: the replicas the global norm does not count included. No collective and no host read: the
+        engine sums it over the world with the norm in the step's second read (`Engine._norm_and_loss`)
+        and hands the verdict to `step` as `found_nonfinite`."""
+        grads = [self.buf.grad_buffer[s["lo"] : s["hi"]] for s in self.shards if s["hi"] > s["lo"]]
+        if not grads:
+            return torch.zeros(1, dtype=torch.float64, device=self.buf.grad_buffer.device)
+        peaks = torch.stack([n.float() for n in torch._foreach_norm(grads, float("inf"))])
+        return (~torch.isfinite(peaks)).any().to(torch.float64).reshape(1)
+
+    @torch.no_grad()
+    def _agree_nonfinite(self) -> bool:
+        """Outside the engine's step (no `found_nonfinite` given): agree over the world, one host read."""
+        flag = self.nonfinite_part()
+        C.all_reduce(flag, self.buf.grid.world, op=dist.ReduceOp.MAX)
+        return to_host(flag, "fused_adamw.nonfinite")[0] > 0
+
+    @torch.no_grad()
+    def step(self, lr: float, found_nonfinite: bool | None = None) -> None:
+        """One update. `found_nonfinite`: the world's verdict on the gradients (from the engine's step
+        read); None checks here (one all-reduce and one host read)."""
+        self.skipped_last = self._agree_nonfinite() if found_nonfinite is None else bool(found_nonfinite)
+        if self.skipped_last:  # like the torch path on a non-finite norm: no state changes
+            self.nonfinite_flag.fill_(1)  # what `nonfinite()` reports (a device write, no sync)
+            self.clip_coef = 1.0
+            return
         self.step_count += 1
         scalars = [
             adamw_scalars(lr * g["lr_mult"], g["weight_decay"], self.step_count, self.beta1, self.beta2, self.eps)
@@ -163,8 +202,9 @@ class FusedAdamW:
                 self.buf.param_buffer[s["lo"] : s["hi"]].copy_(s["master"])
 
     def nonfinite(self) -> bool:
-        """Did any (clipped) gradient seen since the last call hold inf/nan? Resets the flag (one sync)."""
-        seen = bool(self.nonfinite_flag.item())
+        """Did any (clipped) gradient the kernel saw since the last call hold inf/nan? Resets the flag
+        (one host read; a diagnostic, not called in the step)."""
+        seen = to_host(self.nonfinite_flag, "fused_adamw.kernel_flag")[0] > 0
         self.nonfinite_flag.zero_()
         return seen
 

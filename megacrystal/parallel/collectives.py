@@ -71,7 +71,7 @@ def _is_unsupported(err: Exception, group: Group) -> bool:
     """Shapes are checked before the call, so on gloo any error at dispatch means a missing
     collective (its messages vary by version and device); elsewhere only an explicit one counts."""
     msg = str(err).lower()
-    return _backend(group) == "gloo" or any(
+    return _backend(group).split(":")[-1] == "gloo" or any(
         w in msg for w in ("not supported", "unsupported", "does not support", "not implemented")
     )
 
@@ -263,3 +263,32 @@ def inject_delay(kind: str, seconds: float) -> None:
     else:
         _delay.pop(kind, None)
     _link_free.pop(kind, None)
+
+
+class _Works:
+    """Handles of a batch of transfers; keeps the sent tensors alive until they complete."""
+
+    def __init__(self, works: list, keep: list):
+        self.works, self.keep = works, keep
+
+    def wait(self):
+        for w in self.works:
+            w.wait()
+        self.works, self.keep = [], []
+
+
+def ring_shift(tensors: list[torch.Tensor], group: Group, tag: int) -> tuple[list[torch.Tensor], object]:
+    """Send each tensor to the next rank of `group` (wrapping around) and receive the previous rank's,
+    without blocking: returns (the receive buffers, a handle whose `.wait()` completes the transfers).
+    Every rank of the group must call it with tensors of the same shapes and dtypes."""
+    recv = [torch.empty_like(t) for t in tensors]
+    if group.size == 1:
+        for r, t in zip(recv, tensors, strict=True):
+            r.copy_(t)
+        return recv, _Done()
+    nxt = group.ranks[(group.rank + 1) % group.size]
+    prev = group.ranks[(group.rank - 1) % group.size]
+    sent = [t.contiguous() for t in tensors]
+    ops = [dist.P2POp(dist.isend, t, nxt, group.pg, tag) for t in sent]
+    ops += [dist.P2POp(dist.irecv, r, prev, group.pg, tag) for r in recv]
+    return recv, _Works(dist.batch_isend_irecv(ops), sent)

@@ -30,9 +30,13 @@ IGNORE = -100
 
 def _pieces(impl: str, device_type: str):
     """(name, ce_stats, ce_grad, chunk rows?) for `model.kernels` = impl on this device."""
-    want_triton = impl == "triton" or (impl == "auto" and device_type == "cuda")
+    want_triton = impl == "triton" or (impl == "auto" and device_type in ("cuda", "meta"))  # meta: a rehearsal
     if want_triton:
-        if impl == "triton" and device_type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+        if (
+            impl == "triton"
+            and device_type not in ("cuda", "meta")
+            and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
+        ):
             raise RuntimeError(
                 "model.kernels=triton on cpu: set TRITON_INTERPRET=1 (before triton is imported) "
                 "or use model.kernels=torch/auto"

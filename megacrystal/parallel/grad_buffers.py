@@ -8,9 +8,10 @@ about `bucket_size_mb`. A bucket is reduced over dp as soon as every parameter i
 last micro-batch's gradient (counted in the hook), so on NCCL the reduction overlaps the rest of
 the backward; `overlap=False` reduces everything after the backward.
 
-Plain data parallelism all-reduces (sums) each bucket. With the distributed optimizer each bucket
-is padded to a multiple of dp and reduce-scattered: dp rank d keeps slice d of every bucket, which
-is exactly the part of the gradient its optimizer shard needs. Parameters can also live in one
+Plain data parallelism all-reduces (sums) each bucket over the replicas (`grid.replicas`: dp x cp, as
+context parallelism shards no parameter but gives each cp rank a part of every sequence). With the
+distributed optimizer each bucket is padded to a multiple of dp·cp and reduce-scattered: replica d
+keeps slice d of every bucket, which is exactly the part of the gradient its optimizer shard needs. Parameters can also live in one
 contiguous parameter buffer of the same layout (`param_buffer`), so the updated shards are
 all-gathered in place.
 
@@ -57,12 +58,13 @@ class GradBuffers:
         tied: list | None = None,
     ):
         self.grid = grid
+        self.group = grid.replicas  # the ranks that hold these parameters: dp x cp
         self.distributed = distributed
         self.overlap = overlap
         self.names = {id(p): n for n, p in named_params}
         self.params = [p for _, p in named_params]
         tied_ids = {id(p) for p in (tied or [])}
-        pad = grid.dp_size * 64 if distributed else 64
+        pad = self.group.size * 64 if distributed else 64
         cap = max(1, int(bucket_size_mb * 2**20 / 4))
         device = self.params[0].device if self.params else torch.device("cpu")
 
@@ -142,11 +144,11 @@ class GradBuffers:
         return self.grad_buffer[b.start : b.start + b.size]
 
     def shard_range(self, b: Bucket) -> tuple[int, int]:
-        """[lo, hi) in buffer offsets of this dp rank's slice of bucket `b` (the whole bucket if plain)."""
+        """[lo, hi) in buffer offsets of this replica's slice of bucket `b` (the whole bucket if plain)."""
         if not self.distributed:
             return b.start, b.start + b.size
-        n = b.size // self.grid.dp_size
-        lo = b.start + self.grid.dp_rank * n
+        n = b.size // self.group.size
+        lo = b.start + self.group.rank * n
         return lo, lo + n
 
     def _launch(self, b: Bucket) -> None:
@@ -156,9 +158,9 @@ class GradBuffers:
         g = self.bucket_grad(b)
         if self.distributed:
             lo, hi = self.shard_range(b)
-            work = C.reduce_scatter_flat(self.grad_buffer[lo:hi], g, self.grid.dp, async_op=True)
+            work = C.reduce_scatter_flat(self.grad_buffer[lo:hi], g, self.group, async_op=True)
         else:
-            work = C.all_reduce(g, self.grid.dp, async_op=True)
+            work = C.all_reduce(g, self.group, async_op=True)
         b.work = C.issue(work, "grad_reduce", dict(bucket=b.index))  # issue point; wait point: finish()
 
     def finish(self) -> None:
@@ -197,8 +199,10 @@ class GradBuffers:
             return False
         return not (self.grid.tp_rank > 0 and not spec.sharded)
 
-    def grad_norm(self) -> float:
-        """Global L2 norm of the gradient (after reduction), each element counted once."""
+    def norm_sq_part(self) -> torch.Tensor:
+        """This rank's share of the squared global gradient norm (float64 [1], on the device): summed
+        over the world it counts every element once (the distributed optimizer's shards; replicated
+        gradients on dp rank 0 only)."""
         pieces = []
         if self.distributed:
             for b in self.buckets:
@@ -210,18 +214,11 @@ class GradBuffers:
                     z = min(hi, self.offset[id(p)] + p.numel())
                     if a < z:
                         pieces.append(self.grad_buffer[a:z])
-            group = self.grid.world
-        else:
+        elif self.grid.dp_rank == 0:
             pieces = [p.main_grad for p in self.params if self.counted(p)]
-            group = self.grid.mp
-        dev = self.grad_buffer.device
         if pieces:
-            norms = torch._foreach_norm(pieces)
-            sq = torch.stack(norms).double().pow(2).sum().reshape(1)
-        else:
-            sq = torch.zeros(1, dtype=torch.float64, device=dev)
-        C.all_reduce(sq, group)
-        return float(sq.sqrt().item())
+            return torch.stack(torch._foreach_norm(pieces)).double().pow(2).sum().reshape(1)
+        return torch.zeros(1, dtype=torch.float64, device=self.grad_buffer.device)
 
     @staticmethod
     def clip_coef(total_norm: float, max_norm: float) -> float:

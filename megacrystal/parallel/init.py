@@ -5,7 +5,7 @@
 Reads WORLD_SIZE, RANK, LOCAL_RANK (and torchrun's MASTER_ADDR/MASTER_PORT); checks the grid
 rules of the config against WORLD_SIZE *before* `init_process_group`, so a bad launch fails at once with a
 one-line error instead of hanging in a collective; picks NCCL on CUDA and gloo on CPU
-(`parallel.backend` may force one); puts the process on cuda:LOCAL_RANK. Without WORLD_SIZE (a
+(`parallel.backend` may force one, or pick the test-only `cuda:gloo`); puts the process on cuda:LOCAL_RANK. Without WORLD_SIZE (a
 plain `python` run) it is a world of one and no process group is created.
 """
 
@@ -21,6 +21,10 @@ from ..config import Config, ConfigError, validate_world
 from ..log import get_logger
 from .state import Grid, build_grid
 
+# Test-only (benchmarks/gpu_check.sh): gloo registered for CUDA tensors alone, so, as with NCCL, a host
+# tensor in a training collective fails; ranks may share one GPU (cuda:LOCAL_RANK % device count).
+TEST_BACKEND = "cuda:gloo"
+
 
 def _env_int(name: str, default: int) -> int:
     raw = os.environ.get(name)
@@ -34,12 +38,16 @@ def _env_int(name: str, default: int) -> int:
 
 def pick_device(cfg: Config, local_rank: int) -> torch.device:
     want = cfg.train.device
+    if want == "meta":  # a rehearsal (megacrystal rehearse): tensors with shapes and no values
+        return torch.device("meta")
     has_cuda = torch.cuda.is_available()
     if want == "cuda" and not has_cuda:
         raise ConfigError("train.device: cuda requested but torch sees no CUDA device")
     if want == "cpu" or (want == "auto" and not has_cuda):
         return torch.device("cpu")
     n = torch.cuda.device_count()
+    if cfg.parallel.backend == TEST_BACKEND:  # test-only: several ranks may share a GPU
+        return torch.device("cuda", local_rank % n)
     if local_rank >= n:
         raise ConfigError(
             f"environment LOCAL_RANK={local_rank}: only {n} CUDA device(s) on this node "
@@ -52,8 +60,8 @@ def pick_backend(cfg: Config, device: torch.device) -> str:
     b = cfg.parallel.backend
     if b == "auto":
         return "nccl" if device.type == "cuda" else "gloo"
-    if b == "nccl" and device.type != "cuda":
-        raise ConfigError("parallel.backend: nccl needs CUDA devices (use gloo or auto on CPU)")
+    if b in ("nccl", TEST_BACKEND) and device.type != "cuda":
+        raise ConfigError(f"parallel.backend: {b} needs CUDA devices (use gloo or auto on CPU)")
     return b
 
 
@@ -73,11 +81,13 @@ def init_distributed(cfg: Config, timeout_s: float | None = None) -> tuple[Grid,
     backend = pick_backend(cfg, device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    if device.type == "meta" and world > 1 and not dist.is_initialized():
+        raise ConfigError("train.device: meta runs under `megacrystal rehearse`, which starts the (fake) process group")
     if world > 1 and not dist.is_initialized():
         for k in ("MASTER_ADDR", "MASTER_PORT"):
             if not os.environ.get(k):
                 raise ConfigError(f"environment {k}: not set (launch with torchrun, which sets it)")
-        kw = dict(device_id=device) if device.type == "cuda" else {}
+        kw = dict(device_id=device) if backend == "nccl" else {}
         timeout = timedelta(seconds=cfg.parallel.timeout_s if timeout_s is None else timeout_s)
         dist.init_process_group(backend, rank=rank, world_size=world, timeout=timeout, **kw)
     grid = build_grid(cfg, checked=True)

@@ -37,7 +37,7 @@ class ParamGather:
         b = self.buf.buckets[index]
         lo, hi = self.buf.shard_range(b)
         pbuf = self.buf.param_buffer
-        work = C.all_gather_flat(pbuf[b.start : b.start + b.size], pbuf[lo:hi], self.buf.grid.dp, async_op=True)
+        work = C.all_gather_flat(pbuf[b.start : b.start + b.size], pbuf[lo:hi], self.buf.group, async_op=True)
         self.pending[index] = C.issue(work, "param_gather", dict(bucket=index))
 
     def step_done(self) -> None:

@@ -1,16 +1,20 @@
-"""The TP x PP x DP grid: which global ranks form each process group, built once, up front.
+"""The TP x CP x PP x DP grid: which global ranks form each process group, built once, up front.
 
 Ranks are laid out by reshaping `arange(world)`; `parallel.order` names the axes fastest-varying
-first. Megatron's default "tp-dp-pp" gives  rank = tp_rank + tp*(dp_rank + dp*pp_rank), so a
-tensor-parallel group is a run of adjacent ranks (one node's NVLink island) and pipeline stages
-are furthest apart. "tp-pp-dp" puts the pipeline inside the data-parallel replica instead.
+first, tp innermost and context parallelism (cp) right after it. Megatron's default "tp-dp-pp" gives
+rank = tp_rank + tp*(cp_rank + cp*(dp_rank + dp*pp_rank)), so a tensor-parallel group is a run of
+adjacent ranks (one node's NVLink island), a cp ring the next-closest, and pipeline stages are furthest
+apart. "tp-pp-dp" puts the pipeline inside the data-parallel replica instead.
 
 Groups (all created on every rank, in one fixed order, before anything else talks):
-    tp         same (dp, pp): shards of one layer
-    pp         same (tp, dp): the stages of one pipeline
-    dp         same (tp, pp): replicas that reduce gradients
-    mp         same dp: tp x pp, one whole model replica (grad-norm without the distributed optimizer)
+    tp         same (cp, dp, pp): shards of one layer
+    pp         same (tp, cp, dp): the stages of one pipeline
+    dp         same (tp, cp, pp): replicas that see different samples
+    mp         same (dp, cp): tp x pp, one whole model replica (grad-norm without the distributed optimizer)
     embedding  first and last pp stage of each pipeline (tied input/output embedding grads)
+    cp         same (tp, dp, pp): the ranks that share each sequence (ring attention)
+    dp_cp      same (tp, pp): dp x cp, the ranks that hold the same parameters and reduce gradients
+               (the distributed optimizer shards over it); = dp when cp is 1, = cp when dp is 1
     world      everything
 A group of one rank gets no process group at all: collectives on it are no-ops.
 """
@@ -27,7 +31,8 @@ import torch.distributed as dist
 from ..config import Config, ConfigError, validate_world
 
 # order -> axis names from slowest to fastest varying (the reshape shape of arange(world))
-ORDERS = {"tp-dp-pp": ("pp", "dp", "tp"), "tp-pp-dp": ("dp", "pp", "tp")}
+ORDERS = {"tp-dp-pp": ("pp", "dp", "cp", "tp"), "tp-pp-dp": ("dp", "pp", "cp", "tp")}
+AXES = ("pp", "dp", "cp", "tp")  # the index order of `rank_layout`
 
 
 @dataclass
@@ -59,6 +64,9 @@ class Grid:
     mp: Group
     embedding: Group
     world: Group
+    cp: Group
+    dp_cp: Group
+    cp_size: int
     backend: str | None = None
     all_groups: list = field(default_factory=list, repr=False)
 
@@ -80,6 +88,16 @@ class Grid:
         return self.dp.pg
 
     @property
+    def cp_rank(self) -> int:
+        return self.cp.rank
+
+    @property
+    def replicas(self) -> Group:
+        """The ranks that hold the same parameters: gradients are summed over them, the distributed
+        optimizer shards over them (dp x cp; cp never shards a parameter)."""
+        return self.dp_cp
+
+    @property
     def is_first_stage(self) -> bool:
         return self.pp.rank == 0
 
@@ -97,37 +115,43 @@ class Grid:
         return self.pp.ranks[(self.pp.rank - 1) % self.pp_size]
 
     def layout(self) -> dict:
-        return dict(tp=self.tp_size, pp=self.pp_size, dp=self.dp_size, vpp=self.vpp_size, order=self.order)
+        out = dict(tp=self.tp_size, pp=self.pp_size, dp=self.dp_size, vpp=self.vpp_size, order=self.order)
+        if self.cp_size > 1:  # absent at cp=1: layouts recorded before cp existed still compare equal
+            out["cp"] = self.cp_size
+        return out
 
     def describe(self) -> str:
+        cp = f"cp {self.cp_rank}/{self.cp_size} " if self.cp_size > 1 else ""
         return (
-            f"rank {self.rank}/{self.world_size}: tp {self.tp_rank}/{self.tp_size} "
+            f"rank {self.rank}/{self.world_size}: tp {self.tp_rank}/{self.tp_size} {cp}"
             f"pp {self.pp_rank}/{self.pp_size} dp {self.dp_rank}/{self.dp_size} (order {self.order})"
         )
 
 
-def rank_layout(world_size: int, tp: int, pp: int, order: str) -> dict[str, torch.Tensor]:
-    """The rank grid as a [pp, dp, tp]-indexed tensor of global ranks, whatever the order."""
+def rank_layout(world_size: int, tp: int, pp: int, order: str, cp: int = 1) -> torch.Tensor:
+    """The rank grid as a [pp, dp, cp, tp]-indexed tensor of global ranks, whatever the order."""
     if order not in ORDERS:
         raise ConfigError(f"parallel.order: expected one of {sorted(ORDERS)}, got {order!r}")
-    dp = world_size // (tp * pp)
-    sizes = {"tp": tp, "pp": pp, "dp": dp}
+    dp = world_size // (tp * cp * pp)
+    sizes = {"tp": tp, "cp": cp, "pp": pp, "dp": dp}
     axes = ORDERS[order]
     grid = torch.arange(world_size).reshape([sizes[a] for a in axes])
-    return grid.permute([axes.index(a) for a in ("pp", "dp", "tp")])  # -> [pp, dp, tp]
+    return grid.permute([axes.index(a) for a in AXES])  # -> [pp, dp, cp, tp]
 
 
-def group_ranks(world_size: int, tp: int, pp: int, order: str) -> dict[str, list[list[int]]]:
+def group_ranks(world_size: int, tp: int, pp: int, order: str, cp: int = 1) -> dict[str, list[list[int]]]:
     """Every group of every kind, as lists of global ranks, in the creation order."""
-    g = rank_layout(world_size, tp, pp, order)  # [pp, dp, tp]
-    P, D, T = g.shape
+    g = rank_layout(world_size, tp, pp, order, cp)  # [pp, dp, cp, tp]
+    P, D, C, T = g.shape
     out = {
-        "tp": [g[p, d, :].tolist() for p in range(P) for d in range(D)],
-        "pp": [g[:, d, t].tolist() for d in range(D) for t in range(T)],
-        "dp": [g[p, :, t].tolist() for p in range(P) for t in range(T)],
-        "mp": [g[:, d, :].flatten().tolist() for d in range(D)],
+        "tp": [g[p, d, c, :].tolist() for p in range(P) for d in range(D) for c in range(C)],
+        "pp": [g[:, d, c, t].tolist() for d in range(D) for c in range(C) for t in range(T)],
+        "dp": [g[p, :, c, t].tolist() for p in range(P) for c in range(C) for t in range(T)],
+        "mp": [g[:, d, c, :].flatten().tolist() for d in range(D) for c in range(C)],
     }
     out["embedding"] = [sorted({r[0], r[-1]}) for r in out["pp"]]
+    out["cp"] = [g[p, d, :, t].tolist() for p in range(P) for d in range(D) for t in range(T)]
+    out["dp_cp"] = [g[p, :, :, t].flatten().tolist() for p in range(P) for t in range(T)]
     return out
 
 
@@ -161,17 +185,18 @@ def build_grid(cfg: Config, world_size: int | None = None, rank: int | None = No
             f"parallel: world size {world_size} needs torch.distributed to be initialised "
             f"first (use megacrystal.parallel.init.init_distributed)"
         )
+    cp = getattr(par, "cp", 1)
+    dp = world_size // (par.tp * cp * par.pp)
     if (
         _current is not None
         and _current.world_size == world_size
         and _current.rank == rank
-        and _current.layout()
-        == dict(tp=par.tp, pp=par.pp, dp=world_size // (par.tp * par.pp), vpp=par.vpp, order=par.order)
+        and _current.layout() == _layout_of(par, cp, dp)
     ):
         return _current
-    all_groups = group_ranks(world_size, par.tp, par.pp, par.order)
+    all_groups = group_ranks(world_size, par.tp, par.pp, par.order, cp)
     mine: dict[str, Group] = {}
-    for kind in ("tp", "pp", "dp", "mp", "embedding"):
+    for kind in ("tp", "pp", "dp", "mp", "embedding", "cp"):
         for ranks in all_groups[kind]:
             # every rank creates every group (torch requires it), in the same order
             pg = _new_group(ranks, par.timeout_s) if len(ranks) > 1 else None
@@ -179,13 +204,19 @@ def build_grid(cfg: Config, world_size: int | None = None, rank: int | None = No
                 mine[kind] = Group(kind, ranks, ranks.index(rank), pg)
         if kind == "embedding" and "embedding" not in mine:
             mine["embedding"] = Group("embedding", [rank], 0, None)  # a middle stage: not a member
+    # dp x cp: the same ranks as dp (cp 1) or as cp (dp 1) share that group's process group
+    same = mine["dp"] if cp == 1 else mine["cp"] if dp == 1 else None
+    for ranks in all_groups["dp_cp"]:
+        pg = same.pg if same is not None else _new_group(ranks, par.timeout_s) if len(ranks) > 1 else None
+        if rank in ranks:
+            mine["dp_cp"] = Group("dp_cp", ranks, ranks.index(rank), pg)
     world = Group("world", list(range(world_size)), rank, dist.group.WORLD if world_size > 1 else None)
     grid = Grid(
         world_size=world_size,
         rank=rank,
         tp_size=par.tp,
         pp_size=par.pp,
-        dp_size=world_size // (par.tp * par.pp),
+        dp_size=dp,
         vpp_size=par.vpp,
         order=par.order,
         tp=mine["tp"],
@@ -194,11 +225,21 @@ def build_grid(cfg: Config, world_size: int | None = None, rank: int | None = No
         mp=mine["mp"],
         embedding=mine["embedding"],
         world=world,
+        cp=mine["cp"],
+        dp_cp=mine["dp_cp"],
+        cp_size=cp,
         backend=dist.get_backend() if initialised else None,
-        all_groups=[g for g in (mine["tp"], mine["pp"], mine["dp"], mine["mp"], mine["embedding"])],
+        all_groups=[mine[k] for k in ("tp", "pp", "dp", "mp", "embedding", "cp", "dp_cp")],
     )
     _current = grid
     return grid
+
+
+def _layout_of(par, cp: int, dp: int) -> dict:
+    out = dict(tp=par.tp, pp=par.pp, dp=dp, vpp=par.vpp, order=par.order)
+    if cp > 1:
+        out["cp"] = cp
+    return out
 
 
 def _meet(timeout_s: float) -> None:

@@ -40,6 +40,10 @@ class StepCompute:
         t0 = time.perf_counter() if self.trace is not None else 0.0
         m, b = self.chunks[chunk], self.batches[mb]
         kw = dict(position_ids=b.get("position_ids"), segment_ids=b.get("segment_ids"), labels=b["labels"])
+        if b.get("cp_context") is not None:  # context parallel: ring attention (parallel/ring_attention.py)
+            kw["cp"] = b["cp_context"]
+        if b.get("cu_seqlens") is not None:  # document boundaries, computed by the loader on the host
+            kw.update(cu_seqlens=b["cu_seqlens"], max_seqlen=b["max_seqlen"])
         out = m(tokens=b["tokens"], **kw) if m.pre_process else m(hidden=x, **kw)
         if m.post_process:
             s = (out * b["loss_mask"]).sum()

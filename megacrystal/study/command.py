@@ -5,8 +5,9 @@
     megacrystal study --config examples/study_7b.yaml --dry-run --plan-gpus 256 --gpu h100   # cost at scale
 
 Writes OUT/configs/<variant>.yaml (and one per seed; `megacrystal data-inspect --config` shows their
-per-source tokens), trains OUT/<variant>/seed<N>/ with `megacrystal train`, evaluates each final
-checkpoint with `megacrystal eval`, and runs `megacrystal compare` over all runs into OUT/compare/.
+per-source tokens), trains OUT/<variant>/seed<N>/ with `megacrystal train`, evaluates every checkpoint
+each run kept with `megacrystal eval --all`, and runs `megacrystal compare --trajectory` over all runs
+into OUT/compare/ (final table, validation curves, and each curriculum's trajectory).
 OUT/study.json records the wall time, the parallel jobs, the cores and the load average.
 """
 
@@ -125,7 +126,7 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", help="parallel runs (overrides the file's jobs)")
     ap.add_argument("--dry-run", action="store_true", help="write and describe the variant configs only")
     ap.add_argument("--plan-gpus", type=int, help="with --dry-run: the study's cost on N GPUs (megacrystal plan)")
-    ap.add_argument("--gpu", default="h100", choices=["h100", "h200"])
+    ap.add_argument("--gpu", default="h100", choices=["h100", "h200"], help="with --plan-gpus: the GPU type")
     ap.add_argument("overrides", nargs="*", help="dotted overrides of the base run config")
     a = ap.parse_args(argv)
     t0 = time.time()
@@ -143,8 +144,12 @@ def main(argv=None) -> int:
             print(_plan_cost(variants, len(spec.seeds), a.plan_gpus, a.gpu))
         print(f"configs in {Path(spec.out_dir) / 'configs'}")
         return 0
-    for j in jobs:
-        j.plan()
+    try:
+        for j in jobs:
+            j.plan()
+    except ValueError as e:
+        print(f"megacrystal study: {e}", file=sys.stderr)
+        return 2
     n = spec.num_jobs()
     todo = [j for j in jobs if j.steps]
     load0 = os.getloadavg()
@@ -155,7 +160,7 @@ def main(argv=None) -> int:
     if not failed:
         from ..evaluation.compare import compare
 
-        summary = compare([str(j.run_dir) for j in jobs], str(Path(spec.out_dir) / "compare"))
+        summary = compare([str(j.run_dir) for j in jobs], str(Path(spec.out_dir) / "compare"), with_trajectory=True)
     record = dict(
         wall_s=round(time.time() - t0, 1),
         parallel_jobs=n,
@@ -174,9 +179,11 @@ def main(argv=None) -> int:
             print(f"megacrystal study: {j.name} failed: {j.error}", file=sys.stderr)
         return 1
     print(summary["table"])
+    if summary.get("trajectory"):
+        print("\nAt each phase end:\n")
+        print(summary["trajectory"]["table"])
+        summary["plots"] += summary["trajectory"]["files"]
     for p in summary.get("plots", []):
         print(f"wrote {p}")
-    if summary.get("plot_error"):
-        print(f"megacrystal study: {summary['plot_error']}", file=sys.stderr)
     print(f"study done in {record['wall_s'] / 60:.1f} min ({n} parallel runs); {Path(spec.out_dir) / 'study.json'}")
     return 0

@@ -2,8 +2,10 @@
 scheduler that keeps `n` of them going as separate processes, each with a bounded time.
 
 A run counts as trained when its newest checkpoint is at the config's last step, and as evaluated
-when RUN/eval/step_<last>.json exists; finished work is never redone, a half-trained run resumes
-from its checkpoint (the trainer does that by itself).
+when every checkpoint it kept has its result with the study's eval settings
+(RUN/eval/step_N-<settings fingerprint>.json, written by `megacrystal eval --all`); finished work is
+never redone, a half-trained run resumes from its checkpoint (the trainer does that by itself), a
+half-evaluated one scores only what is missing.
 """
 
 from __future__ import annotations
@@ -40,9 +42,23 @@ class Job:
         except (OSError, ValueError, KeyError):
             return None
 
-    @property
-    def eval_file(self) -> Path:
-        return self.run_dir / "eval" / f"step_{self.total_steps:08d}.json"
+    def eval_files(self) -> list[Path]:
+        """The result files `eval --all` writes for the checkpoints the run kept (none before it has one)."""
+        from ..checkpoint.files import kept_checkpoints
+        from ..checkpoint.format import CheckpointError
+        from ..evaluation.command import build_parser, resolve_precision, scoring_settings
+        from ..evaluation.results import report_path, settings_fingerprint
+
+        try:
+            a = build_parser().parse_args(["--checkpoint", str(self.run_dir), "--all", *self.eval_args])
+        except SystemExit:  # argparse has printed what is wrong
+            raise ValueError(f"eval_args {self.eval_args}: not valid `megacrystal eval` arguments") from None
+        fp = settings_fingerprint(scoring_settings(a, resolve_precision(a)))
+        try:
+            kept = kept_checkpoints(self.run_dir)
+        except CheckpointError:
+            return []
+        return [report_path(self.run_dir, step, fp) for step, _ in kept]
 
     def plan(self) -> None:
         """Decide what is left to do."""
@@ -50,10 +66,10 @@ class Job:
         self.steps = []
         if self.trained_step() != self.total_steps:
             self.steps.append(("train", [*cli, "train", "--config", str(self.config)]))
-        if not self.eval_file.is_file():
-            self.steps.append(
-                ("eval", [*cli, "eval", "--checkpoint", str(self.run_dir), "--no-progress", *self.eval_args])
-            )
+        files = self.eval_files()
+        if self.steps or not files or not all(f.is_file() for f in files):
+            argv = [*cli, "eval", "--checkpoint", str(self.run_dir), "--all", "--no-progress", *self.eval_args]
+            self.steps.append(("eval", argv))
         whats = [w for w, _ in self.steps]
         self.status = "done" if not whats else ("trained" if whats == ["eval"] else "todo")
 

@@ -14,6 +14,7 @@ import math
 import torch
 
 from ..parallel import collectives as C
+from ..parallel.host import to_host
 
 
 class NonFiniteError(RuntimeError):
@@ -39,13 +40,12 @@ def state_is_finite(engine) -> bool:
     Collective: every rank calls it; one all-reduce of one number over the world."""
     params = [p for m in engine.chunks for p in m.parameters()]
     tensors = _tensors(engine.optimizer.state_dict(), _tensors(params, []))
-    bad = 0.0
-    if tensors:  # max |x| per tensor (NaN propagates), no copy of the state
+    flag = torch.zeros(1, dtype=torch.float32, device=engine.device)
+    if tensors:  # max |x| per tensor (NaN propagates), no copy of the state; the verdict stays on the device
         peaks = torch.stack([n.float() for n in torch._foreach_norm(tensors, math.inf)])
-        bad = float(not bool(torch.isfinite(peaks).all()))
-    flag = torch.tensor([bad], dtype=torch.float32, device=engine.device)
+        flag = (~torch.isfinite(peaks)).any().float().reshape(1)
     C.all_reduce(flag, engine.grid.world)
-    return flag.item() == 0.0
+    return to_host(flag, "save.finite")[0] == 0.0
 
 
 def ensure_finite(engine, step: int) -> None:

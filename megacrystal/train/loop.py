@@ -9,11 +9,13 @@ the next samples, also mid-phase, on any layout) and the counters.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.profiler import record_function
 
 from ..checkpoint import Checkpointer, save_consolidated
 from ..checkpoint.files import find_resume_point
@@ -22,30 +24,39 @@ from ..data.loader import build_data
 from ..data.plan import make_plan
 from ..engine.engine import Engine
 from ..log import get_logger
+from ..parallel.host_group import host_group
 from ..parallel.init import init_distributed
 from .finite import SkipCounter, ensure_finite
 from .init_from import init_from
+from .long_run import end_only_save_warning
 from .lr_schedule import Schedule
 from .metrics import MetricsWriter, flops_per_token, peak_flops
 from .phase_policy import phase_validation, save_due
 from .preemption import StopRequested, StopSignals
-from .watchdog import StepWatchdog
+from .watchdog import StepWatchdog, step_timeout
 
 log = get_logger("megacrystal.train")
 
 
-def _dp_sum(values: torch.Tensor, grid) -> torch.Tensor:
-    if dist.is_initialized() and grid.dp_size > 1:
-        dist.all_reduce(values, group=grid.dp_group)
-    return values
-
-
 def evaluate(engine, valid: dict, cfg: Config, grid) -> dict:
     """Per-source validation loss (token mean over `train.eval_iters` global batches of each source)."""
+    with record_function("megacrystal.eval"):  # a profiler range (and a rehearsal's section marker)
+        return _evaluate(engine, valid, cfg, grid)
+
+
+def _evaluate(engine, valid: dict, cfg: Config, grid) -> dict:
     out = {}
     t = cfg.train
     for name, vset in valid.items():
-        loader = vset.batches(t.eval_iters, grid.dp_rank, grid.dp_size, t.micro_batch_size, t.global_batch_size)
+        loader = vset.batches(
+            t.eval_iters,
+            grid.dp_rank,
+            grid.dp_size,
+            t.micro_batch_size,
+            t.global_batch_size,
+            grid.cp_rank,
+            grid.cp_size,
+        )
         total, count = 0.0, 0.0
         for mbs in loader:
             s, c = engine.eval_loss(mbs)
@@ -57,7 +68,7 @@ def evaluate(engine, valid: dict, cfg: Config, grid) -> dict:
 def train(cfg: Config) -> dict:
     """Run (or resume) the configured training; returns the last step's metrics. Raises
     StopRequested after saving on SIGTERM/SIGINT, NonFiniteError after too many non-finite steps."""
-    stop, dog = StopSignals(), StepWatchdog(cfg.train.step_timeout_s)
+    stop, dog = StopSignals(), StepWatchdog(step_timeout(cfg, int(os.environ.get("WORLD_SIZE", "1"))))
     try:
         return _train(cfg, stop, dog)
     finally:
@@ -80,19 +91,26 @@ def _train(cfg: Config, stop: StopSignals, dog: StepWatchdog) -> dict:
 
         (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
-    world = dist.group.WORLD if dist.is_initialized() else None
+    # the one host-side group: the data set-up handshake and checkpoint traffic (parallel/host_group.py)
+    host = host_group(cfg.parallel.timeout_s)
     plan, loader, valid = build_data(
-        cfg, grid.dp_rank, grid.dp_size, group=world, with_validation=t.eval_interval > 0, plan=data_plan
+        cfg,
+        grid.dp_rank,
+        grid.dp_size,
+        group=host,
+        with_validation=t.eval_interval > 0,
+        plan=data_plan,
+        cp_rank=grid.cp_rank,
     )
     schedule = Schedule([p.config for p in plan.phases], [p.steps for p in plan.phases])
     total_steps = min(schedule.total_steps, t.max_steps) if t.max_steps else schedule.total_steps
-    engine = Engine(cfg, device)
+    engine = Engine(cfg, device, init_weights=False)  # drawn below unless a checkpoint or init_from sets them
 
     source_names = plan.source_names
     counts = torch.zeros(len(source_names), dtype=torch.float64)
     step, tokens_seen = 0, 0
     skips = SkipCounter(t.max_skipped_steps)
-    ckptr = Checkpointer(engine, str(out_dir), t.async_save, cfg.data.tokenizer_model)
+    ckptr = Checkpointer(engine, str(out_dir), t.async_save, cfg.data.tokenizer_model, group=host)
     ckptr.keep, ckptr.keep_every = t.keep_checkpoints, t.keep_every
     ckpt, meta = find_resume_point(out_dir, t.resume, ckptr.group), None
     if ckpt is not None:
@@ -105,6 +123,8 @@ def _train(cfg: Config, stop: StopSignals, dog: StepWatchdog) -> dict:
         log.info(f"resumed from {ckpt} at step {step} (phase {schedule.span(step).name})")
     elif t.init_from:
         log.info(init_from(engine, t.init_from, t.init_optimizer, ckptr.group))
+    else:
+        engine.draw_initial_weights()
     loader.total_steps = total_steps
 
     metrics = MetricsWriter(str(out_dir), enabled=rank0, tensorboard=cfg.log.tensorboard)
@@ -117,13 +137,21 @@ def _train(cfg: Config, stop: StopSignals, dog: StepWatchdog) -> dict:
     if rank0:
         log.info(
             f"training {engine.num_parameters() / 1e6:.2f} M parameters, steps {step}..{total_steps}, "
-            f"phases {[(p.name, p.steps) for p in plan.phases]}, grid tp={grid.tp_size} pp={grid.pp_size} "
-            f"dp={grid.dp_size}, device {device}, MFU peak: {peak_src}"
+            f"phases {[(p.name, p.steps) for p in plan.phases]}, grid tp={grid.tp_size} cp={grid.cp_size} pp={grid.pp_size} "
+            f"dp={grid.dp_size}, device {device}, step watchdog "
+            f"{f'{dog.timeout_s:g} s' if dog.timeout_s > 0 else 'off'}, MFU peak: {peak_src}"
         )
+        warning = end_only_save_warning(cfg, schedule, step, total_steps)
+        if warning:
+            log.warning(warning)
 
     last_saved = step
 
     def save(at_step):
+        with record_function("megacrystal.checkpoint"):
+            _save(at_step)
+
+    def _save(at_step):
         nonlocal last_saved
         engine.sync_params()  # the parameter all-gathers left to the next forward complete first
         ensure_finite(engine, at_step)  # never a checkpoint holding NaN/Inf
@@ -137,10 +165,10 @@ def _train(cfg: Config, stop: StopSignals, dog: StepWatchdog) -> dict:
         ckptr.save(at_step, state, cfg.to_dict())
         last_saved = at_step
 
-    def stop_if_asked():
-        """Collective: a SIGTERM/SIGINT on any rank (since start-up, or during the step) stops here."""
-        if step >= total_steps or not stop.agreed(grid, device):
-            return
+    def stop_here():
+        """Every rank, at the same step boundary (the flag travels with the next step's batch check):
+        save the steps done, then end the run."""
+        loader.step = step  # the batches fetched for the step that will not run are read again on resume
         if step > last_saved:
             save(step)
         ckptr.close()  # the stop's checkpoint is committed before the exit
@@ -152,20 +180,23 @@ def _train(cfg: Config, stop: StopSignals, dog: StepWatchdog) -> dict:
     record: dict = {}
     it = iter(loader)
     dog.rank = grid.rank
-    stop_if_asked()  # a signal during start-up (data, process groups, loading) acts before any step
     while step < total_steps:
         span = schedule.span(step)
         lr = schedule.lr(step, skips.lag(span.name))
         t0 = time.perf_counter()
         dog.start(step + 1)
         mbs = next(it)
-        local = torch.zeros(len(source_names), dtype=torch.float64)
-        for mb in mbs:
-            local += torch.bincount(mb["source_id"], minlength=len(source_names)).double()
-        out = engine.train_step(mbs, lr)
-        counts += _dp_sum(local, grid)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        # a SIGTERM/SIGINT on any rank (during start-up, or before this step) stops here, before it runs
+        out = engine.train_step(mbs, lr, stop=stop.signum is not None)
+        if out["stopped"]:
+            dog.stop()
+            stop_here()
+        global_counts = loader.source_counts(step)  # the whole global batch's, from the data plan: no collective
+        if global_counts is not None:
+            counts += torch.from_numpy(global_counts).double()
+        logged = (step + 1) % t.log_interval == 0 or step + 1 == total_steps or out["skipped"]
+        if logged and device.type == "cuda":
+            torch.cuda.synchronize(device)  # the step's time is measured where it is logged, and only there
         dt = time.perf_counter() - t0
         dog.stop()
         step += 1
@@ -187,7 +218,7 @@ def _train(cfg: Config, stop: StopSignals, dog: StepWatchdog) -> dict:
         )
         if t.eval_interval and valid and (step % t.eval_interval == 0 or step == total_steps):
             record["valid_loss"] = evaluate(engine, phase_validation(valid, schedule.phases[span.index]), cfg, grid)
-        if step % t.log_interval == 0 or step == total_steps or out["skipped"]:
+        if logged:
             metrics.write(record)
             if rank0 and out["skipped"]:
                 log.warning(
@@ -201,9 +232,8 @@ def _train(cfg: Config, stop: StopSignals, dog: StepWatchdog) -> dict:
                     f"grad_norm {out['grad_norm']:.3f} {tps:,.0f} tok/s mfu {record['mfu']:.3f}{extra}"
                 )
         skips.record(out["skipped"], step, span.name, out["loss"], out["grad_norm"])  # raises: too many in a row
-        if save_due(step, span, schedule.phases[span.index], t.save_interval) and step < total_steps:
+        if save_due(step, span, schedule.phases[span.index], t.save_interval, t.keep_every) and step < total_steps:
             save(step)
-        stop_if_asked()  # every rank, the same step
     engine.sync_params()  # the run ends: nothing left in flight
     if step > last_saved:
         save(step)

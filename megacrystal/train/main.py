@@ -17,7 +17,8 @@ from .preemption import StopRequested
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="megacrystal train", description=__doc__.split("\n")[0])
+    desc, epilog = __doc__.split("\n\n")
+    ap = argparse.ArgumentParser(prog="megacrystal train", description=desc, epilog=epilog)
     ap.add_argument("--config", required=True, help="a run config (YAML)")
     ap.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. parallel.tp=2 train.max_steps=10")
     a = ap.parse_args(argv)

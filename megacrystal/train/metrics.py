@@ -2,7 +2,8 @@
 
 MFU counts model FLOPs per token as 6·N (N = non-embedding parameters + the output head) plus
 attention 12·layers·hidden·seq (causal: half of 12·L·h·s is skipped by the kernels, but the common
-convention — PaLM, Megatron — counts it whole), over the device's peak dense rate.
+convention — PaLM, Megatron — counts it whole), over the peak dense rate of what runs: bf16, fp64, or
+for fp32 the TF32 peak when torch lets fp32 matmuls use TF32 and the plain fp32 peak when not.
 """
 
 from __future__ import annotations
@@ -17,8 +18,20 @@ import torch
 from ..config import ModelConfig
 from ..log import get_logger
 
-# Dense bf16 peak (FLOP/s) per device, from vendor datasheets.
-PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "L4": 121e12}
+# Dense peaks (FLOP/s) from vendor datasheets: (bf16, tf32, fp32, fp64; None: not stated). Matched by the
+# first name contained in the device name, so the more specific names come first. A small table for now:
+# the planner's hardware table will take its place.
+PEAKS: dict[str, tuple[float, float, float, float | None]] = {
+    "H100 PCIe": (756e12, 378e12, 51e12, 51e12),
+    "H100 NVL": (835e12, 417.5e12, 60e12, 60e12),
+    "H100": (989e12, 494.5e12, 67e12, 67e12),  # SXM
+    "H200": (989e12, 494.5e12, 67e12, 67e12),
+    "A100": (312e12, 156e12, 19.5e12, 19.5e12),
+    "L40S": (362e12, 183e12, 91.6e12, None),
+    "A10": (125e12, 62.5e12, 31.2e12, None),
+    "L4": (121e12, 60e12, 30.3e12, None),
+}
+CPU_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
@@ -43,14 +56,42 @@ def measure_cpu_peak(dtype=torch.float32, n: int = 1024, reps: int = 3, trials: 
     return best
 
 
+def tf32_matmuls() -> tuple[bool, str]:
+    """Whether CUDA fp32 matmuls run on TF32 here, and what says so."""
+    if os.environ.get("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE") == "1":
+        return True, "TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1"
+    mode = torch.get_float32_matmul_precision()
+    return mode != "highest", f"torch float32 matmul precision '{mode}'"
+
+
+def gpu_peak(name: str, precision: str, tf32: bool) -> tuple[float, str]:
+    """(peak FLOP/s of what runs, which figure) for a GPU named `name`; 0 where the table has none."""
+    for key, (bf16, tf32_peak, fp32, fp64) in PEAKS.items():
+        if key in name:
+            which, val = {
+                "bf16": ("bf16", bf16),
+                "fp64": ("fp64", fp64),
+                "fp32": ("TF32", tf32_peak) if tf32 else ("fp32", fp32),
+            }[precision]
+            return (val or 0.0), f"datasheet {key} {which}" + ("" if val else " (not in the table)")
+    return 0.0, f"unknown GPU {name}"
+
+
 def peak_flops(device: torch.device, precision: str) -> tuple[float, str]:
+    """The MFU denominator for a run in `precision` on `device`, and a line saying which it is (on a GPU
+    in fp32 also whether TF32 is on)."""
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, val in PEAK_BF16.items():
-            if key in name:
-                return (val if precision == "bf16" else val / 2), f"datasheet {key}"
-        return 0.0, f"unknown GPU {name}"
-    return measure_cpu_peak(), "measured CPU matmul"
+        tf32, why = tf32_matmuls()
+        peak, src = gpu_peak(torch.cuda.get_device_name(device), precision, tf32)
+        if precision == "fp32":
+            hint = (
+                ""
+                if tf32
+                else "; torch.set_float32_matmul_precision('high') or TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1 turns it on"
+            )
+            src += f"; fp32 matmuls: TF32 {'on' if tf32 else 'off'} ({why}{hint})"
+        return peak, src
+    return measure_cpu_peak(CPU_DTYPES[precision]), f"measured CPU {precision} matmul"
 
 
 class MetricsWriter:

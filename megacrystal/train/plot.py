@@ -1,15 +1,15 @@
-"""`megacrystal plot --run DIR`: an SVG of a run's metrics.jsonl (loss, LR, grad norm, throughput),
-phase boundaries marked. No plotting library needed."""
+"""`megacrystal plot --run DIR`: a run's metrics.jsonl (loss, LR, grad norm, throughput) against the
+step, phase boundaries marked, as RUN/metrics.png and RUN/metrics.svg (drawn by megacrystal.plotting)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 PANELS = [("loss", "loss"), ("lr", "learning rate"), ("grad_norm", "grad norm"), ("tokens_per_s", "tokens/s")]
-W, H, PAD = 520, 220, 48
 
 
 def read_metrics(run_dir: str) -> list[dict]:
@@ -26,60 +26,42 @@ def read_metrics(run_dir: str) -> list[dict]:
     return rows
 
 
-def _panel(rows, key, title, ox, oy) -> list[str]:
-    pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
-    out = [
-        f'<g transform="translate({ox},{oy})">',
-        f'<rect x="{PAD}" y="10" width="{W - PAD - 10}" height="{H - PAD}" fill="none" stroke="#999"/>',
-        f'<text x="{W / 2}" y="8" text-anchor="middle" font-size="12">{title}</text>',
-    ]
-    if pts:
-        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-        x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
-        y0, y1 = min(ys), max(ys) if max(ys) > min(ys) else min(ys) + 1
-        fx = lambda x: PAD + (x - x0) / (x1 - x0) * (W - PAD - 10)
-        fy = lambda y: 10 + (1 - (y - y0) / (y1 - y0)) * (H - PAD)
-        prev = None
-        for r in rows:  # phase boundaries
-            if prev is not None and r.get("phase") != prev:
-                out.append(
-                    f'<line x1="{fx(r["step"]):.1f}" x2="{fx(r["step"]):.1f}" y1="10" y2="{H - PAD + 10}" '
-                    f'stroke="#c33" stroke-dasharray="4 3"/><text x="{fx(r["step"]) + 3:.1f}" y="22" '
-                    f'font-size="10" fill="#c33">{r.get("phase")}</text>'
-                )
-            prev = r.get("phase")
-        path = " ".join(f"{'M' if i == 0 else 'L'}{fx(x):.1f},{fy(y):.1f}" for i, (x, y) in enumerate(pts))
-        out.append(f'<path d="{path}" fill="none" stroke="#1f77b4" stroke-width="1.5"/>')
-        for v, y in ((y1, 14), (y0, H - PAD + 10)):
-            out.append(f'<text x="{PAD - 4}" y="{y}" text-anchor="end" font-size="10">{v:.4g}</text>')
-        out.append(f'<text x="{PAD}" y="{H - PAD + 24}" font-size="10">step {x0}</text>')
-        out.append(f'<text x="{W - 10}" y="{H - PAD + 24}" text-anchor="end" font-size="10">{x1}</text>')
-    out.append("</g>")
+def phase_starts(rows: list[dict]) -> list[tuple[int, str]]:
+    """(step, phase) of every logged step whose phase differs from the previous row's."""
+    out, prev = [], None
+    for r in rows:
+        if prev is not None and r.get("phase") != prev:
+            out.append((r["step"], str(r.get("phase"))))
+        prev = r.get("phase")
     return out
 
 
-def plot_run(run_dir: str, output: str | None = None) -> str:
+def plot_run(run_dir: str, output: str | None = None) -> list[str]:
+    """Draw the run's metrics; `output` is the path without its suffix (default RUN/metrics); -> the files."""
+    from ..plotting import Line, Mark, Panel, draw
+
     rows = read_metrics(run_dir)
-    out = Path(output or Path(run_dir) / "metrics.svg")
-    body = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * W}" height="{2 * H}" font-family="sans-serif">',
-        '<rect width="100%" height="100%" fill="white"/>',
-    ]
-    for i, (key, title) in enumerate(PANELS):
-        body += _panel(rows, key, title, (i % 2) * W, (i // 2) * H)
-    body.append("</svg>")
-    out.write_text("\n".join(body))
-    return str(out)
+    marks = [Mark(step, phase) for step, phase in phase_starts(rows)]
+    panels = []
+    for key, title in PANELS:
+        pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), int | float) and math.isfinite(r[key])]
+        lines = [Line("run", [p[0] for p in pts], [p[1] for p in pts])] if pts else []
+        panels.append(Panel(title, "step", title, lines, marks))
+    stem = Path(output) if output else Path(run_dir) / "metrics"
+    if stem.suffix in (".png", ".svg"):
+        stem = stem.with_suffix("")
+    return draw(panels, stem, f"{Path(run_dir).resolve().name}: training metrics (dashed: phase starts)", cols=2)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="megacrystal plot", description=__doc__)
     ap.add_argument("--run", required=True, help="a train.out_dir holding metrics.jsonl")
-    ap.add_argument("--output", help="SVG path (default RUN/metrics.svg)")
+    ap.add_argument("--output", help="path without suffix for the .png and .svg (default RUN/metrics)")
     a = ap.parse_args(argv)
     try:
-        print(plot_run(a.run, a.output))
+        for p in plot_run(a.run, a.output):
+            print(f"wrote {p}")
     except (FileNotFoundError, ValueError) as e:
-        print(f"megacrystal plot: {e}")
+        print(f"megacrystal plot: {e}", file=sys.stderr)
         return 2
     return 0

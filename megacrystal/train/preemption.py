@@ -1,13 +1,15 @@
 """Stopping a run cleanly: SIGTERM (what Slurm and torchrun send) and Ctrl-C.
 
     stop = StopSignals()                 # installs the handlers (main thread)
-    ...at each step boundary, on every rank:
-    if stop.agreed(grid, device): save(step); raise StopRequested(...)
+    ...at each step, on every rank:
+    out = engine.train_step(mbs, lr, stop=stop.signum is not None)
+    if out["stopped"]: save(step); raise StopRequested(...)
     stop.uninstall()
 
-SIGTERM, or a first SIGINT, only marks the process; at the next step boundary the ranks agree
-through one all-reduce (a rank that got the signal is enough), so every rank finishes the same
-step, the checkpoint is written and the run exits with `exit_codes.PREEMPTED` (75). Repeated
+SIGTERM, or a first SIGINT, only marks the process; the next step's batch check carries the flag
+(the same all-reduce and host read as the global token count, engine/engine.py `_prepare`: a rank
+that got the signal is enough), so every rank stops at the same step boundary before running it,
+the checkpoint of the steps done is written and the run exits with `exit_codes.PREEMPTED` (75). Repeated
 SIGTERMs change nothing (Slurm and torchrun may both send one). A second SIGINT exits at once
 (`exit_codes.INTERRUPTED`, 130), without saving: it is noticed by a thread reading the signal
 wakeup fd, so it works even while the main thread is blocked inside a collective.
@@ -21,10 +23,6 @@ import socket
 import sys
 import threading
 
-import torch
-import torch.distributed as dist
-
-from ..parallel import collectives as C
 from . import exit_codes
 
 
@@ -88,13 +86,6 @@ class StopSignals:
                 f"then exit {exit_codes.PREEMPTED}; a second SIGINT exits at once\n"
             )
             sys.stderr.flush()
-
-    def agreed(self, grid, device) -> bool:
-        """Collective (every rank, at the same step boundary): did any rank get a stop signal?"""
-        flag = torch.tensor([1.0 if self.signum else 0.0], device=device)
-        if dist.is_initialized() and grid.world.size > 1:
-            C.all_reduce(flag, grid.world, op=dist.ReduceOp.MAX)
-        return flag.item() > 0
 
     def uninstall(self) -> None:
         if not self._installed:

@@ -57,6 +57,24 @@ def test_batch_contents(data):
     assert {int(m["phase_id"][0]) for m in steps[-1]} == {1}
 
 
+def test_source_counts_of_a_step_are_its_global_batch(data):
+    """The trainer's per-source counts come from the data plan, on every rank alike, with no
+    collective: they equal what the step's micro-batches hold over all dp ranks."""
+    cfg, (plan, loader, _) = data
+    for dp in (1, 2):
+        shards = [
+            StepLoader(loader.dataset, r, dp, cfg.train.micro_batch_size, cfg.train.global_batch_size)
+            for r in range(dp)
+        ]
+        for step, per_rank in enumerate(zip(*(iter(s) for s in shards), strict=True)):
+            held = np.zeros(len(plan.source_names), dtype=np.int64)
+            for mbs in per_rank:
+                for mb in mbs:
+                    held += np.bincount(mb["source_id"].numpy(), minlength=len(held))
+            for s in shards:
+                assert s.source_counts(step).tolist() == held.tolist(), step
+
+
 @pytest.mark.parametrize("stop", [0, 1, 4, 5, 6, 11])  # incl. mid-phase and at the phase boundary
 def test_resume_yields_the_same_following_batches(data, stop):
     cfg, (plan, loader, _) = data
