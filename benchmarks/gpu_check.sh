@@ -55,6 +55,10 @@ step "training throughput"
 timeout 150 $PY benchmarks/train_throughput.py --out "$OUT" --cases crystal-1b,crystal-7b-4l --steps 4 2>&1 \
   | grep -v " INFO " | tee -a "$LOG"
 
+step "planner hardware probe (GEMM by shape, copy, attention: megacrystal plan's table)"
+timeout 120 $PY benchmarks/planner_probe.py --device cuda 2>&1 | tee -a "$LOG" || true
+[ "$OUT" = benchmarks/results ] || mv benchmarks/results/planner-probe-*.json "$OUT"/ 2>/dev/null || true
+
 step "distributed optimizer memory"
 timeout 60 $PY benchmarks/optimizer_memory.py --device cuda --dp 4 2>&1 | grep -v " INFO " | tail -8 | tee -a "$LOG"
 cp benchmarks/results/optimizer_memory_cuda.json "$OUT"/ 2>/dev/null

@@ -7,7 +7,7 @@ import pytest
 
 from megacrystal.cli import main
 from megacrystal.config import load_config
-from megacrystal.cost_plan import plan
+from megacrystal.planner import plan
 from megacrystal.train.plot import plot_run
 from tests.figure_util import axes_count, png_size, svg_texts
 
@@ -52,7 +52,9 @@ def test_plan_for_crystal_7b_fits_and_allows_tp4():
     assert rows[0]["fits"] and rows[0]["tp"] * rows[0]["pp"] * rows[0]["dp"] == 32
     assert any(r["tp"] == 4 for r in rows)  # FFN 10922 is padded, so tp=4 is a valid layout
     by_layout = {(r["tp"], r["pp"], r["vpp"]): r for r in rows}
-    assert (1, 1, 1) not in by_layout  # the config asks for sequence parallelism: tp > 1 only
+    # sequence parallelism is one of the choices the planner searches, so tp=1 (without it) is a candidate
+    assert any(r["tp"] == 1 and not r["sequence_parallel"] for r in rows)
+    assert not any(r["tp"] == 1 and r["sequence_parallel"] for r in rows)  # the validator's rule
     two, four = by_layout[(2, 1, 1)]["parts_gb"], by_layout[(4, 1, 1)]["parts_gb"]
     assert four["weights"] == pytest.approx(two["weights"] / 2, rel=0.05)  # tp halves the weights per GPU
     assert two["weights"] == pytest.approx(6.58 * 2 / 2, rel=0.05)  # bf16, split over tp=2

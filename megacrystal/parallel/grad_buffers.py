@@ -201,8 +201,8 @@ class GradBuffers:
 
     def norm_sq_part(self) -> torch.Tensor:
         """This rank's share of the squared global gradient norm (float64 [1], on the device): summed
-        over the world it counts every element once (the distributed optimizer's shards; replicated
-        gradients on dp rank 0 only)."""
+        over the world it counts every element once (the distributed optimizer's shards, which span
+        dp x cp; replicated gradients on the first dp and cp rank only)."""
         pieces = []
         if self.distributed:
             for b in self.buckets:
@@ -214,7 +214,7 @@ class GradBuffers:
                     z = min(hi, self.offset[id(p)] + p.numel())
                     if a < z:
                         pieces.append(self.grad_buffer[a:z])
-        elif self.grid.dp_rank == 0:
+        elif self.grid.dp_rank == 0 and self.grid.cp_rank == 0:
             pieces = [p.main_grad for p in self.params if self.counted(p)]
         if pieces:
             return torch.stack(torch._foreach_norm(pieces)).double().pow(2).sum().reshape(1)

@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="megacrystal rehearse", description=__doc__.split("\n\n")[1])
     ap.add_argument("--config", required=True, help="the training YAML")
     ap.add_argument("--gpus", type=int, required=True, help="world size: GPUs of the launch")
-    ap.add_argument("--gpu", choices=sorted(GPUS), default="h100")
+    ap.add_argument("--gpu", choices=sorted(GPUS), default="h100", help="the GPU whose memory each rank must fit")
     ap.add_argument("--steps", type=int, default=2, help="optimizer steps to play (default 2)")
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="processes playing ranks")
     ap.add_argument("--json", metavar="FILE", help="write the record (docs/rehearsal.md) to FILE")

@@ -23,6 +23,7 @@ import yaml
 
 from ..config import ConfigError, load_config
 from ..log import get_logger
+from ..planner.hardware import names as hardware_names
 from .jobs import Job, run_jobs
 from .spec import read_spec
 from .variants import source_totals, variant_config
@@ -98,7 +99,7 @@ def describe(variants: dict) -> str:
 
 
 def _plan_cost(variants: dict, seeds: int, gpus: int, gpu: str) -> str:
-    from ..cost_plan import plan
+    from ..planner import plan
 
     lines, total_h = [], 0.0
     for v, cfg in variants.items():
@@ -111,7 +112,7 @@ def _plan_cost(variants: dict, seeds: int, gpus: int, gpu: str) -> str:
         hours = best["step_s"] * steps / 3600
         total_h += hours * seeds
         lines.append(
-            f"{v:<11} tp {best['tp']} pp {best['pp']} dp {best['dp']}: {best['step_s']} s/step x {steps} steps = "
+            f"{v:<11} tp {best['tp']} pp {best['pp']} dp {best['dp']}: {best['step_s']:.3g} s/step x {steps} steps = "
             f"{hours:,.0f} h on {gpus} GPUs ({hours * gpus:,.0f} GPU-hours) per seed"
         )
     lines.append(
@@ -126,7 +127,9 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", help="parallel runs (overrides the file's jobs)")
     ap.add_argument("--dry-run", action="store_true", help="write and describe the variant configs only")
     ap.add_argument("--plan-gpus", type=int, help="with --dry-run: the study's cost on N GPUs (megacrystal plan)")
-    ap.add_argument("--gpu", default="h100", choices=["h100", "h200"], help="with --plan-gpus: the GPU type")
+    ap.add_argument(
+        "--gpu", default="h100", choices=hardware_names(), help="device for --plan-gpus (megacrystal plan's table)"
+    )
     ap.add_argument("overrides", nargs="*", help="dotted overrides of the base run config")
     a = ap.parse_args(argv)
     t0 = time.time()
