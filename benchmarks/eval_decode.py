@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.parallel_bench_util import machine, record  # noqa: E402
+from benchmarks.parallel_bench_util import machine, record
 
 
 def _predictions(report: dict) -> list[str]:

@@ -2,6 +2,8 @@
 eval scorers end to end), for Crystal and LLaMA with grouped KV heads, on right-padded batches whose
 rows finish at different steps; misuse is refused in one line. (tp=2: tests/test_eval_ranks.py.)"""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -22,7 +24,7 @@ V = 300
 
 def _uncached(model, seq):
     with torch.no_grad():
-        return model(torch.tensor([seq]))[0, -1, :V]
+        return model(torch.tensor([seq], device=next(model.parameters()).device))[0, -1, :V]
 
 
 @pytest.mark.parametrize(
@@ -107,3 +109,30 @@ def test_cache_misuse_is_refused_in_one_line():
     cache = KVCache(2)
     with pytest.raises(ValueError, match="a batch of 1 rows, the cache holds 2"):
         model(tokens=x, kv_cache=cache)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (benchmarks/gpu_check.sh)")
+def test_cached_decoding_on_cuda_with_the_compiled_kernels():
+    """fp32 on CUDA (Triton kernels, SDPA): greedy ids equal cached and uncached on a ragged batch. bf16
+    (flash prefill when installed, SDPA steps, GQA): the cached logits are as close to fp32 as the
+    uncached bf16 ones are (twice their measured error)."""
+    from megacrystal.evaluation.decoding import greedy_batch
+
+    cfg, model = tiny_model(seed=3, family="llama", num_kv_heads=2, vocab_size=V, max_seq_len=64)
+    model = model.cuda()
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(0, V, (n,), generator=g).tolist() for n in (5, 33, 1, 20)]
+    uncached = lambda b: [int(_uncached(model, s).argmax()) for s in b]
+    step = IncrementalLogits(model)
+    assert greedy_batch(lambda b: step(b).argmax(-1).tolist(), prompts, 24) == greedy_batch(uncached, prompts, 24)
+    m16 = copy.deepcopy(model).to(torch.bfloat16)
+    half = IncrementalLogits(m16)
+    seqs = [p + [1, 2, 3] for p in prompts]
+    half(seqs)
+    for _ in range(3):
+        seqs = [s + [7] for s in seqs]
+        got = half(seqs)
+        for i, s in enumerate(seqs):
+            ref = _uncached(model, s).float()
+            noise = float((_uncached(m16, s).float() - ref).norm() / ref.norm())
+            assert float((got[i] - ref).norm() / ref.norm()) <= 2 * noise + 1e-3, (i, noise)
