@@ -45,9 +45,9 @@ class IncrementalLogits:
                 f"generation: {len(batch)} sequences of lengths {lengths[:8]}, expected 1..{self.max_seq_len} tokens"
             )
         device = next(self.model.parameters()).device
-        self.model.eval()
         rows = self._extended_rows(batch)
         if rows is None:
+            self.model.eval()
             self.cache = KVCache(len(batch))
             x = torch.zeros((len(batch), max(lengths)), dtype=torch.long)
             for i, ids in enumerate(batch):
