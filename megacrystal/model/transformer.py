@@ -187,7 +187,7 @@ class Transformer(nn.Module):
         if not self.cfg.document_mask:  # packed documents attend across EOD, as in Crystal/Megatron
             segment_ids = None
         for name, block in self.layers.items():
-            if self.cfg.recompute and self.training:
+            if self.cfg.recompute and self.training and kv_cache is None:
                 h = torch.utils.checkpoint.checkpoint(block, h, cos, sin, segment_ids, use_reentrant=False)
             else:
                 h = block(h, cos, sin, segment_ids, None if kv_cache is None else (kv_cache, name))
