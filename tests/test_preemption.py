@@ -173,14 +173,25 @@ def test_a_rank_killed_under_torchrun_max_restarts_resumes_from_the_last_checkpo
     assert before_kill["step"] == 4 and rows[3]["loss"] == before_kill["loss"], (rows[3], before_kill)
 
 
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
 def test_the_step_watchdog_names_the_step_and_the_rank(data_dir, tmp_path):  # noqa: F811
     out = tmp_path / "stall"
     cfg = run_config(data_dir, out)
     proc = Proc(["--config", str(cfg), *LONG, "train.step_timeout_s=8"], torchrun=2)
     proc.wait_for(lambda: logged_steps(out) >= 2, "two steps")
-    stalled = proc.workers()[1]
+    workers = proc.workers()
+    stalled = workers[1]
     os.kill(stalled, signal.SIGSTOP)  # rank 1 stops answering; rank 0 waits in a collective
     try:
+        fired = lambda: any("watchdog: step" in x for x in proc.lines) and not _running(workers[0])
+        proc.wait_for(fired, "rank 0's watchdog to fire and end it")
+        os.kill(stalled, signal.SIGKILL)  # what torchrun does to the stopped rank after its 30 s grace
         proc.finish()
     finally:
         for s in (signal.SIGKILL, signal.SIGCONT):
