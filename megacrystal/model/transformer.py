@@ -25,6 +25,7 @@ from ..ops.dispatch import op
 from ..ops.precision import wide_dtype
 from ..ops.rotary import rope_angles
 from .attention import attention
+from .kv_cache import KVCache
 from .layers import LayerFactory, SerialLayers, mark
 from .padding import set_true_shape, true_shape
 
@@ -58,12 +59,17 @@ class Attention(nn.Module):
         # writes the packed d(qkv) directly instead of autograd's per-slice zero-filled buffers)
         self._qkv_rotary = op("qkv_rotary", cfg.kernels)
 
-    def forward(self, x, cos, sin, segment_ids=None, bounds=None, cp=None):
+    def forward(self, x, cos, sin, segment_ids=None, bounds=None, cp=None, cache=None):
+        """`bounds`: the batch's document boundaries (cu_seqlens, longest) for varlen kernels; `cp`: the
+        ring attention context under context parallelism; `cache`: (KV cache, this layer's key) to decode
+        incrementally (model/kv_cache.py)."""
         qkv = self.qkv(x)
         b, s = qkv.shape[0], qkv.shape[1]
         qkv = qkv.view(b, s, self.hk, self.group + 2, self.head_dim)
         q, k, v = self._qkv_rotary(qkv, cos, sin, self.interleaved)
-        if cp is not None:  # context parallel: this rank holds part of the sequence (ring attention)
+        if cache is not None:
+            o = cache[0].attend(cache[1], q, k, v, self.scale, self.backend)
+        elif cp is not None:  # context parallel: this rank holds part of the sequence (ring attention)
             o = cp.attention(q, k, v, self.scale, self.backend)
         else:
             o = attention(q, k, v, self.scale, segment_ids, self.backend, bounds)
@@ -100,8 +106,8 @@ class Block(nn.Module):
         self.norm2 = Norm(cfg)
         self.mlp = MLP(cfg, layers)
 
-    def forward(self, x, cos, sin, segment_ids=None, bounds=None, cp=None):
-        h = x + self.attn(self.norm1(x), cos, sin, segment_ids, bounds, cp)
+    def forward(self, x, cos, sin, segment_ids=None, bounds=None, cp=None, cache=None):
+        h = x + self.attn(self.norm1(x), cos, sin, segment_ids, bounds, cp, cache)
         return h + self.mlp(self.norm2(h))
 
 
@@ -148,6 +154,8 @@ class Transformer(nn.Module):
         cu_seqlens: torch.Tensor | None = None,
         max_seqlen: int | None = None,
         cp=None,
+        kv_cache: KVCache | None = None,
+        logits_at: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """First stage takes `tokens` [b, s]; later stages `hidden`. The last stage returns logits, or
         per-token fp32 losses [b, s] when `labels` is given; other stages return hidden states.
@@ -155,7 +163,11 @@ class Transformer(nn.Module):
         for the varlen attention kernels; without them they are computed from `segment_ids` (a device sync).
         `cp`: under context parallelism, the micro-batch's ring attention context
         (`parallel.ring_attention.RingContext`: the tensors hold this rank's part of each sequence,
-        `position_ids` their true positions)."""
+        `position_ids` their true positions).
+
+        Incremental decoding: with `kv_cache` the tokens are each row's next ones after those the cache
+        holds (positions follow on per row; position_ids and document masks are refused), and the cache
+        keeps them. `logits_at` [b]: only the logits at that index of each row, as [b, 1, vocab]."""
         if self.pre_process:
             h = self.embed(tokens)
             if self.embed_scale != 1.0:
@@ -170,6 +182,15 @@ class Transformer(nn.Module):
                 else (position_ids.shape[-1] if position_ids is not None else None)
             )
             device = h.device
+        if kv_cache is not None:
+            if position_ids is not None or (segment_ids is not None and self.cfg.document_mask):
+                raise ValueError(
+                    "KV-cache decoding: positions follow the cache and attention spans each row "
+                    "(no position_ids or segment_ids; decode one document per row)"
+                )
+            if getattr(self.layers_factory, "sp", False):
+                raise ValueError("KV-cache decoding needs parallel.sequence_parallel=false")
+            position_ids = kv_cache.begin(h.shape[0], seq, device)
         if position_ids is None:
             if seq is None:
                 raise ValueError("Transformer stage without the embedding needs position_ids or labels for the length")
@@ -178,13 +199,17 @@ class Transformer(nn.Module):
         if not self.cfg.document_mask:  # packed documents attend across EOD, as in Crystal/Megatron
             segment_ids = None
         bounds = (cu_seqlens, int(max_seqlen)) if segment_ids is not None and cu_seqlens is not None else None
-        for block in self.layers.values():
-            if self.cfg.recompute and self.training:
+        for name, block in self.layers.items():
+            if self.cfg.recompute and self.training and kv_cache is None:
                 h = torch.utils.checkpoint.checkpoint(block, h, cos, sin, segment_ids, bounds, cp, use_reentrant=False)
             else:
-                h = block(h, cos, sin, segment_ids, bounds, cp)
+                h = block(h, cos, sin, segment_ids, bounds, cp, None if kv_cache is None else (kv_cache, name))
+        if kv_cache is not None:
+            kv_cache.end()
         if not self.post_process:
             return h
+        if logits_at is not None:
+            h = h[torch.arange(h.shape[0], device=h.device), logits_at.to(h.device)][:, None]
         h = self.final_norm(h)
         if self.output_scale != 1.0:
             h = h * self.output_scale
