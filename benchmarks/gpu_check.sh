@@ -44,7 +44,7 @@ timeout 600 $PY benchmarks/device_group_check.py --out "$OUT" --fusion torch 2>&
 step "GPU tests (compiled Triton)"
 timeout 100 $PY -m pytest -q -x -p no:cacheprovider tests/test_ops_norm.py tests/test_ops_rotary.py \
   tests/test_ops_swiglu.py tests/test_ops_cross_entropy.py tests/test_ops_random_shapes.py tests/test_attention.py \
-  tests/test_model_kernels.py tests/test_parallel_gpu.py tests/test_attention_lse.py > "$OUT/gpu-tests-$GPU-$STAMP.txt" 2>&1
+  tests/test_model_kernels.py tests/test_parallel_gpu.py tests/test_attention_lse.py tests/test_kv_cache.py > "$OUT/gpu-tests-$GPU-$STAMP.txt" 2>&1
 TESTS=$(tail -1 "$OUT/gpu-tests-$GPU-$STAMP.txt"); echo "$TESTS" | tee -a "$LOG"
 
 step "kernel sweep + microbenchmarks"

@@ -46,6 +46,8 @@ class CompiledForward:
         self.calls = 0
 
     def __call__(self, *args, **kwargs):
+        if kwargs.get("cache") is not None or (len(args) > 6 and args[6] is not None):
+            return self.eager(*args, **kwargs)  # decoding with a KV cache (Block's 7th argument) runs eager
         self.calls += 1
         if self.calls == 1 and CompiledForward.broken is None:
             with torch.no_grad():  # once, eager and discarded: kernels chosen and logged outside the graph

@@ -25,6 +25,7 @@ from ..ops.precision import wide_dtype
 from ..ops.rotary import rope_angles
 from .attention import attention
 from .compile import compile_blocks
+from .kv_cache import KVCache
 from .layers import LayerFactory, SerialLayers, mark
 from .padding import set_true_shape, true_shape
 from .recompute import recompute_groups, recompute_into, run_blocks
@@ -59,7 +60,10 @@ class Attention(nn.Module):
         # writes the packed d(qkv) directly instead of autograd's per-slice zero-filled buffers)
         self._qkv_rotary = op("qkv_rotary", cfg.kernels)
 
-    def forward(self, x, cos, sin, segment_ids=None, bounds=None, cp=None, selective: bool = False):
+    def forward(self, x, cos, sin, segment_ids=None, bounds=None, cp=None, cache=None, selective: bool = False):
+        """`bounds`: the batch's document boundaries (cu_seqlens, longest) for varlen kernels; `cp`: the
+        ring attention context under context parallelism; `cache`: (KV cache, this layer's key) to decode
+        incrementally (model/kv_cache.py); `selective`: recompute the core in the backward."""
         qkv = self.qkv(x)
 
         def core(qkv):  # rotary + attention: no parameters, recomputed under selective recompute
@@ -67,13 +71,15 @@ class Attention(nn.Module):
             q, k, v = self._qkv_rotary(
                 qkv.view(b, s, self.hk, self.group + 2, self.head_dim), cos, sin, self.interleaved
             )
-            if cp is not None:  # context parallel: this rank holds part of the sequence (ring attention)
+            if cache is not None:
+                o = cache[0].attend(cache[1], q, k, v, self.scale, self.backend)
+            elif cp is not None:  # context parallel: this rank holds part of the sequence (ring attention)
                 o = cp.attention(q, k, v, self.scale, self.backend)
             else:
                 o = attention(q, k, v, self.scale, segment_ids, self.backend, bounds)
             return o.reshape(b, s, self.hq * self.head_dim)
 
-        if selective and cp is None:  # (ring attention's transfers are not replayed: kept under cp)
+        if selective and cp is None and cache is None:  # (ring transfers and the cache are not replayed)
             return recompute_into(core, (qkv,), self.proj)
         return self.proj(core(qkv))
 
@@ -112,9 +118,9 @@ class Block(nn.Module):
         self.mlp = MLP(cfg, layers)
         self.selective = cfg.recompute == "selective"
 
-    def forward(self, x, cos, sin, segment_ids=None, bounds=None, cp=None):
-        sel = self.selective and self.training
-        h = x + self.attn(self.norm1(x), cos, sin, segment_ids, bounds, cp, sel)
+    def forward(self, x, cos, sin, segment_ids=None, bounds=None, cp=None, cache=None):
+        sel = self.selective and self.training and cache is None
+        h = x + self.attn(self.norm1(x), cos, sin, segment_ids, bounds, cp, cache, sel)
         return h + self.mlp(self.norm2(h), sel)
 
 
@@ -166,6 +172,8 @@ class Transformer(nn.Module):
         cu_seqlens: torch.Tensor | None = None,
         max_seqlen: int | None = None,
         cp=None,
+        kv_cache: KVCache | None = None,
+        logits_at: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """First stage takes `tokens` [b, s]; later stages `hidden`. The last stage returns logits, or
         per-token fp32 losses [b, s] when `labels` is given; other stages return hidden states.
@@ -173,7 +181,11 @@ class Transformer(nn.Module):
         for the varlen attention kernels; without them they are computed from `segment_ids` (a device sync).
         `cp`: under context parallelism, the micro-batch's ring attention context
         (`parallel.ring_attention.RingContext`: the tensors hold this rank's part of each sequence,
-        `position_ids` their true positions)."""
+        `position_ids` their true positions).
+
+        Incremental decoding: with `kv_cache` the tokens are each row's next ones after those the cache
+        holds (positions follow on per row; position_ids and document masks are refused), and the cache
+        keeps them. `logits_at` [b]: only the logits at that index of each row, as [b, 1, vocab]."""
         if self.pre_process:
             h = self.embed(tokens)
             if self.embed_scale != 1.0:
@@ -188,6 +200,15 @@ class Transformer(nn.Module):
                 else (position_ids.shape[-1] if position_ids is not None else None)
             )
             device = h.device
+        if kv_cache is not None:
+            if position_ids is not None or (segment_ids is not None and self.cfg.document_mask):
+                raise ValueError(
+                    "KV-cache decoding: positions follow the cache and attention spans each row "
+                    "(no position_ids or segment_ids; decode one document per row)"
+                )
+            if getattr(self.layers_factory, "sp", False):
+                raise ValueError("KV-cache decoding needs parallel.sequence_parallel=false")
+            position_ids = kv_cache.begin(h.shape[0], seq, device)
         if position_ids is None:
             if seq is None:
                 raise ValueError("Transformer stage without the embedding needs position_ids or labels for the length")
@@ -196,11 +217,18 @@ class Transformer(nn.Module):
         if not self.cfg.document_mask:  # packed documents attend across EOD, as in Crystal/Megatron
             segment_ids = None
         bounds = (cu_seqlens, int(max_seqlen)) if segment_ids is not None and cu_seqlens is not None else None
-        blocks = list(self.layers.values())
-        for a, z, ckpt in self.recompute:  # model.recompute=full: checkpointed groups of blocks
-            h = run_blocks(blocks[a:z], h, (cos, sin, segment_ids, bounds, cp), ckpt and self.training)
+        if kv_cache is not None:  # decoding: no recomputation
+            for name, block in self.layers.items():
+                h = block(h, cos, sin, segment_ids, bounds, cp, (kv_cache, name))
+            kv_cache.end()
+        else:
+            blocks = list(self.layers.values())
+            for a, z, ckpt in self.recompute:  # model.recompute=full: checkpointed groups of blocks
+                h = run_blocks(blocks[a:z], h, (cos, sin, segment_ids, bounds, cp), ckpt and self.training)
         if not self.post_process:
             return h
+        if logits_at is not None:
+            h = h[torch.arange(h.shape[0], device=h.device), logits_at.to(h.device)][:, None]
         h = self.final_norm(h)
         if self.output_scale != 1.0:
             h = h * self.output_scale
