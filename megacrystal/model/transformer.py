@@ -18,16 +18,17 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-import torch.utils.checkpoint
 
 from ..config import ModelConfig
 from ..ops.dispatch import op
 from ..ops.precision import wide_dtype
 from ..ops.rotary import rope_angles
 from .attention import attention
+from .compile import compile_blocks
 from .kv_cache import KVCache
 from .layers import LayerFactory, SerialLayers, mark
 from .padding import set_true_shape, true_shape
+from .recompute import recompute_groups, recompute_into, run_blocks
 
 
 class Norm(nn.Module):
@@ -59,21 +60,28 @@ class Attention(nn.Module):
         # writes the packed d(qkv) directly instead of autograd's per-slice zero-filled buffers)
         self._qkv_rotary = op("qkv_rotary", cfg.kernels)
 
-    def forward(self, x, cos, sin, segment_ids=None, bounds=None, cp=None, cache=None):
+    def forward(self, x, cos, sin, segment_ids=None, bounds=None, cp=None, cache=None, selective: bool = False):
         """`bounds`: the batch's document boundaries (cu_seqlens, longest) for varlen kernels; `cp`: the
         ring attention context under context parallelism; `cache`: (KV cache, this layer's key) to decode
-        incrementally (model/kv_cache.py)."""
+        incrementally (model/kv_cache.py); `selective`: recompute the core in the backward."""
         qkv = self.qkv(x)
-        b, s = qkv.shape[0], qkv.shape[1]
-        qkv = qkv.view(b, s, self.hk, self.group + 2, self.head_dim)
-        q, k, v = self._qkv_rotary(qkv, cos, sin, self.interleaved)
-        if cache is not None:
-            o = cache[0].attend(cache[1], q, k, v, self.scale, self.backend)
-        elif cp is not None:  # context parallel: this rank holds part of the sequence (ring attention)
-            o = cp.attention(q, k, v, self.scale, self.backend)
-        else:
-            o = attention(q, k, v, self.scale, segment_ids, self.backend, bounds)
-        return self.proj(o.reshape(b, s, self.hq * self.head_dim))
+
+        def core(qkv):  # rotary + attention: no parameters, recomputed under selective recompute
+            b, s = qkv.shape[0], qkv.shape[1]
+            q, k, v = self._qkv_rotary(
+                qkv.view(b, s, self.hk, self.group + 2, self.head_dim), cos, sin, self.interleaved
+            )
+            if cache is not None:
+                o = cache[0].attend(cache[1], q, k, v, self.scale, self.backend)
+            elif cp is not None:  # context parallel: this rank holds part of the sequence (ring attention)
+                o = cp.attention(q, k, v, self.scale, self.backend)
+            else:
+                o = attention(q, k, v, self.scale, segment_ids, self.backend, bounds)
+            return o.reshape(b, s, self.hq * self.head_dim)
+
+        if selective and cp is None and cache is None:  # (ring transfers and the cache are not replayed)
+            return recompute_into(core, (qkv,), self.proj)
+        return self.proj(core(qkv))
 
 
 class MLP(nn.Module):
@@ -94,8 +102,11 @@ class MLP(nn.Module):
         set_true_shape(self.down.weight, (h, f))
         self._swiglu = op("swiglu", cfg.kernels)
 
-    def forward(self, x):
-        return self.down(self._swiglu(self.up(x), self.gate(x)))
+    def forward(self, x, selective: bool = False):
+        u, g = self.up(x), self.gate(x)
+        if selective:  # keep up and gate, recompute the activation
+            return recompute_into(self._swiglu, (u, g), self.down)
+        return self.down(self._swiglu(u, g))
 
 
 class Block(nn.Module):
@@ -105,10 +116,12 @@ class Block(nn.Module):
         self.attn = Attention(cfg, layers)
         self.norm2 = Norm(cfg)
         self.mlp = MLP(cfg, layers)
+        self.selective = cfg.recompute == "selective"
 
     def forward(self, x, cos, sin, segment_ids=None, bounds=None, cp=None, cache=None):
-        h = x + self.attn(self.norm1(x), cos, sin, segment_ids, bounds, cp, cache)
-        return h + self.mlp(self.norm2(h))
+        sel = self.selective and self.training and cache is None
+        h = x + self.attn(self.norm1(x), cos, sin, segment_ids, bounds, cp, cache, sel)
+        return h + self.mlp(self.norm2(h), sel)
 
 
 class Transformer(nn.Module):
@@ -130,6 +143,11 @@ class Transformer(nn.Module):
         self.rot_dim = int(cfg.head_dim * cfg.rotary_fraction)
         self.embed = layers.embedding(cfg.vocab_size, cfg.hidden_size) if pre_process else None
         self.layers = nn.ModuleDict({str(i): Block(cfg, layers) for i in self.layer_ids})
+        self.recompute = recompute_groups(
+            len(self.layer_ids), cfg.recompute, cfg.recompute_method, cfg.recompute_num_layers
+        )
+        if cfg.compile and not any(p.is_meta for p in self.layers.parameters()):  # (a rehearsal runs eager)
+            compile_blocks(list(self.layers.values()))
         if post_process:
             self.final_norm = Norm(cfg)
             if not cfg.tie_embeddings:
@@ -199,13 +217,14 @@ class Transformer(nn.Module):
         if not self.cfg.document_mask:  # packed documents attend across EOD, as in Crystal/Megatron
             segment_ids = None
         bounds = (cu_seqlens, int(max_seqlen)) if segment_ids is not None and cu_seqlens is not None else None
-        for name, block in self.layers.items():
-            if self.cfg.recompute and self.training and kv_cache is None:
-                h = torch.utils.checkpoint.checkpoint(block, h, cos, sin, segment_ids, bounds, cp, use_reentrant=False)
-            else:
-                h = block(h, cos, sin, segment_ids, bounds, cp, None if kv_cache is None else (kv_cache, name))
-        if kv_cache is not None:
+        if kv_cache is not None:  # decoding: no recomputation
+            for name, block in self.layers.items():
+                h = block(h, cos, sin, segment_ids, bounds, cp, (kv_cache, name))
             kv_cache.end()
+        else:
+            blocks = list(self.layers.values())
+            for a, z, ckpt in self.recompute:  # model.recompute=full: checkpointed groups of blocks
+                h = run_blocks(blocks[a:z], h, (cos, sin, segment_ids, bounds, cp), ckpt and self.training)
         if not self.post_process:
             return h
         if logits_at is not None:
