@@ -133,11 +133,14 @@ def _eval_data(a, loaded, tok):
     return from_config(cfg)
 
 
-def resolve_precision(a) -> str:
+def on_cuda(a) -> bool:
     import torch
 
-    cuda = a.device == "cuda" or (a.device == "auto" and torch.cuda.is_available())
-    return a.precision if a.precision != "auto" else ("bf16" if cuda else "fp32")
+    return a.device == "cuda" or (a.device == "auto" and torch.cuda.is_available())
+
+
+def resolve_precision(a) -> str:
+    return a.precision if a.precision != "auto" else ("bf16" if on_cuda(a) else "fp32")
 
 
 def scoring_settings(a, precision: str) -> dict:
@@ -296,6 +299,10 @@ def main(argv=None) -> int:
     from ..config import ConfigError
 
     a = build_parser().parse_args(argv)
+    if not on_cuda(a):  # each CPU forward's large tensors reuse the last one's memory (host_memory.py)
+        from ..host_memory import keep_freed_memory
+
+        keep_freed_memory()
     if a.all or a.steps:
         from .eval_all import main_all
 
