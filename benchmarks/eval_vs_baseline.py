@@ -9,7 +9,7 @@ baseline tree and this one alternating (one warm-up pair not counted; medians). 
 time of the process (user + system, from the kernel's accounting; with OMP_NUM_THREADS=1 it is the work
 done, far less sensitive to a shared machine's load than the wall time) are recorded with the load
 average. Every run's FIM and completion predictions must equal the baseline's first run's; the script
-stops if not. Records benchmarks/results/eval-vs-baseline-<date>.json.
+stops if not. The largest relative difference of a per-source loss from the baseline's is recorded. Records benchmarks/results/eval-vs-baseline-<date>.json.
 """
 
 from __future__ import annotations
@@ -58,6 +58,10 @@ def _predictions(report: dict) -> list[str]:
     return [e["prediction"] for part in ("fim", "completion") for e in report.get(part, {}).get("examples", [])]
 
 
+def _losses(report: dict) -> dict[str, float]:
+    return {k: v["loss"] for k, v in report.get("losses", {}).items()}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--baseline-src", required=True, help="source tree of the code to compare against")
@@ -69,7 +73,7 @@ def main() -> int:
     trees = {"baseline": Path(a.baseline_src).resolve(), "this": HERE}
     wall: dict[str, list[float]] = {k: [] for k in trees}
     cpu: dict[str, list[float]] = {k: [] for k in trees}
-    runs, reference = [], None
+    runs, reference, ref_losses, loss_diff = [], None, None, 0.0
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(a.rounds + 1):
             for name, src in trees.items():
@@ -77,6 +81,13 @@ def main() -> int:
                 w, c, report = _run(src, a.checkpoint, Path(tmp) / f"{name}.json")
                 preds = _predictions(report)
                 reference = preds if reference is None else reference
+                losses = _losses(report)
+                ref_losses = losses if ref_losses is None else ref_losses
+                if set(losses) != set(ref_losses):
+                    print(f"eval_vs_baseline: round {r}: {name} scored other sources", file=sys.stderr)
+                    return 1
+                for k, v in losses.items():
+                    loss_diff = max(loss_diff, abs(v - ref_losses[k]) / abs(ref_losses[k]))
                 if preds != reference:
                     print(
                         f"eval_vs_baseline: round {r}: {name}'s predictions differ from the baseline's", file=sys.stderr
@@ -91,6 +102,7 @@ def main() -> int:
     med_c = {k: statistics.median(v) for k, v in cpu.items()}
     print(f"median wall: baseline {med_w['baseline']:.2f} s, this {med_w['this']:.2f} s")
     print(f"median CPU:  baseline {med_c['baseline']:.2f} s, this {med_c['this']:.2f} s")
+    print(f"largest relative difference of a per-source loss: {loss_diff:.2e}")
     path = record(
         f"eval-vs-baseline-{time.strftime('%Y%m%d-%H%M%S')}{'-' + a.tag if a.tag else ''}",
         dict(
@@ -111,6 +123,8 @@ def main() -> int:
             speedup_cpu=round(med_c["baseline"] / med_c["this"], 2),
             identical_predictions=True,
             predictions=len(reference),
+            losses=ref_losses,
+            max_loss_rel_diff=loss_diff,
             runs=runs,
         ),
     )
