@@ -44,9 +44,9 @@ def main() -> int:
     import torch
 
     from megacrystal.evaluation import engine_runner
-    from megacrystal.host_memory import keep_freed_memory
     from megacrystal.evaluation.command import build_parser, evaluate
     from megacrystal.evaluation.model_loading import load_for_eval
+    from megacrystal.host_memory import keep_freed_memory
 
     args = build_parser().parse_args(
         ["--checkpoint", a.checkpoint, "--no-progress", "--device", "cpu"] + (["--no-loss"] if a.no_loss else [])
