@@ -9,7 +9,9 @@ baseline tree and this one alternating (one warm-up pair not counted; medians). 
 time of the process (user + system, from the kernel's accounting; with OMP_NUM_THREADS=1 it is the work
 done, far less sensitive to a shared machine's load than the wall time) are recorded with the load
 average. Every run's FIM and completion predictions must equal the baseline's first run's; the script
-stops if not. The largest relative difference of a per-source loss from the baseline's is recorded. Records benchmarks/results/eval-vs-baseline-<date>.json.
+stops if not. The largest relative difference of a per-source loss from the baseline's is recorded, and,
+each round, the CPU time of a process that only imports what loading a checkpoint needs (torch and
+torch.distributed.checkpoint): the start-up no evaluation can go below. Records benchmarks/results/eval-vs-baseline-<date>.json.
 """
 
 from __future__ import annotations
@@ -54,6 +56,13 @@ def _run(src: Path, checkpoint: str, out: Path) -> tuple[float, float, dict]:
     return wall, cpu, json.loads(out.read_text())
 
 
+def _import_floor() -> float:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run([sys.executable, "-c", "import torch, torch.distributed.checkpoint"], check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
 def _predictions(report: dict) -> list[str]:
     return [e["prediction"] for part in ("fim", "completion") for e in report.get(part, {}).get("examples", [])]
 
@@ -73,9 +82,11 @@ def main() -> int:
     trees = {"baseline": Path(a.baseline_src).resolve(), "this": HERE}
     wall: dict[str, list[float]] = {k: [] for k in trees}
     cpu: dict[str, list[float]] = {k: [] for k in trees}
-    runs, reference, ref_losses, loss_diff = [], None, None, 0.0
+    runs, reference, ref_losses, loss_diff, floor = [], None, None, 0.0, []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(a.rounds + 1):
+            if r > 0:
+                floor.append(_import_floor())
             for name, src in trees.items():
                 load = os.getloadavg()
                 w, c, report = _run(src, a.checkpoint, Path(tmp) / f"{name}.json")
@@ -102,6 +113,7 @@ def main() -> int:
     med_c = {k: statistics.median(v) for k, v in cpu.items()}
     print(f"median wall: baseline {med_w['baseline']:.2f} s, this {med_w['this']:.2f} s")
     print(f"median CPU:  baseline {med_c['baseline']:.2f} s, this {med_c['this']:.2f} s")
+    print(f"median CPU of importing torch + torch.distributed.checkpoint alone: {statistics.median(floor):.2f} s")
     print(f"largest relative difference of a per-source loss: {loss_diff:.2e}")
     path = record(
         f"eval-vs-baseline-{time.strftime('%Y%m%d-%H%M%S')}{'-' + a.tag if a.tag else ''}",
@@ -121,6 +133,8 @@ def main() -> int:
             median_cpu_s=med_c,
             speedup_wall=round(med_w["baseline"] / med_w["this"], 2),
             speedup_cpu=round(med_c["baseline"] / med_c["this"], 2),
+            import_floor_cpu_s=floor,
+            median_import_floor_cpu_s=statistics.median(floor),
             identical_predictions=True,
             predictions=len(reference),
             losses=ref_losses,
