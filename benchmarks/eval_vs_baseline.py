@@ -38,7 +38,7 @@ def _git(src: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(src), *args], capture_output=True, text=True).stdout.strip()
 
 
-def _run(src: Path, checkpoint: str, out: Path) -> tuple[float, float, dict]:
+def _run(src: Path, checkpoint: str, out: Path) -> tuple[float, float, float, dict]:
     env = dict(os.environ, PYTHONPATH=str(src))
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
@@ -53,8 +53,8 @@ def _run(src: Path, checkpoint: str, out: Path) -> tuple[float, float, dict]:
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if p.returncode != 0:
         raise SystemExit(f"eval_vs_baseline: eval with {src} failed ({p.returncode}):\n{p.stderr[-3000:]}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu, json.loads(out.read_text())
+    sys_s = after.ru_stime - before.ru_stime
+    return wall, after.ru_utime - before.ru_utime + sys_s, sys_s, json.loads(out.read_text())
 
 
 def _import_floor() -> float:
@@ -83,6 +83,7 @@ def main() -> int:
     trees = {"baseline": Path(a.baseline_src).resolve(), "this": HERE}
     wall: dict[str, list[float]] = {k: [] for k in trees}
     cpu: dict[str, list[float]] = {k: [] for k in trees}
+    system: dict[str, list[float]] = {k: [] for k in trees}  # the kernel's part of cpu
     runs, reference, ref_losses, loss_diff, floor = [], None, None, 0.0, []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(a.rounds + 1):
@@ -90,7 +91,7 @@ def main() -> int:
                 floor.append(_import_floor())
             for name, src in trees.items():
                 load = os.getloadavg()
-                w, c, report = _run(src, a.checkpoint, Path(tmp) / f"{name}.json")
+                w, c, k, report = _run(src, a.checkpoint, Path(tmp) / f"{name}.json")
                 preds = _predictions(report)
                 reference = preds if reference is None else reference
                 losses = _losses(report)
@@ -105,10 +106,20 @@ def main() -> int:
                         f"eval_vs_baseline: round {r}: {name}'s predictions differ from the baseline's", file=sys.stderr
                     )
                     return 1
-                runs.append(dict(round=r, tree=name, wall_s=round(w, 3), cpu_s=round(c, 3), load_before=load))
+                runs.append(
+                    dict(
+                        round=r,
+                        tree=name,
+                        wall_s=round(w, 3),
+                        cpu_s=round(c, 3),
+                        system_s=round(k, 3),
+                        load_before=load,
+                    )
+                )
                 if r > 0:
                     wall[name].append(w)
                     cpu[name].append(c)
+                    system[name].append(k)
                 print(f"round {r} {name:8s} {w:7.2f} s wall {c:7.2f} s CPU  load {load[0]:.2f}", flush=True)
     med_w = {k: statistics.median(v) for k, v in wall.items()}
     med_c = {k: statistics.median(v) for k, v in cpu.items()}
@@ -132,6 +143,7 @@ def main() -> int:
             cpu_s=cpu,
             median_wall_s=med_w,
             median_cpu_s=med_c,
+            median_system_s={k: statistics.median(v) for k, v in system.items()},
             speedup_wall=round(med_w["baseline"] / med_w["this"], 2),
             speedup_cpu=round(med_c["baseline"] / med_c["this"], 2),
             import_floor_cpu_s=floor,
