@@ -91,7 +91,7 @@ def main() -> int:
                 floor.append(_import_floor())
             for name, src in trees.items():
                 load = os.getloadavg()
-                w, c, k, report = _run(src, a.checkpoint, Path(tmp) / f"{name}.json")
+                w, c, kern, report = _run(src, a.checkpoint, Path(tmp) / f"{name}.json")
                 preds = _predictions(report)
                 reference = preds if reference is None else reference
                 losses = _losses(report)
@@ -112,14 +112,14 @@ def main() -> int:
                         tree=name,
                         wall_s=round(w, 3),
                         cpu_s=round(c, 3),
-                        system_s=round(k, 3),
+                        system_s=round(kern, 3),
                         load_before=load,
                     )
                 )
                 if r > 0:
                     wall[name].append(w)
                     cpu[name].append(c)
-                    system[name].append(k)
+                    system[name].append(kern)
                 print(f"round {r} {name:8s} {w:7.2f} s wall {c:7.2f} s CPU  load {load[0]:.2f}", flush=True)
     med_w = {k: statistics.median(v) for k, v in wall.items()}
     med_c = {k: statistics.median(v) for k, v in cpu.items()}
