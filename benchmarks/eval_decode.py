@@ -9,7 +9,7 @@ so the load average is recorded before and after every run, and next to the wall
 of the process (with one torch thread, OMP_NUM_THREADS=1, the work done: far less sensitive to the
 load than the wall time) and that of the FIM + completion scoring alone. Each run is the whole evaluation
 (`evaluation.command.evaluate`, the defaults of `megacrystal eval`: losses, FIM PSM+SPM and completion)
-and, with --no-loss, the decoding part alone. The FIM and completion predictions of every A run must be
+and, with --no-loss, the decoding part alone, with the allocator setting the command makes on the CPU. The FIM and completion predictions of every A run must be
 identical to every B run's (fp32 on CPU): the script stops if they are not. Records
 benchmarks/results/eval-decode-<date>.json.
 """
@@ -46,10 +46,12 @@ def main() -> int:
     from megacrystal.evaluation import engine_runner
     from megacrystal.evaluation.command import build_parser, evaluate
     from megacrystal.evaluation.model_loading import load_for_eval
+    from megacrystal.host_memory import keep_freed_memory
 
     args = build_parser().parse_args(
         ["--checkpoint", a.checkpoint, "--no-progress", "--device", "cpu"] + (["--no-loss"] if a.no_loss else [])
     )
+    keep_freed_memory()  # as `megacrystal eval` on the CPU does
     loaded = load_for_eval(a.checkpoint)
     shipped = engine_runner.EvalRunner.next_tokens
 

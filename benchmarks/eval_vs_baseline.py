@@ -9,7 +9,10 @@ baseline tree and this one alternating (one warm-up pair not counted; medians). 
 time of the process (user + system, from the kernel's accounting; with OMP_NUM_THREADS=1 it is the work
 done, far less sensitive to a shared machine's load than the wall time) are recorded with the load
 average. Every run's FIM and completion predictions must equal the baseline's first run's; the script
-stops if not. Records benchmarks/results/eval-vs-baseline-<date>.json.
+stops if not. The largest relative difference of a per-source loss from the baseline's is recorded, and,
+each round, the CPU time of a process that only imports what loading a checkpoint needs (torch and
+torch.distributed.checkpoint, and at exit skips the last cycle collection as `megacrystal eval` does):
+the start-up no evaluation can go below. Records benchmarks/results/eval-vs-baseline-<date>.json.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ def _git(src: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(src), *args], capture_output=True, text=True).stdout.strip()
 
 
-def _run(src: Path, checkpoint: str, out: Path) -> tuple[float, float, dict]:
+def _run(src: Path, checkpoint: str, out: Path) -> tuple[float, float, float, dict]:
     env = dict(os.environ, PYTHONPATH=str(src))
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
@@ -50,12 +53,23 @@ def _run(src: Path, checkpoint: str, out: Path) -> tuple[float, float, dict]:
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if p.returncode != 0:
         raise SystemExit(f"eval_vs_baseline: eval with {src} failed ({p.returncode}):\n{p.stderr[-3000:]}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu, json.loads(out.read_text())
+    sys_s = after.ru_stime - before.ru_stime
+    return wall, after.ru_utime - before.ru_utime + sys_s, sys_s, json.loads(out.read_text())
+
+
+def _import_floor() -> float:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run([sys.executable, "-c", "import gc, torch, torch.distributed.checkpoint; gc.freeze()"], check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def _predictions(report: dict) -> list[str]:
     return [e["prediction"] for part in ("fim", "completion") for e in report.get(part, {}).get("examples", [])]
+
+
+def _losses(report: dict) -> dict[str, float]:
+    return {k: v["loss"] for k, v in report.get("losses", {}).items()}
 
 
 def main() -> int:
@@ -69,28 +83,50 @@ def main() -> int:
     trees = {"baseline": Path(a.baseline_src).resolve(), "this": HERE}
     wall: dict[str, list[float]] = {k: [] for k in trees}
     cpu: dict[str, list[float]] = {k: [] for k in trees}
-    runs, reference = [], None
+    system: dict[str, list[float]] = {k: [] for k in trees}  # the kernel's part of cpu
+    runs, reference, ref_losses, loss_diff, floor = [], None, None, 0.0, []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(a.rounds + 1):
+            if r > 0:
+                floor.append(_import_floor())
             for name, src in trees.items():
                 load = os.getloadavg()
-                w, c, report = _run(src, a.checkpoint, Path(tmp) / f"{name}.json")
+                w, c, kern, report = _run(src, a.checkpoint, Path(tmp) / f"{name}.json")
                 preds = _predictions(report)
                 reference = preds if reference is None else reference
+                losses = _losses(report)
+                ref_losses = losses if ref_losses is None else ref_losses
+                if set(losses) != set(ref_losses):
+                    print(f"eval_vs_baseline: round {r}: {name} scored other sources", file=sys.stderr)
+                    return 1
+                for k, v in losses.items():
+                    loss_diff = max(loss_diff, abs(v - ref_losses[k]) / abs(ref_losses[k]))
                 if preds != reference:
                     print(
                         f"eval_vs_baseline: round {r}: {name}'s predictions differ from the baseline's", file=sys.stderr
                     )
                     return 1
-                runs.append(dict(round=r, tree=name, wall_s=round(w, 3), cpu_s=round(c, 3), load_before=load))
+                runs.append(
+                    dict(
+                        round=r,
+                        tree=name,
+                        wall_s=round(w, 3),
+                        cpu_s=round(c, 3),
+                        system_s=round(kern, 3),
+                        load_before=load,
+                    )
+                )
                 if r > 0:
                     wall[name].append(w)
                     cpu[name].append(c)
+                    system[name].append(kern)
                 print(f"round {r} {name:8s} {w:7.2f} s wall {c:7.2f} s CPU  load {load[0]:.2f}", flush=True)
     med_w = {k: statistics.median(v) for k, v in wall.items()}
     med_c = {k: statistics.median(v) for k, v in cpu.items()}
     print(f"median wall: baseline {med_w['baseline']:.2f} s, this {med_w['this']:.2f} s")
     print(f"median CPU:  baseline {med_c['baseline']:.2f} s, this {med_c['this']:.2f} s")
+    print(f"median CPU of importing torch + torch.distributed.checkpoint alone: {statistics.median(floor):.2f} s")
+    print(f"largest relative difference of a per-source loss: {loss_diff:.2e}")
     path = record(
         f"eval-vs-baseline-{time.strftime('%Y%m%d-%H%M%S')}{'-' + a.tag if a.tag else ''}",
         dict(
@@ -107,10 +143,15 @@ def main() -> int:
             cpu_s=cpu,
             median_wall_s=med_w,
             median_cpu_s=med_c,
+            median_system_s={k: statistics.median(v) for k, v in system.items()},
             speedup_wall=round(med_w["baseline"] / med_w["this"], 2),
             speedup_cpu=round(med_c["baseline"] / med_c["this"], 2),
+            import_floor_cpu_s=floor,
+            median_import_floor_cpu_s=statistics.median(floor),
             identical_predictions=True,
             predictions=len(reference),
+            losses=ref_losses,
+            max_loss_rel_diff=loss_diff,
             runs=runs,
         ),
     )

@@ -165,3 +165,16 @@ def test_batched_decoding_reads_each_sequence_at_its_own_end():
             alone = model(torch.tensor([p]))[0, -1, : cfg.vocab_size].double()
             assert float((batched[i] - alone).norm() / alone.norm()) <= 1e-5, i
     assert runner.next_tokens(prompts) == batched.argmax(-1).tolist()
+
+
+def test_generation_batch_default_follows_the_kv_cache_size():
+    from megacrystal.config import ModelConfig
+    from megacrystal.evaluation.command import build_parser, generation_batch
+
+    a = build_parser().parse_args(["--checkpoint", "x"])
+    tiny = ModelConfig(preset="tiny").resolve()  # 4 layers x 128 slots x 64 features: 256 KiB a prompt in fp32
+    big = ModelConfig(num_layers=32, hidden_size=4096, num_heads=32, vocab_size=32000, max_seq_len=2048).resolve()
+    assert generation_batch(a, tiny, "fp32") == 64
+    assert generation_batch(a, big, "bf16") == 16  # 1 GiB of cache a prompt
+    a.generation_batch_size = 5
+    assert generation_batch(a, big, "bf16") == generation_batch(a, tiny, "fp32") == 5
