@@ -44,7 +44,7 @@ timeout 600 $PY benchmarks/device_group_check.py --out "$OUT" --fusion torch 2>&
 step "GPU tests (compiled Triton)"
 timeout 100 $PY -m pytest -q -x -p no:cacheprovider tests/test_ops_norm.py tests/test_ops_rotary.py \
   tests/test_ops_swiglu.py tests/test_ops_cross_entropy.py tests/test_ops_random_shapes.py tests/test_attention.py \
-  tests/test_model_kernels.py tests/test_parallel_gpu.py tests/test_attention_lse.py > "$OUT/gpu-tests-$GPU-$STAMP.txt" 2>&1
+  tests/test_model_kernels.py tests/test_parallel_gpu.py tests/test_attention_lse.py tests/test_kv_cache.py > "$OUT/gpu-tests-$GPU-$STAMP.txt" 2>&1
 TESTS=$(tail -1 "$OUT/gpu-tests-$GPU-$STAMP.txt"); echo "$TESTS" | tee -a "$LOG"
 
 step "kernel sweep + microbenchmarks"
@@ -81,6 +81,26 @@ timeout 150 $PY benchmarks/train_throughput.py --out "$OUT" --cases crystal-1b,c
 
 step "attention backends vs SDPA"
 timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_attention_backends_gpu.py -s 2>&1 | grep -v " INFO " | tee "$OUT/attention-$GPU-$STAMP.txt" | tail -25 | tee -a "$LOG"
+
+# ---------------------------------------------------------------------------------------------------
+# issue 21 (overlap, recompute, compile): prepared, not yet run on a GPU
+step "issue 21: recompute none/selective/full and compile, crystal-7b shapes (4 layers; rate, losses, peak memory)"
+timeout 240 $PY benchmarks/train_throughput.py --out "$OUT" --steps 4 \
+  --cases crystal-7b-4l,crystal-7b-4l-selective,crystal-7b-4l-full,crystal-7b-4l-compile 2>&1 | grep -v " INFO " | tee -a "$LOG"
+NGPU=$(nvidia-smi -L | wc -l)
+if [ "$NGPU" -ge 2 ]; then  # NCCL needs one GPU per rank: the overlap on NCCL needs two
+  step "issue 21: NCCL, dp2 ZeRO-1 and pp2 vpp2, overlap on vs off (same losses)"
+  for OV in true false; do
+    for CASE in "zero:parallel.distributed_optimizer=true" "vpp:parallel.pp=2 parallel.vpp=2 train.global_batch_size=4"; do
+      timeout 120 torchrun --nproc-per-node 2 -m megacrystal.engine.smoke --steps 3 model.preset=tiny data.seq_length=128 \
+        train.precision=fp32 parallel.overlap_param_gather=$OV parallel.overlap_p2p_comm=$OV ${CASE#*:} \
+        --out "$OUT/overlap-nccl-${CASE%%:*}-$OV-$STAMP.json" 2>&1 | grep -v " INFO " | tail -3 | tee -a "$LOG"
+    done
+  done
+else
+  echo "issue 21: one GPU: the NCCL overlap check needs two (skipped)" | tee -a "$LOG"
+fi
+# ---------------------------------------------------------------------------------------------------
 
 $PY - "$OUT" "$GPU" "$STAMP" "$TESTS" <<'PY'
 import json, sys, glob, os

@@ -23,6 +23,7 @@ def machine() -> dict:
         python=platform.python_version(),
         torch=torch.__version__,
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        loadavg_at_record=[round(x, 2) for x in os.getloadavg()],
     )
     try:
         with open("/proc/meminfo") as f:
@@ -33,6 +34,36 @@ def machine() -> dict:
         info["gpu"] = torch.cuda.get_device_name(0)
         info["cuda"] = torch.version.cuda
     return info
+
+
+def stamp() -> str:
+    """A UTC time for result file names (a new run never overwrites an earlier record)."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+
+
+def sleep_cost(chunks, forward_s: float, backward_s: float) -> None:
+    """Every transformer block of `chunks` costs a fixed time on top of its real work: an autograd
+    function that sleeps `forward_s` in its forward and `backward_s` in its backward. Fixed compute
+    measures a schedule on a shared 2-core machine, where real arithmetic of several ranks would slow
+    each other down."""
+    import time
+
+    import torch
+
+    class Cost(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            time.sleep(forward_s)
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            time.sleep(backward_s)
+            return g
+
+    for chunk in chunks:
+        for block in chunk.layers.values():
+            block.register_forward_hook(lambda mod, inp, out: Cost.apply(out))
 
 
 def record(name: str, payload: dict) -> Path:

@@ -4,7 +4,8 @@ on synthetic token batches, reported as tokens/s and MFU (model FLOPs / peak den
     python benchmarks/train_throughput.py --out benchmarks/results [--cases crystal-1b,crystal-7b-4l] [--steps 6]
 
 Cases: crystal-1b (the whole 1.3 B model) and crystal-7b-4l (4 layers of the 7B shape: the per-layer
-rate of the 7B model on one GPU). On CPU it runs the tiny preset (a smoke test).
+rate of the 7B model on one GPU), crystal-7b-4l-selective / -full (model.recompute; peak memory is
+recorded with the rate) and -compile (model.compile). On CPU it runs the tiny preset (a smoke test).
 """
 
 from __future__ import annotations
@@ -33,6 +34,31 @@ CASES = {
     "crystal-7b-4l": [
         "model.preset=crystal-7b",
         "model.num_layers=4",
+        "data.seq_length=2048",
+        "train.micro_batch_size=4",
+        "train.global_batch_size=16",
+    ],
+    # model.recompute on the 7B layer shape (issue 21): selective and full against crystal-7b-4l (none)
+    "crystal-7b-4l-selective": [
+        "model.preset=crystal-7b",
+        "model.num_layers=4",
+        "model.recompute=selective",
+        "data.seq_length=2048",
+        "train.micro_batch_size=4",
+        "train.global_batch_size=16",
+    ],
+    "crystal-7b-4l-full": [
+        "model.preset=crystal-7b",
+        "model.num_layers=4",
+        "model.recompute=full",
+        "data.seq_length=2048",
+        "train.micro_batch_size=4",
+        "train.global_batch_size=16",
+    ],
+    "crystal-7b-4l-compile": [
+        "model.preset=crystal-7b",
+        "model.num_layers=4",
+        "model.compile=true",
         "data.seq_length=2048",
         "train.micro_batch_size=4",
         "train.global_batch_size=16",

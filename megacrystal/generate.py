@@ -3,8 +3,8 @@
     megacrystal generate (--checkpoint DIR | --hf DIR) --prompt TEXT [--max-new-tokens N] [--greedy]
                          [--fim PREFIX SUFFIX] [--temperature T] [--top-k K] [--seed S] [--device D]
 
-Without a KV cache: each step runs the model over the (last max_seq_len) tokens, which is plenty for
-checking a checkpoint. `--fim PREFIX SUFFIX` (instead of --prompt) builds Crystal's PSM prompt
+Decoding runs through a KV cache (model/incremental.py): each step feeds only the new token; a
+sequence longer than max_seq_len continues on its last max_seq_len tokens (re-run whole). `--fim PREFIX SUFFIX` (instead of --prompt) builds Crystal's PSM prompt
 `<fim_prefix> prefix <fim_suffix> suffix <fim_middle>` and generates the middle. Generation stops at the
 end-of-document token (and, for FIM, at any FIM special token).
 """
@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 
 from .log import get_logger
+from .model.incremental import IncrementalLogits
 
 
 def load_for_generation(
@@ -63,8 +64,10 @@ def generate_ids(
     top_k: int = 0,
     stop_ids: Sequence[int] = (),
     generator: torch.Generator | None = None,
+    cache: bool = True,
 ) -> list[int]:
-    """New token ids after `prompt` (the stop token, if reached, is not included)."""
+    """New token ids after `prompt` (the stop token, if reached, is not included); `cache=False` runs the
+    whole window at every step (the reference the KV cache is tested against)."""
     if not prompt:
         raise ValueError("generate: the prompt is empty (nothing to condition on)")
     cfg = model.cfg
@@ -72,9 +75,13 @@ def generate_ids(
     ids = list(prompt)
     new: list[int] = []
     stops = set(stop_ids)
+    step = IncrementalLogits(model) if cache else None
     for _ in range(max_new_tokens):
-        window = torch.tensor([ids[-cfg.max_seq_len :]], device=device)
-        logits = model(window)[0, -1, : cfg.vocab_size].float()
+        window = ids[-cfg.max_seq_len :]
+        if step is not None:
+            logits = step([window])[0]
+        else:
+            logits = model(torch.tensor([window], device=device))[0, -1, : cfg.vocab_size].float()
         if greedy:
             nxt = int(logits.argmax())
         else:

@@ -1,9 +1,19 @@
 """Test-session setup. Triton kernels run compiled on a GPU; without one they run under Triton's
-interpreter on CPU tensors, which must be switched on before anything imports triton."""
+interpreter on CPU tensors, which must be switched on before anything imports triton.
+
+Torch runs one intra-op thread in the test process and in every process it starts (unless
+OMP_NUM_THREADS says otherwise): the tests use tiny models, whose many small ops gain nothing from a
+second thread, and on a loaded machine (CI, a shared box) every parallel region would wait for both
+threads to be scheduled: the demo test's 6 training steps took 274 s with two threads and 25 s with one
+at a load of 11-15 on 2 cores."""
 
 import os
 
+if "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = "1"
+
 import torch
 
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

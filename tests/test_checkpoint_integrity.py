@@ -11,12 +11,10 @@ import io
 import logging
 import os
 import pickle
-import random
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -243,52 +241,40 @@ def test_retention_keeps_the_newest_every_kth_and_the_protected(saved, tmp_path)
     assert left == ["step_00000001", "step_00000003", "step_00000005", "step_00000006", "step_00000007"]
 
 
-def _kill_inside_a_write(p, root: Path, after: int, rng) -> bool:
-    """After `after` saves started, SIGKILL the process group while a `step_N.tmp` exists (a write in
-    flight); returns whether it did (False: no write was caught within the time allowed)."""
-    seen = 0
-    for line in p.stdout:
-        seen += line.startswith("saving")
-        if seen >= after:
-            break
-    deadline = time.monotonic() + 60
-    hit = False
-    while time.monotonic() < deadline and p.poll() is None:
-        if root.is_dir() and any(d.name.endswith(".tmp") for d in root.iterdir()):
-            time.sleep(rng.uniform(0.0, 0.02))
-            hit = True
-            break
-        time.sleep(0.001)
-    os.killpg(p.pid, signal.SIGKILL)
-    return hit
-
-
 def test_kill_9_during_async_saves_leaves_only_intact_checkpoints(tmp_path):
+    """SIGKILL a training process paused by a test hook (tests/checkpoint_kill_child.py) at each point
+    of an asynchronous save in turn: every committed checkpoint stays intact and the next start resumes
+    from the newest committed one (the paused save's own when only `latest` was left to write)."""
+    from tests.checkpoint_kill_child import POINTS
+
     out = tmp_path / "run"
     root = out / "checkpoints"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    rng = random.Random(0)
-    hits = 0
-    for _ in range(4):
+    start = 0
+    for i, point in enumerate(POINTS):
+        nth = 2 - i % 2  # a save after a committed one of the same run, or the first save after a restart
         p = subprocess.Popen(
-            [sys.executable, "-m", "tests.checkpoint_kill_child", str(out)],
+            [sys.executable, "-m", "tests.checkpoint_kill_child", str(out), point, str(nth)],
             env=env,
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,
         )
         try:
-            hits += _kill_inside_a_write(p, root, rng.randint(2, 3), rng)
+            paused = next((line for line in p.stdout if line.startswith("paused")), None)
         finally:
-            p.wait(timeout=120)
+            os.killpg(p.pid, signal.SIGKILL)
+            _, err = p.communicate(timeout=120)
+        step = start + nth
+        assert paused == f"paused {point} {step}\n", (paused, err[-2000:])
+        assert (root / f"step_{step:08d}.tmp").is_dir() == (point != "latest")  # killed inside the write
         names = [d.name for d in root.iterdir() if d.name.startswith("step_") and not d.name.endswith(".tmp")]
-        assert names, "no checkpoint survived"
         for n in names:
             assert verify(root / n) is None, n  # every committed checkpoint is intact
         assert verify(root / (root / "latest").read_text()) is None
-        assert find_resume_point(out) is not None  # and the next start resumes from one
-    assert hits >= 3, f"only {hits} of 4 kills landed inside a write"
+        start = step if point == "latest" else step - 1
+        assert find_resume_point(out) == root / f"step_{start:08d}", point  # the newest committed one
 
 
 def test_every_checkpoint_read_in_the_package_is_weights_only():

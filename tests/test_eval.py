@@ -2,6 +2,7 @@
 know (or never give) the answer, the JSON report."""
 
 import json
+import random
 
 import numpy as np
 import pytest
@@ -41,6 +42,26 @@ def test_edit_similarity_and_line_scores():
     assert edit_similarity("", "") == 1.0
     assert line_scores("    return x  \nmore", "    return x\n") == {"exact_match": 1.0, "edit_similarity": 1.0}
     assert line_scores("return x\n", "    return x\n")["exact_match"] == 0.0  # indentation counts
+
+
+def _plain_levenshtein(a: str, b: str) -> int:
+    """The textbook dynamic programme (the reference of the bit-parallel one)."""
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def test_bit_parallel_levenshtein_equals_the_dynamic_programme():
+    r = random.Random(0)
+    for _ in range(3000):
+        alphabet = r.choice(["ab", "abcdefgh", "aé✓ \n\t"])
+        a = "".join(r.choice(alphabet) for _ in range(r.randint(0, 80)))
+        b = "".join(r.choice(alphabet) for _ in range(r.randint(0, 80)))
+        assert levenshtein(a, b) == _plain_levenshtein(a, b) == levenshtein(b, a), (a, b)
 
 
 def test_fim_exact_match_is_one_for_a_model_that_knows_the_middle_and_zero_for_one_that_never_fills(tok, code_file):
@@ -144,3 +165,16 @@ def test_batched_decoding_reads_each_sequence_at_its_own_end():
             alone = model(torch.tensor([p]))[0, -1, : cfg.vocab_size].double()
             assert float((batched[i] - alone).norm() / alone.norm()) <= 1e-5, i
     assert runner.next_tokens(prompts) == batched.argmax(-1).tolist()
+
+
+def test_generation_batch_default_follows_the_kv_cache_size():
+    from megacrystal.config import ModelConfig
+    from megacrystal.evaluation.command import build_parser, generation_batch
+
+    a = build_parser().parse_args(["--checkpoint", "x"])
+    tiny = ModelConfig(preset="tiny").resolve()  # 4 layers x 128 slots x 64 features: 256 KiB a prompt in fp32
+    big = ModelConfig(num_layers=32, hidden_size=4096, num_heads=32, vocab_size=32000, max_seq_len=2048).resolve()
+    assert generation_batch(a, tiny, "fp32") == 64
+    assert generation_batch(a, big, "bf16") == 16  # 1 GiB of cache a prompt
+    a.generation_batch_size = 5
+    assert generation_batch(a, big, "bf16") == generation_batch(a, tiny, "fp32") == 5

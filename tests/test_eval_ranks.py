@@ -1,8 +1,10 @@
 """The evaluation engine on several gloo ranks gives the serial model's losses and logits (tensor,
-pipeline, context and data parallel), and spreads generation work over data-parallel replicas."""
+pipeline, context and data parallel), spreads generation work over data-parallel replicas, and
+decodes the same greedy ids on tp=2 with the KV cache as without it."""
 
 import torch
 
+from megacrystal.evaluation.decoding import greedy_batch, one_at_a_time
 from megacrystal.evaluation.engine_runner import EvalRunner
 from tests.dist import run_ranks
 from tests.model_util import tiny_model
@@ -60,6 +62,27 @@ def _on_ranks(rank, world, layouts):
         logits = r.logits(prompt).double() if gen else None
         spread = r.map(list(range(7)), lambda xs, r=r: [(x * x, r.grid.dp_rank) for x in xs], 2) if gen else None
         out.append(dict(layout=(tp, pp, cp), loss=total / count, count=count, logits=logits, spread=spread))
+    return out, _decode_tp2()
+
+
+def _decode_tp2():
+    """Greedy ids on tp=2 (LLaMA, 2 KV heads: one per rank) through the KV cache and without it (fp32),
+    and the cached ids in fp64, next to the serial fp64 model's; rows stop at different steps."""
+    cfg, model = tiny_model(seed=6, family="llama", num_kv_heads=2, vocab_size=300, max_seq_len=32)
+    g = torch.Generator().manual_seed(8)
+    prompts = [torch.randint(0, 300, (n,), generator=g).tolist() for n in (3, 9, 1, 6)]
+    serial = model.double()
+    step = lambda ids: int(serial(torch.tensor([ids]))[0, -1, :300].argmax())
+    with torch.no_grad():
+        ref = greedy_batch(one_at_a_time(step), prompts, 12)
+        stop = [ref[0][3]]  # row 0 stops at its 4th token, the others when (if) they meet it
+        ref = greedy_batch(one_at_a_time(step), prompts, 12, stop)
+    out = {"serial_fp64": ref}
+    for precision in ("fp32", "fp64"):
+        r = EvalRunner(cfg, model.state_dict(), tp=2, precision=precision, device="cpu")
+        out[precision] = greedy_batch(r.next_tokens, prompts, 12, stop)
+        out[precision + "_steps"] = r._incremental.steps
+        out[precision + "_uncached"] = greedy_batch(lambda b, r=r: r.next_tokens(b, cache=False), prompts, 12, stop)
     return out
 
 
@@ -69,7 +92,9 @@ def test_eval_runner_on_two_ranks_matches_the_serial_model():
     want_loss, want_logits = _serial(cfg, model, samples, [int(x) for x in samples[0]["tokens"][:9]])
     want_count = sum(float(s["loss_mask"].sum()) for s in samples)
     results = run_ranks(_on_ranks, 2, args=([(2, 1, 1), (1, 2, 1), (1, 1, 1), (1, 1, 2)],), timeout=300)
-    for rank, res in enumerate(results):
+    for rank, (res, dec) in enumerate(results):
+        assert dec["fp32"] == dec["fp32_uncached"] and dec["fp64"] == dec["fp64_uncached"] == dec["serial_fp64"], rank
+        assert len(dec["fp64"][0]) == 3 and dec["fp64_steps"] >= 10  # rows stopped apart; the cache stepped
         for r in res:
             assert r["count"] == want_count, r["layout"]
             assert abs(r["loss"] - want_loss) <= RTOL * want_loss, (rank, r["layout"], r["loss"], want_loss)

@@ -26,9 +26,19 @@ def _engine(overrides, fused: bool) -> Engine:
     e = Engine(make_cfg(overrides), torch.device("cpu"))
     if fused:
         o = e.cfg.optim
+        overlap = e.cfg.parallel.overlap_param_gather
         e.optimizer = FusedAdamW(
-            e.buffers, e._param_groups(), o.beta1, o.beta2, o.eps, names=e._names, kernel=adamw_flat_reference
+            e.buffers,
+            e._param_groups(),
+            o.beta1,
+            o.beta2,
+            o.eps,
+            names=e._names,
+            kernel=adamw_flat_reference,
+            overlap_param_gather=overlap,
         )
+        if overlap and e.optimizer.param_gather is not None:  # what Engine does for its own optimizer
+            e.optimizer.param_gather.install(e.chunks)
     return e
 
 
@@ -37,6 +47,7 @@ def _run(overrides, fused: bool, steps: int = 3):
     g = e.grid
     for b in data(steps=steps):
         e.train_step(split(b, g.dp_rank, g.dp_size, e.cfg.train.micro_batch_size), LR)
+    e.sync_params()  # the parameters are read directly: the all-gathers left to the next forward complete
     params = {n: p.detach().clone() for m in e.chunks for n, p in m.named_parameters()}
     return e, params
 
@@ -61,9 +72,11 @@ def test_chunk_table_splits_long_segments_and_keeps_groups():
 
 
 def _zero_ranks(rank, world):
-    # clip_grad small enough that every step clips: the coefficient is folded into the fused step
+    # clip_grad small enough that every step clips: the coefficient is folded into the fused step.
+    # The fused path leaves its parameter all-gathers to the next forward (overlap_param_gather, the
+    # default); the torch path waits for them in its step: the runs must be identical all the same.
     ov = ["parallel.distributed_optimizer=true", "train.precision=bf16", "optim.clip_grad=0.05"]
-    ref, want = _run(ov, fused=False, steps=2)
+    ref, want = _run(ov + ["parallel.overlap_param_gather=false"], fused=False, steps=2)
     got_e, got = _run(ov, fused=True, steps=2)
     # resume a torch-path shard with the fused optimizer (and back): the formats are one
     other = _engine(ov, fused=True)

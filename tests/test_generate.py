@@ -69,3 +69,14 @@ def test_sampling_is_seeded_and_errors_are_one_line(memorised, capsys):
     assert cli.main(["generate", "--checkpoint", str(tmp / "missing"), "--prompt", "x"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "missing" in err[0]
+
+
+def test_kv_cache_gives_the_uncached_greedy_ids(memorised):
+    """fp32: the same ids through the KV cache as running the window whole at every step, also past
+    max_seq_len (the window slides; the cache restarts) and for the FIM prompt."""
+    tmp, tok, model, ckpt = memorised
+    long = tok.encode(CODE * 12)[: model.cfg.max_seq_len - 4]
+    for prompt in (tok.encode("def add(a, b):"), fim_prompt(tok, PREFIX, SUFFIX), long):
+        cached = generate_ids(model, prompt, 12, greedy=True)
+        assert cached == generate_ids(model, prompt, 12, greedy=True, cache=False)
+        assert len(cached) == 12

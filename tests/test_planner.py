@@ -117,7 +117,7 @@ def test_each_overlap_is_a_switch_and_todays_defaults_are_the_engines():
     gather = next(c for c in base.collectives if c["name"].startswith("dp.all_gather"))
     assert gather["exposed_s"] == gather["total_s"] > 0  # ZeRO-1's gather is exposed today
     f = Features.from_config(_crystal())
-    assert f.overlap_grad_reduce and not f.overlap_param_gather and not f.overlap_p2p
+    assert f.overlap_grad_reduce and f.overlap_param_gather and f.overlap_p2p  # the engine's defaults (issue 21)
 
 
 def test_memory_splits_over_tp_and_the_distributed_optimizer():

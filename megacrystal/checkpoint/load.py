@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 import torch.distributed.checkpoint as dcp
 
-from ..parallel import collectives as C
 from .dcp import PieceLoadPlanner, Pieces, SafeFileSystemReader, one_line
 from .files import trainer_meta
 from .format import TRAINER, CheckpointError
@@ -43,6 +42,7 @@ def load_engine_state(
     for k in SHAPE_FIELDS:
         if k in saved and saved[k] != want_model[k]:
             raise CheckpointError(f"{where}: model.{k} is {saved[k]!r}, this run has {want_model[k]!r}")
+    engine.sync_params()  # no parameter all-gather may still be writing what is loaded next
     pieces = local_pieces(engine)
     state = {}
     shapes = global_shapes(engine)
@@ -80,17 +80,8 @@ def load_engine_state(
 def _after_load(engine) -> None:
     """Parameters <- the loaded fp32 masters (all-gathered over dp with the distributed optimizer)."""
     opt = engine.optimizer
-    if hasattr(opt, "gather_params"):
+    if hasattr(opt, "gather_params"):  # ZeRO-1 and the fused optimizer: flat shards
         opt.gather_params()
-        return
-    if hasattr(opt, "shards"):  # the fused (CUDA) optimizer: same flat shards, no gather method of its own
-        buf = opt.buf
-        for b, sh in zip(buf.buckets, opt.shards, strict=True):
-            mine = buf.param_buffer[sh["lo"] : sh["hi"]]
-            if getattr(opt, "separate_master", False):
-                mine.copy_(sh["master"])
-            if buf.distributed:
-                C.all_gather_flat(buf.param_buffer[b.start : b.start + b.size], mine, buf.grid.dp)
         return
     for grp in opt.groups:
         for p, m in zip(grp["params"], grp["masters"], strict=True):

@@ -122,6 +122,7 @@ class Checkpointer:
         import time
 
         self.wait()
+        self.engine.sync_params()  # no parameter all-gather still in flight (parallel.overlap_param_gather)
         t0 = time.perf_counter()
         staged = self._stage(copy=self._pool is not None)
         g = self.engine.grid

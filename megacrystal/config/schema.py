@@ -88,7 +88,10 @@ class ModelConfig:
     mup_output_alpha: float = 2.22
     mup_scale_qk_dot_by_d: bool = True
     init_std: float | None = None  # embeddings; hidden = init_std*sqrt(m) under muP
-    recompute: bool = False  # activation checkpointing of each block
+    recompute: bool | str = "none"  # none | selective | full (true/false read as full/none)
+    recompute_method: str | None = None  # full only: uniform (default) | block (Megatron's meanings)
+    recompute_num_layers: int | None = None  # full only: layers per group (uniform) / per stage (block); None: 1 / all
+    compile: bool = False  # torch.compile each block (falls back to eager with one log line)
     kernels: str = "auto"  # auto | triton | torch
     attention_backend: str = "auto"  # auto | flash | fa2 | fa3 | fa4 | sdpa | math
     use_apex_norm: bool = False
@@ -115,6 +118,10 @@ class ModelConfig:
             out.num_kv_heads = out.num_heads
         if out.mup_base_width is None:
             out.mup_base_width = 256
+        if isinstance(out.recompute, bool):  # the old boolean field
+            out.recompute = "full" if out.recompute else "none"
+        if out.recompute == "full":
+            out.recompute_method = out.recompute_method or "uniform"
         if out.ffn_hidden_size is None and out.hidden_size is not None:
             out.ffn_hidden_size = int(8 * out.hidden_size / 3)
         for k in ("num_layers", "hidden_size", "num_heads", "vocab_size", "max_seq_len"):
@@ -166,6 +173,8 @@ class ParallelConfig:
     order: str = "tp-dp-pp"  # rank order, fastest-varying first (Megatron's default)
     bucket_size_mb: float = 25.0
     overlap_grad_reduce: bool = True
+    overlap_param_gather: bool = True  # ZeRO-1: each bucket's all-gather waited for by the next forward
+    overlap_p2p_comm: bool = True  # pipeline transfers posted early, waited for just before use
     backend: str = "auto"  # auto (nccl on cuda, else gloo) | gloo | nccl | cuda:gloo (test-only, docs/config.md)
     timeout_s: float = 1800.0  # a collective waiting longer than this fails (process-group timeout)
 

@@ -48,6 +48,7 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
     _choice(cfg, "model.attention_backend", m.attention_backend, {"auto", "flash", "fa2", "fa3", "fa4", "sdpa", "math"})
     _choice(cfg, "model.grad_accum_fusion", m.grad_accum_fusion, {"auto", "on", "off", "torch", "cuda"})
     _choice(cfg, "optim.impl", o.impl, {"auto", "torch", "cuda"})
+    _validate_recompute(cfg, m)
 
     for k in ("tp", "cp", "pp", "vpp"):
         _check(getattr(par, k) >= 1, cfg, f"parallel.{k}: expected >= 1, got {getattr(par, k)}")
@@ -138,6 +139,20 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
     _validate_checkpointing(cfg)
     if world_size is not None:
         validate_world(cfg, world_size)
+
+
+def _validate_recompute(cfg: Config, m) -> None:
+    _choice(cfg, "model.recompute", m.recompute, {"none", "selective", "full"})
+    if m.recompute != "full":
+        _check(
+            m.recompute_method is None and m.recompute_num_layers is None,
+            cfg,
+            f"model.recompute_method/recompute_num_layers: apply to model.recompute=full only (it is {m.recompute})",
+        )
+        return
+    _choice(cfg, "model.recompute_method", m.recompute_method, {"uniform", "block"})
+    n = m.recompute_num_layers
+    _check(n is None or n >= 1, cfg, f"model.recompute_num_layers: expected >= 1 (or unset), got {n}")
 
 
 def _validate_run_safety(cfg: Config) -> None:

@@ -114,7 +114,19 @@ class Engine:
         if self.wgrad_fusion != "off":
             wgrad_fusion.enable(self.chunks, self.wgrad_fusion)
         groups = self._param_groups()
-        self.optimizer = make_optimizer(self.optim_impl, self.buffers, groups, self.cfg.optim, self._names)
+        overlap = bool(par.overlap_param_gather)
+        self.optimizer = make_optimizer(self.optim_impl, self.buffers, groups, self.cfg.optim, self._names, overlap)
+        gather = getattr(self.optimizer, "param_gather", None)
+        if gather is not None and overlap:
+            gather.install(self.chunks)  # forward pre-hooks: each unit waits for its buckets' gathers
+
+    def sync_params(self) -> None:
+        """Wait for every parameter all-gather still in flight (ZeRO-1 with `parallel.overlap_param_gather`
+        leaves them to the next forward). Every reader of parameters outside the forward calls this:
+        the state exports here, checkpoint save and load, the end of a run."""
+        gather = getattr(self.optimizer, "param_gather", None)
+        if gather is not None:
+            gather.wait_all()
 
     @torch.no_grad()
     def draw_initial_weights(self) -> None:
@@ -185,7 +197,8 @@ class Engine:
         b, s = batches[0]["tokens"].shape
         if self.sp:
             s //= self.grid.tp_size
-        return P2P(self.grid, (b, s, self.cfg.model.hidden_size), self.dtype, self.device, self.trace)
+        shape = (b, s, self.cfg.model.hidden_size)
+        return P2P(self.grid, shape, self.dtype, self.device, self.trace, self.cfg.parallel.overlap_p2p_comm)
 
     def _loss_part(self, step: StepCompute) -> torch.Tensor:
         """This rank's part of the global loss sum (the last stage's tp rank 0 holds one per replica)."""
@@ -240,6 +253,7 @@ class Engine:
     def eval_loss(self, micro_batches: list[dict]) -> tuple[float, float]:
         """(sum of masked per-token losses, sum of the mask), both over the global batch."""
         batches, tokens = self._prepare(micro_batches)
+        self.sync_params()  # the forward pre-hooks would wait too; evaluation needs no overlap
         step = self._step(batches, 1.0)
         for m in self.chunks:
             m.eval()
@@ -249,6 +263,7 @@ class Engine:
         return to_host(t, "eval.loss")[0], tokens
 
     def state_dict(self) -> dict:
+        self.sync_params()
         model = {n: p.detach().to("cpu", copy=True) for m in self.chunks for n, p in m.named_parameters()}
         return dict(format=FORMAT, layout=self._layout(), model=model, optimizer=_to_cpu(self.optimizer.state_dict()))
 
@@ -265,6 +280,7 @@ class Engine:
                 saved.pop(k, None)
         if saved != mine:
             raise ValueError(f"engine state: saved by rank layout {sd.get('layout')}, this rank is {self._layout()}")
+        self.sync_params()
         params = {n: p for m in self.chunks for n, p in m.named_parameters()}
         missing = sorted(set(params) - set(sd["model"]))
         extra = sorted(set(sd["model"]) - set(params))
@@ -300,6 +316,7 @@ class Engine:
     def full_model_state(self) -> dict | None:
         """The whole model under serial names and shapes (vocabulary and FFN padded as in the serial
         model), gathered over tp and pp onto global rank 0 as CPU tensors; None on the other ranks."""
+        self.sync_params()
         g = self.grid
         first = g.dp_rank == 0 and g.cp_rank == 0  # the replica that holds global rank 0
         local = self._gather_tp() if first else {}
@@ -350,6 +367,7 @@ class Engine:
         """Set the weights from serial-named tensors: a dict, or a `model/weight_source.py` source
         (files read by slices), given on every rank; each rank reads only the part it keeps
         (engine/weights.py). The optimizer's masters follow; its moments are left as they are."""
+        self.sync_params()  # no parameter all-gather still in flight may overwrite what is loaded
         load_weights(self, source)
 
 

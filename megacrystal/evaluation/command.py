@@ -26,6 +26,9 @@ from ..log import get_logger
 
 log = get_logger("megacrystal.eval")
 
+GENERATION_BATCH, BIG_GENERATION_BATCH = 16, 64
+GENERATION_CACHE_BUDGET = 2 << 30  # bytes of KV cache a batch of BIG_GENERATION_BATCH prompts may take
+
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="megacrystal eval", description=__doc__.split("\n\n")[0])
@@ -47,7 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--pp", type=int, default=1, help="pipeline-parallel ranks for the losses")
     ap.add_argument("--cp", type=int, default=1, help="context-parallel ranks for the losses (each sequence split)")
     ap.add_argument("--micro-batch-size", type=int, default=8, help="samples per forward for the losses")
-    ap.add_argument("--generation-batch-size", type=int, default=16, help="prompts decoded together")
+    ap.add_argument(
+        "--generation-batch-size",
+        type=int,
+        help=f"prompts decoded together (default {BIG_GENERATION_BATCH} when their KV cache fits in "
+        f"{GENERATION_CACHE_BUDGET >> 30} GiB, else {GENERATION_BATCH})",
+    )
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="auto: bf16 on GPU")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda if available")
     ap.add_argument("--output", help="JSON path (default RUN/eval/step_N-<settings fingerprint>.json)")
@@ -133,11 +141,25 @@ def _eval_data(a, loaded, tok):
     return from_config(cfg)
 
 
-def resolve_precision(a) -> str:
+def on_cuda(a) -> bool:
     import torch
 
-    cuda = a.device == "cuda" or (a.device == "auto" and torch.cuda.is_available())
-    return a.precision if a.precision != "auto" else ("bf16" if cuda else "fp32")
+    return a.device == "cuda" or (a.device == "auto" and torch.cuda.is_available())
+
+
+def resolve_precision(a) -> str:
+    return a.precision if a.precision != "auto" else ("bf16" if on_cuda(a) else "fp32")
+
+
+def generation_batch(a, model_cfg, precision: str) -> int:
+    """--generation-batch-size, else 64 prompts when their KV cache (every layer's keys and values over
+    max_seq_len slots) takes at most 2 GiB, else 16: a small model decodes in fewer, larger steps
+    (each step's cost is mostly per call); a large one keeps its cache small."""
+    if a.generation_batch_size is not None:
+        return a.generation_batch_size
+    c = model_cfg
+    per_prompt = 2 * c.num_layers * c.max_seq_len * c.num_kv_heads * c.head_dim * (4 if precision == "fp32" else 2)
+    return BIG_GENERATION_BATCH if BIG_GENERATION_BATCH * per_prompt <= GENERATION_CACHE_BUDGET else GENERATION_BATCH
 
 
 def scoring_settings(a, precision: str) -> dict:
@@ -215,6 +237,7 @@ def evaluate(a, loaded=None, cache: dict | None = None) -> dict | None:
         docs = sample_code_documents(data.code_files, tok, a.documents, a.seed)
     n_loss = 0 if a.no_loss else total_samples(data.valid, a.max_samples)
     n_fim, n_comp = (2 * a.fim_examples, a.completion_examples) if docs else (0, 0)
+    gen_batch = generation_batch(a, loaded.cfg, precision)
     bar = _progress(n_loss + n_fim + n_comp, runner.is_main and not a.no_progress)
     report: dict = {
         "format": "megacrystal-eval/1",
@@ -235,6 +258,8 @@ def evaluate(a, loaded=None, cache: dict | None = None) -> dict | None:
             pp=a.pp,
             cp=a.cp,
             world=runner.grid.world_size,
+            micro_batch_size=a.micro_batch_size,
+            generation_batch_size=gen_batch,
         ),
     }
     scoring = scoring_settings(a, precision)
@@ -252,7 +277,7 @@ def evaluate(a, loaded=None, cache: dict | None = None) -> dict | None:
             a.max_new_tokens,
             a.seed,
             a.fim_examples,
-            batch_size=a.generation_batch_size,
+            batch_size=gen_batch,
             mapper=runner.map,
             progress=bar.update,
         )
@@ -267,7 +292,7 @@ def evaluate(a, loaded=None, cache: dict | None = None) -> dict | None:
             a.max_new_tokens,
             a.seed,
             a.completion_examples,
-            batch_size=a.generation_batch_size,
+            batch_size=gen_batch,
             mapper=runner.map,
             progress=bar.update,
         )
@@ -292,10 +317,32 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, desc="eval", unit="item", dynamic_ncols=True, leave=False)
 
 
+def _skip_exit_collection() -> None:
+    """At interpreter exit a last cycle collection walks every object torch and its libraries built
+    (≈0.5 s of CPU, a tenth of a demo evaluation); an exit handler freezes them first (gc.freeze), so
+    it skips them. Exit handlers and the freeing of refcounted objects are unchanged; cyclic garbage is
+    left to the operating system, as any object alive at exit may be."""
+    global _exit_hook
+    if not _exit_hook:
+        import atexit
+        import gc
+
+        atexit.register(gc.freeze)
+        _exit_hook = True
+
+
+_exit_hook = False
+
+
 def main(argv=None) -> int:
     from ..config import ConfigError
 
     a = build_parser().parse_args(argv)
+    _skip_exit_collection()
+    if not on_cuda(a):  # each CPU forward's large tensors reuse the last one's memory (host_memory.py)
+        from ..host_memory import keep_freed_memory
+
+        keep_freed_memory()
     if a.all or a.steps:
         from .eval_all import main_all
 

@@ -42,7 +42,7 @@ def sample_code_documents(files: list[tuple[str, str, np.ndarray]], tok, n: int,
         fi, d = cands[int(k)]
         source, prefix, _ = files[fi]
         ds = opened.setdefault(fi, IndexedDataset(prefix))
-        ids = [int(t) for t in ds[d]]
+        ids = np.asarray(ds[d]).tolist()  # Python ints, in one call
         if ids and ids[-1] == tok.eod:
             ids = ids[:-1]
         text = tok.decode(ids)

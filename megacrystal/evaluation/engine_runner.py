@@ -3,7 +3,8 @@ loaded with consolidated weights, asked only for forward passes.
 
     runner = EvalRunner(model_cfg, state_dict, tp=1, pp=1, micro_batch_size=8, precision="fp32", device="auto")
     loss_sum, tokens = runner.loss(samples)        # token-summed masked loss over the global batch
-    ids = runner.next_tokens(batch)                # greedy next tokens (tp gathers the vocabulary shards)
+    ids = runner.next_tokens(batch)                # greedy next tokens (tp gathers the vocabulary shards),
+                                                   # through a KV cache when each sequence grew by one token
     results = runner.map(tasks, fn, batch_size)    # batches split over data-parallel replicas, gathered
 
 Launched by torchrun it uses the world torchrun gives (dp = world / (tp x cp x pp)); otherwise it is a
@@ -61,6 +62,7 @@ class EvalRunner:
         self.micro_batch_size = micro_batch_size
         self.vocab_size = cfg.model.vocab_size
         self.max_seq_len = cfg.model.max_seq_len
+        self._incremental = None
 
     @property
     def is_main(self) -> bool:
@@ -129,9 +131,27 @@ class EvalRunner:
             last = gather_vocab(last, self.grid.tp, self.vocab_size)
         return last[:, : self.vocab_size].float()
 
-    def next_tokens(self, batch: list[list[int]]) -> list[int]:
-        """The greedy (argmax) next token after each sequence."""
-        return self.last_logits(batch).argmax(dim=-1).tolist()
+    def cached_logits(self, batch: list[list[int]]) -> torch.Tensor:
+        """`last_logits` through a KV cache (model/incremental.py): a batch whose sequences each extend
+        one of the previous call's by one token runs only the new tokens."""
+        if self.grid.pp_size > 1:
+            raise ValueError("generation needs parallel pp=1 (use tp and data-parallel ranks)")
+        if self._incremental is None:
+            from ..model.incremental import IncrementalLogits
+
+            finish = None
+            if self.grid.tp_size > 1:
+                from ..parallel.tensor import gather_vocab
+
+                finish = lambda x: gather_vocab(x, self.grid.tp, self.vocab_size)
+            self._incremental = IncrementalLogits(self.engine.chunks[0], finish)
+        return self._incremental(batch)
+
+    def next_tokens(self, batch: list[list[int]], cache: bool = True) -> list[int]:
+        """The greedy (argmax: the lowest id among equal maxima) next token after each sequence;
+        `cache=False` runs every sequence whole (the reference the cache is tested against)."""
+        logits = self.cached_logits(batch) if cache else self.last_logits(batch)
+        return logits.argmax(dim=-1).tolist()
 
     def map(self, items: list, fn, batch_size: int = 16, progress=None) -> list:
         """fn over `items` in batches (fn: list -> list of results), each data-parallel replica taking

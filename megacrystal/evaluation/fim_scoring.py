@@ -14,6 +14,7 @@ text_metrics.line_scores).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from .decoding import greedy_batch
@@ -45,10 +46,12 @@ def infill_task(doc: CodeDocument, tok, seed: int, max_middle_tokens: int, round
     return InfillTask(doc, i, "".join(lines[:i]), lines[i], "".join(lines[i + 1 :]))
 
 
-def fim_prompt(tok, prefix: str, suffix: str, mode: str, budget: int) -> list[int]:
-    """The prompt ids for `mode` with at most `budget` prefix + suffix tokens."""
+def fim_prompt(tok, prefix: str, suffix: str, mode: str, budget: int, encode=None) -> list[int]:
+    """The prompt ids for `mode` with at most `budget` prefix + suffix tokens (`encode`: tok.encode, or
+    a memo of it: both modes of a line share the encodings)."""
     sp = tok.special
-    pre, suf = tok.encode(prefix), tok.encode(suffix)
+    encode = encode or tok.encode
+    pre, suf = encode(prefix), encode(suffix)
     half = budget // 2
     n_suf = min(len(suf), max(half, budget - len(pre)))
     n_pre = min(len(pre), budget - n_suf)
@@ -94,9 +97,10 @@ def score_fim(
     tasks = spread_tasks(docs, n, lambda d, r: infill_task(d, tok, seed, max_new_tokens, r))
     stops = [tok.eod] + [v for k, v in tok.special.items() if k.startswith("fim_")]
     jobs = [(t, m) for t in tasks for m in modes]
+    encode = functools.lru_cache(maxsize=4 * batch_size)(lambda text: tuple(tok.encode(text)))
 
     def run(batch):
-        prompts = [fim_prompt(tok, t.prefix, t.suffix, mode, budget) for t, mode in batch]
+        prompts = [fim_prompt(tok, t.prefix, t.suffix, mode, budget, encode) for t, mode in batch]
         news = greedy_batch(next_tokens, prompts, max_new_tokens, stops, tok.decode, stop_at_newline=True)
         preds = [tok.decode(n) for n in news]
         return [dict(line_scores(p, t.middle), prediction=p) for (t, _), p in zip(batch, preds, strict=True)]

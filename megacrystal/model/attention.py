@@ -53,6 +53,19 @@ def attention_math(q, k, v, scale: float, segment_ids: torch.Tensor | None = Non
     return torch.matmul(p, vf).transpose(1, 2).to(q.dtype)
 
 
+def attention_masked(q, k, v, scale: float, mask: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    """q [b, sq, hq, d] over k/v [b, sk, hk, d] where the boolean `mask` [b, 1, sq, sk] is True (the
+    KV-cache decoding step: queries at per-row offsets). `math` for the math backend, else sdpa."""
+    if backend == "math":
+        kf, vf = _expand_kv(k, v, q.shape[2])
+        qf, kf, vf = (widen(t.transpose(1, 2)) for t in (q, kf, vf))
+        scores = (torch.matmul(qf, kf.transpose(-1, -2)) * scale).masked_fill(~mask, float("-inf"))
+        return torch.matmul(torch.softmax(scores, dim=-1), vf).transpose(1, 2).to(q.dtype)
+    qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+    gqa = k.shape[2] != q.shape[2]
+    return F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, scale=scale, enable_gqa=gqa).transpose(1, 2)
+
+
 def attention_sdpa(q, k, v, scale: float, segment_ids: torch.Tensor | None = None, bounds=None) -> torch.Tensor:
     gqa = k.shape[2] != q.shape[2]
     qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))

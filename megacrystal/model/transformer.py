@@ -18,15 +18,17 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-import torch.utils.checkpoint
 
 from ..config import ModelConfig
 from ..ops.dispatch import op
 from ..ops.precision import wide_dtype
 from ..ops.rotary import rope_angles
 from .attention import attention
+from .compile import compile_blocks
+from .kv_cache import KVCache
 from .layers import LayerFactory, SerialLayers, mark
 from .padding import set_true_shape, true_shape
+from .recompute import recompute_groups, recompute_into, run_blocks
 
 
 class Norm(nn.Module):
@@ -58,16 +60,28 @@ class Attention(nn.Module):
         # writes the packed d(qkv) directly instead of autograd's per-slice zero-filled buffers)
         self._qkv_rotary = op("qkv_rotary", cfg.kernels)
 
-    def forward(self, x, cos, sin, segment_ids=None, bounds=None, cp=None):
+    def forward(self, x, cos, sin, segment_ids=None, bounds=None, cp=None, cache=None, selective: bool = False):
+        """`bounds`: the batch's document boundaries (cu_seqlens, longest) for varlen kernels; `cp`: the
+        ring attention context under context parallelism; `cache`: (KV cache, this layer's key) to decode
+        incrementally (model/kv_cache.py); `selective`: recompute the core in the backward."""
         qkv = self.qkv(x)
-        b, s = qkv.shape[0], qkv.shape[1]
-        qkv = qkv.view(b, s, self.hk, self.group + 2, self.head_dim)
-        q, k, v = self._qkv_rotary(qkv, cos, sin, self.interleaved)
-        if cp is not None:  # context parallel: this rank holds part of the sequence (ring attention)
-            o = cp.attention(q, k, v, self.scale, self.backend)
-        else:
-            o = attention(q, k, v, self.scale, segment_ids, self.backend, bounds)
-        return self.proj(o.reshape(b, s, self.hq * self.head_dim))
+
+        def core(qkv):  # rotary + attention: no parameters, recomputed under selective recompute
+            b, s = qkv.shape[0], qkv.shape[1]
+            q, k, v = self._qkv_rotary(
+                qkv.view(b, s, self.hk, self.group + 2, self.head_dim), cos, sin, self.interleaved
+            )
+            if cache is not None:
+                o = cache[0].attend(cache[1], q, k, v, self.scale, self.backend)
+            elif cp is not None:  # context parallel: this rank holds part of the sequence (ring attention)
+                o = cp.attention(q, k, v, self.scale, self.backend)
+            else:
+                o = attention(q, k, v, self.scale, segment_ids, self.backend, bounds)
+            return o.reshape(b, s, self.hq * self.head_dim)
+
+        if selective and cp is None and cache is None:  # (ring transfers and the cache are not replayed)
+            return recompute_into(core, (qkv,), self.proj)
+        return self.proj(core(qkv))
 
 
 class MLP(nn.Module):
@@ -88,8 +102,11 @@ class MLP(nn.Module):
         set_true_shape(self.down.weight, (h, f))
         self._swiglu = op("swiglu", cfg.kernels)
 
-    def forward(self, x):
-        return self.down(self._swiglu(self.up(x), self.gate(x)))
+    def forward(self, x, selective: bool = False):
+        u, g = self.up(x), self.gate(x)
+        if selective:  # keep up and gate, recompute the activation
+            return recompute_into(self._swiglu, (u, g), self.down)
+        return self.down(self._swiglu(u, g))
 
 
 class Block(nn.Module):
@@ -99,10 +116,12 @@ class Block(nn.Module):
         self.attn = Attention(cfg, layers)
         self.norm2 = Norm(cfg)
         self.mlp = MLP(cfg, layers)
+        self.selective = cfg.recompute == "selective"
 
-    def forward(self, x, cos, sin, segment_ids=None, bounds=None, cp=None):
-        h = x + self.attn(self.norm1(x), cos, sin, segment_ids, bounds, cp)
-        return h + self.mlp(self.norm2(h))
+    def forward(self, x, cos, sin, segment_ids=None, bounds=None, cp=None, cache=None):
+        sel = self.selective and self.training and cache is None
+        h = x + self.attn(self.norm1(x), cos, sin, segment_ids, bounds, cp, cache, sel)
+        return h + self.mlp(self.norm2(h), sel)
 
 
 class Transformer(nn.Module):
@@ -124,6 +143,11 @@ class Transformer(nn.Module):
         self.rot_dim = int(cfg.head_dim * cfg.rotary_fraction)
         self.embed = layers.embedding(cfg.vocab_size, cfg.hidden_size) if pre_process else None
         self.layers = nn.ModuleDict({str(i): Block(cfg, layers) for i in self.layer_ids})
+        self.recompute = recompute_groups(
+            len(self.layer_ids), cfg.recompute, cfg.recompute_method, cfg.recompute_num_layers
+        )
+        if cfg.compile and not any(p.is_meta for p in self.layers.parameters()):  # (a rehearsal runs eager)
+            compile_blocks(list(self.layers.values()))
         if post_process:
             self.final_norm = Norm(cfg)
             if not cfg.tie_embeddings:
@@ -148,6 +172,8 @@ class Transformer(nn.Module):
         cu_seqlens: torch.Tensor | None = None,
         max_seqlen: int | None = None,
         cp=None,
+        kv_cache: KVCache | None = None,
+        logits_at: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """First stage takes `tokens` [b, s]; later stages `hidden`. The last stage returns logits, or
         per-token fp32 losses [b, s] when `labels` is given; other stages return hidden states.
@@ -155,7 +181,11 @@ class Transformer(nn.Module):
         for the varlen attention kernels; without them they are computed from `segment_ids` (a device sync).
         `cp`: under context parallelism, the micro-batch's ring attention context
         (`parallel.ring_attention.RingContext`: the tensors hold this rank's part of each sequence,
-        `position_ids` their true positions)."""
+        `position_ids` their true positions).
+
+        Incremental decoding: with `kv_cache` the tokens are each row's next ones after those the cache
+        holds (positions follow on per row; position_ids and document masks are refused), and the cache
+        keeps them. `logits_at` [b]: only the logits at that index of each row, as [b, 1, vocab]."""
         if self.pre_process:
             h = self.embed(tokens)
             if self.embed_scale != 1.0:
@@ -170,6 +200,15 @@ class Transformer(nn.Module):
                 else (position_ids.shape[-1] if position_ids is not None else None)
             )
             device = h.device
+        if kv_cache is not None:
+            if position_ids is not None or (segment_ids is not None and self.cfg.document_mask):
+                raise ValueError(
+                    "KV-cache decoding: positions follow the cache and attention spans each row "
+                    "(no position_ids or segment_ids; decode one document per row)"
+                )
+            if getattr(self.layers_factory, "sp", False):
+                raise ValueError("KV-cache decoding needs parallel.sequence_parallel=false")
+            position_ids = kv_cache.begin(h.shape[0], seq, device)
         if position_ids is None:
             if seq is None:
                 raise ValueError("Transformer stage without the embedding needs position_ids or labels for the length")
@@ -178,13 +217,18 @@ class Transformer(nn.Module):
         if not self.cfg.document_mask:  # packed documents attend across EOD, as in Crystal/Megatron
             segment_ids = None
         bounds = (cu_seqlens, int(max_seqlen)) if segment_ids is not None and cu_seqlens is not None else None
-        for block in self.layers.values():
-            if self.cfg.recompute and self.training:
-                h = torch.utils.checkpoint.checkpoint(block, h, cos, sin, segment_ids, bounds, cp, use_reentrant=False)
-            else:
-                h = block(h, cos, sin, segment_ids, bounds, cp)
+        if kv_cache is not None:  # decoding: no recomputation
+            for name, block in self.layers.items():
+                h = block(h, cos, sin, segment_ids, bounds, cp, (kv_cache, name))
+            kv_cache.end()
+        else:
+            blocks = list(self.layers.values())
+            for a, z, ckpt in self.recompute:  # model.recompute=full: checkpointed groups of blocks
+                h = run_blocks(blocks[a:z], h, (cos, sin, segment_ids, bounds, cp), ckpt and self.training)
         if not self.post_process:
             return h
+        if logits_at is not None:
+            h = h[torch.arange(h.shape[0], device=h.device), logits_at.to(h.device)][:, None]
         h = self.final_norm(h)
         if self.output_scale != 1.0:
             h = h * self.output_scale

@@ -5,7 +5,7 @@
 
 `DictSource` wraps tensors already in memory; `FileSource` reads safetensors files by slices
 (`safe_open(...).get_slice`, which copies only the requested elements out of the memory-mapped file)
-and `torch.save` files memory-mapped (`torch.load(mmap=True)`: only the touched pages are read);
+and `torch.save` files memory-mapped (`torch.load` with `mmap=True`: only the touched pages are read);
 hf/sliced.py maps a Hugging Face layout onto our names. `Engine.load_full_model_state` takes any of
 them (or a plain dict).
 """

@@ -89,9 +89,14 @@ def resolve(name: str, impl: str, device_type: str, apex: bool = False) -> tuple
 
 
 def op(name: str, impl: str = "auto", apex: bool = False) -> Callable:
+    chosen: dict[str, Callable] = {}  # device type -> implementation, decided at its first call
+
     def call(x, *args, **kwargs):
-        which, fn = resolve(name, impl, x.device.type, apex)
-        say_once(f"op-{name}-{which}-{x.device.type}", f"{name}: {which} kernel on {x.device.type}")
+        fn = chosen.get(x.device.type)
+        if fn is None:  # (after the first call a plain lookup, which torch.compile traces through)
+            which, fn = resolve(name, impl, x.device.type, apex)
+            say_once(f"op-{name}-{which}-{x.device.type}", f"{name}: {which} kernel on {x.device.type}")
+            chosen[x.device.type] = fn
         return fn(x, *args, **kwargs)
 
     return call

@@ -4,7 +4,9 @@ It works on the bucket layout of `GradBuffers` (with `distributed=True, contiguo
 dp rank d owns slice d of every bucket. After the gradients are reduce-scattered, each rank runs
 AdamW on its slice only (per muP group: the slice is cut at parameter boundaries into segments,
 each updated with its parameter's group LR and weight decay), writes the result into its slice of
-the parameter buffer, and the buffer is all-gathered so every rank holds the full updated model.
+the parameter buffer, and the buffer is all-gathered so every rank holds the full updated model:
+bucket by bucket, each gather issued once its shard is written and, with
+`parallel.overlap_param_gather`, waited for by the next forward (`parallel.param_gather`).
 
 Memory per parameter on a rank, with bf16 parameters: 2 (param) + 4 (fp32 grad) + 12/dp (fp32
 master + exp_avg + exp_avg_sq), against 2 + 4 + 12 for the replicated optimizer. With fp32
@@ -16,15 +18,23 @@ from __future__ import annotations
 import torch
 
 from ..ops.precision import wide_dtype
-from ..parallel import collectives as C
 from ..parallel.grad_buffers import GradBuffers
+from ..parallel.param_gather import ParamGather, write_and_gather
 from .adamw import AdamWSteps
 
 
 class DistributedOptimizer(AdamWSteps):
     def __init__(
-        self, buffers: GradBuffers, groups: list[dict], beta1: float = 0.9, beta2: float = 0.95, eps: float = 1e-9
+        self,
+        buffers: GradBuffers,
+        groups: list[dict],
+        beta1: float = 0.9,
+        beta2: float = 0.95,
+        eps: float = 1e-9,
+        overlap_param_gather: bool = False,
     ):
+        """`overlap_param_gather`: leave each bucket's all-gather in flight after `step` (the engine's
+        forward pre-hooks wait for it, `parallel.param_gather`); else `step` waits for all of them."""
         if buffers.param_buffer is None or not buffers.distributed:
             raise ValueError("DistributedOptimizer needs GradBuffers(distributed=True, contiguous_params=True)")
         self.buf = buffers
@@ -49,7 +59,7 @@ class DistributedOptimizer(AdamWSteps):
             )
             for p in g["params"]:
                 group_of[id(p)] = gi
-        self.shards = []  # per bucket: dict(lo, hi, master, exp_avg, exp_avg_sq)
+        self.shards = []  # per bucket: dict(lo, hi, master, exp_avg, exp_avg_sq, parts)
         for b in buffers.buckets:
             lo, hi = buffers.shard_range(b)
             n = hi - lo
@@ -60,36 +70,48 @@ class DistributedOptimizer(AdamWSteps):
                 master=master,
                 exp_avg=torch.zeros(n, dtype=state_dtype, device=pbuf.device),
                 exp_avg_sq=torch.zeros(n, dtype=state_dtype, device=pbuf.device),
+                parts={},  # group index -> this bucket's pieces of the group (what one update call takes)
             )
             self.shards.append(shard)
             for _p, a, z, gi in shard_pieces(buffers, b, lo, hi, group_of):
                 g = self.groups[gi]
-                g["master"].append(master[a - lo : z - lo])
-                g["grad"].append(buffers.grad_buffer[a:z])
-                g["exp_avg"].append(shard["exp_avg"][a - lo : z - lo])
-                g["exp_avg_sq"].append(shard["exp_avg_sq"][a - lo : z - lo])
+                part = shard["parts"].setdefault(
+                    gi,
+                    dict(
+                        lr_mult=g["lr_mult"],
+                        weight_decay=g["weight_decay"],
+                        master=[],
+                        grad=[],
+                        exp_avg=[],
+                        exp_avg_sq=[],
+                    ),
+                )
+                for d in (g, part):
+                    d["master"].append(master[a - lo : z - lo])
+                    d["grad"].append(buffers.grad_buffer[a:z])
+                    d["exp_avg"].append(shard["exp_avg"][a - lo : z - lo])
+                    d["exp_avg_sq"].append(shard["exp_avg_sq"][a - lo : z - lo])
+        self.param_gather = ParamGather(buffers, overlap_param_gather)
 
     @torch.no_grad()
     def step(self, lr: float) -> None:
+        """Update bucket by bucket in the order the forward uses them; each bucket's all-gather is
+        issued as soon as its shard is written (waited for by the next forward, or here without overlap)."""
         self.step_count += 1
-        for g in self.groups:
-            self._update(g, g["master"], g["grad"], lr)
-        self.gather_params()
-
-    @torch.no_grad()
-    def gather_params(self) -> None:
-        """Write the master shards into the parameter buffer and all-gather it over dp."""
         pbuf = self.buf.param_buffer
-        works = []
-        for b, s in zip(self.buf.buckets, self.shards, strict=True):
+        self.param_gather.wait_all()  # a gather still in flight reads the shards about to change
+        for i in self.param_gather.order:
+            s = self.shards[i]
+            for part in s["parts"].values():
+                self._update(part, part["master"], part["grad"], lr)
             if self.separate_master:
                 pbuf[s["lo"] : s["hi"]].copy_(s["master"])
-            works.append(
-                C.all_gather_flat(
-                    pbuf[b.start : b.start + b.size], pbuf[s["lo"] : s["hi"]], self.buf.group, async_op=True
-                )
-            )
-        C.wait_all(works)
+            self.param_gather.issue(i)
+        self.param_gather.step_done()
+
+    def gather_params(self) -> None:
+        """Write the master shards into the parameter buffer and all-gather it over dp (waited for)."""
+        write_and_gather(self.param_gather, self.shards, self.separate_master)
 
     @torch.no_grad()
     def reload_masters(self) -> None:

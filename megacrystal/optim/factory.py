@@ -7,13 +7,16 @@ from .distributed import DistributedOptimizer
 from .fused_adamw import FusedAdamW
 
 
-def make_optimizer(impl: str, buffers, groups: list[dict], o, names: dict):
+def make_optimizer(impl: str, buffers, groups: list[dict], o, names: dict, overlap_param_gather: bool = False):
     """`impl` "cuda": the fused kernel over the flat buffers (ZeRO-1 or replicated); "torch": the
-    distributed optimizer when the buffers are sharded, else the replicated AdamW. `o`: the OptimConfig."""
+    distributed optimizer when the buffers are sharded, else the replicated AdamW. `o`: the OptimConfig.
+    `overlap_param_gather`: ZeRO-1 leaves its parameter all-gathers to the next forward (`parallel.param_gather`)."""
     if impl == "cuda":
-        return FusedAdamW(buffers, groups, o.beta1, o.beta2, o.eps, names=names)
+        return FusedAdamW(
+            buffers, groups, o.beta1, o.beta2, o.eps, names=names, overlap_param_gather=overlap_param_gather
+        )
     if buffers.distributed:
-        return DistributedOptimizer(buffers, groups, o.beta1, o.beta2, o.eps)
+        return DistributedOptimizer(buffers, groups, o.beta1, o.beta2, o.eps, overlap_param_gather=overlap_param_gather)
     return AdamW(groups, o.beta1, o.beta2, o.eps, names=names)
 
 

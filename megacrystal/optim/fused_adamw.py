@@ -5,8 +5,9 @@ with the distributed optimizer (ZeRO-1) this rank's slice of each bucket, else t
 slice is cut at parameter boundaries into chunks of at most 65536 elements tagged with the parameter's
 muP group; one launch per bucket reads fp32 grad, master, exp_avg, exp_avg_sq and writes master, the
 moments and the bf16 parameter (the model copy), with the gradient-clipping coefficient folded in and
-a non-finite flag set when a (clipped) gradient is inf/nan. With the distributed optimizer the updated
-parameter shards are then all-gathered, as `DistributedOptimizer` does.
+a non-finite flag set when a (clipped) gradient is inf/nan. With the distributed optimizer each
+bucket's all-gather is issued right after its launch, in forward order, and waited for as
+`DistributedOptimizer`'s are (`parallel.param_gather`: by the next forward with overlap, else here).
 
 Non-finite gradients: the update runs in place, so the flag must be known before it. `step` first
 sets the flag on the device from the gradients its launches would read (every element, also the
@@ -29,6 +30,7 @@ import torch.distributed as dist
 from ..compiled.cuda_kernels import adamw_scalars
 from ..parallel import collectives as C
 from ..parallel.host import to_host
+from ..parallel.param_gather import ParamGather, write_and_gather
 from .adamw import adamw_
 from .distributed import DistributedOptimizer, shard_pieces
 
@@ -75,6 +77,7 @@ class FusedAdamW:
         eps: float = 1e-9,
         names: dict | None = None,
         kernel=None,
+        overlap_param_gather: bool = False,
     ):
         if buffers.param_buffer is None:
             raise ValueError("FusedAdamW needs GradBuffers(contiguous_params=True)")
@@ -125,6 +128,7 @@ class FusedAdamW:
                 )
             )
         self.nonfinite_flag = torch.zeros(1, dtype=torch.int32, device=dev)
+        self.param_gather = ParamGather(buffers, overlap_param_gather) if buffers.distributed else None
         self.skipped_last = False
 
     @torch.no_grad()
@@ -162,31 +166,40 @@ class FusedAdamW:
         ]
         clip, self.clip_coef = self.clip_coef, 1.0
         pbuf = self.buf.param_buffer
-        for s in self.shards:
-            if s["chunks"].shape[0] == 0:
-                continue
-            copy = pbuf[s["lo"] : s["hi"]] if self.separate_master else None
-            self.kernel(
-                s["master"],
-                self.buf.grad_buffer[s["lo"] : s["hi"]],
-                s["exp_avg"],
-                s["exp_avg_sq"],
-                copy,
-                s["chunks"],
-                scalars,
-                self.beta1,
-                self.beta2,
-                clip,
-                self.nonfinite_flag,
-            )
-        if self.buf.distributed:
-            works = [
-                C.all_gather_flat(
-                    pbuf[b.start : b.start + b.size], pbuf[s["lo"] : s["hi"]], self.buf.group, async_op=True
+        gather = self.param_gather
+        if gather is not None:
+            gather.wait_all()  # a gather still in flight reads the shards about to change
+        # in the order the forward uses the buckets: each one's all-gather is issued once it is written
+        for i in gather.order if gather is not None else range(len(self.shards)):
+            s = self.shards[i]
+            if s["chunks"].shape[0] > 0:
+                copy = pbuf[s["lo"] : s["hi"]] if self.separate_master else None
+                self.kernel(
+                    s["master"],
+                    self.buf.grad_buffer[s["lo"] : s["hi"]],
+                    s["exp_avg"],
+                    s["exp_avg_sq"],
+                    copy,
+                    s["chunks"],
+                    scalars,
+                    self.beta1,
+                    self.beta2,
+                    clip,
+                    self.nonfinite_flag,
                 )
-                for b, s in zip(self.buf.buckets, self.shards, strict=True)
-            ]
-            C.wait_all(works)
+            if gather is not None:
+                gather.issue(i)
+        if gather is not None:
+            gather.step_done()
+
+    @torch.no_grad()
+    def gather_params(self) -> None:
+        """Parameters <- masters (the bf16 copy), all-gathered over dp with ZeRO-1 (waited for)."""
+        if self.param_gather is not None:
+            write_and_gather(self.param_gather, self.shards, self.separate_master)
+        elif self.separate_master:
+            for s in self.shards:
+                self.buf.param_buffer[s["lo"] : s["hi"]].copy_(s["master"])
 
     def nonfinite(self) -> bool:
         """Did any (clipped) gradient the kernel saw since the last call hold inf/nan? Resets the flag

@@ -4,9 +4,17 @@ A group of size 1 makes every call a no-op (no process group exists for it). Whe
 a fused collective (older gloo has no reduce-scatter, nor all-gather into one tensor), the same
 result is produced from all_reduce / all_gather lists; `FORCE_FALLBACK` makes tests take that path.
 Async calls return an object with `.wait()`.
+
+Overlapped collectives go through `issue(work, kind)`, which returns a `Handle`: its creation is the
+issue point and its `wait()` the wait point of one collective of `kind` ("param_gather",
+"grad_reduce", "p2p"). Observers (`observe`) see both events, and `inject_delay` makes every handle
+of one kind complete no earlier than a fixed time after its issue (benchmarks/overlap.py).
 """
 
 from __future__ import annotations
+
+import time
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -35,6 +43,9 @@ class _Then:
         fn, self.fn = self.fn, None
         if fn is not None:
             fn()
+
+    def is_completed(self) -> bool:
+        return self.work is None or self.work.is_completed()
 
 
 def _backend(group: Group) -> str:
@@ -184,6 +195,74 @@ def wait_all(works: list[object | None]) -> None:
     for w in works:
         if w is not None:
             w.wait()
+
+
+# --------------------------------------------------------------------------- issue and wait points
+
+_observers: list[Callable] = []
+_delay: dict[str, float] = {}  # kind -> seconds each collective of that kind takes at least
+_link_free: dict[str, float] = {}  # kind -> when the (simulated) link of that kind is free again
+
+
+class Handle:
+    """One issued collective of `kind` (what it carries). Created at its issue point; `wait()` is its
+    wait point: it returns once the work is complete (every wait is bounded by the process group's
+    timeout) and, under `inject_delay`, no earlier than the simulated completion time."""
+
+    def __init__(self, work, kind: str, info: dict | None = None):
+        self.work, self.kind, self.info = work, kind, info or {}
+        self.done = False
+        self.deadline = 0.0
+        d = _delay.get(kind, 0.0) if work is not None else 0.0  # a no-op (group of one) takes no time
+        if d > 0:  # the link carries one collective of a kind at a time, as a real one does
+            start = max(time.perf_counter(), _link_free.get(kind, 0.0))
+            self.deadline = _link_free[kind] = start + d
+        for fn in _observers:
+            fn("issue", self)
+
+    def wait(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        t0 = time.perf_counter()
+        if self.work is not None:
+            self.work.wait()
+        late = self.deadline - time.perf_counter()
+        if late > 0:
+            time.sleep(late)
+        self.info["blocked_s"] = time.perf_counter() - t0
+        for fn in _observers:
+            fn("wait", self)
+
+    def is_completed(self) -> bool:
+        if self.done:
+            return True
+        ok = self.work is None or getattr(self.work, "is_completed", lambda: False)()
+        return ok and time.perf_counter() >= self.deadline
+
+
+def issue(work, kind: str, info: dict | None = None) -> Handle:
+    """Wrap an async work (or None: nothing to wait for) as the `Handle` of one collective of `kind`."""
+    return Handle(None if isinstance(work, _Done) else work, kind, info)
+
+
+def observe(fn: Callable | None) -> None:
+    """Call `fn(event, handle)` ("issue" | "wait") for every handle from now on (None: remove all)."""
+    if fn is None:
+        _observers.clear()
+    else:
+        _observers.append(fn)
+
+
+def inject_delay(kind: str, seconds: float) -> None:
+    """Benchmark hook: every collective of `kind` completes no earlier than `seconds` after it is
+    issued, and no earlier than `seconds` after the previous one of that kind completes (one link).
+    A wait that comes later than that costs nothing. 0 removes the delay."""
+    if seconds > 0:
+        _delay[kind] = float(seconds)
+    else:
+        _delay.pop(kind, None)
+    _link_free.pop(kind, None)
 
 
 class _Works:

@@ -158,9 +158,10 @@ class GradBuffers:
         g = self.bucket_grad(b)
         if self.distributed:
             lo, hi = self.shard_range(b)
-            b.work = C.reduce_scatter_flat(self.grad_buffer[lo:hi], g, self.group, async_op=True)
+            work = C.reduce_scatter_flat(self.grad_buffer[lo:hi], g, self.group, async_op=True)
         else:
-            b.work = C.all_reduce(g, self.group, async_op=True)
+            work = C.all_reduce(g, self.group, async_op=True)
+        b.work = C.issue(work, "grad_reduce", dict(bucket=b.index))  # issue point; wait point: finish()
 
     def finish(self) -> None:
         """Complete the reduction: tied-embedding sums over the embedding group, then every bucket

@@ -12,6 +12,15 @@ table of (forward/backward, micro-batch, chunk) entries, `interleaved_table`: mi
 groups of pp through chunk 0, 1, ..., vpp-1 (forward) and back (backward); rank r first runs
 2*(pp-r-1) + (vpp-1)*pp warm-up forwards, then one forward and one backward in turn, then the
 remaining backwards. That cuts the bubble from (pp-1)/(m+pp-1) to (pp-1)/(vpp*m+pp-1). Needs m % pp == 0.
+
+Transfers (`parallel.overlap_p2p_comm`, Megatron's overlap_p2p_comm): nothing waits where a batch is
+posted; a received value is resolved (`P2P.ready`) just before the compute that uses it, and sends
+complete in the background (`P2P.finish` at the end). The interleaved steady state then posts two
+batches per slot instead of one: the forward's (its output to the next rank, the next input from the
+previous one) right after the forward, so they travel during the backward, and the backward's right
+after it, so they travel during the next forward. Inputs queued for a later chunk travel behind
+everything before their forward, and no rank blocks on its own send. The order of the messages on
+each link is the same either way; tests/test_overlap.py checks it with NCCL's rules (`P2P.NCCL_ORDER`).
 """
 
 from __future__ import annotations
@@ -51,8 +60,9 @@ def one_f_one_b(step: StepCompute, p2p: P2P, grid: Grid) -> None:
     inputs: deque = deque()
     outputs: deque = deque()
 
+    ready = p2p.ready  # received values may be in flight (parallel.overlap_p2p_comm): resolved at use
     for j in range(warmup):
-        x = None if first else p2p.recv_forward()
+        x = None if first else ready(p2p.recv_forward())
         y = step.forward(0, j, x)
         p2p.send_forward(None if last else y)
         inputs.append(x)
@@ -60,20 +70,22 @@ def one_f_one_b(step: StepCompute, p2p: P2P, grid: Grid) -> None:
 
     x = p2p.recv_forward() if remaining > 0 and not first else None
     for i in range(remaining):
+        x = ready(x)
         y = step.forward(0, warmup + i, x)
         inputs.append(x)
         outputs.append(y)
         gy = None if last else p2p.send_forward_recv_backward(y)
-        gx = step.backward(0, i, inputs.popleft(), outputs.popleft(), gy)
+        gx = step.backward(0, i, inputs.popleft(), outputs.popleft(), ready(gy))
         if i == remaining - 1:
             p2p.send_backward(None if first else gx)
         elif not first:
             x = p2p.send_backward_recv_forward(gx)
 
     for i in range(remaining, m):
-        gy = None if last else p2p.recv_backward()
+        gy = None if last else ready(p2p.recv_backward())
         gx = step.backward(0, i, inputs.popleft(), outputs.popleft(), gy)
         p2p.send_backward(None if first else gx)
+    p2p.finish()
 
 
 # --------------------------------------------------------------------------- interleaved 1F1B
@@ -123,16 +135,16 @@ def interleaved_one_f_one_b(step: StepCompute, p2p: P2P, grid: Grid) -> None:
     def forward(e: Entry):
         if first_rank and e.chunk == 0:
             inputs[0].append(None)  # virtual stage 0 reads the tokens
-        y = step.forward(e.chunk, e.microbatch, inputs[e.chunk][-1])
+        x = inputs[e.chunk][-1] = p2p.ready(inputs[e.chunk][-1])  # a receive in flight is waited for here
+        y = step.forward(e.chunk, e.microbatch, x)
         outputs[e.chunk].append(y)
         return None if (last_rank and e.chunk == v - 1) else y  # the last virtual stage sends nothing
 
     def backward(e: Entry):
         if last_rank and e.chunk == v - 1:
             out_grads[e.chunk].append(None)  # the last virtual stage starts from the loss
-        gx = step.backward(
-            e.chunk, e.microbatch, inputs[e.chunk].pop(0), outputs[e.chunk].pop(0), out_grads[e.chunk].pop(0)
-        )
+        gy = p2p.ready(out_grads[e.chunk].pop(0))  # ... and a gradient in flight here
+        gx = step.backward(e.chunk, e.microbatch, inputs[e.chunk].pop(0), outputs[e.chunk].pop(0), gy)
         return None if (first_rank and e.chunk == 0) else gx  # the first virtual stage sends nothing
 
     def next_input_chunk(k: int) -> int | None:
@@ -178,10 +190,15 @@ def interleaved_one_f_one_b(step: StepCompute, p2p: P2P, grid: Grid) -> None:
     for i in range(remaining):
         kf, kb = warmup + i, i
         y = forward(fwd[kf])
-        gx = backward(bwd[kb])
         cf = next_input_chunk(kf) if i < remaining - 1 else None
+        if p2p.overlap:  # the forward's transfers are posted now and travel during the backward
+            x, _ = p2p.exchange(send_next=y, recv_prev=cf is not None)
+        gx = backward(bwd[kb])
         cb = next_grad_chunk(kb)
-        x, gy = p2p.exchange(send_next=y, send_prev=gx, recv_prev=cf is not None, recv_next=cb is not None)
+        if p2p.overlap:  # ... and the backward's during the next forward
+            _, gy = p2p.exchange(send_prev=gx, recv_next=cb is not None)
+        else:  # one batch after both (Megatron's send_forward_backward_recv_forward_backward)
+            x, gy = p2p.exchange(send_next=y, send_prev=gx, recv_prev=cf is not None, recv_next=cb is not None)
         if cf is not None:
             inputs[cf].append(x)
         if cb is not None:
@@ -197,6 +214,7 @@ def interleaved_one_f_one_b(step: StepCompute, p2p: P2P, grid: Grid) -> None:
         gy = p2p.send_backward(gx, recv_next=recv_next)
         if recv_next:
             out_grads[nxt].append(gy)
+    p2p.finish()
 
 
 def forward_only(step: StepCompute, p2p: P2P, grid: Grid) -> None:
@@ -206,10 +224,11 @@ def forward_only(step: StepCompute, p2p: P2P, grid: Grid) -> None:
         for c in range(v):
             first = r == 0 and c == 0
             last = r == p - 1 and c == v - 1
-            x = None if first else p2p.recv_forward()
+            x = None if first else p2p.ready(p2p.recv_forward())
             y = step.forward(c, j, x)
             if not last:
                 p2p.send_forward(y)
+    p2p.finish()
 
 
 def run(step: StepCompute, p2p: P2P, grid: Grid) -> None:

@@ -45,8 +45,9 @@ class _RecordingP2P(P2P):
     """The engine's P2P with `exchange` recording the batch instead of sending it; every other
     method (recv_forward, send_forward_recv_backward, ...) is the engine's own."""
 
-    def __init__(self, grid, events: list):  # no buffers, no device
+    def __init__(self, grid, events: list, overlap: bool = False):  # no buffers, no device
         self.grid, self.events, self.trace = grid, events, None
+        self.overlap, self.sending = overlap, []  # overlap: the schedules post as with overlap_p2p_comm
 
     def exchange(self, send_next=None, send_prev=None, recv_prev=False, recv_next=False):
         if self.grid.pp_size == 1:
@@ -67,13 +68,14 @@ class _RecordingP2P(P2P):
 
 
 @lru_cache(maxsize=256)
-def trace(pp: int, vpp: int, m: int) -> tuple:
-    """Per pipeline rank, the tuple of events the engine's schedule produces for m micro-batches."""
+def trace(pp: int, vpp: int, m: int, overlap: bool = False) -> tuple:
+    """Per pipeline rank, the tuple of events the engine's schedule produces for m micro-batches
+    (`overlap`: with `parallel.overlap_p2p_comm`, whose interleaved steady state posts two batches)."""
     out = []
     for r in range(pp):
         events: list = []
         grid = SimpleNamespace(pp_size=pp, pp_rank=r, vpp_size=vpp)
-        schedules.run(_Step(m, events), _RecordingP2P(grid, events), grid)
+        schedules.run(_Step(m, events), _RecordingP2P(grid, events, overlap), grid)
         out.append(tuple(events))
     return tuple(out)
 
@@ -114,7 +116,8 @@ _RECV = (RECV_PREV, RECV_NEXT)
 def simulate(pp: int, vpp: int, m: int, duration, transfer, blocking: bool = True) -> PipelineResult:
     """`duration(rank, kind, chunk)` -> seconds of one F or B; `transfer(src, dst)` -> seconds of one
     activation (or gradient) message between neighbouring pipeline ranks."""
-    events = trace(pp, vpp, m)
+    events = trace(pp, vpp, m)  # (the combined batches; the engine's overlap posts the interleaved
+    # steady state in two and waits at use: `trace(..., overlap=True)` has that order, not yet the waits)
     dur = [{(k, c): duration(r, k, c) for k in "FB" for c in range(vpp)} for r in range(pp)]
     hop = {}
     for r in range(pp):

@@ -153,6 +153,7 @@ def _train(cfg: Config, stop: StopSignals, dog: StepWatchdog) -> dict:
 
     def _save(at_step):
         nonlocal last_saved
+        engine.sync_params()  # the parameter all-gathers left to the next forward complete first
         ensure_finite(engine, at_step)  # never a checkpoint holding NaN/Inf
         state = dict(
             loader=loader.state_dict(),
@@ -233,6 +234,7 @@ def _train(cfg: Config, stop: StopSignals, dog: StepWatchdog) -> dict:
         skips.record(out["skipped"], step, span.name, out["loss"], out["grad_norm"])  # raises: too many in a row
         if save_due(step, span, schedule.phases[span.index], t.save_interval, t.keep_every) and step < total_steps:
             save(step)
+    engine.sync_params()  # the run ends: nothing left in flight
     if step > last_saved:
         save(step)
     ckptr.close()
