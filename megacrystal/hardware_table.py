@@ -197,7 +197,7 @@ TABLE: dict[str, dict] = {
             "--calibrate); the probe measured 146.8 us in isolation, the ranks of a run arrive apart",
             all="measured: benchmarks/results/planner-probe-cpu-20261207-041209.json (benchmarks/planner_probe.py; "
             "compute figures in thread CPU time, so the machine's other load (average 3.8-4.0 then) does not "
-            "count; gloo all-reduce the larger of its best wall time and its CPU time; host time per op from the engine's own train_step on a degenerate model (hidden 16, 16 tokens) per layer and micro-batch, over the planner's op count of a layer; step overhead: that step's fixed part)"
+            "count; gloo all-reduce the larger of its best wall time and its CPU time; host time per op from the engine's own train_step on a degenerate model (hidden 16, 16 tokens) per layer and micro-batch, over the planner's op count of a layer; step overhead: that step's fixed part)",
         ),
     ),
 }
