@@ -17,7 +17,7 @@ from ..config import ConfigError, load_config
 from . import hardware
 from .compose import Plan
 from .costs import FORMULA
-from .search import plan_layouts, plan_one, total_tokens
+from .search import plan_layouts, plan_one, recompute_choices_of, recompute_text, total_tokens
 from .shapes import ModelShape
 
 GB = 1e9
@@ -78,6 +78,8 @@ def explain(p: Plan) -> str:
             f"  {c['name']:<36} {c['group']:<9} {c['algo']:<5} {c['total_s']:8.3f} s  exposed {c['exposed_s']:7.3f}"
             f"  hidden {hid:7.3f}"
         )
+        if c.get("where"):
+            out.append(f"      {c['where']}")
     out.append(f"pipeline bubble (idle share of the step, from the simulation): {p.bubble:.3f}")
     recs = p.sources.get("records", {})
     for part, r in recs.items():
@@ -158,6 +160,7 @@ def main(argv=None, sources: dict | None = None) -> int:
         if not p.exact:
             p = plan_one(cfg, p.layout, hw, source=source)
         print(explain(p))
+        print("\n".join(recompute_text(recompute_choices_of(cfg, p.layout, hw, source))))
         return 0
     if a.json:
         doc = dict(

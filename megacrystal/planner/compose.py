@@ -73,6 +73,22 @@ class _Ctx:
     measured: bool = False  # the records come from a rehearsal: memory as it counts it
 
 
+# Where each collective of the simulated step is issued and waited on (`--explain`), as the engine does it.
+WHERE = dict(
+    grad_overlap="issued per bucket as its last gradient is ready in the last micro-batch's backward; "
+    "waited before the optimizer step (hidden behind the rest of that backward)",
+    grad="issued and waited after the backward (gloo: the buckets run synchronously)",
+    after_backward="after the backward: issued and waited at once",
+    params_overlap="issued per bucket once the optimizer has updated its shard; waited by a forward pre-hook "
+    "before the bucket's first use in the next step (hidden behind the forward that comes before it)",
+    params="issued per bucket in the optimizer step; all waited at its end (exposed)",
+    ring="each ring hop posted before a block's attention and waited after it; the last dK/dV hop exposed",
+    p2p_overlap="receives posted before the compute that does not need them, waited where their data is used; "
+    "sends waited at the next exchange (exposed: the wait the simulated schedule still has)",
+    p2p="batched and waited at once (exposed: the simulated transfer time)",
+)
+
+
 def coll_time(cost, c, hw, sp: dict, prec: str) -> tuple[float, float]:
     """(total, hidden) seconds of one record's collective `c` per layer and micro-batch: its calls on
     the group's span, hidden up to `hide_frac` of the op that runs beside it (the cp ring's hops behind
@@ -132,8 +148,8 @@ def compose(
     prec, attn = F.precision, F.attention
     colls: dict = {}
 
-    def add_coll(name, group, algo, total, exposed, count=1.0):
-        c = colls.setdefault(name, dict(name=name, group=group, algo=algo, total_s=0.0, exposed_s=0.0))
+    def add_coll(name, group, algo, total, exposed, count=1.0, where=""):
+        c = colls.setdefault(name, dict(name=name, group=group, algo=algo, total_s=0.0, exposed_s=0.0, where=where))
         c["total_s"] += total * count
         c["exposed_s"] += exposed * count
 
@@ -263,9 +279,16 @@ def compose(
     dp_total, dp_exposed, dp_algo, tied_s = dp_info[crit]
     if rep > 1:
         g = "dp_cp" if lay.cp > 1 else "dp"
-        add_coll(f"{g}.reduce_scatter" if lay.dist_opt else f"{g}.all_reduce", g, dp_algo, dp_total, dp_exposed)
+        add_coll(
+            f"{g}.reduce_scatter" if lay.dist_opt else f"{g}.all_reduce",
+            g,
+            dp_algo,
+            dp_total,
+            dp_exposed,
+            where=WHERE["grad_overlap" if F.overlap_grad_reduce else "grad"],
+        )
     if tied_s:
-        add_coll("embedding.all_reduce (tied copy)", "embedding", "ring", tied_s, tied_s)
+        add_coll("embedding.all_reduce (tied copy)", "embedding", "ring", tied_s, tied_s, where=WHERE["after_backward"])
 
     post = 0.0
     # sequence-parallel gradients (norms, row biases) summed over tp, one flat all-reduce
@@ -273,7 +296,7 @@ def compose(
         n_sp = (Lc * lay.vpp) * (4 + (2 if model.bias else 0)) * model.hidden
         t = comm.all_reduce(n_sp * gb, sp["tp"], hw)[0]
         post += t
-        add_coll("tp.all_reduce (sequence-parallel grads)", "tp", "ring", t, t)
+        add_coll("tp.all_reduce (sequence-parallel grads)", "tp", "ring", t, t, where=WHERE["after_backward"])
     norm = comm.all_reduce(8, sp["world"], hw)[0] if world > 1 else 0.0
     post += norm
     params = rank_params[crit]
@@ -289,7 +312,8 @@ def compose(
         hidden = min(g, first_fwd) if F.overlap_param_gather else 0.0
         post += g - hidden
         name = "dp_cp" if lay.cp > 1 else "dp"
-        add_coll(f"{name}.all_gather (ZeRO-1 params)", name, "ring", g, g - hidden)
+        where = WHERE["params_overlap" if F.overlap_param_gather else "params"]
+        add_coll(f"{name}.all_gather (ZeRO-1 params)", name, "ring", g, g - hidden, where=where)
     sync = 2 * comm.all_reduce(16, sp["world"], hw)[0] if world > 1 else 0.0  # batch check, loss
     post += sync + hw.step_overhead_s
     step = finish[crit] + post
@@ -305,10 +329,16 @@ def compose(
             algo = "p2p"
         else:
             algo = comm.all_reduce(c.nbytes, sp[c.group], hw)[1] if c.kind == "all_reduce" else "ring"
-        add_coll(f"{c.group}.{c.kind}", c.group, algo, total, total - hidden, count)
+        if c.group == "cp":
+            where = WHERE["ring"]
+        elif c.hidden_by:
+            where = f"inside each layer ({c.phase}), behind {c.hidden_by} (tp_overlap_wgrad)"
+        else:
+            where = f"inside each layer ({c.phase}): issued and waited at once"
+        add_coll(f"{c.group}.{c.kind}", c.group, algo, total, total - hidden, count, where=where)
     if lay.pp > 1:
         x = pipe.ranks[crit].xfer_s  # waiting for a peer is bubble, not communication
-        add_coll("pp.p2p", "pp", "p2p", x, x)
+        add_coll("pp.p2p", "pp", "p2p", x, x, where=WHERE["p2p_overlap" if F.overlap_p2p else "p2p"])
 
     compute: dict = {}
     for (k, c), count in counts.items():

@@ -195,6 +195,7 @@ class FormulaCosts:
             ops += _gemm_ops("gate", T, f, h, e, "fwd", acc)
             mem("swiglu", 3 * T * f * e, special=T * f)
             mem("swiglu.bwd", 5 * T * f * e, "bwd", special=T * f)
+            act_fwd = ops[-1]  # this engine's selective recompute reruns it too (model/recompute.py)
         else:
             mem("gelu", 2 * T * f * e, special=T * f)
             mem("gelu.bwd", 3 * T * f * e, "bwd", special=T * f)
@@ -206,8 +207,9 @@ class FormulaCosts:
         if s.recompute == "full":
             ops += [Op(o.name, o.cls, "recompute", o.flops, o.nbytes, o.gemm) for o in ops if o.phase == "fwd"]
             colls += [replace(c, phase="recompute") for c in colls if c.phase == "fwd"]
-        elif s.recompute == "selective":  # the attention core again: under cp its ring too
-            ops += [Op(o.name, o.cls, "recompute", o.flops, o.nbytes, o.gemm) for o in core if o.phase == "fwd"]
+        elif s.recompute == "selective":  # the attention core again (under cp its ring too); SwiGLU's activation
+            again = [o for o in core if o.phase == "fwd"] + ([act_fwd] if swiglu else [])
+            ops += [Op(o.name, o.cls, "recompute", o.flops, o.nbytes, o.gemm) for o in again]
             colls += [replace(c, phase="recompute") for c in colls if c.phase == "fwd" and c.group == "cp"]
 
         # parameters on this rank: sharded matrices and column biases, replicated norms and row biases
@@ -236,8 +238,8 @@ class FormulaCosts:
         }
         if s.recompute == "full":
             acts = Tsp * h * e
-        elif s.recompute == "selective":
-            acts = sum(keep.values()) - keep["attention core"]
+        elif s.recompute == "selective":  # Megatron's: the attention core; this engine also drops SwiGLU's output
+            acts = sum(keep.values()) - keep["attention core"] - (T * f * e if swiglu else 0)
         else:
             acts = sum(keep.values())
         temps = max(3 * T * f * e, sq2 * 4 if unfused else 0) + (sum(keep.values()) if s.recompute == "full" else 0)

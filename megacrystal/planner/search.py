@@ -140,6 +140,48 @@ def plan_one(
     )
 
 
+def recompute_choices_of(cfg, lay: Layout, hw: Hardware, source: CostSource = FORMULA) -> list[dict]:
+    """The layout under each `model.recompute` choice: the activations it keeps on the fullest rank,
+    its memory per device, whether it fits, its step time. What recomputation saves, and what it costs."""
+    out = []
+    for rc in recompute_choices():
+        try:
+            p = plan_one(cfg, dataclasses.replace(lay, recompute=rc), hw, source=source)
+        except (ValueError, ConfigError) as e:
+            out.append(dict(recompute=rc, error=str(e).splitlines()[0]))
+            continue
+        out.append(
+            dict(
+                recompute=rc,
+                activations_bytes=p.memory.get("activations", 0.0),
+                memory_bytes=p.memory_bytes,
+                fits=p.fits,
+                step_s=p.step_s,
+                current=rc == lay.recompute,
+            )
+        )
+    return out
+
+
+def recompute_text(rows: list[dict], source_note: str = "") -> list[str]:
+    lines = [f"recompute choices of this layout (activations and memory per GPU, fullest rank{source_note}):"]
+    base = next((r for r in rows if r["recompute"] == "none" and "error" not in r), None)
+    for r in rows:
+        mark = "*" if r.get("current") else " "
+        if "error" in r:
+            lines.append(f" {mark} {r['recompute']:<10} not valid here: {r['error']}")
+            continue
+        saved = ""
+        if base is not None and r is not base:
+            saved = f"  saves {(base['activations_bytes'] - r['activations_bytes']) / 1e9:6.2f} GB"
+        lines.append(
+            f" {mark} {r['recompute']:<10} activations {r['activations_bytes'] / 1e9:7.2f} GB  "
+            f"memory {r['memory_bytes'] / 1e9:7.2f} GB  {'fits' if r['fits'] else 'does not fit':<12} "
+            f"step {r['step_s']:.3f} s{saved}"
+        )
+    return lines
+
+
 # A layout whose formula memory is within this share beyond the usable memory may still fit once the
 # rehearsal measures it: it is simulated (and rehearsed) rather than ruled out by the formula.
 FIT_MARGIN = 0.10

@@ -102,8 +102,8 @@ class Features:
     """Overlaps and implementations. Defaults: this engine today (docs/planner.md, "Overlap")."""
 
     overlap_grad_reduce: bool = True  # dp buckets reduced behind the backward (parallel/grad_buffers.py)
-    overlap_param_gather: bool = False  # ZeRO-1 all-gather behind the next forward (today: exposed)
-    overlap_p2p: bool = False  # pipeline receives posted early, sends not waited on (today: batched, waited)
+    overlap_param_gather: bool = True  # ZeRO-1 all-gather behind the next forward (parallel/param_gather.py)
+    overlap_p2p: bool = True  # pipeline transfers posted early, waited at use (parallel/p2p.py)
     tp_overlap_wgrad: bool = False  # tp input-grad all-reduce behind the weight-grad GEMM (Megatron 2022)
     p2p_scatter_gather: bool = False  # pp transfers split over tp, re-gathered on NVLink (Megatron 2021)
     attention: str = "flash"  # flash | sdpa: fused kernels; unfused: s x s scores in memory (Megatron 2021)
@@ -117,8 +117,7 @@ class Features:
 
     @classmethod
     def from_config(cls, cfg, device: str = "cuda") -> Features:
-        """The engine's behaviour for `cfg` on a `device` ("cuda" or "cpu"). Fields issue 21 adds
-        (parallel.overlap_param_gather, parallel.overlap_p2p_comm) are read when present."""
+        """The engine's behaviour for `cfg` on a `device` ("cuda" or "cpu")."""
         par, m, t, o = cfg.parallel, cfg.model, cfg.train, cfg.optim
         prec = t.precision
         pbytes = {"bf16": 2, "fp32": 4, "fp64": 8}[prec]
@@ -130,8 +129,8 @@ class Features:
             backend = "unfused"
         return cls(
             overlap_grad_reduce=bool(par.overlap_grad_reduce) and gpu,  # gloo runs the buckets synchronously
-            overlap_param_gather=bool(getattr(par, "overlap_param_gather", False)),
-            overlap_p2p=bool(getattr(par, "overlap_p2p_comm", False)),
+            overlap_param_gather=bool(par.overlap_param_gather),
+            overlap_p2p=bool(par.overlap_p2p_comm),
             attention=backend,
             grad_accum_fused=accum and prec == "bf16",
             optimizer="fused" if fused_opt else "foreach",

@@ -44,6 +44,7 @@ class PlayState:
         self.p2p: list[dict] = []
         self.checkpoint: list[dict] = []
         self.order = 0  # event counter: collective issues and waits, in program order
+        self.compute = {"matmul": 0, "attention": 0}  # FLOPs dispatched so far: where issues and waits fall
         self.timing: dict[str, float] = {}  # section -> seconds of this play spent in it
         self._since = time.perf_counter()
 
@@ -83,6 +84,8 @@ class PlayState:
 
     def add_flops(self, cls: str, n: int, moved: int) -> None:
         self.flops[self.section][cls] += n
+        if cls in self.compute:
+            self.compute[cls] += n
         if moved:
             self.other_bytes[self.section] += moved
 
@@ -128,6 +131,11 @@ class PlayState:
                 "earlier: " + "; ".join(f"{w} at {f.split(' <- ')[0]}" for w, f in reads[:-1]),
             )
         return [0.0] * t.numel()
+
+    def cursor(self) -> list[int]:
+        """The matmul and attention FLOPs dispatched so far: a collective issued at one cursor and
+        waited at another has the device's compute between them to hide behind."""
+        return [self.compute["matmul"], self.compute["attention"]]
 
     def next_order(self) -> int:
         self.order += 1

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from .overlaps import overlaps
+
 SCHEMA = "megacrystal-rehearsal/1"
 
 # The substitutions a rehearsal makes, each at one named place (docs/parallelism.md lists them too).
@@ -71,7 +73,7 @@ def section(play: dict, name: str) -> dict:
     )
 
 
-def rank_record(play: dict) -> dict:
+def rank_record(play: dict, hw=None, precision: str = "bf16") -> dict:
     steps = [dict(step=i, **section(play, f"step {i}")) for i in range(1, play["steps"] + 1)]
     works = [
         dict(
@@ -102,4 +104,5 @@ def rank_record(play: dict) -> dict:
         eval=section(play, "eval"),
         checkpoint=dict(section(play, "checkpoint"), planned=dict(by_section)),
         async_work=works,
+        overlaps=overlaps(play, hw, precision),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .gpus import GiB
 from .memory import ROLES
+from .overlaps import text as overlap_text
 
 _SHORT = dict(
     weights="weights", grads="grads", optimizer="optim", activations="activ", communication="comm", temporaries="temp"
@@ -46,6 +47,10 @@ def table(rec: dict) -> str:
             f"GPU: {rec['gpu']['name']}, {rec['gpu']['capacity_bytes'] / GiB:.1f} GiB, "
             f"{rec['gpu']['usable_bytes'] / GiB:.1f} GiB usable (CUDA context, NCCL buffers, fragmentation)"
         )
+        first = rec["ranks"][0]
+        rows = first.get("overlaps") or []
+        if rows:
+            lines += [""] + overlap_text(rows, first["rank"], rec["gpu"]["name"])
     lines.append("")
     if rec["lines"]:
         lines += [f"FINDING {x}" for x in rec["lines"]]

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from ..config import Config, ConfigError, load_config
 from ..parallel.state import group_ranks
+from ..planner import hardware as planner_hardware
+from ..planner.shapes import recompute_of
 from . import checks
 from .findings import Finding, summarise
 from .gpus import GPUS
@@ -130,7 +132,7 @@ def rehearse(
             tp=par.tp,
             cp=par.cp,
             sequence_parallel=layout["sequence_parallel"],
-            recompute=bool(m.recompute),
+            recompute=recompute_of(m),
             micro_batch_size=t.micro_batch_size,
             seq_length=cfg.data.seq_length,
         ),
@@ -150,6 +152,6 @@ def rehearse(
         steps=steps,
         played=dict(axes=played_coordinates(sizes), ranks=ranks),
         substitutions=dict(notes=launch.notes, stand_ins=launch.stand_ins, seams=SEAMS),
-        ranks=[rank_record(p) for p in plays],
+        ranks=[rank_record(p, planner_hardware.get(gpu), t.precision) for p in plays],
         timing=dict(seconds=round(time.perf_counter() - t0, 1), jobs=jobs, load_average=list(os.getloadavg())),
     )
