@@ -47,7 +47,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "sample text from a run, checkpoint or model directory, or an HF directory",
     ),
     "plot": ("megacrystal.train.plot", "main", "plot a run's metrics.jsonl"),
-    "plan": ("megacrystal.planner.command", "main", "rank layouts of a config on N GPUs by simulated step time"),
+    "plan": ("megacrystal.plan_cli", "main", "rank layouts of a config on N GPUs by simulated step time"),
     "rehearse": (
         "megacrystal.rehearsal.command",
         "main",

@@ -39,5 +39,7 @@ def test_freed_blocks_are_reused_without_page_faults():
         pytest.skip("not glibc: the C library's allocator is left as it is")
     _, default = _faults("default")
     pages = 10 * 3 * (48 << 20) // 4096  # fresh pages for every tensor of every cycle
-    assert default > pages // 2, f"without the setting {default} faults (expected about {pages}): the case shows nothing"
+    assert default > pages // 2, (
+        f"without the setting {default} faults (expected about {pages}): the case shows nothing"
+    )
     assert kept < pages // 100, f"{kept} minor faults over 10 cycles with the setting (fresh pages would be {pages})"

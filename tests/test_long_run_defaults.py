@@ -114,3 +114,21 @@ def test_mfu_peak_is_the_peak_of_what_runs(monkeypatch):
         torch.set_float32_matmul_precision(before)
     peak, src = metrics.peak_flops(torch.device("cpu"), "fp64")
     assert peak > 0 and src == "measured CPU fp64 matmul"
+
+
+def test_a_long_run_is_judged_by_the_planners_step_time():
+    """A CPU run asks the planner (the table's cpu entry, formula costs): a tiny model's 1,500 steps take
+    minutes, not an hour; the 7B recipe's 10 steps take hours. A device the table does not know (the
+    meta device of a rehearsal) keeps the 1,000-step rule."""
+    cpu, meta = torch.device("cpu"), torch.device("meta")
+    tiny = _cfg("train.micro_batch_size=2", "train.global_batch_size=4", "data.seq_length=64")
+    est = long_run.estimated_step_seconds(tiny, 1, cpu)
+    assert est is not None and 0 < est < 3600 / 1500
+    assert not long_run.expected_over_an_hour(tiny, 1500, 1, cpu)
+    assert long_run.expected_over_an_hour(tiny, 1500, 1, meta)  # no estimate: the step-count rule
+    big = load_config("examples/crystal_7b.yaml", ["parallel.tp=1", "parallel.sequence_parallel=false"], validate=False)
+    assert long_run.estimated_step_seconds(big, 1, cpu) > 360
+    assert long_run.expected_over_an_hour(big, 10, 1, cpu) and not long_run.expected_over_an_hour(big, 10, 1, meta)
+    text = end_only_save_warning(big, _schedule([10], [None]), 0, 10, 1, cpu)
+    assert text and "by the planner's estimate" in text
+    assert long_run.estimated_step_seconds(big, 7, cpu) is None  # 2112 samples over 7 ranks: refused, no estimate

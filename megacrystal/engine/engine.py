@@ -9,9 +9,9 @@
 `micro_batches` are this dp rank's micro-batches of one optimizer step (every tp/pp rank of the
 replica gets the same list): dicts of CPU tensors tokens, labels, loss_mask [b, s] and optionally
 position_ids, segment_ids. Under context parallelism each cp rank gets its part of every sequence
-(`data.context_parallel.split_micro_batch`), and gradients are summed over dp x cp. The loss is sum(loss * mask) / sum(mask) over the global batch, and its
-gradient is exactly that of the serial model on the whole batch: every micro-batch's loss is
-divided by the global token count before backward, and dp gradients are summed.
+(`data.context_parallel.split_micro_batch`), and gradients are summed over dp x cp. The loss is
+sum(loss * mask) / sum(mask) over the global batch, and its gradient is exactly that of the serial
+model on the whole batch: every micro-batch's loss is divided by the global token count first.
 """
 
 from __future__ import annotations
@@ -121,9 +121,8 @@ class Engine:
             gather.install(self.chunks)  # forward pre-hooks: each unit waits for its buckets' gathers
 
     def sync_params(self) -> None:
-        """Wait for every parameter all-gather still in flight (ZeRO-1 with `parallel.overlap_param_gather`
-        leaves them to the next forward). Every reader of parameters outside the forward calls this:
-        the state exports here, checkpoint save and load, the end of a run."""
+        """Wait for every parameter all-gather in flight (ZeRO-1 with `parallel.overlap_param_gather` leaves
+        them to the next forward): every reader of parameters outside the forward calls this."""
         gather = getattr(self.optimizer, "param_gather", None)
         if gather is not None:
             gather.wait_all()
@@ -235,7 +234,8 @@ class Engine:
         self.buffers.start_step(len(batches))
         for m in self.chunks:
             m.train()
-        schedules.run(step, self._p2p(batches), self.grid)
+        with record_function("megacrystal.schedule"):  # the forwards and backwards (a rehearsal's sub-section)
+            schedules.run(step, self._p2p(batches), self.grid)
         self.buffers.finish()
         if self.sp:
             self.buffers.allreduce_sequence_parallel()

@@ -16,7 +16,8 @@ boolean [b, Lq, Lk] mask instead (document masks), or neither (every key). Kerne
     sdpa_cpu        SDPA's CPU flash kernel (aten `_scaled_dot_product_flash_attention_for_cpu` + backward)
     sdpa_flash      CUDA, bf16/fp16, no mask: aten `_scaled_dot_product_flash_attention` + backward
     sdpa_efficient  CUDA, fp32/bf16/fp16, with a mask: aten `_scaled_dot_product_efficient_attention` + backward
-(fp32 without a mask and fp64 on CUDA run `math`).
+(fp32 without a mask and fp64 on CUDA run `math`). On the meta device (`megacrystal rehearse`) the
+CUDA choice is made, so a rehearsal allocates and saves what the GPU's kernel does.
 The aten kernels take equal head counts: k/v are expanded for them and dk/dv summed back per group.
 """
 
@@ -35,7 +36,7 @@ def pick_kernel(backend: str, device: torch.device, dtype: torch.dtype, masked: 
         return "math"
     if device.type == "cpu":
         return "sdpa_cpu"
-    if device.type == "cuda":
+    if device.type in ("cuda", "meta"):  # meta: a rehearsal plays the GPU's kernel (aten has its meta shapes)
         half = dtype in (torch.bfloat16, torch.float16)
         if half and not masked:
             return "sdpa_flash"

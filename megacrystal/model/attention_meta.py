@@ -70,3 +70,13 @@ def flops(q_shape, k_shape, backward: bool) -> int:
     b, s, hq, d = q_shape
     fwd = 2 * 2 * b * hq * s * s * d // 2
     return int(fwd * 2.5) if backward else fwd
+
+
+def block_flops(b: int, hq: int, lq: int, lk: int, d: int, causal: bool, backward: bool) -> int:
+    """One attention block of lq queries and lk keys (ring attention's blocks, SDPA's aten kernels):
+    QK^T and PV at 2·b·hq·lq·lk·d each, half of it when `causal` (a square block), the backward 2.5
+    times the forward (as `flops`)."""
+    fwd = 4 * b * hq * lq * lk * d
+    if causal:
+        fwd //= 2
+    return int(fwd * 2.5) if backward else fwd

@@ -254,6 +254,12 @@ def observe(fn: Callable | None) -> None:
         _observers.append(fn)
 
 
+def unobserve(fn: Callable) -> None:
+    """Stop calling `fn` (added by `observe`); nothing if it is not there."""
+    if fn in _observers:
+        _observers.remove(fn)
+
+
 def inject_delay(kind: str, seconds: float) -> None:
     """Benchmark hook: every collective of `kind` completes no earlier than `seconds` after it is
     issued, and no earlier than `seconds` after the previous one of that kind completes (one link).

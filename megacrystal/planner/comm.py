@@ -14,7 +14,7 @@ inter_eff)` across nodes. NCCL's algorithms, as in its cost model:
   ring all-reduce      2(n-1)/n * M / B + 2(n-1) * alpha
   tree all-reduce      2 M / B + 2 (log2(nodes) * alpha_inter + (per_node-1) * alpha_intra)   (nodes > 1)
   ring all-gather / reduce-scatter   (n-1)/n * M / B + (n-1) * alpha       (M: the full tensor)
-  point-to-point       M / B_link + alpha
+  point-to-point       M / B_link + alpha   (a ring hop of the cp group: the slowest link it crosses)
 NCCL takes the faster of ring and tree, which is what `all_reduce` returns (with the name)."""
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ class Span:
 
 
 @lru_cache(maxsize=1024)
-def spans(world: int, tp: int, pp: int, order: str, gpus_per_node: int) -> dict:
-    """Span of each group kind (tp, pp, dp, mp, embedding) and of the world, on this placement."""
+def spans(world: int, tp: int, pp: int, order: str, gpus_per_node: int, cp: int = 1) -> dict:
+    """Span of each group kind (tp, pp, dp, mp, embedding, cp, dp_cp) and of the world, on this placement."""
     out = {}
-    for kind, groups in group_ranks(world, tp, pp, order).items():
+    for kind, groups in group_ranks(world, tp, pp, order, cp).items():
         out[kind] = span_of(groups[0], gpus_per_node)
     out["world"] = span_of(list(range(world)), gpus_per_node)
     return out
@@ -107,7 +107,15 @@ def p2p(nbytes: float, intra: bool, hw: Hardware) -> float:
     return nbytes / bw + lat
 
 
+def ring_hop(nbytes: float, s: Span, hw: Hardware) -> float:
+    """One hop of a ring over the group: every member sends to the next and receives from the previous
+    at once (full duplex), so a hop takes one message's time on the slowest link the ring crosses."""
+    return p2p(nbytes, s.nodes <= 1, hw) if s.size > 1 else 0.0
+
+
 def collective(kind: str, nbytes: float, s: Span, hw: Hardware) -> float:
+    if kind == "p2p":
+        return ring_hop(nbytes, s, hw)
     if kind == "all_reduce":
         return all_reduce(nbytes, s, hw)[0]
     if kind in ("all_gather", "reduce_scatter"):

@@ -1,9 +1,9 @@
 """`megacrystal plan --config C.yaml --gpus N --gpu h100`: every valid layout of a config on N
 devices, ranked by the simulated step time, with days and GPU-hours for the whole run.
 
-Each layout's step is composed from the cost of its distinct layer shapes (FLOPs from the model's
-own accounting, memory from a formula until `megacrystal rehearse` measures it), timed on the
-hardware table, with the pipeline simulated from the engine's schedules and the overlaps the
+Each layout's step is composed from the cost of its distinct layer shapes (each rehearsed once on
+the meta device and cached: parameters, activations, FLOPs and collective bytes of the real code;
+`--cost-source formula` counts them from the shapes instead), timed on the hardware table, with the pipeline simulated from the engine's schedules and the overlaps the
 engine has today (docs/planner.md)."""
 
 from __future__ import annotations
@@ -11,11 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 from ..config import ConfigError, load_config
 from . import hardware
 from .compose import Plan
-from .search import plan_layouts, plan_one, total_tokens
+from .costs import FORMULA
+from .search import plan_layouts, plan_one, recompute_choices_of, recompute_text, total_tokens
 from .shapes import ModelShape
 
 GB = 1e9
@@ -53,6 +55,7 @@ def row(p: Plan) -> dict:
         tokens_per_s_per_gpu=p.tokens_per_s_per_gpu,
         mfu=p.mfu if p.exact else None,
         memory_gb=p.memory_bytes / GB,
+        memory_source="formula" if p.sources.get("memory", "").startswith("formula") else "rehearsal",
         memory_parts_gb={k: v / GB for k, v in p.memory.items()},
         fits=p.fits,
         exposed_comm_s=p.exposed_comm_s if p.exact else None,
@@ -75,7 +78,16 @@ def explain(p: Plan) -> str:
             f"  {c['name']:<36} {c['group']:<9} {c['algo']:<5} {c['total_s']:8.3f} s  exposed {c['exposed_s']:7.3f}"
             f"  hidden {hid:7.3f}"
         )
+        if c.get("where"):
+            out.append(f"      {c['where']}")
     out.append(f"pipeline bubble (idle share of the step, from the simulation): {p.bubble:.3f}")
+    recs = p.sources.get("records", {})
+    for part, r in recs.items():
+        ratios = ", ".join(f"{k} x{v:.3f}" for k, v in sorted(r.get("ratios", {}).items()))
+        if r.get("source") == "rehearsal":
+            out.append(f"{part} record: rehearsal ({r.get('seconds', 0):.1f} s), measured / formula: {ratios or '-'}")
+        else:
+            out.append(f"{part} record: {r.get('source')}")
     out.append(f"memory per GPU, pipeline rank {p.memory_rank} ({p.sources['memory']}):")
     for k, v in p.memory.items():
         out.append(f"  {k:<13} {v / GB:7.2f} GB")
@@ -83,7 +95,15 @@ def explain(p: Plan) -> str:
     return "\n".join(out)
 
 
-def main(argv=None) -> int:
+def _gb(p: Plan) -> str:
+    mark = "*" if p.sources.get("memory", "").startswith("formula") else " "
+    return f"{p.memory_bytes / GB:6.1f}{mark}"
+
+
+def main(argv=None, sources: dict | None = None) -> int:
+    """The command; `sources`: cost sources by name (a factory of the config and hardware each), the first the
+    default. `megacrystal plan` (megacrystal/plan_cli.py) gives the rehearsal's and the formula."""
+    sources = sources or {"formula": lambda cfg, hw: FORMULA}
     ap = argparse.ArgumentParser(prog="megacrystal plan", description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", required=True, help="the run config (YAML) to plan")
     ap.add_argument("--gpus", type=int, required=True, help="number of devices (world size)")
@@ -96,6 +116,13 @@ def main(argv=None) -> int:
     ap.add_argument("--json", action="store_true", help="print every layout as JSON")
     ap.add_argument("--top", type=int, default=15, help="layouts to print (default 15)")
     ap.add_argument("--config-layout", action="store_true", help="cost only the config's own layout")
+    ap.add_argument(
+        "--cost-source",
+        choices=tuple(sources),
+        default=next(iter(sources)),
+        help="where per-layer memory, FLOPs and collective bytes come from: the real code rehearsed on meta once "
+        "per layer shape and cached (default), or a formula from the shapes (the fallback)",
+    )
     ap.add_argument("overrides", nargs="*", help="dotted config overrides (key=value)")
     a = ap.parse_args(argv)
     try:
@@ -104,7 +131,10 @@ def main(argv=None) -> int:
         hw = hardware.with_nodes_of(hw, a.nodes_of)
         if a.gpus < 1:
             raise ConfigError(f"--gpus: expected a positive integer, got {a.gpus}")
-        plans, rejected = plan_layouts(cfg, a.gpus, hw, base=a.config_layout)
+        source = sources[a.cost_source](cfg, hw)
+        t0 = time.perf_counter()
+        plans, rejected = plan_layouts(cfg, a.gpus, hw, base=a.config_layout, source=source)
+        elapsed = time.perf_counter() - t0
     except ConfigError as e:
         print(f"megacrystal plan: {e}", file=sys.stderr)
         return 2
@@ -128,8 +158,9 @@ def main(argv=None) -> int:
             return 2
         p = pick[0]
         if not p.exact:
-            p = plan_one(cfg, p.layout, hw)
+            p = plan_one(cfg, p.layout, hw, source=source)
         print(explain(p))
+        print("\n".join(recompute_text(recompute_choices_of(cfg, p.layout, hw, source))))
         return 0
     if a.json:
         doc = dict(
@@ -154,7 +185,12 @@ def main(argv=None) -> int:
         f"{cfg.train.global_batch_size} ({count(cfg.train.global_batch_size * cfg.data.seq_length)} tokens/step), "
         f"{a.gpus} x {hw.name}, {hw.gpus_per_node} per node"
     )
-    print(f"costs: FLOPs from {plans[0].sources['flops']}; memory from {plans[0].sources['memory']}")
+    print(f"costs: FLOPs from {source.flops_from}; memory from {source.memory_from}")
+    if getattr(source, "measured", False):
+        print(
+            f"  {source.rehearsed} layer shape(s) rehearsed now, {len(source.pieces) - source.rehearsed} from the cache "
+            f"({source.cache}); planned in {elapsed:.1f} s"
+        )
     if hw.defaulted:
         print(f"roofline fallback for: {', '.join(hw.defaulted)}")
     n_rej = sum(rejected.values())
@@ -168,12 +204,14 @@ def main(argv=None) -> int:
     )
     for i, p in enumerate(plans[: a.top], 1):
         if p.exact:
-            tail = f"{p.mfu:6.3f} {p.memory_bytes / GB:7.1f} {'yes' if p.fits else 'no':>4} {p.exposed_comm_s:11.3f} {p.bubble:6.3f}"
+            tail = f"{p.mfu:6.3f} {_gb(p)} {'yes' if p.fits else 'no':>4} {p.exposed_comm_s:11.3f} {p.bubble:6.3f}"
             step = f"{p.step_s:8.3f}"
         else:
-            tail = f"{'':>6} {p.memory_bytes / GB:7.1f} {'yes' if p.fits else 'no':>4} {'':>11} {'':>6}"
+            tail = f"{'':>6} {_gb(p)} {'yes' if p.fits else 'no':>4} {'':>11} {'':>6}"
             step = f">={p.step_s:6.3f}"
         print(f"{i:>3} {p.layout.label():<40} {step} {p.tokens_per_s_per_gpu:10,.0f} {tail}")
+    if any(row(p)["memory_source"] == "formula" for p in plans[: a.top]) and getattr(source, "measured", False):
+        print("  * memory from the formula: layouts behind the simulated ones by their bound are not rehearsed")
     if best:
         secs = best.step_s * steps
         print(

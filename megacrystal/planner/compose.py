@@ -70,6 +70,56 @@ class _Ctx:
     rank_params: list
     p2p_bytes: float
     bucket_elems: int
+    measured: bool = False  # the records come from a rehearsal: memory as it counts it
+
+
+# Where each collective of the simulated step is issued and waited on (`--explain`), as the engine does it.
+WHERE = dict(
+    grad_overlap="issued per bucket as its last gradient is ready in the last micro-batch's backward; "
+    "waited before the optimizer step (hidden behind the rest of that backward)",
+    grad="issued and waited after the backward (gloo: the buckets run synchronously)",
+    after_backward="after the backward: issued and waited at once",
+    params_overlap="issued per bucket once the optimizer has updated its shard; waited by a forward pre-hook "
+    "before the bucket's first use in the next step (hidden behind the forward that comes before it)",
+    params="issued per bucket in the optimizer step; all waited at its end (exposed)",
+    ring="each ring hop posted before a block's attention and waited after it; the last dK/dV hop exposed",
+    p2p_overlap="receives posted before the compute that does not need them, waited where their data is used; "
+    "sends waited at the next exchange (exposed: the wait the simulated schedule still has)",
+    p2p="batched and waited at once (exposed: the simulated transfer time)",
+)
+
+
+def coll_time(cost, c, hw, sp: dict, prec: str) -> tuple[float, float]:
+    """(total, hidden) seconds of one record's collective `c` per layer and micro-batch: its calls on
+    the group's span, hidden up to `hide_frac` of the op that runs beside it (the cp ring's hops behind
+    the attention blocks; Megatron's tp all-reduce behind the weight-gradient GEMM)."""
+    total = comm.collective(c.kind, c.nbytes, sp[c.group], hw) * c.count
+    if not c.hidden_by:
+        return total, 0.0
+    return total, min(total, c.hide_frac * op_named(cost, c.hidden_by, c.phase, hw, prec))
+
+
+def record_times(cost, hw, sp: dict, prec: str, attn: str) -> tuple[dict, dict]:
+    """(phase -> seconds incl. the exposed part of the record's collectives, phase -> {class: seconds})."""
+    pt = phase_times(cost, hw, prec, attn)
+    t = {ph: device_time(pt.get(ph, {}), hw) for ph in ("fwd", "recompute", "bwd")}
+    cls = {ph: dict(pt.get(ph, {})) for ph in ("fwd", "recompute", "bwd")}
+    for c in cost.colls:
+        total, hidden = coll_time(cost, c, hw, sp, prec)
+        t[c.phase] += total - hidden
+        key = "cp_comm" if c.group == "cp" else "tp_comm"
+        cls[c.phase][key] = cls[c.phase].get(key, 0.0) + total - hidden
+    return t, cls
+
+
+def sources_of(source, lc, ec, hc) -> dict:
+    """Where a plan's figures came from: the source's lines, and each record's own (a rehearsal that
+    failed for a shape leaves that shape's record to the formula, said here)."""
+    recs = dict(layer=lc, embedding=ec, head=hc)
+    fallback = [f"{k}: {r.source}" for k, r in recs.items() if r.source.startswith("formula") and source is not FORMULA]
+    out = dict(flops=source.flops_from, memory=source.memory_from if not fallback else "; ".join(fallback))
+    out["records"] = {k: dict(source=r.source, **r.measured) for k, r in recs.items()}
+    return out
 
 
 def compose(
@@ -89,34 +139,23 @@ def compose(
     m = global_batch // (lay.mbs * lay.dp)
     if m < 1 or global_batch % (lay.mbs * lay.dp):
         raise ValueError(f"global batch {global_batch} is not a multiple of mbs*dp = {lay.mbs * lay.dp}")
-    shape = LayerShape(model, lay.tp, lay.sp and lay.tp > 1, lay.recompute, lay.mbs, seq, F)
+    shape = LayerShape(model, lay.tp, lay.sp and lay.tp > 1, lay.recompute, lay.mbs, seq, F, lay.cp)
     lc, ec, hc = source.layer(shape), source.embedding(shape), source.head(shape)
     world = lay.gpus
     gpn = min(hw.gpus_per_node, world) if world > 1 else 1
-    sp = comm.spans(world, lay.tp, lay.pp, lay.order, gpn)
+    sp = comm.spans(world, lay.tp, lay.pp, lay.order, gpn, lay.cp)
+    rep = lay.dp * lay.cp  # the replicas: gradients reduced and the distributed optimizer sharded over dp x cp
     prec, attn = F.precision, F.attention
     colls: dict = {}
 
-    def add_coll(name, group, algo, total, exposed, count=1.0):
-        c = colls.setdefault(name, dict(name=name, group=group, algo=algo, total_s=0.0, exposed_s=0.0))
+    def add_coll(name, group, algo, total, exposed, count=1.0, where=""):
+        c = colls.setdefault(name, dict(name=name, group=group, algo=algo, total_s=0.0, exposed_s=0.0, where=where))
         c["total_s"] += total * count
         c["exposed_s"] += exposed * count
 
-    def record_times(cost, tag: str) -> tuple[dict, dict]:
-        """(phase -> seconds incl. exposed tp collectives, phase -> {class: seconds})."""
-        pt = phase_times(cost, hw, prec, attn)
-        t = {ph: device_time(pt.get(ph, {}), hw) for ph in ("fwd", "recompute", "bwd")}
-        cls = {ph: dict(pt.get(ph, {})) for ph in ("fwd", "recompute", "bwd")}
-        for c in cost.colls:
-            total = comm.collective(c.kind, c.nbytes, sp[c.group], hw)
-            hidden = min(total, op_named(cost, c.hidden_by, c.phase, hw, prec)) if c.hidden_by else 0.0
-            t[c.phase] += total - hidden
-            cls[c.phase]["tp_comm"] = cls[c.phase].get("tp_comm", 0.0) + total - hidden
-        return t, cls
-
-    lt, lcls = record_times(lc, "layer")
-    et, ecls = record_times(ec, "embedding")
-    ht, hcls = record_times(hc, "head")
+    lt, lcls = record_times(lc, hw, sp, prec, attn)
+    et, ecls = record_times(ec, hw, sp, prec, attn)
+    ht, hcls = record_times(hc, hw, sp, prec, attn)
     nvs = lay.pp * lay.vpp
     Lc = model.layers // nvs
 
@@ -132,8 +171,8 @@ def compose(
 
     # pipeline transfers
     e = F.param_bytes
-    msg = lay.mbs * (seq // lay.tp if shape.sp else seq) * model.hidden * e
-    pp_ranks = group_ranks(world, lay.tp, lay.pp, lay.order)["pp"][0]
+    msg = shape.tokens // (lay.tp if shape.sp else 1) * model.hidden * e
+    pp_ranks = group_ranks(world, lay.tp, lay.pp, lay.order, lay.cp)["pp"][0]
     hop_cache: dict = {}
 
     def transfer(src: int, dst: int) -> float:
@@ -159,7 +198,7 @@ def compose(
         for r in range(lay.pp)
     ]
     cap = max(1, int(F.bucket_mb * 2**20 / 4))
-    ctx = _Ctx(lay, F, m, lc, ec, hc, Lc, rank_params, msg, cap)
+    ctx = _Ctx(lay, F, m, lc, ec, hc, Lc, rank_params, msg, cap, bool(getattr(source, "measured", False)))
     mem, mem_rank = peak(ctx)
     tokens = global_batch * seq
     fits = sum(mem.values()) <= hw.usable_bytes
@@ -172,20 +211,34 @@ def compose(
         for r in range(lay.pp)
     )
     bound += hw.step_overhead_s + min(
-        OPT_BYTES[F.optimizer] * p / (lay.dp if lay.dist_opt else 1) for p in rank_params
+        OPT_BYTES[F.optimizer] * p / (rep if lay.dist_opt else 1) for p in rank_params
     ) / (hw.hbm_bw * hw.mem_eff)
     if limit is not None and bound > limit:
         return Plan(
-            lay, hw.key, bound, tokens, world, 0.0, mem, mem_rank, fits, float("nan"), float("nan"), {}, [], exact=False
+            lay,
+            hw.key,
+            bound,
+            tokens,
+            world,
+            0.0,
+            mem,
+            mem_rank,
+            fits,
+            float("nan"),
+            float("nan"),
+            {},
+            [],
+            sources=sources_of(source, lc, ec, hc),
+            exact=False,
         )
 
     pipe = simulate(lay.pp, lay.vpp, m, chunk_time, transfer, blocking=not F.overlap_p2p)
     gb = F.grad_bytes
-    dp_span = sp["dp"]
+    dp_span = sp["dp_cp"]
 
     def bucket_time(elems: float) -> tuple[float, str]:
         if lay.dist_opt:
-            padded = math.ceil(elems / (lay.dp * 64)) * lay.dp * 64
+            padded = math.ceil(elems / (rep * 64)) * rep * 64
             return comm.reduce_scatter(padded * gb, dp_span, hw), "ring"
         return comm.all_reduce(elems * gb, dp_span, hw)
 
@@ -199,7 +252,7 @@ def compose(
             t0, t1 = tl.last("B", c)
             pieces.append((chunk_params(r, c), t0, t1))
         comm_end, total, algo = 0.0, 0.0, "none"
-        if lay.dp > 1:
+        if rep > 1:
             acc, stream = 0.0, (0.0 if F.overlap_grad_reduce else end)
             for i, (n, t0, t1) in enumerate(pieces):
                 off = 0.0
@@ -219,15 +272,23 @@ def compose(
         tied_s = 0.0
         if tied_copy and r in (0, lay.pp - 1):
             tied_s = comm.all_reduce(tied_elems * gb, sp["embedding"], hw)[0]
-            tied_s += bucket_time(tied_elems)[0] if lay.dp > 1 else 0.0
+            tied_s += bucket_time(tied_elems)[0] if rep > 1 else 0.0
         finish.append(end + exposed + tied_s)
         dp_info.append((total, exposed, algo, tied_s))
     crit = max(range(lay.pp), key=lambda r: finish[r])
     dp_total, dp_exposed, dp_algo, tied_s = dp_info[crit]
-    if lay.dp > 1:
-        add_coll("dp.reduce_scatter" if lay.dist_opt else "dp.all_reduce", "dp", dp_algo, dp_total, dp_exposed)
+    if rep > 1:
+        g = "dp_cp" if lay.cp > 1 else "dp"
+        add_coll(
+            f"{g}.reduce_scatter" if lay.dist_opt else f"{g}.all_reduce",
+            g,
+            dp_algo,
+            dp_total,
+            dp_exposed,
+            where=WHERE["grad_overlap" if F.overlap_grad_reduce else "grad"],
+        )
     if tied_s:
-        add_coll("embedding.all_reduce (tied copy)", "embedding", "ring", tied_s, tied_s)
+        add_coll("embedding.all_reduce (tied copy)", "embedding", "ring", tied_s, tied_s, where=WHERE["after_backward"])
 
     post = 0.0
     # sequence-parallel gradients (norms, row biases) summed over tp, one flat all-reduce
@@ -235,22 +296,24 @@ def compose(
         n_sp = (Lc * lay.vpp) * (4 + (2 if model.bias else 0)) * model.hidden
         t = comm.all_reduce(n_sp * gb, sp["tp"], hw)[0]
         post += t
-        add_coll("tp.all_reduce (sequence-parallel grads)", "tp", "ring", t, t)
+        add_coll("tp.all_reduce (sequence-parallel grads)", "tp", "ring", t, t, where=WHERE["after_backward"])
     norm = comm.all_reduce(8, sp["world"], hw)[0] if world > 1 else 0.0
     post += norm
     params = rank_params[crit]
-    shard = params / (lay.dp if lay.dist_opt else 1)
+    shard = params / (rep if lay.dist_opt else 1)
     # + gradient-norm read, clipping (the whole buffer scaled when the norm exceeds clip_grad; counted
     # every step, as early in training) and the zeroing at the next step's start: 4 + 8 + 4 B
     opt_bytes = OPT_BYTES[F.optimizer] * (1 if F.master_bytes else 0.9) * shard + 16 * params
     opt_s = opt_bytes / (hw.hbm_bw * hw.mem_eff)
     post += opt_s
-    if lay.dist_opt and lay.dp > 1:
+    if lay.dist_opt and rep > 1:
         g = comm.all_gather(params * F.param_bytes, dp_span, hw)
         first_fwd = sum(chunk_time(crit, "F", c) for c in range(lay.vpp))
         hidden = min(g, first_fwd) if F.overlap_param_gather else 0.0
         post += g - hidden
-        add_coll("dp.all_gather (ZeRO-1 params)", "dp", "ring", g, g - hidden)
+        name = "dp_cp" if lay.cp > 1 else "dp"
+        where = WHERE["params_overlap" if F.overlap_param_gather else "params"]
+        add_coll(f"{name}.all_gather (ZeRO-1 params)", name, "ring", g, g - hidden, where=where)
     sync = 2 * comm.all_reduce(16, sp["world"], hw)[0] if world > 1 else 0.0  # batch check, loss
     post += sync + hw.step_overhead_s
     step = finish[crit] + post
@@ -260,22 +323,22 @@ def compose(
     n_f = sum(v for (k, _c), v in counts.items() if k == "F")
     n_b = sum(v for (k, _c), v in counts.items() if k == "B")
     for c in lc.colls:
-        total = comm.collective(c.kind, c.nbytes, sp[c.group], hw)
-        hidden = min(total, op_named(lc, c.hidden_by, c.phase, hw, prec)) if c.hidden_by else 0.0
+        total, hidden = coll_time(lc, c, hw, sp, prec)
         count = (n_f if c.phase == "fwd" else n_b) * Lc
-        if c.phase == "recompute":
-            count = n_b * Lc
-        add_coll(
-            "tp." + c.kind,
-            "tp",
-            comm.all_reduce(c.nbytes, sp["tp"], hw)[1] if c.kind == "all_reduce" else "ring",
-            total,
-            total - hidden,
-            count,
-        )
+        if c.kind == "p2p":
+            algo = "p2p"
+        else:
+            algo = comm.all_reduce(c.nbytes, sp[c.group], hw)[1] if c.kind == "all_reduce" else "ring"
+        if c.group == "cp":
+            where = WHERE["ring"]
+        elif c.hidden_by:
+            where = f"inside each layer ({c.phase}), behind {c.hidden_by} (tp_overlap_wgrad)"
+        else:
+            where = f"inside each layer ({c.phase}): issued and waited at once"
+        add_coll(f"{c.group}.{c.kind}", c.group, algo, total, total - hidden, count, where=where)
     if lay.pp > 1:
         x = pipe.ranks[crit].xfer_s  # waiting for a peer is bubble, not communication
-        add_coll("pp.p2p", "pp", "p2p", x, x)
+        add_coll("pp.p2p", "pp", "p2p", x, x, where=WHERE["p2p_overlap" if F.overlap_p2p else "p2p"])
 
     compute: dict = {}
     for (k, c), count in counts.items():
@@ -285,7 +348,7 @@ def compose(
         for cls_t, n in parts:
             for ph in phases:
                 for key, v in cls_t[ph].items():
-                    if key == "tp_comm" or (key == "host" and hw.async_launch):
+                    if key in ("tp_comm", "cp_comm") or (key == "host" and hw.async_launch):
                         continue  # tp collectives are listed with the collectives; a GPU's host runs ahead
                     compute[key] = compute.get(key, 0.0) + count * n * v
     compute["optimizer"] = opt_s
@@ -306,5 +369,5 @@ def compose(
         exposed_comm_s=exposed_comm,
         compute=compute,
         collectives=list(colls.values()),
-        sources=dict(flops=source.flops_from, memory=source.memory_from),
+        sources=sources_of(source, lc, ec, hc),
     )

@@ -53,10 +53,12 @@ def op_time(op: Op, hw: Hardware, precision: str, attention: str = "flash") -> f
 def phase_times(cost: LayerCost, hw: Hardware, precision: str, attention: str = "flash") -> dict:
     """{phase: {op class: seconds}} of one record's operations (host time under its own key)."""
     out: dict = {}
+    # host dispatch: per op the record lists, or the measured count spread over the phases as they are
+    per_op = hw.host_s_per_op * (cost.host_ops / len(cost.ops) if cost.host_ops and cost.ops else 1.0)
     for op in cost.ops:
         d = out.setdefault(op.phase, {})
         d[op.cls] = d.get(op.cls, 0.0) + op_time(op, hw, precision, attention)
-        d["host"] = d.get("host", 0.0) + hw.host_s_per_op
+        d["host"] = d.get("host", 0.0) + per_op
     return out
 
 

@@ -14,7 +14,7 @@ Records are cached per `LayerShape` (tp, sp, recompute, micro-batch size, sequen
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Protocol
 
@@ -37,11 +37,13 @@ class Op:
 @dataclass(frozen=True)
 class Coll:
     name: str
-    kind: str  # all_reduce | all_gather | reduce_scatter
-    group: str  # tp (the only group a layer talks to)
-    nbytes: float
+    kind: str  # all_reduce | all_gather | reduce_scatter | p2p (the cp ring's batched isend/irecv)
+    group: str  # tp, or cp for the ring
+    nbytes: float  # one call's payload (p2p: what a rank sends per hop)
     phase: str
     hidden_by: str | None = None  # an op name of the same phase that runs concurrently (else synchronous)
+    hide_frac: float = 1.0  # the share of that op's time that can hide it
+    count: int = 1  # calls per layer and micro-batch
 
 
 @dataclass
@@ -51,6 +53,9 @@ class LayerCost:
     params: float = 0.0  # on this rank
     activations: float = 0.0  # bytes kept from forward to backward, per micro-batch
     temporaries: float = 0.0  # peak transient bytes inside the layer
+    host_ops: float = 0.0  # ops the host dispatches per micro-batch, as measured (0: one per record op)
+    source: str = "formula"  # where the memory and the FLOP/byte totals came from
+    measured: dict = field(default_factory=dict)  # a measured source's ratios to the formula, its seconds
 
     def flops(self, phase: str | None = None, cls: str | None = None) -> float:
         return sum(o.flops for o in self.ops if (phase is None or o.phase == phase) and (cls is None or o.cls == cls))
@@ -63,6 +68,24 @@ class CostSource(Protocol):
     def layer(self, s: LayerShape) -> LayerCost: ...
     def embedding(self, s: LayerShape) -> LayerCost: ...
     def head(self, s: LayerShape) -> LayerCost: ...
+
+
+def ring_colls(tokens: float, kv_width: float, e: int, cp: int, fused: bool = True) -> list[Coll]:
+    """The cp ring of one layer and micro-batch, as parallel/ring_attention.py runs it. Forward: cp-1
+    hops of this rank's K and V (2·tokens·kv_width elements), each posted before a block's compute and
+    waited after it, so a hop hides behind one block (the cp blocks do equal work: (cp-1)/cp of the
+    attention). Backward: cp-1 hops of K/V together with the dK/dV accumulator of the block before
+    (wide dtype: fp32, fp64 for fp64), each behind one block's backward, and the last dK/dV hop home
+    after the last block, exposed."""
+    kv = 2.0 * tokens * kv_width * e
+    dkv = 2.0 * tokens * kv_width * (8 if e == 8 else 4)
+    share = (cp - 1) / cp
+    fwd, bwd = ("attn", "attn.bwd") if fused else (None, None)
+    return [
+        Coll("ring.kv", "p2p", "cp", kv, "fwd", hidden_by=fwd, hide_frac=share, count=cp - 1),
+        Coll("ring.kv+dkv", "p2p", "cp", kv + dkv, "bwd", hidden_by=bwd, hide_frac=share, count=cp - 1),
+        Coll("ring.dkv.last", "p2p", "cp", dkv, "bwd"),
+    ]
 
 
 def _gemm_ops(name, m, n, k, e, phase_f, fused_accum, batch=1, weight=True):
@@ -85,7 +108,7 @@ def _gemm_ops(name, m, n, k, e, phase_f, fused_accum, batch=1, weight=True):
 
 class FormulaCosts:
     flops_from = "model accounting (train/metrics.py shapes)"
-    memory_from = "formula (tensors autograd keeps; until `megacrystal rehearse` measures it)"
+    memory_from = "formula (tensors autograd keeps; the fallback, --cost-source formula)"
 
     @lru_cache(maxsize=4096)  # noqa: B019 - one source per process; the cache is the point
     def layer(self, s: LayerShape) -> LayerCost:
@@ -143,19 +166,22 @@ class FormulaCosts:
             mem("rotary", 2 * T * qkv_n * e)
             mem("rotary.bwd", 2 * T * qkv_n * e, "bwd")
         core = []
+        cp, ql = s.cp, sq // s.cp  # context parallel: this rank's queries see every key over the ring
         if unfused:
-            core += _gemm_ops("attn.qk", sq, sq, d, e, "fwd", acc, batch=b * a, weight=False)
-            core.append(Op("attn.softmax", "memory", "fwd", 0.0, 2 * b * a * sq * sq * e, special=b * a * sq * sq))
-            core.append(Op("attn.softmax.bwd", "memory", "bwd", 0.0, 3 * b * a * sq * sq * e))
+            core += _gemm_ops("attn.qk", ql, sq, d, e, "fwd", acc, batch=b * a, weight=False)
+            core.append(Op("attn.softmax", "memory", "fwd", 0.0, 2 * b * a * ql * sq * e, special=b * a * ql * sq))
+            core.append(Op("attn.softmax.bwd", "memory", "bwd", 0.0, 3 * b * a * ql * sq * e))
             if drop:
-                core.append(Op("attn.dropout", "memory", "fwd", 0.0, b * a * sq * sq * (2 * e + 1)))
-                core.append(Op("attn.dropout.bwd", "memory", "bwd", 0.0, b * a * sq * sq * (2 * e + 1)))
-            core += _gemm_ops("attn.av", sq, d, sq, e, "fwd", acc, batch=b * a, weight=False)
+                core.append(Op("attn.dropout", "memory", "fwd", 0.0, b * a * ql * sq * (2 * e + 1)))
+                core.append(Op("attn.dropout.bwd", "memory", "bwd", 0.0, b * a * ql * sq * (2 * e + 1)))
+            core += _gemm_ops("attn.av", ql, d, sq, e, "fwd", acc, batch=b * a, weight=False)
         else:
-            fl = 2.0 * b * a * sq * sq * d  # causal: half of QK^T and AV
+            fl = 2.0 * b * a * sq * sq * d / cp  # causal: half of QK^T and AV; balanced chunks: 1/cp each
             core.append(Op("attn", "attention", "fwd", fl, 4 * T * a * d * e))
             core.append(Op("attn.bwd", "attention", "bwd", 2.5 * fl, 8 * T * a * d * e))
         ops += core
+        if cp > 1:
+            colls += ring_colls(T, kv * d, e, cp, fused=not unfused)
         ops += _gemm_ops("proj", T, h, a * d, e, "fwd", acc)
         tp_out("proj")
         residual("proj.residual")
@@ -169,6 +195,7 @@ class FormulaCosts:
             ops += _gemm_ops("gate", T, f, h, e, "fwd", acc)
             mem("swiglu", 3 * T * f * e, special=T * f)
             mem("swiglu.bwd", 5 * T * f * e, "bwd", special=T * f)
+            act_fwd = ops[-1]  # this engine's selective recompute reruns it too (model/recompute.py)
         else:
             mem("gelu", 2 * T * f * e, special=T * f)
             mem("gelu.bwd", 3 * T * f * e, "bwd", special=T * f)
@@ -179,9 +206,11 @@ class FormulaCosts:
         # recompute: the forward again, inside the backward
         if s.recompute == "full":
             ops += [Op(o.name, o.cls, "recompute", o.flops, o.nbytes, o.gemm) for o in ops if o.phase == "fwd"]
-            colls += [Coll(c.name, c.kind, c.group, c.nbytes, "recompute") for c in colls if c.phase == "fwd"]
-        elif s.recompute == "selective":
-            ops += [Op(o.name, o.cls, "recompute", o.flops, o.nbytes, o.gemm) for o in core if o.phase == "fwd"]
+            colls += [replace(c, phase="recompute") for c in colls if c.phase == "fwd"]
+        elif s.recompute == "selective":  # the attention core again (under cp its ring too); SwiGLU's activation
+            again = [o for o in core if o.phase == "fwd"] + ([act_fwd] if swiglu else [])
+            ops += [Op(o.name, o.cls, "recompute", o.flops, o.nbytes, o.gemm) for o in again]
+            colls += [replace(c, phase="recompute") for c in colls if c.phase == "fwd" and c.group == "cp"]
 
         # parameters on this rank: sharded matrices and column biases, replicated norms and row biases
         mats = 3 if swiglu else 2
@@ -189,11 +218,11 @@ class FormulaCosts:
         params = sharded + 4 * h + (2 * h if M.bias else 0)
 
         # activations kept for the backward (per micro-batch)
-        sq2 = b * a * sq * sq
+        sq2 = b * a * ql * sq
         if unfused:  # softmax output, and with dropout its mask and result
             core_keep = e * sq2 + ((e + 1) * sq2 if drop else 0)
         else:  # the fused kernel's output and log-sum-exp
-            core_keep = T * a * d * e + b * a * sq * 4
+            core_keep = T * a * d * e + b * a * ql * 4
         gathered = T * h * e
         keep = {
             "norm1 in": Tsp * h * e,
@@ -209,8 +238,8 @@ class FormulaCosts:
         }
         if s.recompute == "full":
             acts = Tsp * h * e
-        elif s.recompute == "selective":
-            acts = sum(keep.values()) - keep["attention core"]
+        elif s.recompute == "selective":  # Megatron's: the attention core; this engine also drops SwiGLU's output
+            acts = sum(keep.values()) - keep["attention core"] - (T * f * e if swiglu else 0)
         else:
             acts = sum(keep.values())
         temps = max(3 * T * f * e, sq2 * 4 if unfused else 0) + (sum(keep.values()) if s.recompute == "full" else 0)

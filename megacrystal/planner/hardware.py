@@ -1,6 +1,6 @@
 """One accelerator (and its node and network) as the planner sees it: peak rates, memory, the
 efficiencies its kernels reach, and the links between devices. Built from an entry of
-`hardware_table.TABLE` (`--gpu h100`) or from a user's YAML/JSON file (`--hardware FILE`, same keys;
+the project's one hardware table (`megacrystal/hardware_table.py`, `--gpu h100`) or from a user's YAML/JSON file (`--hardware FILE`, same keys;
 efficiencies left out fall back to a plain roofline: the defaults below, reported as such)."""
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import hardware_table
 from ..config import ConfigError
-from .hardware_table import TABLE
+from ..hardware_table import TABLE
 
-REQUIRED = ("memory_gb", "peak_tflops", "hbm_gb_s")
+REQUIRED = ("memory_gb", "peak_tflops", "hbm_gb_s")  # memory_gib (as CUDA reports it) may stand for memory_gb
 # Roofline fallback for anything a file leaves out (named in `Hardware.defaulted`).
 DEFAULTS = dict(
     name="user hardware",
@@ -36,10 +37,11 @@ DEFAULTS = dict(
     host_us_per_op=0.0,
     async_launch=True,
     step_overhead_us=0.0,
-    memory_reserve_gb=2.0,
+    memory_reserve_gb=2 * hardware_table.GiB / 1e9,  # 2 GiB: CUDA context, cuBLAS workspaces, NCCL buffers
+    memory_fragmentation=hardware_table.FRAGMENTATION,
     sources={},
 )
-KEYS = set(REQUIRED) | set(DEFAULTS)
+KEYS = set(REQUIRED) | set(DEFAULTS) | {"memory_gib", "memory_reserve_gib", "device_names"}
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,8 @@ class Hardware:
     host_s_per_op: float  # host time per op (dispatch); on a synchronous device it adds to compute
     async_launch: bool  # the host queues work ahead of the device (GPU) or runs it itself (CPU)
     step_overhead_s: float
-    reserve_bytes: float  # runtime/allocator memory not available to tensors
+    reserve_bytes: float  # runtime memory not available to tensors
+    usable: float  # (memory - reserve) x (1 - fragmentation): hardware_table.usable_bytes
     sources: dict = field(default_factory=dict)
     defaulted: tuple = ()  # keys taken from the roofline fallback
 
@@ -78,7 +81,7 @@ class Hardware:
 
     @property
     def usable_bytes(self) -> float:
-        return self.memory_bytes - self.reserve_bytes
+        return self.usable
 
 
 def _num(where: str, key: str, v, positive: bool = True, allow_none: bool = False):
@@ -104,12 +107,17 @@ def from_entry(key: str, entry: dict, where: str) -> Hardware:
     if unknown:
         raise ConfigError(f"{where}: unknown field {unknown[0]!r} (known: {', '.join(sorted(KEYS))})")
     for k in REQUIRED:
-        if k not in entry:
+        if k not in entry and not (k == "memory_gb" and "memory_gib" in entry):
             raise ConfigError(f"{where}: missing field {k!r} (required: {', '.join(REQUIRED)})")
     e = dict(DEFAULTS)
     e.update(entry)
     user = where.startswith("--hardware")
     defaulted = tuple(sorted(k for k in DEFAULTS if k not in entry and k not in ("name", "sources"))) if user else ()
+    for k in ("memory_gb", "memory_gib", "memory_reserve_gb", "memory_reserve_gib"):
+        if e.get(k) is not None:
+            _num(where, k, e[k], positive=not k.startswith("memory_reserve"))
+    if "memory_fragmentation" in entry and entry["memory_fragmentation"] != 0:
+        _frac(where, "memory_fragmentation", entry["memory_fragmentation"])
     peak = e["peak_tflops"]
     if not isinstance(peak, dict):
         peak = {"bf16": peak, "fp16": peak, "fp32": peak, "fp64": peak}
@@ -130,7 +138,7 @@ def from_entry(key: str, entry: dict, where: str) -> Hardware:
     return Hardware(
         key=key,
         name=str(e["name"]),
-        memory_bytes=_num(where, "memory_gb", e["memory_gb"]) * 1e9,
+        memory_bytes=float(hardware_table.capacity_bytes(e)),
         peak=peaks,
         hbm_bw=_num(where, "hbm_gb_s", e["hbm_gb_s"]) * 1e9,
         sms=int(_num(where, "sms", e["sms"])),
@@ -152,7 +160,8 @@ def from_entry(key: str, entry: dict, where: str) -> Hardware:
         host_s_per_op=_num(where, "host_us_per_op", e["host_us_per_op"], positive=False) * 1e-6,
         async_launch=e["async_launch"],
         step_overhead_s=_num(where, "step_overhead_us", e["step_overhead_us"], positive=False) * 1e-6,
-        reserve_bytes=_num(where, "memory_reserve_gb", e["memory_reserve_gb"], positive=False) * 1e9,
+        reserve_bytes=float(hardware_table.reserve_bytes(e)),
+        usable=float(hardware_table.usable_bytes(e)),
         sources=dict(e.get("sources") or {}),
         defaulted=defaulted,
     )

@@ -81,14 +81,17 @@ class Layout:
     mbs: int = 1
     recompute: str = "none"
     order: str = "tp-dp-pp"
+    cp: int = 1  # context parallel: each sequence split over cp ranks (ring attention)
 
     @property
     def gpus(self) -> int:
-        return self.tp * self.pp * self.dp
+        return self.tp * self.cp * self.pp * self.dp
 
     def label(self) -> str:
-        """Short name, also what `--explain` takes: tp2.pp1.vpp1.dp128.mbs2.sp.zero.rc-none"""
-        s = f"tp{self.tp}.pp{self.pp}.vpp{self.vpp}.dp{self.dp}.mbs{self.mbs}"
+        """Short name, also what `--explain` takes: tp2.pp1.vpp1.dp128.mbs2.sp.zero.rc-none (tp2.cp4.pp1...
+        with context parallelism)"""
+        cp = f".cp{self.cp}" if self.cp > 1 else ""
+        s = f"tp{self.tp}{cp}.pp{self.pp}.vpp{self.vpp}.dp{self.dp}.mbs{self.mbs}"
         s += ".sp" if self.sp else ""
         s += ".zero" if self.dist_opt else ""
         return s + f".rc-{self.recompute}"
@@ -99,8 +102,8 @@ class Features:
     """Overlaps and implementations. Defaults: this engine today (docs/planner.md, "Overlap")."""
 
     overlap_grad_reduce: bool = True  # dp buckets reduced behind the backward (parallel/grad_buffers.py)
-    overlap_param_gather: bool = False  # ZeRO-1 all-gather behind the next forward (today: exposed)
-    overlap_p2p: bool = False  # pipeline receives posted early, sends not waited on (today: batched, waited)
+    overlap_param_gather: bool = True  # ZeRO-1 all-gather behind the next forward (parallel/param_gather.py)
+    overlap_p2p: bool = True  # pipeline transfers posted early, waited at use (parallel/p2p.py)
     tp_overlap_wgrad: bool = False  # tp input-grad all-reduce behind the weight-grad GEMM (Megatron 2022)
     p2p_scatter_gather: bool = False  # pp transfers split over tp, re-gathered on NVLink (Megatron 2021)
     attention: str = "flash"  # flash | sdpa: fused kernels; unfused: s x s scores in memory (Megatron 2021)
@@ -114,8 +117,7 @@ class Features:
 
     @classmethod
     def from_config(cls, cfg, device: str = "cuda") -> Features:
-        """The engine's behaviour for `cfg` on a `device` ("cuda" or "cpu"). Fields issue 21 adds
-        (parallel.overlap_param_gather, parallel.overlap_p2p_comm) are read when present."""
+        """The engine's behaviour for `cfg` on a `device` ("cuda" or "cpu")."""
         par, m, t, o = cfg.parallel, cfg.model, cfg.train, cfg.optim
         prec = t.precision
         pbytes = {"bf16": 2, "fp32": 4, "fp64": 8}[prec]
@@ -127,8 +129,8 @@ class Features:
             backend = "unfused"
         return cls(
             overlap_grad_reduce=bool(par.overlap_grad_reduce) and gpu,  # gloo runs the buckets synchronously
-            overlap_param_gather=bool(getattr(par, "overlap_param_gather", False)),
-            overlap_p2p=bool(getattr(par, "overlap_p2p_comm", False)),
+            overlap_param_gather=bool(par.overlap_param_gather),
+            overlap_p2p=bool(par.overlap_p2p_comm),
             attention=backend,
             grad_accum_fused=accum and prec == "bf16",
             optimizer="fused" if fused_opt else "foreach",
@@ -163,7 +165,9 @@ class LayerShape:
     mbs: int
     seq: int
     features: Features
+    cp: int = 1
 
     @property
     def tokens(self) -> int:
-        return self.mbs * self.seq
+        """Tokens of one micro-batch this rank holds (its 2 of the sequence's 2·cp chunks)."""
+        return self.mbs * self.seq // self.cp

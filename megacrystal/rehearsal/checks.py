@@ -62,8 +62,9 @@ def _first_difference(ra: int, a: list, rb: int, b: list) -> Finding | None:
 
 
 def p2p_matching(plays: list[dict]) -> list[Finding]:
-    """Each send from a to b has b's matching receive from a: the same position in their order, shape
-    and dtype (NCCL pairs point-to-point messages between two ranks in issue order)."""
+    """Each send from a to b has b's matching receive from a on the same group: the same position in
+    their order, shape and dtype (NCCL pairs point-to-point messages between two ranks of a
+    communicator in issue order, whatever their tags): pipeline transfers and the cp ring's alike."""
     played = {p["rank"]: p for p in plays}
     sends: dict[tuple, list] = {}
     recvs: dict[tuple, list] = {}
@@ -72,12 +73,12 @@ def p2p_matching(plays: list[dict]) -> list[Finding]:
             if rec["peer"] < 0:
                 continue
             if rec["kind"] == "send":
-                sends.setdefault((p["rank"], rec["peer"]), []).append(rec)
+                sends.setdefault((p["rank"], rec["peer"], rec["group"]), []).append(rec)
             else:
-                recvs.setdefault((rec["peer"], p["rank"]), []).append(rec)
+                recvs.setdefault((rec["peer"], p["rank"], rec["group"]), []).append(rec)
     out = []
     for pair in sorted(set(sends) | set(recvs)):
-        a, b = pair
+        a, b, _group = pair
         if a not in played or b not in played:
             continue
         s, r = sends.get(pair, []), recvs.get(pair, [])

@@ -25,6 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="processes playing ranks")
     ap.add_argument("--json", metavar="FILE", help="write the record (docs/rehearsal.md) to FILE")
     ap.add_argument("--workdir", help="stand-in data and index caches (default: a per-user temp directory)")
+    ap.add_argument(
+        "--no-recompute-choices",
+        action="store_true",
+        help="skip the table of what each model.recompute choice keeps (each layer shape rehearsed once, cached)",
+    )
     ap.add_argument("overrides", nargs="*", help="dotted.key=value, as for megacrystal train")
     a = ap.parse_args(argv)
     if a.gpus < 1 or a.steps < 1:
@@ -35,6 +40,11 @@ def main(argv: list[str] | None = None) -> int:
 
     rec = rehearse(a.config, a.gpus, a.gpu, a.overrides, steps=a.steps, jobs=a.jobs, workdir=a.workdir)
     print(table(rec))
+    if rec.get("ranks") and not a.no_recompute_choices:
+        from .recompute_choices import choices, text
+
+        rec["recompute_choices"] = choices(a.config, a.overrides, rec, a.gpu, jobs=a.jobs)
+        print("\n" + "\n".join(text(rec["recompute_choices"])))
     if a.json:
         tmp = a.json + ".tmp"
         with open(tmp, "w") as f:

@@ -37,6 +37,7 @@ COLLECTIVES = {  # name -> (primary tensor argument, bytes from: "in" | "out")
     "reduce_scatter": ("input_list", "in"),
     "barrier": (None, "in"),
 }
+DEPTH = 6  # frames kept per issue and wait: deep enough to pass the collective wrappers to their caller
 OBJECT_COLLECTIVES = ("all_gather_object", "broadcast_object_list", "gather_object", "scatter_object_list")
 
 
@@ -49,15 +50,19 @@ class _Done:
 
 
 class _Work:
-    """A work handle that notes where it is waited on."""
+    """A work handle that notes where it is waited on (for every call it completes: a batch of
+    transfers is one work per transfer, or one for the whole batch)."""
 
-    def __init__(self, work, rec: dict, comms: Comms):
-        self._work, self._rec, self._comms = work, rec, comms
+    def __init__(self, work, recs: list[dict], comms: Comms):
+        self._work, self._recs, self._comms = work, recs, comms
 
     def wait(self, *args, **kwargs):
-        if "waited_at" not in self._rec:
-            self._rec["waited_at"] = where()
-            self._rec["wait_order"] = self._comms.play.next_order()
+        play = self._comms.play
+        for rec in self._recs:
+            if "waited_at" not in rec:
+                rec["waited_at"] = where(depth=DEPTH)
+                rec["wait_order"] = play.next_order()
+                rec["wait_cursor"] = play.cursor()
         return self._work.wait(*args, **kwargs)
 
     def __getattr__(self, name):
@@ -128,7 +133,9 @@ class Comms:
         return out
 
     def _record(self, rec: dict) -> dict:
-        rec.update(section=self.play.section, frame=where(), order=self.play.next_order())
+        rec.update(
+            section=self.play.section, frame=where(depth=DEPTH), order=self.play.next_order(), cursor=self.play.cursor()
+        )
         self.play.collectives.append(rec)
         return rec
 
@@ -162,7 +169,7 @@ class Comms:
             self.play.memory.mark(t, "communication")
         out = self._orig[name](**a)
         if a.get("async_op") and out is not None:
-            return _Work(out, rec, self)
+            return _Work(out, [rec], self)
         return out
 
     def _batch(self, p2p_op_list):
@@ -179,9 +186,11 @@ class Comms:
                 shape=list(t.shape),
                 bytes=t.numel() * t.element_size(),
                 group=info["id"],
+                group_name=info["name"],
                 section=self.play.section,
-                frame=where(),
+                frame=where(depth=DEPTH),
                 order=self.play.next_order(),
+                cursor=self.play.cursor(),
             )
             self.play.p2p.append(rec)
             recs.append(rec)
@@ -194,7 +203,9 @@ class Comms:
         if not ok:
             return [_Done()]
         works = self._orig["batch_isend_irecv"](p2p_op_list)
-        return [_Work(w, recs[0], self) for w in works] if recs else works
+        if len(works) == len(recs):  # one work per transfer
+            return [_Work(w, [r], self) for w, r in zip(works, recs, strict=True)]
+        return [_Work(w, recs, self) for w in works]  # one work for the whole batch (NCCL's coalesced)
 
     def _p2p(self, name: str, args, kwargs):
         a = self._bind(name, args, kwargs)
@@ -209,6 +220,7 @@ class Comms:
             shape=list(t.shape),
             bytes=t.numel() * t.element_size(),
             group=info["id"],
+            group_name=info["name"],
             section=self.play.section,
             frame=where(),
             order=self.play.next_order(),
@@ -252,6 +264,15 @@ class Comms:
         self.play.checkpoint.append(dict(items=len(final.items), bytes=nbytes, section=self.play.section))
         return _metadata
 
+    # ---------------------------------------------------------------- overlapped work
+
+    def handle_kinds(self, event: str, handle) -> None:
+        """Observer of the engine's overlapped collectives (parallel/collectives.py `Handle`): each call
+        a handle covers is marked with the handle's kind (param_gather, grad_reduce, p2p)."""
+        if event == "issue":
+            for rec in _recs_of(handle.work):
+                rec["handle"] = handle.kind
+
     # ---------------------------------------------------------------- install
 
     @contextlib.contextmanager
@@ -275,6 +296,19 @@ class Comms:
             for name, fn in self._orig.items():
                 setattr(dist, name, fn)
             dcp.save = orig_save
+
+
+def _recs_of(work, depth: int = 0) -> list[dict]:
+    """The call records a (possibly wrapped) work handle completes."""
+    if work is None or depth > 4:
+        return []
+    if isinstance(work, _Work):
+        return work._recs
+    inner = work.__dict__.get("work") if hasattr(work, "__dict__") else None
+    if inner is not None:
+        return _recs_of(inner, depth + 1)
+    many = work.__dict__.get("works") if hasattr(work, "__dict__") else None
+    return [r for w in many or [] for r in _recs_of(w, depth + 1)]
 
 
 def _label(info: dict) -> str:

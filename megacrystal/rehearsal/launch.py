@@ -78,7 +78,7 @@ def prepare(cfg: Config, world: int, steps: int, workdir: Path) -> Launch:
     the rehearsed one."""
     validate_config(cfg, world)
     par, t, d = cfg.parallel, cfg.train, cfg.data
-    dp = world // (par.tp * par.pp)
+    dp = world // (par.tp * par.cp * par.pp)
     configured = t.global_batch_size // (t.micro_batch_size * dp)
     rehearsed = min(configured, micro_batch_cap(par.pp, par.vpp))
     notes: list[str] = []

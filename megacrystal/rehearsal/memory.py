@@ -12,7 +12,8 @@ running total gives the peak; the storages alive at the peak are then split by w
     temporaries    everything else alive at that moment
 
 Roles are marked by identity (`mark`) whenever one is learnt; a storage keeps the first role in the
-order above. The peak of each section (setup, step N, eval, checkpoint) is kept too.
+order above. The peak of each section (setup, step N, eval, checkpoint) is kept too, and of the part
+of a step that runs the schedule (`step N schedule`: forwards and backwards).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class MemoryTracker:
         self.peak_at = 0  # number of events at the peak
         self.section_peaks: dict[str, tuple[int, int]] = {}  # section -> (bytes, events at its peak)
         self.section = "setup"
+        self.subsection: str | None = None  # a part of the section whose peak is kept too ("step N schedule")
         self._next = 0
 
     # ---------------------------------------------------------------- allocations
@@ -78,9 +80,12 @@ class MemoryTracker:
         self.current += delta
         if self.current > self.peak:
             self.peak, self.peak_at = self.current, len(self.events)
-        best = self.section_peaks.get(self.section)
-        if best is None or self.current > best[0]:
-            self.section_peaks[self.section] = (self.current, len(self.events))
+        for sec in (self.section, self.subsection):
+            if sec is None:
+                continue
+            best = self.section_peaks.get(sec)
+            if best is None or self.current > best[0]:
+                self.section_peaks[sec] = (self.current, len(self.events))
 
     # ---------------------------------------------------------------- roles
 
@@ -127,8 +132,19 @@ class MemoryTracker:
             out[self.role.get(sid, "temporaries")] += n
         return out
 
+    def peak_of(self, role: str) -> int:
+        """The most bytes of one role alive at any moment (activations peak inside the step, before the
+        optimizer's peak; the breakdown at the overall peak may hold none)."""
+        cur = best = 0
+        for sid, delta in self.events:
+            if self.role.get(sid, "temporaries") == role:
+                cur += delta
+                best = max(best, cur)
+        return best
+
     def summary(self) -> dict:
         return dict(
+            peak_activations=self.peak_of("activations"),
             peak_bytes=self.peak,
             peak_breakdown=self.breakdown(self.peak_at),
             peak_section=self._section_of_peak(),
@@ -137,7 +153,7 @@ class MemoryTracker:
 
     def _section_of_peak(self) -> str:
         for s, (b, at) in self.section_peaks.items():
-            if at == self.peak_at and b == self.peak:
+            if at == self.peak_at and b == self.peak and not s.endswith(" schedule"):
                 return s
         return self.section
 

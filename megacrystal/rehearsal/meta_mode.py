@@ -4,7 +4,8 @@
   scalars); later calls build the outputs from the remembered metadata (`empty_strided`), skipping
   torch's Python meta kernels. An in-place op seen before returns its mutated argument.
 - Memory: every new meta storage is registered with the play's `MemoryTracker`.
-- FLOPs: matmuls and attention by torch's FLOP formulas (`torch.utils.flop_counter`), every other op
+- FLOPs: matmuls by torch's FLOP formulas (`torch.utils.flop_counter`), attention kernels (the
+  flash-shaped stand-in, SDPA's aten kernels of ring attention) by formula, causal blocks half; every other op
   counted as one FLOP per output element (and its bytes in and out), per section of the play.
 - Host reads: `.item()`, `bool()`, a copy to the host, and ops whose output shape depends on values
   (`nonzero`, boolean-mask indexing) have no meta result; each is a finding, answered with a
@@ -17,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ..model.attention_meta import block_flops
 from ..model.attention_meta import flops as attention_flops
 
 try:
@@ -28,6 +30,11 @@ aten = torch.ops.aten
 T = torch.Tensor
 _SIMPLE = (int, float, bool, str, type(None), torch.dtype, torch.device, torch.layout, torch.memory_format)
 MATMUL = {"mm", "addmm", "bmm", "baddbmm", "_scaled_mm"}
+SDPA = {
+    f"_scaled_dot_product_{k}{s}"
+    for k in ("flash_attention", "efficient_attention", "cudnn_attention", "flash_attention_for_cpu")
+    for s in ("", "_backward")
+}
 HOST_READS = {aten._local_scalar_dense.default, aten.is_nonzero.default, aten.equal.default}
 DATA_DEPENDENT = {"nonzero", "masked_select", "unique_dim", "_unique2", "unique_consecutive", "nonzero_static"}
 CALL, FRESH, INPLACE = 0, 1, 2
@@ -114,6 +121,7 @@ class MetaMode(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        self.play.ops[self.play.section] += 1  # every op the step dispatches: a CPU's host cost is per op
         info = self._kinds.get(func)
         if info is None:
             info = self._kinds[func] = _describe(func)
@@ -140,7 +148,12 @@ class MetaMode(TorchDispatchMode):
                 self._kinds[func] = (CALL, (), False, False)
                 return out
             hit = self._remember(key, func, kind, info, args, kwargs, out)
-            if hit is None:
+            if hit is None:  # outputs that are not all tensors (flash attention's): counted, not cached
+                cls, n, moved = _flops(func, args, kwargs, out)
+                self.play.add_flops(cls, n, moved)
+                for t in _flat_tensors(out, []):
+                    if t.device.type == "meta":
+                        self.memory.track(t)
                 return out
             self._count(hit)
             if kind == FRESH:
@@ -213,6 +226,9 @@ class MetaMode(TorchDispatchMode):
             if dev is not None and torch.device(dev).type != "meta":
                 self.play.device_to_host(args[0])
                 return torch.zeros(args[0].shape, dtype=kwargs.get("dtype") or args[0].dtype, device=dev)
+        host = [t for t in _flat_tensors([args, list(kwargs.values())], []) if t.device.type == "cpu" and t.dim()]
+        if host and self.play.section.startswith("step"):  # on a GPU: a copy to the device (and a sync) per call
+            self.play.host_operand(func.__name__, host[0])
         out = func(*args, **kwargs)
         for t in _flat_tensors(out, []):
             if t.device.type == "meta":
@@ -258,6 +274,8 @@ def _shape_of(out):
 def _flops(func, args, kwargs, out) -> tuple[str, int, int]:
     """(op class, FLOPs, bytes in + out) of one call."""
     name = func.__name__.split(".")[0]
+    if name in SDPA:
+        return "attention", _sdpa_flops(func, name, args, kwargs), 0
     formula = flop_registry.get(func.overloadpacket)
     if formula is not None:
         try:
@@ -268,6 +286,16 @@ def _flops(func, args, kwargs, out) -> tuple[str, int, int]:
     outs = _flat_tensors(out, [])
     moved = sum(t.numel() * t.element_size() for t in outs + _flat_tensors(args, []))
     return "other", sum(t.numel() for t in outs), moved
+
+
+def _sdpa_flops(func, name: str, args, kwargs) -> int:
+    """An SDPA aten kernel (ring attention's blocks): its causal flag read from the call, so a causal
+    block counts half (torch's formula counts every block whole) and a backward 2.5 times a forward."""
+    bound = dict(zip((a.name for a in func._schema.arguments), args, strict=False))
+    bound.update(kwargs)
+    q, k = bound["query"], bound["key"]  # [b, h, L, d]
+    b, hq, lq, d = q.shape
+    return block_flops(b, hq, lq, k.shape[2], d, bool(bound.get("is_causal")), name.endswith("_backward"))
 
 
 def _aliases_input(out, args) -> bool:

@@ -57,6 +57,7 @@ def _crash_frame(e: BaseException) -> str:
 def play_rank(config_path: str, rank: int, world: int, coords: dict, group_names: dict, out_root: str) -> dict:
     """Play `rank`; returns its record (plain data, picklable)."""
     from ..config import load_config
+    from ..parallel import collectives as C
     from ..parallel import host, state
     from ..train.loop import train
 
@@ -71,6 +72,8 @@ def play_rank(config_path: str, rank: int, world: int, coords: dict, group_names
         dist.init_process_group("meta:fake", store=fake_store(), rank=rank, world_size=world)
         comms.group(None)
     old_stand_in = host.set_stand_in(play.stand_in)
+    kinds = comms.handle_kinds
+    C.observe(kinds)
     try:
         with comms.installed(), MetaMode(play), torch.autograd.graph.saved_tensors_hooks(_pack(play), _unpack):
             try:
@@ -79,6 +82,7 @@ def play_rank(config_path: str, rank: int, world: int, coords: dict, group_names
                 msg = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
                 play.findings.append(Finding("crash", rank, f"{type(e).__name__}: {msg}", _crash_frame(e)))
     finally:
+        C.unobserve(kinds)
         host.set_stand_in(old_stand_in)
         try:
             state.destroy(timeout_s=0.0)  # also forgets the grid of a one-process play
@@ -118,6 +122,7 @@ def _result(play: PlayState, comms: Comms, seconds: float) -> dict:
         memory=play.memory.summary(),
         flops={s: dict(v) for s, v in play.flops.items()},
         other_bytes=dict(play.other_bytes),
+        ops=dict(play.ops),
         host_reads={s: [list(r) for r in v] for s, v in play.host_reads.items()},
         d2h_bytes=dict(play.d2h_bytes),
         findings=[f.to_dict() for f in play.findings],

@@ -2,7 +2,9 @@
 
 Sections follow the product's profiler ranges: `setup` until the first `megacrystal.train_step`;
 `step N` from the N-th train step until the next one (the loop's own per-step work after the
-engine's step belongs to it); `eval` and `checkpoint` while those ranges are open.
+engine's step belongs to it); `eval` and `checkpoint` while those ranges are open. Memory also keeps
+the peak of `step N schedule` (the `megacrystal.schedule` range: the forwards and backwards), a part
+of `step N`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from .frames import where
 from .memory import MemoryTracker
 
 STEP_RANGE, EVAL_RANGE, SAVE_RANGE = "megacrystal.train_step", "megacrystal.eval", "megacrystal.checkpoint"
+SCHEDULE_RANGE = "megacrystal.schedule"  # the forwards and backwards of a step: memory section "step N schedule"
 MAX_READS_PER_STEP = 2
 
 
@@ -30,6 +33,7 @@ class PlayState:
         self.steps = 0
         self.flops: dict = defaultdict(lambda: defaultdict(int))  # section -> class -> FLOPs
         self.other_bytes: dict = defaultdict(int)  # section -> bytes in + out of non-matmul ops
+        self.ops: dict = defaultdict(int)  # section -> ops dispatched (views and in-place ops included)
         self.host_reads: dict = defaultdict(list)  # section -> [(what, frame)]
         self.d2h_bytes: dict = defaultdict(int)
         self.findings: list[Finding] = []
@@ -40,6 +44,7 @@ class PlayState:
         self.p2p: list[dict] = []
         self.checkpoint: list[dict] = []
         self.order = 0  # event counter: collective issues and waits, in program order
+        self.compute = {"matmul": 0, "attention": 0}  # FLOPs dispatched so far: where issues and waits fall
         self.timing: dict[str, float] = {}  # section -> seconds of this play spent in it
         self._since = time.perf_counter()
 
@@ -61,8 +66,13 @@ class PlayState:
         elif name in (EVAL_RANGE, SAVE_RANGE):
             self._stack.append(self.section)
             self._set("eval" if name == EVAL_RANGE else "checkpoint")
+        elif name == SCHEDULE_RANGE and self.section.startswith("step"):
+            self.memory.subsection = f"{self.section} schedule"  # memory only, inside the step's own section
 
     def exit(self, name: str) -> None:
+        if name == SCHEDULE_RANGE:
+            self.memory.subsection = None
+            return
         if name == STEP_RANGE and not self._stack and self.engine is not None:
             self.memory.mark_engine(self.engine)
             if not self.engine_facts:
@@ -74,6 +84,8 @@ class PlayState:
 
     def add_flops(self, cls: str, n: int, moved: int) -> None:
         self.flops[self.section][cls] += n
+        if cls in self.compute:
+            self.compute[cls] += n
         if moved:
             self.other_bytes[self.section] += moved
 
@@ -91,6 +103,11 @@ class PlayState:
         if t.dtype == torch.bool:
             return False
         return 0 if not t.dtype.is_floating_point else 0.0
+
+    def host_operand(self, op: str, t: torch.Tensor) -> None:
+        """A host tensor (not a scalar) mixed into a device op in the step: position ids, document
+        boundaries or masks left on the host are copied to the GPU at every use."""
+        self.finding("host_tensor", f"{op}({_describe(t)}) with device operands", where(skip=3))
 
     def data_dependent(self, op: str) -> None:
         self.finding("data_dependent", op, where(skip=3))
@@ -114,6 +131,11 @@ class PlayState:
                 "earlier: " + "; ".join(f"{w} at {f.split(' <- ')[0]}" for w, f in reads[:-1]),
             )
         return [0.0] * t.numel()
+
+    def cursor(self) -> list[int]:
+        """The matmul and attention FLOPs dispatched so far: a collective issued at one cursor and
+        waited at another has the device's compute between them to hide behind."""
+        return [self.compute["matmul"], self.compute["attention"]]
 
     def next_order(self) -> int:
         self.order += 1

@@ -2,8 +2,9 @@
 
 The grid's axes come from `parallel.state.ORDERS` (slowest to fastest varying), so an axis added
 there (context parallel) is covered here without a change. Along the pipeline axis every coordinate
-is played (neighbours exchange tensors, and the first and last stages differ from the middle ones);
-along every other axis its first and last coordinate (the first holds the rank-0 duties, the others
+and the context-parallel axis every coordinate is played (neighbours exchange tensors: pipeline
+stages, and the K/V blocks of the cp ring, whose every send the p2p check pairs with its receive; the
+first and last stages differ from the middle ones); along every other axis its first and last coordinate (the first holds the rank-0 duties, the others
 differ only in shard offsets and data, which the last one stands for).
 """
 
@@ -16,7 +17,7 @@ import torch
 
 from ..parallel.state import ORDERS
 
-EVERY_COORDINATE = ("pp",)
+EVERY_COORDINATE = ("pp", "cp")
 
 
 def axis_sizes(parallel, world: int) -> dict[str, int]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from .overlaps import overlaps
+
 SCHEMA = "megacrystal-rehearsal/1"
 
 # The substitutions a rehearsal makes, each at one named place (docs/parallelism.md lists them too).
@@ -44,12 +46,17 @@ def _aggregate(recs: list[dict]) -> list[dict]:
     return sorted(agg.values(), key=lambda a: (-a["bytes"] * a["count"], a["op"]))
 
 
-def _p2p(recs: list[dict]) -> dict:
+def _p2p(recs: list[dict], by_group: bool = True) -> dict:
+    """Totals of the transfers, and the same per group kind (`by_group`: pp for pipeline transfers, cp for
+    the ring's K/V blocks)."""
     out = dict(sends=0, recvs=0, send_bytes=0, recv_bytes=0)
     for r in recs:
         k = "send" if r["kind"] == "send" else "recv"
         out[k + "s"] += 1
         out[k + "_bytes"] += r["bytes"]
+    if by_group:
+        names = sorted({r.get("group_name", "group") for r in recs})
+        out["by_group"] = {n: _p2p([r for r in recs if r.get("group_name", "group") == n], False) for n in names}
     return out
 
 
@@ -58,6 +65,7 @@ def section(play: dict, name: str) -> dict:
     return dict(
         flops={k: int(flops.get(k, 0)) for k in ("matmul", "attention", "other")},
         other_bytes=int(play["other_bytes"].get(name, 0)),
+        ops=int(play.get("ops", {}).get(name, 0)),
         collectives=_aggregate([r for r in play["collectives"] if r["section"] == name]),
         p2p=_p2p([r for r in play["p2p"] if r["section"] == name]),
         host_reads=[w for w, _ in play["host_reads"].get(name, [])],
@@ -65,7 +73,7 @@ def section(play: dict, name: str) -> dict:
     )
 
 
-def rank_record(play: dict) -> dict:
+def rank_record(play: dict, hw=None, precision: str = "bf16") -> dict:
     steps = [dict(step=i, **section(play, f"step {i}")) for i in range(1, play["steps"] + 1)]
     works = [
         dict(
@@ -96,4 +104,5 @@ def rank_record(play: dict) -> dict:
         eval=section(play, "eval"),
         checkpoint=dict(section(play, "checkpoint"), planned=dict(by_section)),
         async_work=works,
+        overlaps=overlaps(play, hw, precision),
     )

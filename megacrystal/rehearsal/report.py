@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .gpus import GiB
 from .memory import ROLES
+from .overlaps import text as overlap_text
 
 _SHORT = dict(
     weights="weights", grads="grads", optimizer="optim", activations="activ", communication="comm", temporaries="temp"
@@ -19,7 +20,7 @@ def table(rec: dict) -> str:
     mb = rec.get("micro_batches", {})
     lines = [
         f"rehearsal of {rec.get('config')} on {rec['world']} x {rec['gpu']['name']} "
-        f"(tp {lay.get('tp')} pp {lay.get('pp')} vpp {lay.get('vpp')} dp {lay.get('dp')}"
+        f"(tp {lay.get('tp')} cp {lay.get('cp', 1)} pp {lay.get('pp')} vpp {lay.get('vpp')} dp {lay.get('dp')}"
         f"{' +sp' if lay.get('sequence_parallel') else ''}{' +zero1' if lay.get('distributed_optimizer') else ''})",
         f"played {len(rec.get('ranks', []))} of {rec['world']} ranks {rec.get('played', {}).get('axes')}; "
         f"{rec.get('steps')} step(s) of {mb.get('rehearsed')} micro-batches (configured {mb.get('configured')})",
@@ -46,6 +47,10 @@ def table(rec: dict) -> str:
             f"GPU: {rec['gpu']['name']}, {rec['gpu']['capacity_bytes'] / GiB:.1f} GiB, "
             f"{rec['gpu']['usable_bytes'] / GiB:.1f} GiB usable (CUDA context, NCCL buffers, fragmentation)"
         )
+        first = rec["ranks"][0]
+        rows = first.get("overlaps") or []
+        if rows:
+            lines += [""] + overlap_text(rows, first["rank"], rec["gpu"]["name"])
     lines.append("")
     if rec["lines"]:
         lines += [f"FINDING {x}" for x in rec["lines"]]

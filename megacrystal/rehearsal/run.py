@@ -21,6 +21,8 @@ from pathlib import Path
 
 from ..config import Config, ConfigError, load_config
 from ..parallel.state import group_ranks
+from ..planner import hardware as planner_hardware
+from ..planner.shapes import recompute_of
 from . import checks
 from .findings import Finding, summarise
 from .gpus import GPUS
@@ -44,10 +46,10 @@ def _pool(jobs: int) -> ProcessPoolExecutor:
     return pool
 
 
-def _names(world: int, tp: int, pp: int, order: str) -> dict[tuple, str]:
+def _names(world: int, tp: int, pp: int, order: str, cp: int = 1) -> dict[tuple, str]:
     names: dict[tuple, str] = {}
-    groups = group_ranks(world, tp, pp, order)
-    for kind in reversed(list(groups)):  # the first kind in group_ranks' order (tp, pp, dp, ...) wins
+    groups = group_ranks(world, tp, pp, order, cp)
+    for kind in reversed(list(groups)):  # the first kind in group_ranks' order (tp, pp, dp, ..., cp, dp_cp) wins
         for ranks in groups[kind]:
             names[tuple(sorted(ranks))] = kind
     return names
@@ -104,7 +106,7 @@ def rehearse(
     out_root = tempfile.mkdtemp(prefix="plays-", dir=workdir)
     try:
         plays = _play_all(
-            str(launch.path), gpus, ranks, coords, _names(gpus, par.tp, par.pp, par.order), out_root, jobs
+            str(launch.path), gpus, ranks, coords, _names(gpus, par.tp, par.pp, par.order, par.cp), out_root, jobs
         )
     finally:
         shutil.rmtree(out_root, ignore_errors=True)
@@ -112,6 +114,7 @@ def rehearse(
     findings += checks.collective_order(plays) + checks.p2p_matching(plays) + checks.memory_fit(plays, spec, gpu)
     layout = dict(
         tp=par.tp,
+        cp=par.cp,
         pp=par.pp,
         vpp=par.vpp,
         dp=sizes["dp"],
@@ -127,8 +130,9 @@ def rehearse(
         layout=layout,
         layer_shape=dict(
             tp=par.tp,
+            cp=par.cp,
             sequence_parallel=layout["sequence_parallel"],
-            recompute=bool(m.recompute),
+            recompute=recompute_of(m),
             micro_batch_size=t.micro_batch_size,
             seq_length=cfg.data.seq_length,
         ),
@@ -141,11 +145,13 @@ def rehearse(
             ffn=m.ffn_hidden_size,
             vocab=m.vocab_size,
             precision=t.precision,
+            document_mask=bool(m.document_mask),
+            attention_backend=m.attention_backend,
         ),
         micro_batches=launch.micro_batches,
         steps=steps,
         played=dict(axes=played_coordinates(sizes), ranks=ranks),
         substitutions=dict(notes=launch.notes, stand_ins=launch.stand_ins, seams=SEAMS),
-        ranks=[rank_record(p) for p in plays],
+        ranks=[rank_record(p, planner_hardware.get(gpu), t.precision) for p in plays],
         timing=dict(seconds=round(time.perf_counter() - t0, 1), jobs=jobs, load_average=list(os.getloadavg())),
     )

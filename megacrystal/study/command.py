@@ -100,10 +100,11 @@ def describe(variants: dict) -> str:
 
 def _plan_cost(variants: dict, seeds: int, gpus: int, gpu: str) -> str:
     from ..planner import plan
+    from ..rehearsal.plan_costs import RehearsalCosts
 
     lines, total_h = [], 0.0
     for v, cfg in variants.items():
-        rows = [r for r in plan(cfg, gpus, gpu) if r["fits"]]
+        rows = [r for r in plan(cfg, gpus, gpu, source=RehearsalCosts(cfg)) if r["fits"]]
         if not rows:
             lines.append(f"{v:<11} no layout fits on {gpus}x {gpu}")
             continue

@@ -141,7 +141,7 @@ def _train(cfg: Config, stop: StopSignals, dog: StepWatchdog) -> dict:
             f"dp={grid.dp_size}, device {device}, step watchdog "
             f"{f'{dog.timeout_s:g} s' if dog.timeout_s > 0 else 'off'}, MFU peak: {peak_src}"
         )
-        warning = end_only_save_warning(cfg, schedule, step, total_steps)
+        warning = end_only_save_warning(cfg, schedule, step, total_steps, world_size, device)
         if warning:
             log.warning(warning)
 

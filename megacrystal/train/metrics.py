@@ -15,31 +15,13 @@ from pathlib import Path
 
 import torch
 
-from ..config import ModelConfig
+from ..hardware_table import TABLE, match_device
+from ..hardware_table import peak_flops as table_peak
 from ..log import get_logger
+from ..model.flops import flops_per_token
 
-# Dense peaks (FLOP/s) from vendor datasheets: (bf16, tf32, fp32, fp64; None: not stated). Matched by the
-# first name contained in the device name, so the more specific names come first. A small table for now:
-# the planner's hardware table will take its place.
-PEAKS: dict[str, tuple[float, float, float, float | None]] = {
-    "H100 PCIe": (756e12, 378e12, 51e12, 51e12),
-    "H100 NVL": (835e12, 417.5e12, 60e12, 60e12),
-    "H100": (989e12, 494.5e12, 67e12, 67e12),  # SXM
-    "H200": (989e12, 494.5e12, 67e12, 67e12),
-    "A100": (312e12, 156e12, 19.5e12, 19.5e12),
-    "L40S": (362e12, 183e12, 91.6e12, None),
-    "A10": (125e12, 62.5e12, 31.2e12, None),
-    "L4": (121e12, 60e12, 30.3e12, None),
-}
+__all__ = ["MetricsWriter", "flops_per_token", "gpu_peak", "measure_cpu_peak", "peak_flops", "tf32_matmuls"]
 CPU_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
-
-
-def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
-    h, L, f, v = cfg.hidden_size, cfg.num_layers, cfg.ffn_hidden_size, cfg.vocab_size
-    d = cfg.head_dim
-    per_layer = h * (cfg.num_heads + 2 * cfg.num_kv_heads) * d + cfg.num_heads * d * h + 3 * h * f
-    n = L * per_layer + v * h  # matmul parameters incl. the output head
-    return 6.0 * n + 12.0 * L * h * seq_len
 
 
 def measure_cpu_peak(dtype=torch.float32, n: int = 1024, reps: int = 3, trials: int = 3) -> float:
@@ -65,16 +47,19 @@ def tf32_matmuls() -> tuple[bool, str]:
 
 
 def gpu_peak(name: str, precision: str, tf32: bool) -> tuple[float, str]:
-    """(peak FLOP/s of what runs, which figure) for a GPU named `name`; 0 where the table has none."""
-    for key, (bf16, tf32_peak, fp32, fp64) in PEAKS.items():
-        if key in name:
-            which, val = {
-                "bf16": ("bf16", bf16),
-                "fp64": ("fp64", fp64),
-                "fp32": ("TF32", tf32_peak) if tf32 else ("fp32", fp32),
-            }[precision]
-            return (val or 0.0), f"datasheet {key} {which}" + ("" if val else " (not in the table)")
-    return 0.0, f"unknown GPU {name}"
+    """(peak FLOP/s of what runs, which figure) for a GPU named `name`, from the project's hardware table
+    (`megacrystal/hardware_table.py`, the planner's too); 0 where the table has none."""
+    key = match_device(name)
+    if key is None:
+        return 0.0, f"unknown GPU {name}"
+    which, field = {
+        "bf16": ("bf16", "bf16"),
+        "fp64": ("fp64", "fp64"),
+        "fp32": ("TF32", "tf32") if tf32 else ("fp32", "fp32"),
+    }[precision]
+    val = table_peak(key, field)
+    label = max((n for n in TABLE[key]["device_names"] if n in name), key=len)
+    return (val or 0.0), f"datasheet {label} {which}" + ("" if val else " (not in the table)")
 
 
 def peak_flops(device: torch.device, precision: str) -> tuple[float, str]:
