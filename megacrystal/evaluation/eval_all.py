@@ -59,7 +59,9 @@ def _bar(total: int, enabled: bool):
 def _maybe_stop(scored: int) -> None:
     n = os.environ.get(STOP_AFTER)
     if n is not None and scored >= int(n):
-        os.kill(os.getpid(), signal.SIGINT)
+        # raise(): delivered to this (the main) thread before it returns, so the KeyboardInterrupt comes
+        # here; kill(getpid()) may land on another thread and interrupt later, inside the next checkpoint
+        signal.raise_signal(signal.SIGINT)
 
 
 def _score_one(a, path: Path, out: Path, cache: dict) -> str | None:
