@@ -5,6 +5,11 @@ Where it cannot run it falls back to eager with one log line: before compiling (
 working dynamo for this Python, no C++ compiler for CPU inductor, no Triton for GPU inductor) and at
 the first call (a compile error: the block runs eager from then on). The module's `__call__` stays
 eager, so forward pre-hooks (ZeRO-1's parameter-gather waits) run outside the compiled graph.
+
+Inductor keeps compiled graphs on disk and reuses them by a key that does not cover all of this
+package's code: a graph cached by another version of megacrystal was seen to be reused and give NaN
+where eager was right. Unless the user points TORCHINDUCTOR_CACHE_DIR somewhere of their own,
+compiled graphs go to a directory per torch version and package version (`inductor_cache_dir`).
 """
 
 from __future__ import annotations
@@ -12,11 +17,36 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from ..code_version import code_version
 from ..log import say_once
+
+CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+
+
+def inductor_cache_dir() -> str:
+    """$XDG_CACHE_HOME/megacrystal/inductor/torch-<version>-<package code hash> (else ~/.cache/...)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return str(Path(base) / "megacrystal" / "inductor" / f"torch-{torch.__version__}-{code_version()}")
+
+
+def use_own_inductor_cache() -> str:
+    """Point inductor at `inductor_cache_dir()` unless the user chose a directory (inductor itself
+    writes its default into the environment on first use: that one is replaced). Returns the dir."""
+    current = os.environ.get(CACHE_ENV)
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+        default = os.path.abspath(default_cache_dir())
+    except Exception:  # another torch layout: only an unset variable is ours to set
+        default = None
+    if current is None or (default is not None and os.path.abspath(current) == default):
+        os.environ[CACHE_ENV] = inductor_cache_dir()
+    return os.environ[CACHE_ENV]
 
 
 def why_not() -> str | None:
@@ -71,9 +101,11 @@ def compile_blocks(blocks: list[nn.Module]) -> int:
     if reason is not None:
         say_once("compile-unavailable", f"model.compile: {reason}; running eager", logging.WARNING)
         return 0
+    cache = use_own_inductor_cache()
     for b in blocks:
         b.forward = CompiledForward(b.forward)
     say_once(
-        "compile-on", f"model.compile: {len(blocks)} blocks compiled with torch.compile (torch {torch.__version__})"
+        "compile-on",
+        f"model.compile: {len(blocks)} blocks compiled with torch.compile (torch {torch.__version__}; cache {cache})",
     )
     return len(blocks)

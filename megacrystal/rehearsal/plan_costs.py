@@ -36,6 +36,7 @@ import json
 import os
 from pathlib import Path
 
+from ..code_version import code_version
 from ..planner.costs import FORMULA, Coll, LayerCost
 from ..planner.search import recompute_value
 from ..planner.shapes import LayerShape
@@ -56,17 +57,6 @@ KIND = {
 def cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "megacrystal" / "plan-rehearsal"
-
-
-@functools.lru_cache(maxsize=1)
-def code_version() -> str:
-    """A hash of the package's Python source: what a rehearsal measures depends on all of it."""
-    root = Path(__file__).resolve().parents[1]
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*.py")):
-        h.update(str(p.relative_to(root)).encode())
-        h.update(p.read_bytes())
-    return h.hexdigest()[:16]
 
 
 def minimal_config(cfg, s: LayerShape, layers: int):
