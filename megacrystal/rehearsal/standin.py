@@ -48,8 +48,13 @@ def printable_ids(tokenizer) -> np.ndarray:
     return np.array(ids, dtype=np.int64)
 
 
+CHUNK_TOKENS = 16 << 20  # stand-in tokens drawn and written at a time: host memory stays ~130 MiB
+
+
 def write_file(prefix: Path, tokens: int, seq_length: int, min_docs: int, ids: np.ndarray, eod: int, seed: int):
-    """An indexed file of at least `tokens` tokens in at least `min_docs` documents, each ending in EOD."""
+    """An indexed file of at least `tokens` tokens in at least `min_docs` documents, each ending in EOD,
+    written a chunk of documents at a time (at 128k tokens a sequence, a validated source's documents
+    hold hundreds of millions of tokens: drawn at once they took 12 GiB of host memory)."""
     idx = Path(str(prefix) + ".idx")
     if idx.is_file() and Path(str(prefix) + ".bin").is_file():
         return
@@ -57,13 +62,15 @@ def write_file(prefix: Path, tokens: int, seq_length: int, min_docs: int, ids: n
     lo, hi = seq_length // 2 + 1, 2 * seq_length + 1
     n = max(min_docs, -(-tokens // ((lo + hi) // 2)) + 1)
     lengths = rng.integers(lo, hi, size=n)
-    flat = ids[rng.integers(0, len(ids), size=int(lengths.sum()))]
-    ends = np.cumsum(lengths) - 1
-    flat[ends] = eod
     prefix.parent.mkdir(parents=True, exist_ok=True)
     vocab = int(max(int(ids.max()), eod)) + 1
     w = IndexedDatasetWriter(prefix, dtype=token_dtype(vocab))
-    w.add_documents(flat, lengths)
+    per_chunk = max(1, CHUNK_TOKENS // hi)
+    for a in range(0, n, per_chunk):
+        part = lengths[a : a + per_chunk]
+        flat = ids[rng.integers(0, len(ids), size=int(part.sum()))]
+        flat[np.cumsum(part) - 1] = eod
+        w.add_documents(flat, part)
     w.finalize()
 
 
