@@ -4,6 +4,7 @@ the scores against tokens seen. On two tiny real runs with several kept checkpoi
 
 import importlib.util
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -47,7 +48,13 @@ def test_eval_all_scores_each_kept_checkpoint_once_resumes_and_matches_single_ev
     run = runs["a"]
     assert sorted(int(p.name[5:]) for p in (run / "checkpoints").glob("step_*")) == KEPT
     monkeypatch.setenv("MEGACRYSTAL_EVAL_STOP_AFTER", "1")  # a Ctrl-C before the second checkpoint
-    assert main(["eval", "--checkpoint", str(run), "--all", *EVAL]) == 130
+    # as in a terminal: a shell without job control starts background commands with SIGINT ignored,
+    # and Python then keeps ignoring it (pytest run as `cmd &` would never see the Ctrl-C)
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert main(["eval", "--checkpoint", str(run), "--all", *EVAL]) == 130
+    finally:
+        signal.signal(signal.SIGINT, old)
     assert "interrupted after scoring 1 of 3" in capsys.readouterr().err
     first = _results(run)
     assert len(first) == 1 and next(iter(first)).startswith("step_00000004-")

@@ -59,9 +59,7 @@ def _bar(total: int, enabled: bool):
 def _maybe_stop(scored: int) -> None:
     n = os.environ.get(STOP_AFTER)
     if n is not None and scored >= int(n):
-        # raise(): delivered to this (the main) thread before it returns, so the KeyboardInterrupt comes
-        # here; kill(getpid()) may land on another thread and interrupt later, inside the next checkpoint
-        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)  # delivered to this (the main) thread before it returns
 
 
 def _score_one(a, path: Path, out: Path, cache: dict) -> str | None:
