@@ -17,7 +17,7 @@ from megacrystal.rehearsal.plan_costs import RehearsalCosts
 H100 = hardware.get("h100")
 
 
-def _full(config, world, lay, over):
+def _full(config, world, lay, over, workdir):
     over = over + [
         f"parallel.tp={lay.tp}",
         f"parallel.cp={lay.cp}",
@@ -27,7 +27,7 @@ def _full(config, world, lay, over):
         f"train.micro_batch_size={lay.mbs}",
         "train.eval_interval=0",
     ]
-    rec = rehearse(config, world, "h100", over, steps=1, jobs=2)
+    rec = rehearse(config, world, "h100", over, steps=1, jobs=2, workdir=workdir)
     assert rec["verdict"] == "pass", rec["lines"]
     return max(r["memory"]["peak_bytes"] for r in rec["ranks"])
 
@@ -59,7 +59,7 @@ def test_composed_memory_matches_a_full_rehearsal(tmp_path, config, world, lay, 
     src = RehearsalCosts(cfg, cache=tmp_path)
     p = plan_one(cfg, lay, H100, source=src)
     assert p.sources["records"]["layer"]["source"] == "rehearsal"
-    full = _full(config, world, lay, over)
+    full = _full(config, world, lay, over, tmp_path / "full")
     print(f"{lay.label()}: composed {p.memory_bytes / 2**30:.3f} GiB, full rehearsal {full / 2**30:.3f} GiB")
     assert p.memory_bytes == pytest.approx(full, rel=tol)
 

@@ -123,7 +123,7 @@ def prepare(cfg: Config, world: int, steps: int, workdir: Path) -> Launch:
     sig = standin.signature(data)
     path = workdir / f"rehearsal-{sig}.yaml"
     if not path.is_file():
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # another rehearsal may write the same one
         tmp.write_text(yaml.safe_dump(data, sort_keys=False))
         os.replace(tmp, path)
     try:

@@ -11,6 +11,7 @@ the project already uses. Files are written once per signature and reused.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from pathlib import Path
@@ -36,7 +37,7 @@ def tokenizer_path(workdir: Path) -> str:
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([EOD] + [f"<{n}>" for n in CRYSTAL_SPECIALS])
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # this process's own: another may write it too
     tok.save(str(tmp))
     os.replace(tmp, path)
     return str(path)
@@ -48,13 +49,16 @@ def printable_ids(tokenizer) -> np.ndarray:
     return np.array(ids, dtype=np.int64)
 
 
+_WRITERS = itertools.count()
 CHUNK_TOKENS = 16 << 20  # stand-in tokens drawn and written at a time: host memory stays ~130 MiB
 
 
 def write_file(prefix: Path, tokens: int, seq_length: int, min_docs: int, ids: np.ndarray, eod: int, seed: int):
     """An indexed file of at least `tokens` tokens in at least `min_docs` documents, each ending in EOD,
     written a chunk of documents at a time (at 128k tokens a sequence, a validated source's documents
-    hold hundreds of millions of tokens: drawn at once they took 12 GiB of host memory)."""
+    hold hundreds of millions of tokens: drawn at once they took 12 GiB of host memory).
+    Written under this process's own name and renamed into place (.bin, then .idx): two rehearsals or
+    plans at once (one shared work directory) may write the same stand-in, whose bytes are the same."""
     idx = Path(str(prefix) + ".idx")
     if idx.is_file() and Path(str(prefix) + ".bin").is_file():
         return
@@ -64,14 +68,21 @@ def write_file(prefix: Path, tokens: int, seq_length: int, min_docs: int, ids: n
     lengths = rng.integers(lo, hi, size=n)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     vocab = int(max(int(ids.max()), eod)) + 1
-    w = IndexedDatasetWriter(prefix, dtype=token_dtype(vocab))
+    tmp = prefix.with_name(f".{prefix.name}.{os.getpid()}-{next(_WRITERS)}")
+    w = IndexedDatasetWriter(tmp, dtype=token_dtype(vocab))
     per_chunk = max(1, CHUNK_TOKENS // hi)
-    for a in range(0, n, per_chunk):
-        part = lengths[a : a + per_chunk]
-        flat = ids[rng.integers(0, len(ids), size=int(part.sum()))]
-        flat[np.cumsum(part) - 1] = eod
-        w.add_documents(flat, part)
-    w.finalize()
+    try:
+        for a in range(0, n, per_chunk):
+            part = lengths[a : a + per_chunk]
+            flat = ids[rng.integers(0, len(ids), size=int(part.sum()))]
+            flat[np.cumsum(part) - 1] = eod
+            w.add_documents(flat, part)
+        w.finalize()
+    except BaseException:
+        w.abort()
+        raise
+    os.replace(str(tmp) + ".bin", str(prefix) + ".bin")
+    os.replace(str(tmp) + ".idx", str(prefix) + ".idx")
 
 
 def signature(parts: dict) -> str:
