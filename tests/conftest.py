@@ -13,6 +13,7 @@ it starts: a test never reads what an earlier build left in the user's cache, an
 never share one."""
 
 import os
+import shutil
 
 import pytest
 
@@ -31,3 +32,12 @@ def _own_cache_dir(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg_cache")))
         yield
+
+
+@pytest.fixture(scope="module")
+def rehearsal_workdir(tmp_path_factory):
+    """A rehearsal work directory shared by a module's tests, removed after them: its stand-in data runs
+    to gigabytes at long sequence lengths."""
+    path = tmp_path_factory.mktemp("rehearsal")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

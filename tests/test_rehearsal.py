@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import math
 
-import pytest
-
 from megacrystal.config import load_config
 from megacrystal.model.transformer import serial_layout
 from megacrystal.rehearsal import rehearse
@@ -29,11 +27,6 @@ LLAMA_70B = [
 ]
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    return tmp_path_factory.mktemp("rehearsal")
-
-
 def _play(workdir, world, overrides, config=CRYSTAL, gpu="h100"):
     rec = rehearse(config, world, gpu, overrides, steps=1, jobs=2, workdir=workdir)
     assert rec["verdict"] == "pass", "\n".join(rec["lines"])
@@ -47,9 +40,9 @@ def _state_bytes(rec):
         yield r, b, s
 
 
-def test_crystal_7b_tp1_dp8_zero(workdir):
+def test_crystal_7b_tp1_dp8_zero(rehearsal_workdir):
     over = ["parallel.tp=1", "parallel.sequence_parallel=false", "parallel.distributed_optimizer=true"]
-    rec = _play(workdir, 8, over)
+    rec = _play(rehearsal_workdir, 8, over)
     assert rec["played"]["ranks"] == [0, 7]
     assert rec["micro_batches"] == dict(configured=132, rehearsed=2, cap=2)
     cfg = load_config(CRYSTAL, over)
@@ -69,9 +62,9 @@ def test_crystal_7b_tp1_dp8_zero(workdir):
         assert any(op.startswith("all_gather") and g == "dp" for op, g in ops)  # the ZeRO parameter gather
 
 
-def test_crystal_7b_tp2_pp2_dp2_sequence_parallel(workdir):
+def test_crystal_7b_tp2_pp2_dp2_sequence_parallel(rehearsal_workdir):
     over = ["parallel.tp=2", "parallel.pp=2", "parallel.sequence_parallel=true", "parallel.distributed_optimizer=false"]
-    rec = _play(workdir, 8, over)
+    rec = _play(rehearsal_workdir, 8, over)
     assert rec["played"]["ranks"] == list(range(8))
     for r, b, s in _state_bytes(rec):
         n, k = s["parameters"], s["parameter_tensors"]  # separate tensors: each rounded to 512-byte blocks
@@ -85,9 +78,9 @@ def test_crystal_7b_tp2_pp2_dp2_sequence_parallel(workdir):
         assert len(step["host_reads"]) == 2  # the token count before the backward, the norm before the update
 
 
-def test_crystal_7b_tp4_pp4_vpp2_dp4_zero_64_ranks(workdir):
+def test_crystal_7b_tp4_pp4_vpp2_dp4_zero_64_ranks(rehearsal_workdir):
     over = ["parallel.tp=4", "parallel.pp=4", "parallel.vpp=2", "parallel.distributed_optimizer=true"]
-    rec = _play(workdir, 64, over)
+    rec = _play(rehearsal_workdir, 64, over)
     assert rec["micro_batches"]["rehearsed"] == 16  # 2·pp·vpp
     assert len(rec["ranks"]) == 16  # every stage x first/last tp x first/last dp, of 64
     first = next(r for r in rec["ranks"] if r["coords"]["pp"] == 0 and r["coords"]["tp"] == 0)
@@ -96,10 +89,10 @@ def test_crystal_7b_tp4_pp4_vpp2_dp4_zero_64_ranks(workdir):
     assert first["memory"]["peak_breakdown"]["activations"] > last["memory"]["peak_breakdown"]["activations"]
 
 
-def test_llama_70b_shape_tp8_pp8_vpp2_dp2(workdir):
+def test_llama_70b_shape_tp8_pp8_vpp2_dp2(rehearsal_workdir):
     over = LLAMA_70B + ["parallel.tp=8", "parallel.pp=8", "parallel.vpp=2", "parallel.sequence_parallel=true"]
     over += ["train.eval_interval=0"]  # the other layouts play the evaluation; this one is the largest
-    rec = _play(workdir, 128, over)
+    rec = _play(rehearsal_workdir, 128, over)
     assert rec["model"]["kv_heads"] == 8 and rec["layout"]["dp"] == 2
     peak = max(r["memory"]["peak_bytes"] for r in rec["ranks"])
     assert peak < rec["gpu"]["usable_bytes"]

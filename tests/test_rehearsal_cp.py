@@ -17,12 +17,7 @@ CRYSTAL = "examples/crystal_7b.yaml"
 LLAMA_TINY = ["model.preset=tiny", "model.family=llama", "data.seq_length=128", "train.micro_batch_size=2"]
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    return tmp_path_factory.mktemp("rehearsal_cp")
-
-
-def test_llama_tp2_cp2_pp2_dp2_zero_document_masks(workdir):
+def test_llama_tp2_cp2_pp2_dp2_zero_document_masks(rehearsal_workdir):
     over = LLAMA_TINY + [
         "parallel.tp=2",
         "parallel.cp=2",
@@ -31,7 +26,7 @@ def test_llama_tp2_cp2_pp2_dp2_zero_document_masks(workdir):
         "parallel.distributed_optimizer=true",
         "model.document_mask=true",
     ]
-    rec = rehearse(CRYSTAL, 16, "h100", over, steps=1, jobs=2, workdir=workdir)
+    rec = rehearse(CRYSTAL, 16, "h100", over, steps=1, jobs=2, workdir=rehearsal_workdir)
     assert rec["verdict"] == "pass", "\n".join(rec["lines"])
     assert rec["layout"]["cp"] == 2 and rec["layout"]["dp"] == 2 and rec["layer_shape"]["cp"] == 2
     assert rec["played"]["axes"]["cp"] == [0, 1] and rec["played"]["ranks"] == list(range(16))
@@ -67,7 +62,7 @@ def test_llama_tp2_cp2_pp2_dp2_zero_document_masks(workdir):
         assert len(step["host_reads"]) == 2
 
 
-def test_a_host_tensor_in_the_ring_is_found(workdir, monkeypatch):
+def test_a_host_tensor_in_the_ring_is_found(rehearsal_workdir, monkeypatch):
     ring_shift = C.ring_shift
 
     def staged(tensors, group, tag):
@@ -83,7 +78,7 @@ def test_a_host_tensor_in_the_ring_is_found(workdir, monkeypatch):
 
     monkeypatch.setattr(C, "ring_shift", staged)
     over = LLAMA_TINY + ["parallel.tp=1", "parallel.cp=2", "parallel.sequence_parallel=false"]
-    rec = rehearse(CRYSTAL, 2, "h100", over, steps=1, jobs=1, workdir=workdir)
+    rec = rehearse(CRYSTAL, 2, "h100", over, steps=1, jobs=1, workdir=rehearsal_workdir)
     assert rec["verdict"] == "fail"
     found = [f for f in rec["findings"] if f["check"] == "host_tensor"]
     assert {f["rank"] for f in found} == {0, 1}, "\n".join(rec["lines"])
@@ -92,7 +87,7 @@ def test_a_host_tensor_in_the_ring_is_found(workdir, monkeypatch):
     assert "megacrystal/parallel/ring_attention.py" in f["frame"] and "staged" in f["frame"]
 
 
-def test_activation_memory_per_rank_falls_as_one_over_cp(workdir):
+def test_activation_memory_per_rank_falls_as_one_over_cp(rehearsal_workdir):
     """At a fixed layout (tp1 pp1 dp1, micro-batch 1, seq 1024) the rehearsal's activation bytes per
     rank at cp2 and cp4 are the cp1 bytes / cp, to within the 512-byte block rounding of each saved
     tensor (measured: below 1%)."""
@@ -107,7 +102,7 @@ def test_activation_memory_per_rank_falls_as_one_over_cp(workdir):
     over += ["train.micro_batch_size=1", "train.global_batch_size=2", "train.eval_interval=0"]
     acts = {}
     for cp in (1, 2, 4):
-        rec = rehearse(CRYSTAL, cp, "h100", over + [f"parallel.cp={cp}"], steps=1, jobs=2, workdir=workdir)
+        rec = rehearse(CRYSTAL, cp, "h100", over + [f"parallel.cp={cp}"], steps=1, jobs=2, workdir=rehearsal_workdir)
         assert rec["verdict"] == "pass", "\n".join(rec["lines"])
         per_rank = {r["memory"]["peak_activations"] for r in rec["ranks"]}
         assert len(per_rank) == 1  # balanced chunks: every cp rank holds the same
@@ -121,7 +116,7 @@ AT_128K += ["train.micro_batch_size=1", "model.recompute=false", "train.eval_int
 
 
 @pytest.mark.slow  # ~3 min here; the tp2.cp2.pp2.dp2 layout above is the representative case
-def test_llama_8b_at_128k_fits_an_h100_at_cp4_not_cp1(workdir):
+def test_llama_8b_at_128k_fits_an_h100_at_cp4_not_cp1(rehearsal_workdir):
     """tp8 + sp, no recomputation, micro-batch 1, dp2 + ZeRO: activations per rank are what does not fit."""
     fit = {}
     for cp in (1, 4):
@@ -132,7 +127,7 @@ def test_llama_8b_at_128k_fits_an_h100_at_cp4_not_cp1(workdir):
             AT_128K + [f"parallel.cp={cp}"],
             steps=1,
             jobs=2,
-            workdir=workdir,
+            workdir=rehearsal_workdir,
         )
         assert {f["check"] for f in rec["findings"]} <= {"memory"}, "\n".join(rec["lines"])
         fit[cp] = rec["verdict"] == "pass"
@@ -144,7 +139,7 @@ def test_llama_8b_at_128k_fits_an_h100_at_cp4_not_cp1(workdir):
 
 
 @pytest.mark.slow  # ~2 min here
-def test_llama_long_example_rehearses_on_16_gpus(workdir):
-    rec = rehearse("examples/llama_long.yaml", 16, "h100", [], steps=1, jobs=2, workdir=workdir)
+def test_llama_long_example_rehearses_on_16_gpus(rehearsal_workdir):
+    rec = rehearse("examples/llama_long.yaml", 16, "h100", [], steps=1, jobs=2, workdir=rehearsal_workdir)
     assert rec["verdict"] == "pass", "\n".join(rec["lines"])
     assert rec["layout"]["cp"] == 2 and rec["played"]["axes"]["cp"] == [0, 1]

@@ -24,20 +24,15 @@ SMALL = ["model.num_layers=4", "parallel.pp=2", "parallel.distributed_optimizer=
 H100 = hardware.get("h100")
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    return tmp_path_factory.mktemp("overlaps")
-
-
-def _rows(workdir, extra):
-    rec = rehearse(CRYSTAL, 8, "h100", SMALL + extra, steps=4, jobs=2, workdir=workdir)
+def _rows(rehearsal_workdir, extra):
+    rec = rehearse(CRYSTAL, 8, "h100", SMALL + extra, steps=4, jobs=2, workdir=rehearsal_workdir)
     assert rec["verdict"] == "pass", rec["lines"]
     first = next(r for r in rec["ranks"] if r["rank"] == 0)
     return first["overlaps"]
 
 
-def test_overlaps_on_show_gathers_in_the_forward_and_transfers_behind_compute(workdir):
-    rows = _rows(workdir, [])
+def test_overlaps_on_show_gathers_in_the_forward_and_transfers_behind_compute(rehearsal_workdir):
+    rows = _rows(rehearsal_workdir, [])
     gathers = [r for r in rows if r["kind"] == "param_gather"]
     forward = [r for r in gathers if "sync_params" not in r["waited_at"] and "optim/" not in r["waited_at"]]
     assert forward, gathers  # the next forward's pre-hooks wait for the buckets
@@ -52,8 +47,8 @@ def test_overlaps_on_show_gathers_in_the_forward_and_transfers_behind_compute(wo
         assert r["est_transfer_ms"] >= 0 and r["calls"] >= 1 and r["never_waited"] == 0, r
 
 
-def test_overlaps_off_wait_at_once(workdir):
-    rows = _rows(workdir, ["parallel.overlap_param_gather=false", "parallel.overlap_p2p_comm=false"])
+def test_overlaps_off_wait_at_once(rehearsal_workdir):
+    rows = _rows(rehearsal_workdir, ["parallel.overlap_param_gather=false", "parallel.overlap_p2p_comm=false"])
     gathers = [r for r in rows if r["kind"] == "param_gather"]
     assert gathers and all(r["tflop_between"] == 0 for r in gathers), gathers
     assert all("optim/" in r["waited_at"] or "sync_params" in r["waited_at"] for r in gathers), gathers
