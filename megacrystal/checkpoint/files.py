@@ -13,6 +13,7 @@ marker changes nothing but a log line.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ from ..log import get_logger
 from .format import FORMAT, MANIFEST, OLD_SHARD, STEP_DIR, TRAINER, VERSION, CheckpointError
 
 CHUNK = 8 << 20
+_TEMPS = itertools.count()
 
 
 def fsync_dir(path: Path) -> None:
@@ -35,11 +37,18 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a fsync'ed temporary file and a rename; on failure `path` is unchanged
-    and the temporary file removed."""
+def own_temp(path: Path, suffix: str = ".tmp") -> Path:
+    """A hidden name beside `path` that only this writer uses (process id and a counter): writers of the
+    same file at once, in processes or threads, never share a temporary file."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    return path.with_name(f".{path.name}.{os.getpid()}-{next(_TEMPS)}{suffix}")
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` via a fsync'ed temporary file of its own and a rename; on failure `path` is
+    unchanged and the temporary file removed."""
+    path = Path(path)
+    tmp = own_temp(path)
     try:
         with open(tmp, "wb") as f:
             f.write(data)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import yaml
 
+from ..checkpoint.files import atomic_write
 from ..config import Config, ConfigError, load_config
 from ..config.validation import validate_config
 from . import standin
@@ -122,10 +123,8 @@ def prepare(cfg: Config, world: int, steps: int, workdir: Path) -> Launch:
         data["parallel"]["backend"] = "auto"
     sig = standin.signature(data)
     path = workdir / f"rehearsal-{sig}.yaml"
-    if not path.is_file():
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # another rehearsal may write the same one
-        tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-        os.replace(tmp, path)
+    if not path.is_file():  # another rehearsal may write the same one at the same time
+        atomic_write(path, yaml.safe_dump(data, sort_keys=False).encode())
     try:
         load_config(str(path))
     except ConfigError as e:  # a rehearsal-made configuration the rules refuse: a bug here, said as such

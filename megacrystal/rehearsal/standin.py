@@ -11,13 +11,13 @@ the project already uses. Files are written once per signature and reused.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 from pathlib import Path
 
 import numpy as np
 
+from ..checkpoint.files import atomic_write, own_temp
 from ..data.indexed import IndexedDatasetWriter, token_dtype
 from ..tokenizer import CRYSTAL_SPECIALS
 
@@ -37,9 +37,7 @@ def tokenizer_path(workdir: Path) -> str:
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([EOD] + [f"<{n}>" for n in CRYSTAL_SPECIALS])
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # this process's own: another may write it too
-    tok.save(str(tmp))
-    os.replace(tmp, path)
+    atomic_write(path, tok.to_str(pretty=True).encode())  # another rehearsal may write it at the same time
     return str(path)
 
 
@@ -49,7 +47,6 @@ def printable_ids(tokenizer) -> np.ndarray:
     return np.array(ids, dtype=np.int64)
 
 
-_WRITERS = itertools.count()
 CHUNK_TOKENS = 16 << 20  # stand-in tokens drawn and written at a time: host memory stays ~130 MiB
 
 
@@ -68,7 +65,7 @@ def write_file(prefix: Path, tokens: int, seq_length: int, min_docs: int, ids: n
     lengths = rng.integers(lo, hi, size=n)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     vocab = int(max(int(ids.max()), eod)) + 1
-    tmp = prefix.with_name(f".{prefix.name}.{os.getpid()}-{next(_WRITERS)}")
+    tmp = own_temp(prefix, "")
     w = IndexedDatasetWriter(tmp, dtype=token_dtype(vocab))
     per_chunk = max(1, CHUNK_TOKENS // hi)
     try:
