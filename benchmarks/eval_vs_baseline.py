@@ -57,7 +57,8 @@ def _run(src: Path, checkpoint: str, out: Path) -> tuple[float, float, float, di
     return wall, after.ru_utime - before.ru_utime + sys_s, sys_s, json.loads(out.read_text())
 
 
-def _import_floor() -> float:
+def import_floor_cpu() -> float:
+    """CPU seconds of a process that only imports what reading a checkpoint needs and exits as eval does."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run([sys.executable, "-c", "import gc, torch, torch.distributed.checkpoint; gc.freeze()"], check=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -88,7 +89,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(a.rounds + 1):
             if r > 0:
-                floor.append(_import_floor())
+                floor.append(import_floor_cpu())
             for name, src in trees.items():
                 load = os.getloadavg()
                 w, c, kern, report = _run(src, a.checkpoint, Path(tmp) / f"{name}.json")
