@@ -21,6 +21,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after the backend is chosen
 
+from .atomic_io import own_temp
+
 FORMATS = ("png", "svg")
 _STYLE = {"svg.fonttype": "none", "svg.hashsalt": "megacrystal"}
 
@@ -77,9 +79,12 @@ def draw(panels: list[Panel], stem, title: str, formats=FORMATS, cols: int = 3) 
         stem.parent.mkdir(parents=True, exist_ok=True)
         for fmt in formats:
             path = stem.with_name(f"{stem.name}.{fmt}")
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            fig.savefig(tmp, format=fmt, dpi=110, metadata={"Date": None} if fmt == "svg" else None)
-            os.replace(tmp, path)
+            tmp = own_temp(path)
+            try:
+                fig.savefig(tmp, format=fmt, dpi=110, metadata={"Date": None} if fmt == "svg" else None)
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
             out.append(str(path))
         plt.close(fig)
     return out

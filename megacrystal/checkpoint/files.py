@@ -1,5 +1,5 @@
-"""Checkpoint directories on disk: atomic writes, checksums, verification, finding the resume point,
-retention.
+"""Checkpoint directories on disk: checksums, verification, finding the resume point, retention
+(files are written with `atomic_io.atomic_write`).
 
 Integrity: `manifest.json` (written last, atomically) records the size and crc32 of every file of a
 checkpoint. A checkpoint without it is incomplete; one whose files differ from it is damaged. Both
@@ -13,7 +13,6 @@ marker changes nothing but a log line.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import shutil
@@ -22,43 +21,11 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from ..atomic_io import atomic_write
 from ..log import get_logger
 from .format import FORMAT, MANIFEST, OLD_SHARD, STEP_DIR, TRAINER, VERSION, CheckpointError
 
 CHUNK = 8 << 20
-_TEMPS = itertools.count()
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def own_temp(path: Path, suffix: str = ".tmp") -> Path:
-    """A hidden name beside `path` that only this writer uses (process id and a counter): writers of the
-    same file at once, in processes or threads, never share a temporary file."""
-    path = Path(path)
-    return path.with_name(f".{path.name}.{os.getpid()}-{next(_TEMPS)}{suffix}")
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a fsync'ed temporary file of its own and a rename; on failure `path` is
-    unchanged and the temporary file removed."""
-    path = Path(path)
-    tmp = own_temp(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # no half-written file left behind (e.g. on a full disk)
-        raise
-    fsync_dir(path.parent)
 
 
 def file_crc(path: Path) -> tuple[int, int]:

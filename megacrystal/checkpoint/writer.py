@@ -29,10 +29,11 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
+from ..atomic_io import atomic_write, fsync_dir
 from ..log import get_logger
 from ..parallel.host_group import host_group
 from .dcp import Pieces, PieceSavePlanner, WatchedFileSystemWriter, one_line, root_causes
-from .files import apply_retention, atomic_write, file_crc, fsync_dir, move_aside, write_manifest
+from .files import apply_retention, file_crc, move_aside, write_manifest
 from .format import FORMAT, MANIFEST, TRAINER, VERSION, CheckpointError, CheckpointSpaceError, step_name
 from .layout import Piece, global_shapes, local_pieces, model_dict, rng_pieces
 from .load import load_engine_state

@@ -16,6 +16,8 @@ import os
 import re
 from pathlib import Path
 
+from ..atomic_io import atomic_write
+
 _SAFE = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
@@ -62,13 +64,5 @@ def write_record(record: dict, directory: Path | None = None) -> Path:
     """Write `record` (it names its build_id and capability) atomically; returns its path."""
     path = record_path(record.get("build_id"), record.get("capability"), directory)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write(json.dumps(record, indent=1) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, json.dumps(record, indent=1) + "\n")
     return path

@@ -24,6 +24,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..atomic_io import atomic_write
 from ..plotting import FORMATS
 from .report import read_report, write_json
 
@@ -254,9 +255,7 @@ def compare(paths: list[str], output: str, formats=FORMATS, with_trajectory: boo
     out.mkdir(parents=True, exist_ok=True)
     table = render_table(summary)
     write_json(out / "compare.json", summary)
-    tmp = out / "compare.md.tmp"
-    tmp.write_text(table + "\n")
-    tmp.replace(out / "compare.md")
+    atomic_write(out / "compare.md", table + "\n")
     summary["table"] = table
     summary["plots"] = []
     if any(r.rows for r in records) and formats:

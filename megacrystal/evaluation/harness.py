@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import errno
 import importlib.util
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
+
+from ..atomic_io import write_new
 
 INSTALL_HINT = "pip install 'megacrystal[eval]' (or: pip install lm-eval)"
 
@@ -65,15 +67,8 @@ def results_path(checkpoint: str, output: str | None) -> Path:
 def _write_new(path: Path, text: str) -> None:
     """Atomic write that fails rather than replace an existing file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    try:
-        os.link(tmp, path)  # atomic, and refuses an existing name
-    finally:
-        os.unlink(tmp)
+    if not write_new(path, text):
+        raise FileExistsError(errno.EEXIST, "File exists", str(path))
 
 
 def run_harness(

@@ -9,23 +9,18 @@ completion {exact_match, edit_similarity, n, examples}, settings, elapsed_s.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from ..atomic_io import atomic_write
 
 FORMAT = "megacrystal-eval/1"
 
 
 def write_json(path, obj: dict) -> Path:
-    """Write `obj` as JSON atomically (tmp + fsync + rename)."""
+    """Write `obj` as JSON atomically (its own temporary file, fsync, rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, indent=1) + "\n")
     return path
 
 

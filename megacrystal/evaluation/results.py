@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
+
+from ..atomic_io import write_new
 
 REPORT = re.compile(r"^step_(\d{8,})(?:-([0-9a-f]{8}))?\.json$")
 HARNESS = re.compile(r"^lm_eval-step_(\d{8,})-([0-9a-f]{8})\.json$")
@@ -60,16 +61,4 @@ def write_new_json(path, obj: dict) -> bool:
     """Write `obj` as JSON at `path` atomically unless `path` exists; -> whether it was written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    try:
-        os.link(tmp, path)  # atomic, and refuses an existing name
-        return True
-    except FileExistsError:
-        return False
-    finally:
-        os.unlink(tmp)
+    return write_new(path, json.dumps(obj, indent=1) + "\n")

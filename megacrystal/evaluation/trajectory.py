@@ -21,6 +21,7 @@ import json
 import statistics
 from pathlib import Path
 
+from ..atomic_io import atomic_write
 from .compare import CompareError, RunRecord
 from .report import read_report, write_json
 from .results import run_harness_results, run_reports
@@ -189,12 +190,6 @@ def _panels(series_by_group: dict, first: dict, metrics: list[str], n_runs: dict
     return panels
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def trajectory(records: list[RunRecord], output, formats=("png", "svg")) -> dict:
     """Write DIR/trajectory.{png,svg,md,csv,json}; -> {"table", "files", "settings"}."""
     from ..plotting import draw
@@ -211,8 +206,8 @@ def trajectory(records: list[RunRecord], output, formats=("png", "svg")) -> dict
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     table = render_markdown(rows, metrics)
-    _write_text(out / "trajectory.md", table + "\n")
-    _write_text(out / "trajectory.csv", render_csv(rows, metrics))
+    atomic_write(out / "trajectory.md", table + "\n")
+    atomic_write(out / "trajectory.csv", render_csv(rows, metrics))
     settings = {"eval": runs[0]["settings"], "harness": runs[0]["harness_settings"]}
     doc = {
         "settings": settings,

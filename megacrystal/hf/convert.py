@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
+from ..atomic_io import atomic_write
 from ..checkpoint.format import CheckpointError
 from ..checkpoint.reader import read_checkpoint, resolve_checkpoint
 from ..model.serialization import (
     ModelFormatError,
-    atomic_write_bytes,
     copy_tokenizer,
     save_model,
     save_state_dict,
@@ -109,7 +109,7 @@ def write_hf(out_dir, conf: dict, tensors: dict, tokenizer_path: str | None, max
     if tok is not None:
         ids = tokenizer_ids(str(tok))
         tc = _tokenizer_config(tok, ids, conf.get("n_positions") or conf.get("max_position_embeddings"))
-        atomic_write_bytes(out / "tokenizer_config.json", (json.dumps(tc, indent=2) + "\n").encode())
+        atomic_write(out / "tokenizer_config.json", (json.dumps(tc, indent=2) + "\n").encode())
     if len(shards) == 1:
         save_state_dict(out / "model.safetensors", shards[0])
     else:
@@ -120,11 +120,11 @@ def write_hf(out_dir, conf: dict, tensors: dict, tokenizer_path: str | None, max
             weight_map.update({k: name for k in shard})
         total = sum(t.numel() * t.element_size() for t in tensors.values())
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        atomic_write_bytes(out / "model.safetensors.index.json", (json.dumps(index, indent=2) + "\n").encode())
+        atomic_write(out / "model.safetensors.index.json", (json.dumps(index, indent=2) + "\n").encode())
     if conf.get("eos_token_id") is not None:  # generate() pads finished rows with </s> without being told
         gen = {k: conf.get(k) for k in ("bos_token_id", "eos_token_id")} | {"pad_token_id": conf["eos_token_id"]}
-        atomic_write_bytes(out / "generation_config.json", (json.dumps(gen, indent=2) + "\n").encode())
-    atomic_write_bytes(out / "config.json", (json.dumps(conf, indent=2) + "\n").encode())
+        atomic_write(out / "generation_config.json", (json.dumps(gen, indent=2) + "\n").encode())
+    atomic_write(out / "config.json", (json.dumps(conf, indent=2) + "\n").encode())
     return out
 
 

@@ -19,7 +19,8 @@ from pathlib import Path
 
 def export_all(run, fmt: str, output, dtype=None, max_shard_bytes: int = 5 * 2**30, log=print) -> list[Path]:
     """Export every kept checkpoint of `run` into `output`/step_N/; -> the folders written now."""
-    from ..checkpoint.files import fsync_dir, kept_checkpoints
+    from ..atomic_io import fsync_dir
+    from ..checkpoint.files import kept_checkpoints
     from .convert import export_hf
 
     kept = kept_checkpoints(run)

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
 
+from ..atomic_io import atomic_copy, atomic_write
 from ..config import Config, ConfigError, DataConfig, ModelConfig, coerce, validate_config
 from .padding import fit_problem, refit_state
 from .transformer import Transformer, serial_layout
@@ -35,18 +34,12 @@ class ModelFormatError(ValueError):
     """A model directory or file that is not what it should be; the message names the file."""
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def save_state_dict(path: Path, state_dict: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
     """safetensors file written atomically (tensors copied to CPU, contiguous, unshared)."""
     from safetensors.torch import save
 
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
-    atomic_write_bytes(Path(path), save(tensors, metadata=metadata or {"format": "pt"}))
+    atomic_write(Path(path), save(tensors, metadata=metadata or {"format": "pt"}))
 
 
 def copy_tokenizer(src: str | None, out_dir: Path) -> Path | None:
@@ -59,9 +52,7 @@ def copy_tokenizer(src: str | None, out_dir: Path) -> Path | None:
     name = "tokenizer.json" if p.suffix == ".json" else "tokenizer.model"
     dst = Path(out_dir) / name
     if p.resolve() != dst.resolve():
-        tmp = dst.with_name(dst.name + ".tmp")
-        shutil.copyfile(p, tmp)
-        os.replace(tmp, dst)
+        atomic_copy(p, dst)
     return dst
 
 
@@ -83,7 +74,7 @@ def save_model(
     copy_tokenizer(tokenizer_path, out)
     save_state_dict(out / MODEL_FILE, state_dict)
     meta = {"format": FORMAT, "version": VERSION, "model": dataclasses.asdict(cfg)}
-    atomic_write_bytes(out / CONFIG_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+    atomic_write(out / CONFIG_FILE, (json.dumps(meta, indent=2) + "\n").encode())
     return out
 
 

@@ -13,6 +13,7 @@ import json
 import os
 import sys
 
+from ..atomic_io import atomic_write
 from .gpus import GPUS
 
 
@@ -46,8 +47,5 @@ def main(argv: list[str] | None = None) -> int:
         rec["recompute_choices"] = choices(a.config, a.overrides, rec, a.gpu, jobs=a.jobs)
         print("\n" + "\n".join(text(rec["recompute_choices"])))
     if a.json:
-        tmp = a.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(rec, f, indent=1)
-        os.replace(tmp, a.json)
+        atomic_write(a.json, json.dumps(rec, indent=1))
     return 0 if rec["verdict"] == "pass" else 1

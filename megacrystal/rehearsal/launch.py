@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from ..checkpoint.files import atomic_write
+from ..atomic_io import atomic_write
 from ..config import Config, ConfigError, load_config
 from ..config.validation import validate_config
 from . import standin

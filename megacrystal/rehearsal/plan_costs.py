@@ -36,6 +36,7 @@ import json
 import os
 from pathlib import Path
 
+from ..atomic_io import atomic_write
 from ..code_version import code_version
 from ..planner.costs import FORMULA, Coll, LayerCost
 from ..planner.search import recompute_value
@@ -208,9 +209,7 @@ class RehearsalCosts:
             got = measure(self.cfg, s, self.jobs, str(self.cache / "work"))
             self.rehearsed += 1
             self.cache.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps(got, indent=1))
-            os.replace(tmp, path)
+            atomic_write(path, json.dumps(got, indent=1))
         self.pieces[k] = got
         return got
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint.files import atomic_write, own_temp
+from ..atomic_io import atomic_write, own_temp
 from ..data.indexed import IndexedDatasetWriter, token_dtype
 from ..tokenizer import CRYSTAL_SPECIALS
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from ..atomic_io import atomic_write
 from ..config import ConfigError, load_config
 from ..log import get_logger
 from ..planner.hardware import names as hardware_names
@@ -43,9 +44,7 @@ def _write_if_changed(path: Path, text: str, run_dir: Path | None) -> None:
             f"old one; use another out_dir (or move {run_dir} away) to start over"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, text)
 
 
 def prepare(spec, cli_overrides: list[str], need_data: bool = True):

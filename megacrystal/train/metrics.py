@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..atomic_io import atomic_write
 from ..hardware_table import TABLE, match_device
 from ..hardware_table import peak_flops as table_peak
 from ..log import get_logger
@@ -119,12 +120,7 @@ class MetricsWriter:
                 f.write("".join(x + "\n" for x in later))
                 f.flush()
                 os.fsync(f.fileno())
-            tmp = self.path.with_suffix(".jsonl.tmp")
-            with open(tmp, "w") as f:
-                f.write("".join(x + "\n" for x in keep))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            atomic_write(self.path, "".join(x + "\n" for x in keep))
         self._f = open(self.path, "a", buffering=1)
 
     def write(self, record: dict) -> None:

@@ -7,9 +7,9 @@ crystalcoder` copies them next to config.json, whose `auto_map` names them, so t
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
+
+from ...atomic_io import atomic_copy
 
 HERE = Path(__file__).resolve().parent
 REMOTE_CODE_FILES = ("configuration_crystalcoder.py", "modeling_crystalcoder.py")
@@ -20,8 +20,6 @@ def write_remote_code(out_dir) -> list[Path]:
     out = []
     for name in REMOTE_CODE_FILES:
         dst = Path(out_dir) / name
-        tmp = dst.with_name(dst.name + ".tmp")
-        shutil.copyfile(HERE / name, tmp)
-        os.replace(tmp, dst)
+        atomic_copy(HERE / name, dst)
         out.append(dst)
     return out
