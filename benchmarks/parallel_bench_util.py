@@ -10,6 +10,8 @@ import queue
 import time
 from pathlib import Path
 
+from megacrystal.atomic_io import atomic_write
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -69,7 +71,7 @@ def sleep_cost(chunks, forward_s: float, backward_s: float) -> None:
 def record(name: str, payload: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps(dict(machine=machine(), **payload), indent=1) + "\n")
+    atomic_write(path, json.dumps(dict(machine=machine(), **payload), indent=1) + "\n")
     return path
 
 
